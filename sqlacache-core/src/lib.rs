@@ -1,0 +1,17 @@
+//! The driver-independent core of sqlacache: cache keys, tags and the version clock, the
+//! in-process store, the SQL analyzer and the counters.
+//!
+//! Applications use the `sqlacache-sqlx` crate, which re-exports what they need from here.
+#![forbid(unsafe_code)]
+
+pub mod analyze;
+mod error;
+pub mod key;
+mod ops;
+mod stats;
+mod store;
+
+pub use error::Error;
+pub use ops::Ops;
+pub use stats::{Stats, StatsSnapshot};
+pub use store::{Entry, MemoryStore, Tag};

@@ -1,0 +1,382 @@
+//! The in-process store and its version clock.
+//!
+//! # Freshness protocol
+//!
+//! The store keeps a global monotonic sequence and, for every tag that was ever invalidated, the
+//! sequence number of its last invalidation. A fill reads the sequence with [`MemoryStore::stamp`]
+//! *before* it queries the database and stores that stamp with the entry. An entry is fresh only
+//! while every tag it depends on (and the implicit global tag) has a sequence number `<=` its
+//! stamp. So a fill that read the database before a write committed, and stores its result after
+//! that write's invalidation, is never served: its stamp is older than the invalidation.
+//!
+//! Row tags live in a bounded map. When a shard of that map grows past its bound, the older half
+//! of its tags is dropped and the shard's *floor* is raised to the newest dropped sequence: an
+//! entry stamped below the floor of a row tag it depends on counts as stale. The map never
+//! forgets an invalidation; it only widens old ones.
+//!
+//! # Memory
+//!
+//! Entries are held in a [`quick_cache`] cache bounded by weight, where the weight of an entry is
+//! `value bytes + 24 * dependencies + 96`. An entry heavier than a shard's share of the capacity
+//! is not kept. Tag bookkeeping is outside that bound: two `u64` per table and at most
+//! `ROW_SHARDS * ROW_TAGS_PER_SHARD` row tags of 24 bytes (about 50 MiB at the extreme).
+
+use crate::key::Key;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+/// Something a cached read depends on and a write invalidates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Tag {
+    /// Every entry depends on this tag; invalidating it drops the whole cache.
+    All,
+    /// Any change to the table (by its PostgreSQL oid). Multi-row reads depend on it.
+    Table(u32),
+    /// A change to rows of the table whose primary keys are unknown. Point reads depend on it.
+    Rows(u32),
+    /// A change to one row, identified by [`crate::key::row_id`].
+    Row(u128),
+}
+
+const ROW_SHARDS: usize = 64;
+const ROW_TAGS_PER_SHARD: usize = 32 * 1024;
+
+#[derive(Debug, Default)]
+struct TableClock {
+    table: AtomicU64,
+    rows: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct RowShard {
+    tags: HashMap<u128, u64>,
+    floor: u64,
+}
+
+impl RowShard {
+    fn seq(&self, row: u128) -> u64 {
+        self.tags.get(&row).copied().unwrap_or(self.floor)
+    }
+
+    fn set(&mut self, row: u128, seq: u64) {
+        self.tags.insert(row, seq);
+        if self.tags.len() > ROW_TAGS_PER_SHARD {
+            let mut seqs: Vec<u64> = self.tags.values().copied().collect();
+            let mid = seqs.len() / 2;
+            let (_, median, _) = seqs.select_nth_unstable(mid);
+            let median = *median;
+            self.tags.retain(|_, s| *s > median);
+            self.floor = self.floor.max(median);
+        }
+    }
+}
+
+/// A dependency resolved to the clock cell it reads, so a hit does no map lookups for tables.
+#[derive(Clone)]
+enum Dep {
+    Table(Arc<TableClock>),
+    Rows(Arc<TableClock>),
+    Row(u128),
+}
+
+/// A cached value with the stamp and dependencies that decide its freshness.
+pub struct Entry {
+    stamp: u64,
+    expires: Instant,
+    deps: Box<[Dep]>,
+    bytes: Box<[u8]>,
+}
+
+impl Entry {
+    /// The serialized value.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl fmt::Debug for Entry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Entry")
+            .field("stamp", &self.stamp)
+            .field("deps", &self.deps.len())
+            .field("bytes", &self.bytes.len())
+            .finish()
+    }
+}
+
+#[derive(Clone)]
+struct EntryWeight;
+
+impl quick_cache::Weighter<u128, Arc<Entry>> for EntryWeight {
+    fn weight(&self, _: &u128, entry: &Arc<Entry>) -> u64 {
+        (entry.bytes.len() + 24 * entry.deps.len() + 96) as u64
+    }
+}
+
+/// The in-process store: a byte-bounded map of entries plus the version clock.
+///
+/// ```
+/// use sqlacache_core::{MemoryStore, Tag, key::Key};
+/// use std::time::Duration;
+/// let store = MemoryStore::new(1 << 20);
+/// let key = Key(1);
+/// let stamp = store.stamp();                 // read BEFORE the database
+/// store.invalidate(&[Tag::Table(7)]);        // a write commits meanwhile
+/// let stored = store.put(key, &[Tag::Table(7)], stamp, Duration::from_secs(60), b"old".to_vec());
+/// assert!(!stored, "a fill older than an invalidation of its tags is refused");
+/// assert!(store.get(key).is_none());
+/// ```
+pub struct MemoryStore {
+    entries: quick_cache::sync::Cache<u128, Arc<Entry>, EntryWeight>,
+    seq: AtomicU64,
+    all: AtomicU64,
+    tables: RwLock<HashMap<u32, Arc<TableClock>>>,
+    rows: Box<[Mutex<RowShard>]>,
+}
+
+impl fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("entries", &self.entries.len())
+            .field("weight", &self.entries.weight())
+            .field("capacity", &self.entries.capacity())
+            .field("seq", &self.seq.load(SeqCst))
+            .finish()
+    }
+}
+
+impl MemoryStore {
+    /// A store that holds at most `capacity_bytes` of entry weight.
+    pub fn new(capacity_bytes: u64) -> MemoryStore {
+        let estimated_items = (capacity_bytes / 512).clamp(16, 1 << 22) as usize;
+        MemoryStore {
+            entries: quick_cache::sync::Cache::with_weighter(
+                estimated_items,
+                capacity_bytes,
+                EntryWeight,
+            ),
+            seq: AtomicU64::new(0),
+            all: AtomicU64::new(0),
+            tables: RwLock::new(HashMap::new()),
+            rows: (0..ROW_SHARDS)
+                .map(|_| Mutex::new(RowShard::default()))
+                .collect(),
+        }
+    }
+
+    /// The current sequence. A fill must read it before it queries the database.
+    pub fn stamp(&self) -> u64 {
+        self.seq.load(SeqCst)
+    }
+
+    /// A fresh, unexpired entry, or `None`. Stale and expired entries are removed.
+    pub fn get(&self, key: Key) -> Option<Arc<Entry>> {
+        let entry = self.entries.get(&key.0)?;
+        if entry.expires > Instant::now() && self.is_fresh(&entry) {
+            Some(entry)
+        } else {
+            self.entries.remove_if(&key.0, |e| Arc::ptr_eq(e, &entry));
+            None
+        }
+    }
+
+    /// Stores a value filled from the database. Returns `false`, storing nothing, when one of
+    /// `deps` was invalidated after `stamp` was taken (the value may predate that write).
+    pub fn put(&self, key: Key, deps: &[Tag], stamp: u64, ttl: Duration, bytes: Vec<u8>) -> bool {
+        let deps: Box<[Dep]> = deps
+            .iter()
+            .filter_map(|tag| match *tag {
+                Tag::All => None,
+                Tag::Table(t) => Some(Dep::Table(self.table(t))),
+                Tag::Rows(t) => Some(Dep::Rows(self.table(t))),
+                Tag::Row(r) => Some(Dep::Row(r)),
+            })
+            .collect();
+        let entry = Arc::new(Entry {
+            stamp,
+            expires: Instant::now() + ttl,
+            deps,
+            bytes: bytes.into(),
+        });
+        if !self.is_fresh(&entry) {
+            return false;
+        }
+        self.entries.insert(key.0, entry);
+        true
+    }
+
+    /// Removes one entry (for example one whose bytes no longer decode).
+    pub fn remove(&self, key: Key) {
+        self.entries.remove(&key.0);
+    }
+
+    /// Invalidates `tags`: every entry depending on one of them and stamped before this call
+    /// becomes stale. The call is complete when it returns.
+    pub fn invalidate(&self, tags: &[Tag]) {
+        let seq = self.seq.fetch_add(1, SeqCst) + 1;
+        for tag in tags {
+            match *tag {
+                Tag::All => {
+                    self.all.fetch_max(seq, SeqCst);
+                }
+                Tag::Table(t) => {
+                    self.table(t).table.fetch_max(seq, SeqCst);
+                }
+                Tag::Rows(t) => {
+                    self.table(t).rows.fetch_max(seq, SeqCst);
+                }
+                Tag::Row(r) => {
+                    self.row_shard(r).set(r, seq);
+                }
+            }
+        }
+        if tags.contains(&Tag::All) {
+            self.entries.clear();
+        }
+    }
+
+    /// Test support: replaces every entry's bytes with bytes that do not decode, keeping its
+    /// stamp and dependencies.
+    #[doc(hidden)]
+    pub fn scramble_for_tests(&self) {
+        let keys: Vec<u128> = self.entries.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            if let Some(entry) = self.entries.get(&key) {
+                let deps = entry.deps.clone();
+                let garbage = Entry {
+                    stamp: entry.stamp,
+                    expires: entry.expires,
+                    deps,
+                    bytes: vec![0xFF].into(),
+                };
+                self.entries.insert(key, Arc::new(garbage));
+            }
+        }
+    }
+
+    /// Number of entries held.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the store holds no entry.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Total weight of the entries held, in bytes.
+    pub fn weight(&self) -> u64 {
+        self.entries.weight()
+    }
+
+    /// The configured weight capacity, in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.entries.capacity()
+    }
+
+    fn is_fresh(&self, entry: &Entry) -> bool {
+        let stamp = entry.stamp;
+        if self.all.load(SeqCst) > stamp {
+            return false;
+        }
+        entry.deps.iter().all(|dep| match dep {
+            Dep::Table(clock) => clock.table.load(SeqCst) <= stamp,
+            Dep::Rows(clock) => clock.rows.load(SeqCst) <= stamp,
+            Dep::Row(r) => self.row_shard(*r).seq(*r) <= stamp,
+        })
+    }
+
+    fn row_shard(&self, row: u128) -> std::sync::MutexGuard<'_, RowShard> {
+        let shard = &self.rows[(row as usize) % ROW_SHARDS];
+        // A panic while holding the lock cannot leave a shard half-updated in a way that loses
+        // an invalidation (inserts are single map operations), so poisoning is ignored.
+        shard.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn table(&self, oid: u32) -> Arc<TableClock> {
+        if let Some(clock) = self
+            .tables
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&oid)
+        {
+            return clock.clone();
+        }
+        let mut tables = self.tables.write().unwrap_or_else(|e| e.into_inner());
+        tables.entry(oid).or_default().clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TTL: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn entry_is_served_until_a_dependency_is_invalidated() {
+        let store = MemoryStore::new(1 << 20);
+        let stamp = store.stamp();
+        assert!(store.put(Key(1), &[Tag::Table(1)], stamp, TTL, vec![1]));
+        assert!(store.put(Key(2), &[Tag::Table(2)], stamp, TTL, vec![2]));
+        assert_eq!(store.get(Key(1)).unwrap().bytes(), &[1]);
+        store.invalidate(&[Tag::Table(1)]);
+        assert!(store.get(Key(1)).is_none());
+        assert!(store.get(Key(2)).is_some(), "other tables stay cached");
+    }
+
+    #[test]
+    fn fill_that_straddles_an_invalidation_is_refused() {
+        let store = MemoryStore::new(1 << 20);
+        let stamp = store.stamp();
+        store.invalidate(&[Tag::Row(9)]);
+        assert!(!store.put(Key(1), &[Tag::Row(9)], stamp, TTL, vec![1]));
+        let later = store.stamp();
+        assert!(store.put(Key(1), &[Tag::Row(9)], later, TTL, vec![1]));
+    }
+
+    #[test]
+    fn global_tag_drops_everything() {
+        let store = MemoryStore::new(1 << 20);
+        assert!(store.put(Key(1), &[Tag::Row(3)], store.stamp(), TTL, vec![1]));
+        store.invalidate(&[Tag::All]);
+        assert!(store.get(Key(1)).is_none());
+    }
+
+    #[test]
+    fn expired_entries_are_misses() {
+        let store = MemoryStore::new(1 << 20);
+        assert!(store.put(Key(1), &[], store.stamp(), Duration::ZERO, vec![1]));
+        assert!(store.get(Key(1)).is_none());
+    }
+
+    #[test]
+    fn row_tag_compaction_never_forgets_an_invalidation() {
+        let mut shard = RowShard::default();
+        for seq in 1..=(ROW_TAGS_PER_SHARD as u64 + 1) {
+            shard.set(u128::from(seq), seq);
+        }
+        assert!(shard.tags.len() <= ROW_TAGS_PER_SHARD);
+        // Every row invalidated at `seq` must still look invalidated to an entry stamped before it.
+        for seq in 1..=(ROW_TAGS_PER_SHARD as u64 + 1) {
+            assert!(shard.seq(u128::from(seq)) >= seq, "row {seq} forgotten");
+        }
+    }
+
+    #[test]
+    fn weight_stays_under_capacity() {
+        let store = MemoryStore::new(64 * 1024);
+        for i in 0..10_000u128 {
+            store.put(Key(i), &[Tag::Table(1)], store.stamp(), TTL, vec![0; 100]);
+        }
+        assert!(
+            store.weight() <= 64 * 1024,
+            "weight {} over capacity",
+            store.weight()
+        );
+        assert!(store.len() > 100);
+    }
+}

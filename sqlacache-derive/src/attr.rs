@@ -1,0 +1,183 @@
+//! Parsing and validation of `#[cache(..)]` attributes.
+
+use syn::spanned::Spanned;
+use syn::{Data, DeriveInput, Fields, LitInt, LitStr};
+
+/// Bits of each operation; must match `sqlacache_core::Ops`.
+const OPS: &[(&str, u8)] = &[
+    ("get", 1),
+    ("fetch", 2),
+    ("count", 4),
+    ("exists", 8),
+    ("all", 15),
+];
+
+pub struct Model<'a> {
+    pub table: String,
+    pub ops: u8,
+    pub ttl: Option<u64>,
+    pub fields: Vec<&'a syn::Field>,
+    pub pk: Vec<PkField<'a>>,
+}
+
+pub struct PkField<'a> {
+    pub field: &'a syn::Field,
+    pub column: String,
+}
+
+/// Collects every error instead of stopping at the first, so one build shows them all.
+#[derive(Default)]
+struct Errors(Option<syn::Error>);
+
+impl Errors {
+    fn push(&mut self, error: syn::Error) {
+        match &mut self.0 {
+            Some(existing) => existing.combine(error),
+            None => self.0 = Some(error),
+        }
+    }
+}
+
+impl<'a> Model<'a> {
+    pub fn from_input(input: &'a DeriveInput) -> syn::Result<Model<'a>> {
+        let mut errors = Errors::default();
+        let fields: Vec<&syn::Field> = match &input.data {
+            Data::Struct(data) => match &data.fields {
+                Fields::Named(named) => named.named.iter().collect(),
+                _ => {
+                    return Err(syn::Error::new_spanned(
+                        &input.ident,
+                        "Cacheable needs a struct with named fields",
+                    ))
+                }
+            },
+            _ => {
+                return Err(syn::Error::new_spanned(
+                    &input.ident,
+                    "Cacheable can only be derived for structs",
+                ))
+            }
+        };
+        if !input.generics.params.is_empty() {
+            errors.push(syn::Error::new_spanned(
+                &input.generics,
+                "Cacheable cannot be derived for generic structs",
+            ));
+        }
+
+        let mut table = None;
+        let mut ops = None;
+        let mut ttl = None;
+        for attr in input.attrs.iter().filter(|a| a.path().is_ident("cache")) {
+            let result = attr.parse_nested_meta(|meta| {
+                if meta.path.is_ident("table") {
+                    let lit: LitStr = meta.value()?.parse()?;
+                    if lit.value().trim().is_empty() {
+                        return Err(syn::Error::new_spanned(&lit, "table name cannot be empty"));
+                    }
+                    table = Some(lit.value());
+                } else if meta.path.is_ident("ops") {
+                    let mut bits = 0u8;
+                    meta.parse_nested_meta(|op| {
+                        let name = op.path.get_ident().map(ToString::to_string).unwrap_or_default();
+                        match OPS.iter().find(|(n, _)| *n == name) {
+                            Some((_, bit)) => bits |= bit,
+                            None => {
+                                return Err(op.error(format!(
+                                    "unknown cache op `{name}`; expected one of get, fetch, count, exists, all"
+                                )))
+                            }
+                        }
+                        Ok(())
+                    })?;
+                    ops = Some(bits);
+                } else if meta.path.is_ident("ttl") {
+                    let lit: LitInt = meta.value()?.parse().map_err(|e| {
+                        syn::Error::new(e.span(), "ttl must be a whole number of seconds, e.g. `ttl = 900`")
+                    })?;
+                    let secs: u64 = lit.base10_parse()?;
+                    if secs == 0 {
+                        return Err(syn::Error::new_spanned(&lit, "ttl must be at least 1 second"));
+                    }
+                    ttl = Some(secs);
+                } else {
+                    return Err(meta.error("unknown cache attribute; expected `table`, `ops` or `ttl`"));
+                }
+                Ok(())
+            });
+            if let Err(e) = result {
+                errors.push(e);
+            }
+        }
+
+        let mut pk = Vec::new();
+        for field in &fields {
+            let mut is_pk = false;
+            let mut column = None;
+            for attr in field.attrs.iter().filter(|a| a.path().is_ident("cache")) {
+                let result = attr.parse_nested_meta(|meta| {
+                    if meta.path.is_ident("pk") {
+                        is_pk = true;
+                    } else if meta.path.is_ident("column") {
+                        column = Some(meta.value()?.parse::<LitStr>()?.value());
+                    } else {
+                        return Err(meta
+                            .error("unknown field attribute; expected `pk` or `column = \"..\"`"));
+                    }
+                    Ok(())
+                });
+                if let Err(e) = result {
+                    errors.push(e);
+                }
+            }
+            if column.is_none() {
+                column = sqlx_rename(field);
+            }
+            if is_pk {
+                let ident = field.ident.as_ref().expect("named field");
+                let name = ident.to_string();
+                let column = column.unwrap_or_else(|| name.trim_start_matches("r#").to_owned());
+                pk.push(PkField { field, column });
+            }
+        }
+
+        if table.is_none() {
+            errors.push(syn::Error::new(
+                input.ident.span(),
+                "missing `#[cache(table = \"..\")]`: Cacheable needs the table the rows come from",
+            ));
+        }
+        if pk.is_empty() {
+            errors.push(syn::Error::new(
+                fields.first().map_or(input.ident.span(), |f| f.span()),
+                "missing primary key: mark the key field(s) with `#[cache(pk)]`",
+            ));
+        }
+        match errors.0 {
+            Some(error) => Err(error),
+            None => Ok(Model {
+                table: table.expect("checked"),
+                ops: ops.unwrap_or(15),
+                ttl,
+                fields,
+                pk,
+            }),
+        }
+    }
+}
+
+/// The column name given by `#[sqlx(rename = "..")]`, if any.
+fn sqlx_rename(field: &syn::Field) -> Option<String> {
+    let mut rename = None;
+    for attr in field.attrs.iter().filter(|a| a.path().is_ident("sqlx")) {
+        let _ = attr.parse_nested_meta(|meta| {
+            if meta.path.is_ident("rename") {
+                rename = Some(meta.value()?.parse::<LitStr>()?.value());
+            } else if meta.input.peek(syn::Token![=]) {
+                let _: syn::Expr = meta.value()?.parse()?;
+            }
+            Ok(())
+        });
+    }
+    rename
+}

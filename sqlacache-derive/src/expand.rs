@@ -1,0 +1,88 @@
+//! Code generation for `#[derive(Cacheable)]`.
+
+use crate::attr::Model;
+use proc_macro2::TokenStream;
+use quote::{quote, ToTokens};
+use syn::DeriveInput;
+
+pub fn expand(input: &DeriveInput, model: &Model<'_>) -> TokenStream {
+    let ident = &input.ident;
+    let table = &model.table;
+    let ops = model.ops;
+    let ttl = match model.ttl {
+        Some(secs) => quote!(::core::option::Option::Some(#secs)),
+        None => quote!(::core::option::Option::None),
+    };
+    let columns: Vec<&str> = model.pk.iter().map(|p| p.column.as_str()).collect();
+    let get_sql = get_sql(table, &columns);
+    let fingerprint = fingerprint(input, model);
+
+    let key_types: Vec<&syn::Type> = model.pk.iter().map(|p| &p.field.ty).collect();
+    let (key_type, binds) = if let [single] = key_types.as_slice() {
+        (single.to_token_stream(), quote!(__args.add(key)?;))
+    } else {
+        let indexes = (0..key_types.len()).map(syn::Index::from);
+        (
+            quote!((#(#key_types),*)),
+            quote!(#(__args.add(key.#indexes)?;)*),
+        )
+    };
+
+    quote! {
+        #[automatically_derived]
+        impl ::sqlacache_sqlx::Cacheable for #ident {
+            type Key = #key_type;
+
+            const MODEL: ::sqlacache_sqlx::Model = ::sqlacache_sqlx::Model {
+                table: #table,
+                primary_key: &[#(#columns),*],
+                ops: ::sqlacache_sqlx::Ops::from_bits(#ops),
+                ttl_secs: #ttl,
+                fingerprint: #fingerprint,
+                get_sql: #get_sql,
+            };
+
+            fn bind_key(
+                key: Self::Key,
+                __args: &mut ::sqlacache_sqlx::__private::PgArguments,
+            ) -> ::core::result::Result<(), ::sqlacache_sqlx::__private::BoxDynError> {
+                use ::sqlacache_sqlx::__private::Arguments as _;
+                #binds
+                ::core::result::Result::Ok(())
+            }
+        }
+    }
+}
+
+/// `SELECT * FROM <table> WHERE "a" = $1 AND "b" = $2`. `*` lets `FromRow` pick its columns, so
+/// renamed and skipped fields keep working.
+fn get_sql(table: &str, columns: &[&str]) -> String {
+    let conditions: Vec<String> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("\"{}\" = ${}", c.replace('"', "\"\""), i + 1))
+        .collect();
+    format!("SELECT * FROM {table} WHERE {}", conditions.join(" AND "))
+}
+
+/// A digest of the type's name and its fields' names and types: postcard is not
+/// self-describing, so a changed struct must never decode bytes written by the old one.
+fn fingerprint(input: &DeriveInput, model: &Model<'_>) -> u64 {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(input.ident.to_string().as_bytes());
+    for field in &model.fields {
+        hasher.update(b"|");
+        if let Some(ident) = &field.ident {
+            hasher.update(ident.to_string().as_bytes());
+        }
+        hasher.update(b":");
+        hasher.update(field.ty.to_token_stream().to_string().as_bytes());
+        for attr in field.attrs.iter().filter(|a| a.path().is_ident("serde")) {
+            hasher.update(attr.to_token_stream().to_string().as_bytes());
+        }
+    }
+    let digest = hasher.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest.as_bytes()[..8]);
+    u64::from_le_bytes(first)
+}

@@ -1,0 +1,28 @@
+//! The error type of this crate.
+
+/// Errors from building or steering a [`crate::CachedPool`].
+///
+/// Reads and writes return [`sqlx::Error`] unchanged, so cached calls compose with plain sqlx
+/// code; this type converts into it for `?`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The database failed (for example while reading the catalog).
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    /// A table named in a call is not in the database.
+    #[error("unknown table `{0}`")]
+    UnknownTable(String),
+    /// The configuration is not valid.
+    #[error("invalid cache configuration: {0}")]
+    Config(String),
+}
+
+impl From<Error> for sqlx::Error {
+    fn from(error: Error) -> sqlx::Error {
+        match error {
+            Error::Database(e) => e,
+            other => sqlx::Error::Configuration(Box::new(other)),
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! `query_as!`: `sqlx::query_as!` with compile-time checked SQL, cached.
+
+/// Like `sqlx::query_as!` (same arguments, same compile-time checks), but returns a
+/// [`CachedMap`](crate::CachedMap) whose `fetch_*` methods take a [`CachedPool`](crate::CachedPool)
+/// and answer from the cache. The output type must be [`Cacheable`](crate::Cacheable), the SQL
+/// one string literal, and each argument `serde::Serialize` (it is part of the cache key). Each
+/// argument expression is evaluated once.
+///
+/// ```ignore
+/// let user: Option<User> = sqlacache_sqlx::query_as!(User, "SELECT id, name FROM users WHERE id = $1", 1_i64)
+///     .fetch_optional(&cache)
+///     .await?;
+/// ```
+#[macro_export]
+macro_rules! query_as {
+    ($out:path, $sql:literal $(,)?) => {{
+        let __key = $crate::__private::KeyBuilder::new(<$out as $crate::Cacheable>::MODEL.fingerprint, $sql);
+        $crate::CachedMap::<$out, _>::new($sql, ::sqlx::query_as!($out, $sql), __key, true)
+    }};
+    ($out:path, $sql:literal, $($args:expr),+ $(,)?) => {
+        $crate::__query_as_bind!(($out, $sql) [] $($args,)+)
+    };
+}
+
+/// Binds each argument of [`query_as!`] to a name once, then expands to the cached query.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __query_as_bind {
+    (($out:path, $sql:literal) [$($bound:ident)*] $head:expr, $($rest:expr,)*) => {
+        match &$head {
+            __arg => $crate::__query_as_bind!(($out, $sql) [$($bound)* __arg] $($rest,)*),
+        }
+    };
+    (($out:path, $sql:literal) [$($bound:ident)*]) => {{
+        let mut __key = $crate::__private::KeyBuilder::new(<$out as $crate::Cacheable>::MODEL.fingerprint, $sql);
+        let mut __keyable = true;
+        $( __keyable &= __key.arg($bound).is_ok(); )*
+        $crate::CachedMap::<$out, _>::new($sql, ::sqlx::query_as!($out, $sql, $($bound),*), __key, __keyable)
+    }};
+}

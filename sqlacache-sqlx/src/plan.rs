@@ -1,0 +1,289 @@
+//! Turning a statement's analysis into what the cache does with it, given the catalog and the
+//! configuration. Plans are memoized per SQL string and catalog generation.
+
+use crate::catalog::{Catalog, TableInfo};
+use sqlacache_core::analyze::{Analysis, Effect, ReadOp, RowSource, TableName, WriteKind};
+use sqlacache_core::{Ops, Tag};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How a table is cached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Policy {
+    pub ops: Ops,
+    pub ttl: Duration,
+}
+
+#[derive(Debug)]
+pub(crate) struct Plan {
+    pub generation: u64,
+    pub read: Option<ReadPlan>,
+    pub write: WritePlan,
+    pub statements: usize,
+    /// Whether running it changes the schema.
+    pub ddl: bool,
+    /// Temporary tables running it creates.
+    pub temp_tables: Vec<String>,
+}
+
+impl Plan {
+    /// The plan of a statement that could not be planned: not cached, invalidates everything.
+    pub fn unknown() -> Plan {
+        Plan {
+            generation: 0,
+            read: None,
+            write: WritePlan::Everything,
+            statements: 0,
+            ddl: false,
+            temp_tables: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct ReadPlan {
+    pub op: ReadOp,
+    /// Operations every table read allows.
+    pub allowed: Ops,
+    pub ttl: Duration,
+    /// `Table` tags of every table read.
+    pub deps: Box<[Tag]>,
+    /// The table, when exactly one is read, with its primary-key columns when usable.
+    pub single: Option<(u32, Option<Vec<String>>)>,
+}
+
+#[derive(Debug)]
+pub(crate) enum WritePlan {
+    None,
+    Everything,
+    Writes(WriteTags),
+}
+
+#[derive(Debug)]
+pub(crate) struct WriteTags {
+    /// The SQL to run instead of the caller's, with `RETURNING` appended.
+    pub rewritten: Option<Arc<str>>,
+    /// Tags invalidated whatever the rows were.
+    pub tags: Vec<Tag>,
+    /// How to learn the written rows from the output; when that fails, `Rows(table)` is
+    /// invalidated instead.
+    pub rows: Option<RowsPlan>,
+}
+
+#[derive(Debug)]
+pub(crate) struct RowsPlan {
+    pub table: u32,
+    pub columns: RowColumns,
+    /// Whether rows reach the caller (`false` when the library appended the `RETURNING`).
+    pub forward: bool,
+}
+
+#[derive(Debug)]
+pub(crate) enum RowColumns {
+    /// Key columns at these positions.
+    Indexed(Vec<usize>),
+    /// Key columns under these names (the first column of each name).
+    Named(Vec<String>),
+}
+
+/// What the planner needs besides the analysis.
+pub(crate) struct Context<'a> {
+    pub catalog: &'a Catalog,
+    pub policy: &'a dyn Fn(&TableInfo) -> Option<Policy>,
+    pub temp_tables: &'a HashSet<String>,
+}
+
+/// Names that did not resolve; the caller may reload the catalog and plan again.
+pub(crate) struct Unresolved(pub Vec<TableName>);
+
+pub(crate) fn plan(sql: &str, analysis: &Analysis, cx: &Context<'_>) -> (Plan, Unresolved) {
+    let mut unresolved = Vec::new();
+    let read = analysis.read.as_ref().ok().and_then(|read| {
+        let mut allowed = Ops::ALL;
+        let mut ttl = Duration::MAX;
+        let mut deps = Vec::new();
+        let mut tables: Vec<&TableInfo> = Vec::new();
+        let mut ok = true;
+        for name in &read.tables {
+            match cx.catalog.resolve(name) {
+                Some(info) if name.schema.is_none() && cx.temp_tables.contains(&name.name) => {
+                    let _ = info;
+                    ok = false; // a temporary table may shadow it on some connections
+                }
+                Some(info) if info.is_plain_table() => match (cx.policy)(info) {
+                    Some(policy) => {
+                        allowed = Ops::from_bits(allowed.bits() & policy.ops.bits());
+                        ttl = ttl.min(policy.ttl);
+                        if !deps.contains(&Tag::Table(info.oid)) {
+                            deps.push(Tag::Table(info.oid));
+                            tables.push(info);
+                        }
+                    }
+                    None => ok = false,
+                },
+                Some(_) => ok = false,
+                None if name.schema.is_none() && read.ctes.contains(&name.name) => {}
+                None => {
+                    unresolved.push(name.clone());
+                    ok = false;
+                }
+            }
+        }
+        (ok && !tables.is_empty()).then(|| ReadPlan {
+            op: read.op,
+            allowed,
+            ttl,
+            deps: deps.into(),
+            single: match tables.as_slice() {
+                [one] => Some((one.oid, one.key.clone())),
+                _ => None,
+            },
+        })
+    });
+
+    let write = match &analysis.effect {
+        Effect::None => WritePlan::None,
+        Effect::Everything { .. } => WritePlan::Everything,
+        Effect::Writes(writes) => plan_writes(sql, writes, cx, &mut unresolved),
+    };
+    let plan = Plan {
+        generation: cx.catalog.generation,
+        read,
+        write,
+        statements: analysis.statements,
+        ddl: false,
+        temp_tables: Vec::new(),
+    };
+    (plan, Unresolved(unresolved))
+}
+
+fn plan_writes(
+    sql: &str,
+    writes: &[sqlacache_core::analyze::Write],
+    cx: &Context<'_>,
+    unresolved: &mut Vec<TableName>,
+) -> WritePlan {
+    let mut tags = Vec::new();
+    let mut rows_plan = None;
+    let mut rewritten = None;
+    let push = |tags: &mut Vec<Tag>, tag: Tag| {
+        if !tags.contains(&tag) {
+            tags.push(tag);
+        }
+    };
+    for write in writes {
+        let info = match cx.catalog.resolve(&write.table) {
+            Some(info) => info,
+            None if write.table.schema.is_none() && cx.temp_tables.contains(&write.table.name) => {
+                continue
+            }
+            None => {
+                unresolved.push(write.table.clone());
+                return WritePlan::Everything;
+            }
+        };
+        if info.kind == 'v' {
+            // A write through a view changes its base tables, which the catalog does not map.
+            return WritePlan::Everything;
+        }
+        let t = info.oid;
+        push(&mut tags, Tag::Table(t));
+        for &f in &info.family {
+            push(&mut tags, Tag::Table(f));
+            push(&mut tags, Tag::Rows(f));
+        }
+        let cascades = match write.kind {
+            WriteKind::Insert if write.assigned.is_empty() => Vec::new(),
+            WriteKind::Insert | WriteKind::Update => cx.catalog.cascades(t, false),
+            WriteKind::Delete => cx.catalog.cascades(t, true),
+            WriteKind::Truncate { cascade: true } => cx.catalog.truncate_cascade(t),
+            WriteKind::Truncate { cascade: false } => Vec::new(),
+            WriteKind::Other | WriteKind::Ddl => {
+                let mut both = cx.catalog.cascades(t, true);
+                both.extend(cx.catalog.cascades(t, false));
+                both
+            }
+        };
+        for c in cascades {
+            push(&mut tags, Tag::Table(c));
+            push(&mut tags, Tag::Rows(c));
+        }
+
+        let rows = match (&info.key, write.kind, writes.len()) {
+            (Some(key), WriteKind::Insert | WriteKind::Update | WriteKind::Delete, 1)
+                if !write.assigned.iter().any(|c| key.contains(c)) =>
+            {
+                row_columns(sql, key, &write.rows)
+            }
+            _ => None,
+        };
+        match rows {
+            Some((columns, forward, sql)) => {
+                rows_plan = Some(RowsPlan {
+                    table: t,
+                    columns,
+                    forward,
+                });
+                rewritten = sql.map(Arc::from);
+            }
+            None => push(&mut tags, Tag::Rows(t)),
+        }
+    }
+    WritePlan::Writes(WriteTags {
+        rewritten,
+        tags,
+        rows: rows_plan,
+    })
+}
+
+/// Where the key columns of written rows will be in the output, whether the rows reach the
+/// caller, and the rewritten SQL when a `RETURNING` must be appended.
+fn row_columns(
+    sql: &str,
+    key: &[String],
+    source: &RowSource,
+) -> Option<(RowColumns, bool, Option<String>)> {
+    match source {
+        RowSource::Unknown => None,
+        RowSource::Append { at, qualifier } => {
+            let columns: Vec<String> = key
+                .iter()
+                .map(|c| format!("{qualifier}.\"{}\"::text", c.replace('"', "\"\"")))
+                .collect();
+            let rewritten = format!(
+                "{} RETURNING {}{}",
+                &sql[..*at],
+                columns.join(", "),
+                &sql[*at..]
+            );
+            Some((
+                RowColumns::Indexed((0..key.len()).collect()),
+                false,
+                Some(rewritten),
+            ))
+        }
+        RowSource::Returning {
+            items,
+            star_first: true,
+        } if items.iter().all(|(out, _)| !key.contains(out)) => {
+            // `RETURNING *, ..`: the star's columns come first under their own names.
+            Some((RowColumns::Named(key.to_vec()), true, None))
+        }
+        RowSource::Returning {
+            items,
+            star_first: false,
+        } => {
+            let positions: Option<Vec<usize>> = key
+                .iter()
+                .map(|k| {
+                    items
+                        .iter()
+                        .position(|(_, src)| src.as_deref() == Some(k.as_str()))
+                })
+                .collect();
+            positions.map(|p| (RowColumns::Indexed(p), true, None))
+        }
+        RowSource::Returning { .. } => None,
+    }
+}

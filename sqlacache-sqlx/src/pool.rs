@@ -1,0 +1,616 @@
+//! `CachedPool`, its builder, and the state every handle shares.
+
+use crate::catalog::{Catalog, TableInfo};
+use crate::plan::{self, Context, Plan, Policy};
+use crate::{Cacheable, Error};
+use serde::{de::DeserializeOwned, Serialize};
+use sqlacache_core::analyze::{analyze, TableName};
+use sqlacache_core::key::{row_id_of, Key, KeyBuilder};
+use sqlacache_core::{MemoryStore, Ops, Stats, StatsSnapshot, Tag};
+use sqlx::postgres::PgArguments;
+use sqlx::PgPool;
+use std::collections::HashSet;
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// Distinguishes the kinds of cached call in a key, since they store different shapes.
+pub(crate) mod kind {
+    pub const GET: u8 = 1;
+    pub const ALL: u8 = 2;
+    pub const OPTIONAL: u8 = 3;
+}
+
+#[cfg(feature = "test-hooks")]
+type FillHook = Arc<dyn Fn() -> futures_core::future::BoxFuture<'static, ()> + Send + Sync>;
+
+/// State shared by every clone of a [`CachedPool`] and its transactions.
+pub(crate) struct Shared {
+    pub pool: PgPool,
+    pub store: MemoryStore,
+    pub stats: Stats,
+    config: Config,
+    catalog: RwLock<Arc<Catalog>>,
+    generation: AtomicU64,
+    dirty: AtomicBool,
+    reload: tokio::sync::Mutex<()>,
+    plans: quick_cache::sync::Cache<String, Arc<Plan>>,
+    temp_tables: RwLock<HashSet<String>>,
+    #[cfg(feature = "test-hooks")]
+    fill_hook: Option<FillHook>,
+}
+
+struct Config {
+    tables: Vec<(TableName, Ops, Option<Duration>)>,
+    disabled: Vec<TableName>,
+    default_ttl: Duration,
+    wildcard: Ops,
+}
+
+impl Config {
+    fn policy(&self, catalog: &Catalog, info: &TableInfo) -> Option<Policy> {
+        let is = |name: &TableName| catalog.resolve(name).is_some_and(|t| t.oid == info.oid);
+        if self.disabled.iter().any(is) {
+            return None;
+        }
+        let (ops, ttl) = match self.tables.iter().rev().find(|(name, _, _)| is(name)) {
+            Some((_, ops, ttl)) => (*ops, ttl.unwrap_or(self.default_ttl)),
+            None => (self.wildcard, self.default_ttl),
+        };
+        (ops != Ops::NONE).then_some(Policy { ops, ttl })
+    }
+}
+
+impl Shared {
+    fn catalog(&self) -> Arc<Catalog> {
+        self.catalog
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The plan for a SQL string: memoized, so a repeated statement is not parsed again.
+    pub async fn plan(&self, sql: &str) -> Result<Arc<Plan>, sqlx::Error> {
+        if !self.dirty.load(Ordering::Acquire) {
+            if let Some(plan) = self.plans.get(sql) {
+                if plan.generation == self.generation.load(Ordering::Acquire) {
+                    return Ok(plan);
+                }
+            }
+        }
+        self.plan_slow(sql).await
+    }
+
+    async fn plan_slow(&self, sql: &str) -> Result<Arc<Plan>, sqlx::Error> {
+        if self.dirty.load(Ordering::Acquire) {
+            self.reload(self.generation.load(Ordering::Acquire)).await?;
+        }
+        let analysis = analyze(sql);
+        let mut reloaded = false;
+        loop {
+            let catalog = self.catalog();
+            let (mut plan, fresh_names) = {
+                let temp_tables = self
+                    .temp_tables
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                let policy = |info: &TableInfo| self.config.policy(&catalog, info);
+                let cx = Context {
+                    catalog: &catalog,
+                    policy: &policy,
+                    temp_tables: &temp_tables,
+                };
+                let (plan, unresolved) = plan::plan(sql, &analysis, &cx);
+                let missing = catalog.missing.lock().unwrap_or_else(|e| e.into_inner());
+                let fresh: Vec<TableName> = unresolved
+                    .0
+                    .into_iter()
+                    .filter(|n| !missing.contains(n))
+                    .collect();
+                (plan, fresh)
+            };
+            if !fresh_names.is_empty() && !reloaded {
+                // A table created after the catalog was read: read it again, once.
+                self.reload(catalog.generation).await?;
+                reloaded = true;
+                continue;
+            }
+            catalog
+                .missing
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(fresh_names);
+            plan.ddl = analysis.ddl;
+            plan.temp_tables = analysis.temp_tables.clone();
+            let plan = Arc::new(plan);
+            self.plans.insert(sql.to_owned(), plan.clone());
+            return Ok(plan);
+        }
+    }
+
+    /// Reads the catalog again unless someone already did since `seen` was current.
+    async fn reload(&self, seen: u64) -> Result<(), sqlx::Error> {
+        let _guard = self.reload.lock().await;
+        if self.generation.load(Ordering::Acquire) != seen && !self.dirty.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.dirty.store(false, Ordering::Release);
+        let old = self.catalog();
+        let catalog = Catalog::load(&self.pool, old.generation + 1)
+            .await
+            .inspect_err(|_| {
+                self.dirty.store(true, Ordering::Release);
+            })?;
+        {
+            let old_missing = old.missing.lock().unwrap_or_else(|e| e.into_inner());
+            let still = old_missing
+                .iter()
+                .filter(|n| catalog.resolve(n).is_none())
+                .cloned();
+            catalog
+                .missing
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(still);
+        }
+        let generation = catalog.generation;
+        *self.catalog.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(catalog);
+        self.generation.store(generation, Ordering::Release);
+        Ok(())
+    }
+
+    /// Schema changed through the pool: plan again with a fresh catalog.
+    pub fn schema_changed(&self, temp_tables: &[String]) {
+        if !temp_tables.is_empty() {
+            self.temp_tables
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(temp_tables.iter().cloned());
+        }
+        self.dirty.store(true, Ordering::Release);
+    }
+
+    /// Applies an invalidation now.
+    pub fn invalidate(&self, tags: &[Tag]) {
+        if tags.is_empty() {
+            return;
+        }
+        self.store.invalidate(tags);
+        self.stats.invalidation();
+        if tags.contains(&Tag::All) {
+            self.stats.full_invalidation();
+        }
+        tracing::trace!(tags = tags.len(), "invalidated");
+    }
+
+    /// Answers a read from the cache or fills it: the freshness protocol in one place.
+    ///
+    /// The stamp is read before `fill` first runs (futures do nothing until polled), so a write
+    /// that commits while `fill` reads the database makes the store refuse the result.
+    pub async fn cached_read<R, F>(
+        &self,
+        key: Key,
+        deps: &[Tag],
+        ttl: Duration,
+        fill: F,
+    ) -> Result<R, sqlx::Error>
+    where
+        R: Serialize + DeserializeOwned,
+        F: Future<Output = Result<R, sqlx::Error>>,
+    {
+        if let Some(entry) = self.store.get(key) {
+            match postcard::take_from_bytes::<R>(entry.bytes()) {
+                Ok((value, [])) => {
+                    self.stats.hit();
+                    return Ok(value);
+                }
+                _ => {
+                    tracing::warn!("a cached value did not decode; treating it as a miss");
+                    self.stats.corrupt_entry();
+                    self.store.remove(key);
+                }
+            }
+        }
+        self.stats.miss();
+        let stamp = self.store.stamp();
+        let value = fill.await?;
+        #[cfg(feature = "test-hooks")]
+        if let Some(hook) = &self.fill_hook {
+            hook().await;
+        }
+        match postcard::to_allocvec(&value) {
+            Ok(bytes) => {
+                if !self.store.put(key, deps, stamp, ttl, bytes) {
+                    self.stats.fill_rejected();
+                }
+            }
+            Err(error) => tracing::warn!(%error, "a value could not be serialized; not cached"),
+        }
+        Ok(value)
+    }
+}
+
+/// A [`PgPool`] with a query cache in front of it.
+///
+/// Every write made through it (with any sqlx API: `query`, `query_as`, `query!`, `raw_sql`)
+/// invalidates the cached reads it may change before the write returns; reads made with the
+/// typed calls ([`get`](CachedPool::get), [`query_as`](CachedPool::query_as),
+/// [`query_scalar`](CachedPool::query_scalar), [`query_as!`](crate::query_as!)) are answered from
+/// the cache when it holds a fresh copy. Cloning is cheap and clones share one cache.
+///
+/// ```no_run
+/// # async fn demo(pool: sqlx::PgPool) -> Result<(), sqlacache_sqlx::Error> {
+/// use sqlacache_sqlx::{CachedPool, Ops};
+/// use std::time::Duration;
+/// let cache = CachedPool::builder(pool)
+///     .table("orders", Ops::ALL, Duration::from_secs(60))
+///     .build()
+///     .await?;
+/// sqlx::query("UPDATE orders SET paid = true WHERE id = $1").bind(7_i64).execute(&cache).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct CachedPool {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl fmt::Debug for CachedPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CachedPool")
+            .field("pool", &self.shared.pool)
+            .field("store", &self.shared.store)
+            .field("stats", &self.shared.stats.snapshot())
+            .finish()
+    }
+}
+
+impl CachedPool {
+    /// Starts configuring a cache in front of `pool`.
+    pub fn builder(pool: PgPool) -> CachedPoolBuilder {
+        CachedPoolBuilder {
+            pool,
+            tables: Vec::new(),
+            disabled: Vec::new(),
+            default_ttl: Duration::from_secs(3600),
+            wildcard: Ops::ALL,
+            capacity: 64 * 1024 * 1024,
+            #[cfg(feature = "test-hooks")]
+            fill_hook: None,
+        }
+    }
+
+    /// The wrapped pool.
+    ///
+    /// Writes made through it **bypass invalidation**: use it for migrations, `PgListener`,
+    /// `COPY` and other work that must reach the connection itself, and invalidate by hand
+    /// afterwards if cached tables changed.
+    pub fn inner(&self) -> &PgPool {
+        &self.shared.pool
+    }
+
+    /// A snapshot of the counters.
+    ///
+    /// ```no_run
+    /// # fn demo(cache: &sqlacache_sqlx::CachedPool) {
+    /// let s = cache.stats();
+    /// println!("{} hits, {} misses", s.hits, s.misses);
+    /// # }
+    /// ```
+    pub fn stats(&self) -> StatsSnapshot {
+        self.shared.stats.snapshot()
+    }
+
+    /// Bytes held by cached entries (by the store's weight formula) and the number of entries.
+    pub fn memory_usage(&self) -> (u64, usize) {
+        (self.shared.store.weight(), self.shared.store.len())
+    }
+
+    /// Reads the row of `T` with primary key `key`, from the cache when it holds a fresh copy.
+    /// Absent rows are cached too, and an `INSERT` of that key invalidates them.
+    ///
+    /// A composite key is a tuple, in field order (declare the fields in the order of the
+    /// table's `PRIMARY KEY` so writes can be matched to single rows).
+    ///
+    /// ```no_run
+    /// # #[derive(sqlx::FromRow, serde::Serialize, serde::Deserialize, sqlacache_sqlx::Cacheable)]
+    /// # #[cache(table = "users")]
+    /// # struct User { #[cache(pk)] id: i64 }
+    /// # async fn demo(cache: &sqlacache_sqlx::CachedPool) -> Result<(), sqlx::Error> {
+    /// let user: Option<User> = cache.get::<User>(1).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn get<T: Cacheable>(&self, key: T::Key) -> Result<Option<T>, sqlx::Error> {
+        let model = &T::MODEL;
+        let shared = &self.shared;
+        let mut key_hash = KeyBuilder::new(model.fingerprint, model.get_sql);
+        let keyable = key_hash.arg(&key).is_ok();
+        let plan = shared.plan(model.get_sql).await?;
+        let read = plan
+            .read
+            .as_ref()
+            .filter(|r| keyable && r.allowed.contains(Ops::GET));
+        let deps = read.and_then(|read| {
+            let (oid, columns) = read.single.as_ref()?;
+            let same_key = columns.as_ref().is_some_and(|c| {
+                c.iter()
+                    .map(String::as_str)
+                    .eq(model.primary_key.iter().copied())
+            });
+            match same_key.then(|| row_id_of(*oid, &key)).flatten() {
+                Some(row) => Some(vec![Tag::Row(row), Tag::Rows(*oid)]),
+                None => Some(vec![Tag::Table(*oid)]),
+            }
+        });
+        let mut args = PgArguments::default();
+        T::bind_key(key, &mut args).map_err(sqlx::Error::Encode)?;
+        let query = sqlx::query_as_with::<_, T, _>(model.get_sql, args);
+        match (read, deps) {
+            (Some(read), Some(deps)) => {
+                let fill = query.fetch_optional(&shared.pool);
+                shared
+                    .cached_read(key_hash.finish(kind::GET), &deps, read.ttl, fill)
+                    .await
+            }
+            _ => {
+                shared.stats.bypass();
+                query.fetch_optional(self).await
+            }
+        }
+    }
+
+    /// Starts a cached query mapping rows to `T` (`T` must be [`Cacheable`]; its fingerprint
+    /// keeps the cached bytes of different row types apart). Bind arguments with
+    /// [`bind`](crate::CachedQueryAs::bind).
+    ///
+    /// ```no_run
+    /// # #[derive(sqlx::FromRow, serde::Serialize, serde::Deserialize, sqlacache_sqlx::Cacheable)]
+    /// # #[cache(table = "users")]
+    /// # struct User { #[cache(pk)] id: i64 }
+    /// # async fn demo(cache: &sqlacache_sqlx::CachedPool) -> Result<(), sqlx::Error> {
+    /// let active: Vec<User> = cache
+    ///     .query_as::<User>("SELECT * FROM users WHERE active = $1")
+    ///     .bind(true)
+    ///     .fetch_all()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn query_as<T: Cacheable>(
+        &self,
+        sql: impl sqlx::SqlSafeStr,
+    ) -> crate::CachedQueryAs<'_, T> {
+        crate::query::CachedQueryAs::new(self, sql.into_sql_str(), T::MODEL.fingerprint)
+    }
+
+    /// Starts a cached query returning one column of type `O` (counts, existence checks, ids).
+    ///
+    /// ```no_run
+    /// # async fn demo(cache: &sqlacache_sqlx::CachedPool) -> Result<(), sqlx::Error> {
+    /// let n: i64 = cache.query_scalar::<i64>("SELECT count(*) FROM users WHERE active").fetch_one().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn query_scalar<O>(&self, sql: impl sqlx::SqlSafeStr) -> crate::CachedQueryScalar<'_, O>
+    where
+        O: Serialize
+            + DeserializeOwned
+            + Send
+            + Unpin
+            + for<'r> sqlx::Decode<'r, sqlx::Postgres>
+            + sqlx::Type<sqlx::Postgres>,
+    {
+        crate::query::CachedQueryScalar::new(self, sql.into_sql_str())
+    }
+
+    /// Begins a transaction. Writes made in it invalidate the cache when
+    /// [`commit`](crate::CachedTransaction::commit) returns; a rollback, or dropping the
+    /// transaction, invalidates nothing.
+    pub async fn begin(&self) -> Result<crate::CachedTransaction, sqlx::Error> {
+        let tx = self.shared.pool.begin().await?;
+        Ok(crate::transaction::CachedTransaction::new(
+            tx,
+            self.shared.clone(),
+        ))
+    }
+
+    /// Invalidates cached reads of the rows of `T` with these keys (and every multi-row read of
+    /// its table), for changes made where the cache cannot see them.
+    pub async fn invalidate_rows<T: Cacheable>(&self, keys: &[T::Key]) -> Result<(), Error> {
+        let plan = self.shared.plan(T::MODEL.get_sql).await?;
+        let Some((oid, columns)) = plan.read.as_ref().and_then(|r| r.single.clone()) else {
+            return self.invalidate_table(T::MODEL.table).await;
+        };
+        let same_key = columns.is_some_and(|c| {
+            c.iter()
+                .map(String::as_str)
+                .eq(T::MODEL.primary_key.iter().copied())
+        });
+        let mut tags = vec![Tag::Table(oid)];
+        for key in keys {
+            match row_id_of(oid, key).filter(|_| same_key) {
+                Some(row) => tags.push(Tag::Row(row)),
+                None => {
+                    tags.push(Tag::Rows(oid));
+                    break;
+                }
+            }
+        }
+        self.shared.invalidate(&tags);
+        Ok(())
+    }
+
+    /// Invalidates every cached read of a table (by SQL name, such as `users` or `app.users`).
+    pub async fn invalidate_table(&self, table: &str) -> Result<(), Error> {
+        let name = TableName::parse(table);
+        let mut catalog = self.shared.catalog();
+        if catalog.resolve(&name).is_none() {
+            self.shared.reload(catalog.generation).await?;
+            catalog = self.shared.catalog();
+        }
+        let info = catalog
+            .resolve(&name)
+            .ok_or_else(|| Error::UnknownTable(table.to_owned()))?;
+        let mut tags = vec![Tag::Table(info.oid), Tag::Rows(info.oid)];
+        for &other in info.family.iter() {
+            tags.extend([Tag::Table(other), Tag::Rows(other)]);
+        }
+        self.shared.invalidate(&tags);
+        Ok(())
+    }
+
+    /// Drops every cached read.
+    pub async fn invalidate_all(&self) -> Result<(), Error> {
+        self.shared.invalidate(&[Tag::All]);
+        Ok(())
+    }
+
+    /// Reads the schema again (tables, keys, foreign keys). Schema changes made through the
+    /// pool are noticed by themselves; call this after changing the schema elsewhere.
+    pub async fn refresh_catalog(&self) -> Result<(), Error> {
+        self.shared.dirty.store(true, Ordering::Release);
+        self.shared
+            .reload(self.shared.generation.load(Ordering::Acquire))
+            .await?;
+        Ok(())
+    }
+
+    /// Test support: overwrites every cached value with bytes that do not decode.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn scramble_entries_for_tests(&self) {
+        self.shared.store.scramble_for_tests();
+    }
+}
+
+/// Configures a [`CachedPool`]. Obtained from [`CachedPool::builder`].
+///
+/// Tables not configured are cached under the `*` wildcard (all operations, the default TTL)
+/// unless disabled. A read touching several tables uses the smallest TTL and is cached only if
+/// every table allows its operation.
+#[must_use = "call build() to create the pool"]
+pub struct CachedPoolBuilder {
+    pool: PgPool,
+    tables: Vec<(TableName, Ops, Option<Duration>)>,
+    disabled: Vec<TableName>,
+    default_ttl: Duration,
+    wildcard: Ops,
+    capacity: u64,
+    #[cfg(feature = "test-hooks")]
+    fill_hook: Option<FillHook>,
+}
+
+impl fmt::Debug for CachedPoolBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CachedPoolBuilder")
+            .field("tables", &self.tables)
+            .field("disabled", &self.disabled)
+            .field("default_ttl", &self.default_ttl)
+            .field("wildcard", &self.wildcard)
+            .field("memory_capacity", &self.capacity)
+            .finish()
+    }
+}
+
+impl CachedPoolBuilder {
+    /// Configures the table of `T` with the ops and TTL from its `#[cache(..)]` attribute.
+    pub fn model<T: Cacheable>(mut self) -> Self {
+        let model = &T::MODEL;
+        self.tables.push((
+            TableName::parse(model.table),
+            model.ops,
+            model.ttl_secs.map(Duration::from_secs),
+        ));
+        self
+    }
+
+    /// Configures a table by SQL name (`orders`, `app.orders`).
+    pub fn table(mut self, name: &str, ops: Ops, ttl: Duration) -> Self {
+        self.tables.push((TableName::parse(name), ops, Some(ttl)));
+        self
+    }
+
+    /// Never caches reads of this table (its writes still invalidate).
+    pub fn disable_table(mut self, name: &str) -> Self {
+        self.disabled.push(TableName::parse(name));
+        self
+    }
+
+    /// The TTL of tables configured without one and of the `*` wildcard. Default: one hour.
+    pub fn default_ttl(mut self, ttl: Duration) -> Self {
+        self.default_ttl = ttl;
+        self
+    }
+
+    /// The operations cached for tables that are not configured. Default: [`Ops::ALL`];
+    /// [`Ops::NONE`] caches configured tables only.
+    pub fn wildcard(mut self, ops: Ops) -> Self {
+        self.wildcard = ops;
+        self
+    }
+
+    /// The most bytes the in-process store holds. Default: 64 MiB.
+    pub fn memory_capacity(mut self, bytes: u64) -> Self {
+        self.capacity = bytes;
+        self
+    }
+
+    /// Test support: runs `hook` after every cache fill has read the database and before it
+    /// stores its result.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn fill_hook(
+        mut self,
+        hook: impl Fn() -> futures_core::future::BoxFuture<'static, ()> + Send + Sync + 'static,
+    ) -> Self {
+        self.fill_hook = Some(Arc::new(hook));
+        self
+    }
+
+    /// Reads the schema (tables, primary keys, foreign-key actions) and creates the pool.
+    pub async fn build(self) -> Result<CachedPool, Error> {
+        if self.default_ttl.is_zero() {
+            return Err(Error::Config(
+                "default_ttl must be greater than zero".into(),
+            ));
+        }
+        if let Some((name, _, _)) = self
+            .tables
+            .iter()
+            .find(|(_, _, ttl)| ttl.is_some_and(|t| t.is_zero()))
+        {
+            return Err(Error::Config(format!(
+                "the TTL of `{}` must be greater than zero",
+                name.name
+            )));
+        }
+        let catalog = Catalog::load(&self.pool, 1).await?;
+        for (name, _, _) in &self.tables {
+            if catalog.resolve(name).is_none() {
+                tracing::warn!(table = %name.name, "configured table not found in the database (yet)");
+            }
+        }
+        let shared = Shared {
+            store: MemoryStore::new(self.capacity),
+            stats: Stats::default(),
+            config: Config {
+                tables: self.tables,
+                disabled: self.disabled,
+                default_ttl: self.default_ttl,
+                wildcard: self.wildcard,
+            },
+            catalog: RwLock::new(Arc::new(catalog)),
+            generation: AtomicU64::new(1),
+            dirty: AtomicBool::new(false),
+            reload: tokio::sync::Mutex::new(()),
+            plans: quick_cache::sync::Cache::new(4096),
+            temp_tables: RwLock::new(HashSet::new()),
+            pool: self.pool,
+            #[cfg(feature = "test-hooks")]
+            fill_hook: self.fill_hook,
+        };
+        Ok(CachedPool {
+            shared: Arc::new(shared),
+        })
+    }
+}

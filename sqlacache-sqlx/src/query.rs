@@ -1,0 +1,351 @@
+//! The typed cached reads: [`CachedQueryAs`], [`CachedQueryScalar`] and the `query_as!` wrapper.
+
+use crate::pool::kind;
+use crate::{Cacheable, CachedPool};
+use serde::{de::DeserializeOwned, Serialize};
+use sqlacache_core::analyze::ReadOp;
+use sqlacache_core::key::KeyBuilder;
+use sqlacache_core::Ops;
+use sqlx::error::BoxDynError;
+use sqlx::postgres::{PgArguments, PgRow};
+use sqlx::{Arguments, Encode, Postgres, SqlStr, Type};
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+
+fn op_of(op: ReadOp) -> Ops {
+    match op {
+        ReadOp::Fetch => Ops::FETCH,
+        ReadOp::Count => Ops::COUNT,
+        ReadOp::Exists => Ops::EXISTS,
+    }
+}
+
+/// Looks up `sql`'s plan and either answers from the cache or runs `fill` (through the
+/// `CachedPool` executor, so a statement that turns out to write still invalidates).
+async fn read<R, Fut>(
+    pool: &CachedPool,
+    sql: &str,
+    key: Option<&KeyBuilder>,
+    kind: u8,
+    fill: Fut,
+) -> Result<R, sqlx::Error>
+where
+    R: Serialize + DeserializeOwned,
+    Fut: Future<Output = Result<R, sqlx::Error>>,
+{
+    let shared = &pool.shared;
+    let plan = shared.plan(sql).await?;
+    match (
+        plan.read
+            .as_ref()
+            .filter(|r| r.allowed.contains(op_of(r.op))),
+        key,
+    ) {
+        (Some(read), Some(key)) => {
+            shared
+                .cached_read(key.finish(kind), &read.deps, read.ttl, fill)
+                .await
+        }
+        _ => {
+            shared.stats.bypass();
+            fill.await
+        }
+    }
+}
+
+/// SQL, arguments and the cache key built from them, bound together.
+struct Bound<'p> {
+    pool: &'p CachedPool,
+    sql: SqlStr,
+    args: PgArguments,
+    /// `None` when an argument could not be serialized: the read then bypasses the cache.
+    key: Option<KeyBuilder>,
+    error: Option<BoxDynError>,
+    persistent: bool,
+}
+
+impl<'p> Bound<'p> {
+    fn new(pool: &'p CachedPool, sql: SqlStr, fingerprint: u64) -> Bound<'p> {
+        let key = KeyBuilder::new(fingerprint, sql.as_str());
+        Bound {
+            pool,
+            sql,
+            args: PgArguments::default(),
+            key: Some(key),
+            error: None,
+            persistent: true,
+        }
+    }
+
+    fn bind<'t, V: Encode<'t, Postgres> + Type<Postgres> + Serialize>(&mut self, value: V) {
+        if self.error.is_some() {
+            return;
+        }
+        if let Some(key) = &mut self.key {
+            if key.arg(&value).is_err() {
+                self.key = None;
+            }
+        }
+        let position = self.args.len() + 1;
+        if let Err(error) = self.args.add(value) {
+            self.error = Some(format!("Encoding argument ${position} failed: {error}").into());
+        }
+    }
+
+    fn take(
+        self,
+    ) -> Result<
+        (
+            &'p CachedPool,
+            SqlStr,
+            PgArguments,
+            Option<KeyBuilder>,
+            bool,
+        ),
+        sqlx::Error,
+    > {
+        match self.error {
+            Some(error) => Err(sqlx::Error::Encode(error)),
+            None => Ok((self.pool, self.sql, self.args, self.key, self.persistent)),
+        }
+    }
+}
+
+impl fmt::Debug for Bound<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bound")
+            .field("sql", &self.sql.as_str())
+            .field("args", &self.args.len())
+            .finish()
+    }
+}
+
+/// A cached query mapping rows to `T`, from [`CachedPool::query_as`].
+///
+/// Arguments are bound with [`bind`](Self::bind), which also serializes them into the cache
+/// key, so they must implement `serde::Serialize` besides sqlx's `Encode`.
+#[must_use = "a query does nothing until fetched"]
+pub struct CachedQueryAs<'p, T> {
+    bound: Bound<'p>,
+    row: PhantomData<fn() -> T>,
+}
+
+impl<T> fmt::Debug for CachedQueryAs<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.bound.fmt(f)
+    }
+}
+
+impl<'p, T: Cacheable> CachedQueryAs<'p, T> {
+    pub(crate) fn new(pool: &'p CachedPool, sql: SqlStr, fingerprint: u64) -> Self {
+        CachedQueryAs {
+            bound: Bound::new(pool, sql, fingerprint),
+            row: PhantomData,
+        }
+    }
+
+    /// Binds the next `$n` argument.
+    pub fn bind<'t, V: Encode<'t, Postgres> + Type<Postgres> + Serialize>(
+        mut self,
+        value: V,
+    ) -> Self {
+        self.bound.bind(value);
+        self
+    }
+
+    /// Whether the prepared statement is kept on the connection (as sqlx's `persistent`).
+    pub fn persistent(mut self, value: bool) -> Self {
+        self.bound.persistent = value;
+        self
+    }
+
+    /// All rows.
+    pub async fn fetch_all(self) -> Result<Vec<T>, sqlx::Error> {
+        let (pool, sql, args, key, persistent) = self.bound.take()?;
+        let query = sqlx::query_as_with::<_, T, _>(sql.clone(), args).persistent(persistent);
+        read(
+            pool,
+            sql.as_str(),
+            key.as_ref(),
+            kind::ALL,
+            query.fetch_all(pool),
+        )
+        .await
+    }
+
+    /// The first row, if any.
+    pub async fn fetch_optional(self) -> Result<Option<T>, sqlx::Error> {
+        let (pool, sql, args, key, persistent) = self.bound.take()?;
+        let query = sqlx::query_as_with::<_, T, _>(sql.clone(), args).persistent(persistent);
+        read(
+            pool,
+            sql.as_str(),
+            key.as_ref(),
+            kind::OPTIONAL,
+            query.fetch_optional(pool),
+        )
+        .await
+    }
+
+    /// The first row; [`sqlx::Error::RowNotFound`] when there is none.
+    pub async fn fetch_one(self) -> Result<T, sqlx::Error> {
+        self.fetch_optional().await?.ok_or(sqlx::Error::RowNotFound)
+    }
+}
+
+/// A cached query returning one column, from [`CachedPool::query_scalar`].
+#[must_use = "a query does nothing until fetched"]
+pub struct CachedQueryScalar<'p, O> {
+    bound: Bound<'p>,
+    output: PhantomData<fn() -> O>,
+}
+
+impl<O> fmt::Debug for CachedQueryScalar<'_, O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.bound.fmt(f)
+    }
+}
+
+/// A fingerprint for scalar types, which have no derive: their name (FNV-1a).
+fn type_fingerprint<O>() -> u64 {
+    std::any::type_name::<O>()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        })
+}
+
+impl<'p, O> CachedQueryScalar<'p, O>
+where
+    O: Serialize
+        + DeserializeOwned
+        + Send
+        + Unpin
+        + for<'r> sqlx::Decode<'r, Postgres>
+        + Type<Postgres>,
+{
+    pub(crate) fn new(pool: &'p CachedPool, sql: SqlStr) -> Self {
+        CachedQueryScalar {
+            bound: Bound::new(pool, sql, type_fingerprint::<O>()),
+            output: PhantomData,
+        }
+    }
+
+    /// Binds the next `$n` argument.
+    pub fn bind<'t, V: Encode<'t, Postgres> + Type<Postgres> + Serialize>(
+        mut self,
+        value: V,
+    ) -> Self {
+        self.bound.bind(value);
+        self
+    }
+
+    /// Whether the prepared statement is kept on the connection (as sqlx's `persistent`).
+    pub fn persistent(mut self, value: bool) -> Self {
+        self.bound.persistent = value;
+        self
+    }
+
+    /// The value of every row.
+    pub async fn fetch_all(self) -> Result<Vec<O>, sqlx::Error> {
+        let (pool, sql, args, key, persistent) = self.bound.take()?;
+        let query = sqlx::query_scalar_with::<_, O, _>(sql.clone(), args).persistent(persistent);
+        read(
+            pool,
+            sql.as_str(),
+            key.as_ref(),
+            kind::ALL,
+            query.fetch_all(pool),
+        )
+        .await
+    }
+
+    /// The value of the first row, if any.
+    pub async fn fetch_optional(self) -> Result<Option<O>, sqlx::Error> {
+        let (pool, sql, args, key, persistent) = self.bound.take()?;
+        let query = sqlx::query_scalar_with::<_, O, _>(sql.clone(), args).persistent(persistent);
+        read(
+            pool,
+            sql.as_str(),
+            key.as_ref(),
+            kind::OPTIONAL,
+            query.fetch_optional(pool),
+        )
+        .await
+    }
+
+    /// The value of the first row; [`sqlx::Error::RowNotFound`] when there is none.
+    pub async fn fetch_one(self) -> Result<O, sqlx::Error> {
+        self.fetch_optional().await?.ok_or(sqlx::Error::RowNotFound)
+    }
+}
+
+/// The cached form of a `sqlx::query_as!` query, made by [`query_as!`](crate::query_as!).
+#[must_use = "a query does nothing until fetched"]
+pub struct CachedMap<'q, T, F> {
+    sql: &'static str,
+    map: sqlx::query::Map<'q, Postgres, F, PgArguments>,
+    key: Option<KeyBuilder>,
+    row: PhantomData<fn() -> T>,
+}
+
+impl<T, F> fmt::Debug for CachedMap<'_, T, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CachedMap")
+            .field("sql", &self.sql)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'q, T, F> CachedMap<'q, T, F>
+where
+    T: Cacheable,
+    F: FnMut(PgRow) -> Result<T, sqlx::Error> + Send,
+{
+    #[doc(hidden)]
+    pub fn new(
+        sql: &'static str,
+        map: sqlx::query::Map<'q, Postgres, F, PgArguments>,
+        key: KeyBuilder,
+        keyable: bool,
+    ) -> Self {
+        CachedMap {
+            sql,
+            map,
+            key: keyable.then_some(key),
+            row: PhantomData,
+        }
+    }
+
+    /// All rows.
+    pub async fn fetch_all(self, cache: &CachedPool) -> Result<Vec<T>, sqlx::Error> {
+        read(
+            cache,
+            self.sql,
+            self.key.as_ref(),
+            kind::ALL,
+            self.map.fetch_all(cache),
+        )
+        .await
+    }
+
+    /// The first row, if any.
+    pub async fn fetch_optional(self, cache: &CachedPool) -> Result<Option<T>, sqlx::Error> {
+        read(
+            cache,
+            self.sql,
+            self.key.as_ref(),
+            kind::OPTIONAL,
+            self.map.fetch_optional(cache),
+        )
+        .await
+    }
+
+    /// The first row; [`sqlx::Error::RowNotFound`] when there is none.
+    pub async fn fetch_one(self, cache: &CachedPool) -> Result<T, sqlx::Error> {
+        self.fetch_optional(cache)
+            .await?
+            .ok_or(sqlx::Error::RowNotFound)
+    }
+}

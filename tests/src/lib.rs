@@ -1,0 +1,180 @@
+//! Shared fixtures for the sqlacache integration tests: an isolated schema per test on the
+//! database named by `DATABASE_URL`, and the row types the tests use.
+#![forbid(unsafe_code)]
+
+use serde::{Deserialize, Serialize};
+use sqlacache_sqlx::{Cacheable, CachedPool, CachedPoolBuilder};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{AssertSqlSafe, PgPool};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The database the tests use.
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+const HOW_TO_START: &str =
+    "start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start \
+     (or set DATABASE_URL to a reachable PostgreSQL)";
+
+/// A user row, configured through its derive.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, Serialize, Deserialize, Cacheable)]
+#[cache(table = "users", ops(get, fetch, count, exists), ttl = 900)]
+pub struct User {
+    /// Primary key.
+    #[cache(pk)]
+    pub id: i64,
+    /// Name.
+    pub name: String,
+    /// Whether the user is active.
+    pub active: bool,
+}
+
+/// An order row (references `users` with `ON DELETE CASCADE`).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, Serialize, Deserialize, Cacheable)]
+#[cache(table = "orders")]
+pub struct Order {
+    /// Primary key.
+    #[cache(pk)]
+    pub id: i64,
+    /// Owner; nullable so `ON DELETE SET NULL` tables can reuse the type.
+    pub user_id: Option<i64>,
+    /// Amount.
+    pub total: i32,
+}
+
+/// A row of a table with a composite primary key.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, Serialize, Deserialize, Cacheable)]
+#[cache(table = "memberships")]
+pub struct Membership {
+    /// First key column.
+    #[cache(pk)]
+    pub org_id: i64,
+    /// Second key column.
+    #[cache(pk)]
+    pub user_id: i64,
+    /// Role.
+    pub role: String,
+}
+
+/// The schema every test starts from.
+pub const SCHEMA: &str = r#"
+CREATE TABLE users (id bigint PRIMARY KEY, name text NOT NULL, active boolean NOT NULL DEFAULT true);
+CREATE TABLE orders (id bigint PRIMARY KEY, user_id bigint REFERENCES users(id) ON DELETE CASCADE, total int NOT NULL);
+CREATE TABLE notes (id bigint PRIMARY KEY, user_id bigint REFERENCES users(id) ON DELETE SET NULL, total int NOT NULL);
+CREATE TABLE memberships (org_id bigint, user_id bigint, role text NOT NULL, PRIMARY KEY (org_id, user_id));
+CREATE TABLE audit_log (id bigserial PRIMARY KEY, message text NOT NULL);
+INSERT INTO users VALUES (1, 'ada', true), (2, 'bob', true), (3, 'cy', false);
+INSERT INTO orders VALUES (10, 1, 100), (11, 1, 50), (12, 2, 70);
+INSERT INTO notes VALUES (20, 1, 5), (21, 2, 6);
+INSERT INTO memberships VALUES (1, 1, 'owner'), (1, 2, 'member');
+"#;
+
+/// An isolated schema, set as the search path of its pool, dropped when the value is dropped.
+pub struct TestDb {
+    /// A pool whose connections see only this test's schema.
+    pub pool: PgPool,
+    /// The schema's name.
+    pub schema: String,
+}
+
+impl TestDb {
+    /// Creates a fresh schema holding [`SCHEMA`].
+    pub async fn new() -> TestDb {
+        TestDb::with_schema(SCHEMA).await
+    }
+
+    /// Creates a fresh schema holding the given DDL.
+    pub async fn with_schema(ddl: &str) -> TestDb {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let seed = format!(
+            "{nanos}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let schema = format!("sqlacache_t_{}", &fnv_hex(&seed)[..12]);
+
+        let url = database_url();
+        let options = PgConnectOptions::from_str(&url)
+            .unwrap_or_else(|e| panic!("DATABASE_URL {url:?} is not a PostgreSQL URL: {e}"));
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await
+            .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at {url}: {e}\n{HOW_TO_START}"));
+        sqlx::raw_sql(AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+            .execute(&admin)
+            .await
+            .expect("create schema");
+        admin.close().await;
+
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .connect_with(options.options([("search_path", schema.as_str())]))
+            .await
+            .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at {url}: {e}\n{HOW_TO_START}"));
+        sqlx::raw_sql(AssertSqlSafe(ddl.to_owned()))
+            .execute(&pool)
+            .await
+            .expect("create test tables");
+        TestDb { pool, schema }
+    }
+
+    /// A builder over this schema's pool with the test row types configured.
+    pub fn builder(&self) -> CachedPoolBuilder {
+        CachedPool::builder(self.pool.clone())
+            .model::<User>()
+            .model::<Order>()
+            .model::<Membership>()
+    }
+
+    /// A cache with the default configuration.
+    pub async fn cache(&self) -> CachedPool {
+        self.builder().build().await.expect("build the cache")
+    }
+}
+
+fn fnv_hex(text: &str) -> String {
+    // Only a short unique suffix; FNV-1a is enough.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let schema = self.schema.clone();
+        let url = database_url();
+        // Runs even when the test panicked; a fresh runtime because Drop cannot await.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async {
+                let options = PgConnectOptions::from_str(&url).ok()?;
+                let pool = PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect_with(options)
+                    .await
+                    .ok()?;
+                let drop = format!("DROP SCHEMA IF EXISTS {schema} CASCADE");
+                sqlx::raw_sql(AssertSqlSafe(drop))
+                    .execute(&pool)
+                    .await
+                    .ok()?;
+                pool.close().await;
+                Some(())
+            })
+        })
+        .join();
+    }
+}
