@@ -116,7 +116,7 @@ impl TestDb {
 
         let pool = PgPoolOptions::new()
             .max_connections(8)
-            .connect_with(options.options([("search_path", schema.as_str())]))
+            .connect_with(options.options([("search_path", schema.as_str())]).application_name(&schema))
             .await
             .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at {url}: {e}\n{HOW_TO_START}"));
         sqlx::raw_sql(AssertSqlSafe(ddl.to_owned()))
@@ -166,6 +166,10 @@ impl Drop for TestDb {
                     .connect_with(options)
                     .await
                     .ok()?;
+                // The test's own connections may still hold locks (a dropped transaction's
+                // rollback runs lazily); they are tagged with the schema's name.
+                let kill = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1";
+                sqlx::query(kill).bind(&schema).execute(&pool).await.ok()?;
                 let drop = format!("DROP SCHEMA IF EXISTS {schema} CASCADE");
                 sqlx::raw_sql(AssertSqlSafe(drop))
                     .execute(&pool)

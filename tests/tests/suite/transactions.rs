@@ -1,1 +1,94 @@
-//! placeholder
+//! Writes in a transaction invalidate when COMMIT returns, and never otherwise.
+
+use sqlacache_tests::{TestDb, User};
+use std::time::Duration;
+
+async fn name_of(cache: &sqlacache_sqlx::CachedPool, id: i64) -> Option<String> {
+    cache.get::<User>(id).await.unwrap().map(|u| u.name)
+}
+
+#[tokio::test]
+async fn commit_invalidates_after_it_returns() {
+    let db = TestDb::new().await;
+    let cache = db.cache().await;
+    assert_eq!(name_of(&cache, 1).await.as_deref(), Some("ada"));
+
+    let mut tx = cache.begin().await.unwrap();
+    sqlx::query("UPDATE users SET name = 'tx' WHERE id = $1").bind(1_i64).execute(&mut *tx).await.unwrap();
+    sqlx::query("DELETE FROM users WHERE id = $1").bind(2_i64).execute(&mut *tx).await.unwrap();
+
+    let hits = cache.stats().hits;
+    assert_eq!(name_of(&cache, 1).await.as_deref(), Some("ada"), "uncommitted: others still see the old row");
+    assert_eq!(cache.stats().hits, hits + 1, "and nothing was invalidated yet");
+
+    tx.commit().await.unwrap();
+    assert_eq!(name_of(&cache, 1).await.as_deref(), Some("tx"));
+    assert_eq!(name_of(&cache, 2).await, None);
+}
+
+#[tokio::test]
+async fn reads_inside_see_own_writes_and_never_fill() {
+    let db = TestDb::new().await;
+    let cache = db.cache().await;
+    let mut tx = cache.begin().await.unwrap();
+    sqlx::query("UPDATE users SET name = 'mine' WHERE id = 1").execute(&mut *tx).await.unwrap();
+    let seen: User = sqlx::query_as("SELECT * FROM users WHERE id = $1").bind(1_i64).fetch_one(&mut *tx).await.unwrap();
+    assert_eq!(seen.name, "mine");
+    let before = cache.stats();
+    tx.rollback().await.unwrap();
+    assert_eq!((before.hits, before.misses), (0, 0), "reads in a transaction do not touch the cache");
+    assert_eq!(name_of(&cache, 1).await.as_deref(), Some("ada"));
+}
+
+#[tokio::test]
+async fn rollback_and_drop_invalidate_nothing() {
+    let db = TestDb::new().await;
+    let cache = db.cache().await;
+    name_of(&cache, 1).await;
+
+    let mut tx = cache.begin().await.unwrap();
+    sqlx::query("UPDATE users SET name = 'rolled' WHERE id = 1").execute(&mut *tx).await.unwrap();
+    tx.rollback().await.unwrap();
+    let hits = cache.stats().hits;
+    assert_eq!(name_of(&cache, 1).await.as_deref(), Some("ada"));
+    assert_eq!(cache.stats().hits, hits + 1, "rollback left the entry cached");
+
+    let mut tx = cache.begin().await.unwrap();
+    sqlx::query("UPDATE users SET name = 'dropped' WHERE id = 1").execute(&mut *tx).await.unwrap();
+    sqlx::raw_sql("DO $$ BEGIN PERFORM 1; END $$").execute(&mut *tx).await.unwrap();
+    drop(tx);
+    let before = cache.stats();
+    assert_eq!(name_of(&cache, 1).await.as_deref(), Some("ada"));
+    assert_eq!(cache.stats().hits, before.hits + 1, "drop left the entry cached");
+    assert_eq!(before.invalidations, 0);
+}
+
+#[tokio::test]
+async fn cancelled_commit_still_invalidates() {
+    let db = TestDb::new().await;
+    let cache = db.cache().await;
+    for round in 0..20 {
+        name_of(&cache, 1).await;
+        let mut tx = cache.begin().await.unwrap();
+        let name = format!("r{round}");
+        sqlx::query("UPDATE users SET name = $1 WHERE id = 1").bind(&name).execute(&mut *tx).await.unwrap();
+        // Give up on the commit at a varying point; it may or may not have reached the server.
+        let _ = tokio::time::timeout(Duration::from_micros(round * 50), tx.commit()).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let truth: String = sqlx::query_scalar("SELECT name FROM users WHERE id = 1").fetch_one(&db.pool).await.unwrap();
+        assert_eq!(name_of(&cache, 1).await, Some(truth), "round {round}: stale after a cancelled commit");
+    }
+}
+
+#[tokio::test]
+async fn unreadable_write_in_a_transaction_invalidates_everything_on_commit() {
+    let db = TestDb::new().await;
+    let cache = db.cache().await;
+    name_of(&cache, 1).await;
+    let mut tx = cache.begin().await.unwrap();
+    sqlx::raw_sql("DO $$ BEGIN UPDATE users SET name = 'do' WHERE id = 1; END $$").execute(&mut *tx).await.unwrap();
+    assert_eq!(cache.stats().full_invalidations, 0);
+    tx.commit().await.unwrap();
+    assert_eq!(cache.stats().full_invalidations, 1);
+    assert_eq!(name_of(&cache, 1).await.as_deref(), Some("do"));
+}
