@@ -1,6 +1,5 @@
 //! Parsing and validation of `#[cache(..)]` attributes.
 
-use syn::spanned::Spanned;
 use syn::{Data, DeriveInput, Fields, LitInt, LitStr};
 
 /// Bits of each operation; must match `sqlacache_core::Ops`.
@@ -149,7 +148,7 @@ impl<'a> Model<'a> {
         }
         if pk.is_empty() {
             errors.push(syn::Error::new(
-                fields.first().map_or(input.ident.span(), |f| f.span()),
+                fields.first().and_then(|f| f.ident.as_ref()).map_or(input.ident.span(), |i| i.span()),
                 "missing primary key: mark the key field(s) with `#[cache(pk)]`",
             ));
         }

@@ -3,6 +3,7 @@
 mod bad_input;
 mod config;
 mod dependencies;
+mod macros;
 mod never_cached;
 mod races;
 mod read_after_write;
