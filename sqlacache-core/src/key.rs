@@ -141,7 +141,7 @@ macro_rules! unsupported {
     )*};
 }
 
-impl<'a> ser::Serializer for &'a mut PkText {
+impl ser::Serializer for &mut PkText {
     type Ok = ();
     type Error = Unsupported;
     type SerializeSeq = Self;
@@ -240,7 +240,7 @@ impl<'a> ser::Serializer for &'a mut PkText {
 
 macro_rules! elements {
     ($($trait:ident :: $method:ident),*) => {$(
-        impl<'a> ser::$trait for &'a mut PkText {
+        impl ser::$trait for &mut PkText {
             type Ok = ();
             type Error = Unsupported;
             fn $method<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Unsupported> {

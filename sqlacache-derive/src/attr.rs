@@ -148,7 +148,10 @@ impl<'a> Model<'a> {
         }
         if pk.is_empty() {
             errors.push(syn::Error::new(
-                fields.first().and_then(|f| f.ident.as_ref()).map_or(input.ident.span(), |i| i.span()),
+                fields
+                    .first()
+                    .and_then(|f| f.ident.as_ref())
+                    .map_or(input.ident.span(), |i| i.span()),
                 "missing primary key: mark the key field(s) with `#[cache(pk)]`",
             ));
         }

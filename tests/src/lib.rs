@@ -116,7 +116,11 @@ impl TestDb {
 
         let pool = PgPoolOptions::new()
             .max_connections(8)
-            .connect_with(options.options([("search_path", schema.as_str())]).application_name(&schema))
+            .connect_with(
+                options
+                    .options([("search_path", schema.as_str())])
+                    .application_name(&schema),
+            )
             .await
             .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at {url}: {e}\n{HOW_TO_START}"));
         sqlx::raw_sql(AssertSqlSafe(ddl.to_owned()))

@@ -1,8 +1,8 @@
 //! The fill race and concurrent writers and readers.
 
+use serde::{Deserialize, Serialize};
 use sqlacache_sqlx::Cacheable;
 use sqlacache_tests::{TestDb, User};
-use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use tokio::sync::{Barrier, Notify};
@@ -37,7 +37,11 @@ async fn fill_held_across_a_write_is_rejected() {
             let cache = cache.clone();
             tokio::spawn(async move {
                 if list {
-                    let rows = cache.query_as::<User>("SELECT * FROM users WHERE active ORDER BY id").fetch_all().await.unwrap();
+                    let rows = cache
+                        .query_as::<User>("SELECT * FROM users WHERE active ORDER BY id")
+                        .fetch_all()
+                        .await
+                        .unwrap();
                     rows[0].name.clone()
                 } else {
                     cache.get::<User>(1_i64).await.unwrap().unwrap().name
@@ -45,13 +49,30 @@ async fn fill_held_across_a_write_is_rejected() {
             })
         };
         filled.wait().await;
-        sqlx::query("UPDATE users SET name = 'new' WHERE id = 1").execute(&cache).await.unwrap();
+        sqlx::query("UPDATE users SET name = 'new' WHERE id = 1")
+            .execute(&cache)
+            .await
+            .unwrap();
         release.notify_one();
-        assert_eq!(reader.await.unwrap(), "ada", "the reader started before the write");
+        assert_eq!(
+            reader.await.unwrap(),
+            "ada",
+            "the reader started before the write"
+        );
 
-        assert_eq!(cache.stats().fills_rejected, 1, "list={list}: the straddling fill was refused");
+        assert_eq!(
+            cache.stats().fills_rejected,
+            1,
+            "list={list}: the straddling fill was refused"
+        );
         let now = if list {
-            cache.query_as::<User>("SELECT * FROM users WHERE active ORDER BY id").fetch_all().await.unwrap()[0].name.clone()
+            cache
+                .query_as::<User>("SELECT * FROM users WHERE active ORDER BY id")
+                .fetch_all()
+                .await
+                .unwrap()[0]
+                .name
+                .clone()
         } else {
             cache.get::<User>(1_i64).await.unwrap().unwrap().name
         };
@@ -90,16 +111,31 @@ async fn reads_started_after_a_write_see_it() {
                 let id = w as i64;
                 match n % 3 {
                     0 => {
-                        sqlx::query("UPDATE counters SET n = $1 WHERE id = $2").bind(n).bind(id).execute(&cache).await.unwrap();
+                        sqlx::query("UPDATE counters SET n = $1 WHERE id = $2")
+                            .bind(n)
+                            .bind(id)
+                            .execute(&cache)
+                            .await
+                            .unwrap();
                     }
                     1 => {
                         let mut tx = cache.begin().await.unwrap();
-                        sqlx::query("UPDATE counters SET n = $1 WHERE id = $2").bind(n).bind(id).execute(&mut *tx).await.unwrap();
+                        sqlx::query("UPDATE counters SET n = $1 WHERE id = $2")
+                            .bind(n)
+                            .bind(id)
+                            .execute(&mut *tx)
+                            .await
+                            .unwrap();
                         tx.commit().await.unwrap();
                     }
                     _ => {
                         // A bulk write that does not name the key.
-                        sqlx::query("UPDATE counters SET n = $1 WHERE id::text = $2").bind(n).bind(id.to_string()).execute(&cache).await.unwrap();
+                        sqlx::query("UPDATE counters SET n = $1 WHERE id::text = $2")
+                            .bind(n)
+                            .bind(id.to_string())
+                            .execute(&cache)
+                            .await
+                            .unwrap();
                     }
                 }
                 published[w].store(n, Ordering::SeqCst);
@@ -115,15 +151,31 @@ async fn reads_started_after_a_write_see_it() {
                 let id = (reads as usize + r) % ROWS;
                 let floor = published[id].load(Ordering::SeqCst);
                 let got = cache.get::<Counter>(id as i64).await.unwrap().unwrap().n;
-                assert!(got >= floor, "get({id}) returned {got}, older than the published write {floor}");
+                assert!(
+                    got >= floor,
+                    "get({id}) returned {got}, older than the published write {floor}"
+                );
 
                 let floors: Vec<i64> = published.iter().map(|p| p.load(Ordering::SeqCst)).collect();
-                let list = cache.query_as::<Counter>("SELECT * FROM counters ORDER BY id").fetch_all().await.unwrap();
+                let list = cache
+                    .query_as::<Counter>("SELECT * FROM counters ORDER BY id")
+                    .fetch_all()
+                    .await
+                    .unwrap();
                 for (row, floor) in list.iter().zip(&floors) {
-                    assert!(row.n >= *floor, "list row {} returned {}, older than {floor}", row.id, row.n);
+                    assert!(
+                        row.n >= *floor,
+                        "list row {} returned {}, older than {floor}",
+                        row.id,
+                        row.n
+                    );
                 }
                 let floor_sum: i64 = published.iter().map(|p| p.load(Ordering::SeqCst)).sum();
-                let sum: i64 = cache.query_scalar("SELECT sum(n)::int8 FROM counters").fetch_one().await.unwrap();
+                let sum: i64 = cache
+                    .query_scalar("SELECT sum(n)::int8 FROM counters")
+                    .fetch_one()
+                    .await
+                    .unwrap();
                 assert!(sum >= floor_sum, "sum {sum} older than {floor_sum}");
                 reads += 1;
                 // Cache hits complete without waiting; let the writers run.
@@ -142,5 +194,8 @@ async fn reads_started_after_a_write_see_it() {
     }
     assert!(total > 0);
     let stats = cache.stats();
-    assert!(stats.hits > 0, "the cache served reads during the test: {stats:?}");
+    assert!(
+        stats.hits > 0,
+        "the cache served reads during the test: {stats:?}"
+    );
 }
