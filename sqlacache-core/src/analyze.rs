@@ -9,8 +9,8 @@
 //! [`Effect::Everything`], and a read it is unsure about is reported as not cacheable.
 
 use sqlparser::ast::{
-    self, AssignmentTarget, Expr, FromTable, ObjectName, ObjectNamePart, OnConflictAction,
-    OnInsert, Query, SelectItem, SetExpr, Statement, TableFactor, TableObject, Visit, Visitor,
+    self, AssignmentTarget, Expr, FromTable, ObjectName, ObjectNamePart, OnConflictAction, OnInsert, Query, SelectItem,
+    SetExpr, Statement, TableFactor, TableObject, Visit, Visitor,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -38,14 +38,8 @@ impl TableName {
     pub fn parse(text: &str) -> TableName {
         let parts: Vec<String> = split_name(text).into_iter().map(|p| fold(&p)).collect();
         match parts.as_slice() {
-            [schema, name] => TableName {
-                schema: Some(schema.clone()),
-                name: name.clone(),
-            },
-            _ => TableName {
-                schema: None,
-                name: parts.last().cloned().unwrap_or_default(),
-            },
+            [schema, name] => TableName { schema: Some(schema.clone()), name: name.clone() },
+            _ => TableName { schema: None, name: parts.last().cloned().unwrap_or_default() },
         }
     }
 
@@ -66,19 +60,10 @@ impl TableName {
             }
         };
         match idents.as_slice() {
-            [name] => Some(TableName {
-                schema: None,
-                name: norm(name),
-            }),
-            [schema, name] => Some(TableName {
-                schema: Some(norm(schema)),
-                name: norm(name),
-            }),
+            [name] => Some(TableName { schema: None, name: norm(name) }),
+            [schema, name] => Some(TableName { schema: Some(norm(schema)), name: norm(name) }),
             // database.schema.table: the database is always the current one in PostgreSQL.
-            [_, schema, name] => Some(TableName {
-                schema: Some(norm(schema)),
-                name: norm(name),
-            }),
+            [_, schema, name] => Some(TableName { schema: Some(norm(schema)), name: norm(name) }),
             _ => None,
         }
     }
@@ -299,10 +284,7 @@ impl Visitor for Scan {
             for table in write_targets(statement) {
                 self.nested_writes.push(table);
             }
-            if !matches!(
-                statement,
-                Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_)
-            ) {
+            if !matches!(statement, Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_)) {
                 self.volatile = true;
             }
         }
@@ -321,11 +303,7 @@ impl Visitor for Scan {
         if let Some(with) = &query.with {
             for cte in &with.cte_tables {
                 let name = &cte.alias.name;
-                self.ctes.push(if name.quote_style.is_some() {
-                    name.value.clone()
-                } else {
-                    name.value.to_lowercase()
-                });
+                self.ctes.push(if name.quote_style.is_some() { name.value.clone() } else { name.value.to_lowercase() });
             }
         }
         ControlFlow::Continue(())
@@ -362,19 +340,12 @@ impl Visitor for Scan {
     fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
         match expr {
             Expr::Function(function) => {
-                let name = function
-                    .name
-                    .0
-                    .last()
-                    .map(|p| p.to_string().to_lowercase())
-                    .unwrap_or_default();
+                let name = function.name.0.last().map(|p| p.to_string().to_lowercase()).unwrap_or_default();
                 if !is_known_stable(name.trim_matches('"')) {
                     self.volatile = true;
                 }
             }
-            Expr::Identifier(ident)
-                if ident.quote_style.is_none() && is_time_keyword(&ident.value) =>
-            {
+            Expr::Identifier(ident) if ident.quote_style.is_none() && is_time_keyword(&ident.value) => {
                 self.volatile = true;
             }
             _ => {}
@@ -385,10 +356,7 @@ impl Visitor for Scan {
     fn pre_visit_value(&mut self, value: &ast::ValueWithSpan) -> ControlFlow<()> {
         // 'now'::timestamptz and friends are evaluated when the statement runs.
         if let ast::Value::SingleQuotedString(s) = &value.value {
-            if matches!(
-                s.trim().to_lowercase().as_str(),
-                "now" | "today" | "tomorrow" | "yesterday"
-            ) {
+            if matches!(s.trim().to_lowercase().as_str(), "now" | "today" | "tomorrow" | "yesterday") {
                 self.volatile = true;
             }
         }
@@ -566,12 +534,8 @@ fn statement_effect(
     writes: &mut Vec<Write>,
     analysis: &mut Analysis,
 ) -> bool {
-    let unknown = |table: TableName, kind: WriteKind| Write {
-        table,
-        kind,
-        assigned: Vec::new(),
-        rows: RowSource::Unknown,
-    };
+    let unknown =
+        |table: TableName, kind: WriteKind| Write { table, kind, assigned: Vec::new(), rows: RowSource::Unknown };
     for table in &scan.nested_writes {
         writes.push(unknown(table.clone(), WriteKind::Other));
     }
@@ -598,26 +562,18 @@ fn statement_effect(
             let qualifier = match &insert.table_alias {
                 Some(alias) => alias.alias.to_string(),
                 None => match &insert.table {
-                    TableObject::TableName(name) => {
-                        name.0.last().map(|p| p.to_string()).unwrap_or_default()
-                    }
+                    TableObject::TableName(name) => name.0.last().map(|p| p.to_string()).unwrap_or_default(),
                     _ => return true,
                 },
             };
             let rows = row_source(sql, single, insert.returning.as_deref(), &qualifier, &table);
-            writes.push(Write {
-                table,
-                kind: WriteKind::Insert,
-                assigned,
-                rows,
-            });
+            writes.push(Write { table, kind: WriteKind::Insert, assigned, rows });
             false
         }
         Statement::Update(update) => {
-            let (Some(table), Some(qualifier)) = (
-                factor_name(&update.table.relation),
-                factor_qualifier(&update.table.relation),
-            ) else {
+            let (Some(table), Some(qualifier)) =
+                (factor_name(&update.table.relation), factor_qualifier(&update.table.relation))
+            else {
                 return true;
             };
             if !update.table.joins.is_empty() {
@@ -642,14 +598,8 @@ fn statement_effect(
                     let Some(qualifier) = factor_qualifier(&from.relation) else {
                         return true;
                     };
-                    let rows =
-                        row_source(sql, single, delete.returning.as_deref(), &qualifier, table);
-                    writes.push(Write {
-                        table: table.clone(),
-                        kind: WriteKind::Delete,
-                        assigned: Vec::new(),
-                        rows,
-                    });
+                    let rows = row_source(sql, single, delete.returning.as_deref(), &qualifier, table);
+                    writes.push(Write { table: table.clone(), kind: WriteKind::Delete, assigned: Vec::new(), rows });
                 }
                 ([], _) => return true,
                 _ => writes.extend(targets.into_iter().map(|t| unknown(t, WriteKind::Delete))),
@@ -692,9 +642,7 @@ fn statement_effect(
                 None => true,
             }
         }
-        Statement::Drop {
-            object_type, names, ..
-        } => {
+        Statement::Drop { object_type, names, .. } => {
             analysis.ddl = true;
             match object_type {
                 ast::ObjectType::Table => {
@@ -715,20 +663,16 @@ fn statement_effect(
         }
         Statement::Copy { source, to, .. } => match (source, to) {
             (_, true) => false,
-            (ast::CopySource::Table { table_name, .. }, false) => {
-                match TableName::from_object(table_name) {
-                    Some(table) => {
-                        writes.push(unknown(table, WriteKind::Other));
-                        false
-                    }
-                    None => true,
+            (ast::CopySource::Table { table_name, .. }, false) => match TableName::from_object(table_name) {
+                Some(table) => {
+                    writes.push(unknown(table, WriteKind::Other));
+                    false
                 }
-            }
+                None => true,
+            },
             _ => true,
         },
-        Statement::Explain {
-            analyze, statement, ..
-        } => {
+        Statement::Explain { analyze, statement, .. } => {
             if *analyze {
                 // EXPLAIN ANALYZE runs the statement; its writes are not reported back.
                 let mut scan = Scan::default();
@@ -813,21 +757,14 @@ fn row_source(
 ) -> RowSource {
     match returning {
         None if single => match append_offset(sql) {
-            Some(at) => RowSource::Append {
-                at,
-                qualifier: qualifier.to_owned(),
-            },
+            Some(at) => RowSource::Append { at, qualifier: qualifier.to_owned() },
             None => RowSource::Unknown,
         },
         None => RowSource::Unknown,
         Some(items) => {
             let folded_qualifier = fold(qualifier);
             let is_target = |q: &ast::Ident| {
-                let q = if q.quote_style.is_some() {
-                    q.value.clone()
-                } else {
-                    q.value.to_lowercase()
-                };
+                let q = if q.quote_style.is_some() { q.value.clone() } else { q.value.to_lowercase() };
                 q == folded_qualifier || q == table.name
             };
             let norm = |i: &ast::Ident| {
@@ -839,9 +776,7 @@ fn row_source(
             };
             let source = |expr: &Expr| match expr {
                 Expr::Identifier(i) => Some(norm(i)),
-                Expr::CompoundIdentifier(parts) if parts.len() == 2 && is_target(&parts[0]) => {
-                    Some(norm(&parts[1]))
-                }
+                Expr::CompoundIdentifier(parts) if parts.len() == 2 && is_target(&parts[0]) => Some(norm(&parts[1])),
                 _ => None,
             };
             let mut star_first = false;
@@ -849,35 +784,26 @@ fn row_source(
             for (index, item) in items.iter().enumerate() {
                 match item {
                     SelectItem::Wildcard(_) if index == 0 => star_first = true,
-                    SelectItem::QualifiedWildcard(
-                        ast::SelectItemQualifiedWildcardKind::ObjectName(name),
-                        _,
-                    ) if index == 0 && name.0.len() == 1 => {
-                        star_first =
-                            matches!(&name.0[0], ObjectNamePart::Identifier(i) if is_target(i));
+                    SelectItem::QualifiedWildcard(ast::SelectItemQualifiedWildcardKind::ObjectName(name), _)
+                        if index == 0 && name.0.len() == 1 =>
+                    {
+                        star_first = matches!(&name.0[0], ObjectNamePart::Identifier(i) if is_target(i));
                     }
                     SelectItem::UnnamedExpr(expr) => {
                         let src = source(expr);
                         let output = match expr {
                             Expr::Identifier(i) => norm(i),
-                            Expr::CompoundIdentifier(parts) => {
-                                parts.last().map(norm).unwrap_or_default()
-                            }
+                            Expr::CompoundIdentifier(parts) => parts.last().map(norm).unwrap_or_default(),
                             _ => String::new(),
                         };
                         out.push((output, src));
                     }
-                    SelectItem::ExprWithAlias { expr, alias } => {
-                        out.push((norm(alias), source(expr)))
-                    }
+                    SelectItem::ExprWithAlias { expr, alias } => out.push((norm(alias), source(expr))),
                     // Anything else makes the positions of later names uncertain.
                     _ => return RowSource::Unknown,
                 }
             }
-            RowSource::Returning {
-                items: out,
-                star_first,
-            }
+            RowSource::Returning { items: out, star_first }
         }
     }
 }
@@ -885,15 +811,9 @@ fn row_source(
 /// The byte offset just after the last token of a single statement (before any trailing `;`,
 /// comment or white space), where a `RETURNING` clause can be appended.
 fn append_offset(sql: &str) -> Option<usize> {
-    let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql)
-        .tokenize_with_location()
-        .ok()?;
-    let last = tokens.iter().rev().find(|t| {
-        !matches!(
-            t.token,
-            Token::Whitespace(_) | Token::SemiColon | Token::EOF
-        )
-    })?;
+    let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize_with_location().ok()?;
+    let last =
+        tokens.iter().rev().find(|t| !matches!(t.token, Token::Whitespace(_) | Token::SemiColon | Token::EOF))?;
     let end = last.span.end;
     let line_start = if end.line <= 1 {
         0
@@ -912,11 +832,7 @@ fn append_offset(sql: &str) -> Option<usize> {
         start?
     };
     let column = usize::try_from(end.column).ok()?.checked_sub(1)?;
-    let offset = sql[line_start..]
-        .char_indices()
-        .nth(column)
-        .map(|(i, _)| line_start + i)
-        .unwrap_or(sql.len());
+    let offset = sql[line_start..].char_indices().nth(column).map(|(i, _)| line_start + i).unwrap_or(sql.len());
     // A semicolon between the statement and the offset would mean the span is not what we think.
     if !sql.is_char_boundary(offset) || sql[..offset].trim_end().ends_with(';') {
         return None;
@@ -947,12 +863,9 @@ fn read_of(query: &Query, scan: &Scan) -> Result<Read, &'static str> {
                 SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => Some(e),
                 _ => None,
             };
-            let grouped =
-                !matches!(&select.group_by, ast::GroupByExpr::Expressions(e, _) if e.is_empty());
+            let grouped = !matches!(&select.group_by, ast::GroupByExpr::Expressions(e, _) if e.is_empty());
             match expr {
-                Some(Expr::Function(f))
-                    if !grouped && f.name.to_string().eq_ignore_ascii_case("count") =>
-                {
+                Some(Expr::Function(f)) if !grouped && f.name.to_string().eq_ignore_ascii_case("count") => {
                     ReadOp::Count
                 }
                 Some(Expr::Exists { .. }) => ReadOp::Exists,
@@ -961,11 +874,7 @@ fn read_of(query: &Query, scan: &Scan) -> Result<Read, &'static str> {
         }
         _ => ReadOp::Fetch,
     };
-    Ok(Read {
-        op,
-        tables,
-        ctes: scan.ctes.clone(),
-    })
+    Ok(Read { op, tables, ctes: scan.ctes.clone() })
 }
 
 #[cfg(test)]
@@ -985,43 +894,20 @@ mod tests {
 
     #[test]
     fn op_comes_from_the_tree_not_the_text() {
-        assert_eq!(
-            analyze("SELECT * FROM t WHERE note = 'count('")
-                .read
-                .unwrap()
-                .op,
-            ReadOp::Fetch
-        );
-        assert_eq!(
-            analyze("SELECT COUNT(*) AS n FROM t").read.unwrap().op,
-            ReadOp::Count
-        );
-        assert_eq!(
-            analyze("SELECT EXISTS (SELECT 1 FROM t WHERE a = $1)")
-                .read
-                .unwrap()
-                .op,
-            ReadOp::Exists
-        );
-        assert_eq!(
-            analyze("SELECT g, count(*) FROM t GROUP BY g")
-                .read
-                .unwrap()
-                .op,
-            ReadOp::Fetch
-        );
-        assert_eq!(
-            analyze("SELECT count(*) FROM t GROUP BY g")
-                .read
-                .unwrap()
-                .op,
-            ReadOp::Fetch
-        );
+        assert_eq!(analyze("SELECT * FROM t WHERE note = 'count('").read.unwrap().op, ReadOp::Fetch);
+        assert_eq!(analyze("SELECT COUNT(*) AS n FROM t").read.unwrap().op, ReadOp::Count);
+        assert_eq!(analyze("SELECT EXISTS (SELECT 1 FROM t WHERE a = $1)").read.unwrap().op, ReadOp::Exists);
+        assert_eq!(analyze("SELECT g, count(*) FROM t GROUP BY g").read.unwrap().op, ReadOp::Fetch);
+        assert_eq!(analyze("SELECT count(*) FROM t GROUP BY g").read.unwrap().op, ReadOp::Fetch);
     }
 
     #[test]
     fn joins_and_subqueries_list_every_table() {
-        let read = analyze("SELECT u.* FROM users u JOIN orders o ON o.user_id = u.id WHERE u.id IN (SELECT user_id FROM refunds)").read.unwrap();
+        let read = analyze(
+            "SELECT u.* FROM users u JOIN orders o ON o.user_id = u.id WHERE u.id IN (SELECT user_id FROM refunds)",
+        )
+        .read
+        .unwrap();
         let mut tables = names(&read);
         tables.sort();
         assert_eq!(tables, ["orders", "refunds", "users"]);
@@ -1029,25 +915,15 @@ mod tests {
 
     #[test]
     fn ctes_are_reported_separately() {
-        let read = analyze("WITH a AS (SELECT * FROM users) SELECT * FROM a")
-            .read
-            .unwrap();
+        let read = analyze("WITH a AS (SELECT * FROM users) SELECT * FROM a").read.unwrap();
         assert_eq!(read.ctes, ["a"]);
         assert!(names(&read).contains(&"users".to_owned()));
     }
 
     #[test]
     fn identifiers_fold_like_postgres() {
-        let read = analyze(r#"SELECT * FROM Public.Users JOIN "Mixed" ON true"#)
-            .read
-            .unwrap();
-        assert_eq!(
-            read.tables[0],
-            TableName {
-                schema: Some("public".into()),
-                name: "users".into()
-            }
-        );
+        let read = analyze(r#"SELECT * FROM Public.Users JOIN "Mixed" ON true"#).read.unwrap();
+        assert_eq!(read.tables[0], TableName { schema: Some("public".into()), name: "users".into() });
         assert_eq!(read.tables[1].name, "Mixed");
     }
 
@@ -1079,11 +955,7 @@ mod tests {
             "SELECT * FROM t WHERE id = ANY($1) AND name LIKE 'a%'",
             "SELECT a FROM t UNION SELECT a FROM u",
         ] {
-            assert!(
-                analyze(sql).read.is_ok(),
-                "{sql} should be cacheable: {:?}",
-                analyze(sql).read
-            );
+            assert!(analyze(sql).read.is_ok(), "{sql} should be cacheable: {:?}", analyze(sql).read);
         }
     }
 
@@ -1094,35 +966,19 @@ mod tests {
         assert_eq!(w[0].assigned, ["name"]);
         assert!(matches!(w[0].rows, RowSource::Append { .. }));
 
-        let w = writes("INSERT INTO users (id, name) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET name = excluded.name");
-        assert_eq!(
-            (w[0].kind, w[0].assigned.as_slice()),
-            (WriteKind::Insert, ["name".to_owned()].as_slice())
-        );
+        let w =
+            writes("INSERT INTO users (id, name) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET name = excluded.name");
+        assert_eq!((w[0].kind, w[0].assigned.as_slice()), (WriteKind::Insert, ["name".to_owned()].as_slice()));
 
         let w = writes("DELETE FROM users WHERE id = ANY($1) RETURNING *");
-        assert!(matches!(
-            &w[0].rows,
-            RowSource::Returning {
-                star_first: true,
-                ..
-            }
-        ));
+        assert!(matches!(&w[0].rows, RowSource::Returning { star_first: true, .. }));
 
-        let w = writes(
-            "WITH d AS (DELETE FROM users WHERE id = $1 RETURNING id) SELECT count(*) FROM d",
-        );
-        assert_eq!(
-            (w[0].table.name.as_str(), &w[0].rows),
-            ("users", &RowSource::Unknown)
-        );
+        let w = writes("WITH d AS (DELETE FROM users WHERE id = $1 RETURNING id) SELECT count(*) FROM d");
+        assert_eq!((w[0].table.name.as_str(), &w[0].rows), ("users", &RowSource::Unknown));
 
         let w = writes("UPDATE a SET x = 1; DELETE FROM b");
         assert_eq!(w.len(), 2);
-        assert!(
-            w.iter().all(|w| w.rows == RowSource::Unknown),
-            "multi-statement strings are not rewritten"
-        );
+        assert!(w.iter().all(|w| w.rows == RowSource::Unknown), "multi-statement strings are not rewritten");
 
         let w = writes("TRUNCATE a, b CASCADE");
         assert_eq!(w[1].kind, WriteKind::Truncate { cascade: true });
@@ -1130,12 +986,8 @@ mod tests {
 
     #[test]
     fn returning_items_know_their_source() {
-        let w = writes(
-            "UPDATE users u SET name = 'x' WHERE true RETURNING u.id AS key, name, id + 1 AS id",
-        );
-        let RowSource::Returning { items, star_first } = &w[0].rows else {
-            panic!()
-        };
+        let w = writes("UPDATE users u SET name = 'x' WHERE true RETURNING u.id AS key, name, id + 1 AS id");
+        let RowSource::Returning { items, star_first } = &w[0].rows else { panic!() };
         assert!(!star_first);
         assert_eq!(items[0], ("key".to_owned(), Some("id".to_owned())));
         assert_eq!(items[1], ("name".to_owned(), Some("name".to_owned())));
@@ -1152,40 +1004,21 @@ mod tests {
             "UPDATE t\nSET a = 'ü'\nWHERE id = 2\n-- trailing",
         ] {
             let w = writes(sql);
-            let RowSource::Append { at, .. } = w[0].rows else {
-                panic!("{sql}")
-            };
-            assert!(
-                sql[..at].ends_with("id = 2"),
-                "{sql:?} cut at {at}: {:?}",
-                &sql[..at]
-            );
+            let RowSource::Append { at, .. } = w[0].rows else { panic!("{sql}") };
+            assert!(sql[..at].ends_with("id = 2"), "{sql:?} cut at {at}: {:?}", &sql[..at]);
         }
     }
 
     #[test]
     fn procedural_and_unparsable_statements_mean_everything() {
-        assert_eq!(
-            analyze("CALL do_things()").effect,
-            Effect::Everything { parsed: true }
-        );
-        assert_eq!(
-            analyze("not sql at all").effect,
-            Effect::Everything { parsed: false }
-        );
+        assert_eq!(analyze("CALL do_things()").effect, Effect::Everything { parsed: true });
+        assert_eq!(analyze("not sql at all").effect, Effect::Everything { parsed: false });
         assert_eq!(analyze("").effect, Effect::Everything { parsed: false });
     }
 
     #[test]
     fn harmless_statements_change_nothing() {
-        for sql in [
-            "BEGIN",
-            "COMMIT",
-            "ROLLBACK",
-            "SET search_path TO x",
-            "SELECT * FROM t",
-            "SAVEPOINT a",
-        ] {
+        for sql in ["BEGIN", "COMMIT", "ROLLBACK", "SET search_path TO x", "SELECT * FROM t", "SAVEPOINT a"] {
             assert_eq!(analyze(sql).effect, Effect::None, "{sql}");
         }
     }
@@ -1195,9 +1028,6 @@ mod tests {
         let a = analyze("CREATE TEMP TABLE scratch (id int)");
         assert!(a.ddl);
         assert_eq!(a.temp_tables, ["scratch"]);
-        assert!(matches!(
-            analyze("ALTER TABLE t ADD COLUMN c int").effect,
-            Effect::Writes(_)
-        ));
+        assert!(matches!(analyze("ALTER TABLE t ADD COLUMN c int").effect, Effect::Writes(_)));
     }
 }

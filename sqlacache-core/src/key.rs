@@ -47,10 +47,7 @@ impl KeyBuilder {
         hasher.update(&fingerprint.to_le_bytes());
         hasher.update(&(sql.len() as u64).to_le_bytes());
         hasher.update(sql.as_bytes());
-        KeyBuilder {
-            hasher,
-            buf: Vec::new(),
-        }
+        KeyBuilder { hasher, buf: Vec::new() }
     }
 
     /// Adds one bound argument.
@@ -175,19 +172,10 @@ impl ser::Serializer for &mut PkText {
     fn serialize_some<T: Serialize + ?Sized>(self, _: &T) -> Result<(), Unsupported> {
         Err(Unsupported)
     }
-    fn serialize_unit_variant(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-    ) -> Result<(), Unsupported> {
+    fn serialize_unit_variant(self, _: &'static str, _: u32, _: &'static str) -> Result<(), Unsupported> {
         Err(Unsupported)
     }
-    fn serialize_newtype_struct<T: Serialize + ?Sized>(
-        self,
-        _: &'static str,
-        v: &T,
-    ) -> Result<(), Unsupported> {
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(self, _: &'static str, v: &T) -> Result<(), Unsupported> {
         v.serialize(self)
     }
     fn serialize_newtype_variant<T: Serialize + ?Sized>(
@@ -220,11 +208,7 @@ impl ser::Serializer for &mut PkText {
     fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, Unsupported> {
         Err(Unsupported)
     }
-    fn serialize_struct(
-        self,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Self::SerializeStruct, Unsupported> {
+    fn serialize_struct(self, _: &'static str, _: usize) -> Result<Self::SerializeStruct, Unsupported> {
         Err(Unsupported)
     }
     fn serialize_struct_variant(
@@ -252,11 +236,7 @@ macro_rules! elements {
         }
     )*};
 }
-elements!(
-    SerializeSeq::serialize_element,
-    SerializeTuple::serialize_element,
-    SerializeTupleStruct::serialize_field
-);
+elements!(SerializeSeq::serialize_element, SerializeTuple::serialize_element, SerializeTupleStruct::serialize_field);
 
 #[cfg(test)]
 mod tests {
@@ -268,11 +248,7 @@ mod tests {
         assert_eq!(row_id_of(1, &12_i16), Some(text));
         assert_eq!(row_id_of(1, &12_i32), Some(text));
         assert_eq!(row_id_of(1, &12_u64), Some(text));
-        assert_ne!(
-            row_id_of(2, &12_i64),
-            Some(text),
-            "the table is part of the identity"
-        );
+        assert_ne!(row_id_of(2, &12_i64), Some(text), "the table is part of the identity");
     }
 
     #[test]

@@ -78,12 +78,7 @@ impl std::ops::BitOr for Ops {
 
 impl fmt::Debug for Ops {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let names = [
-            (Ops::GET, "get"),
-            (Ops::FETCH, "fetch"),
-            (Ops::COUNT, "count"),
-            (Ops::EXISTS, "exists"),
-        ];
+        let names = [(Ops::GET, "get"), (Ops::FETCH, "fetch"), (Ops::COUNT, "count"), (Ops::EXISTS, "exists")];
         let mut set = f.debug_set();
         for (op, name) in names {
             if self.contains(op) {

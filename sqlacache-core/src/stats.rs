@@ -27,6 +27,9 @@ pub struct StatsSnapshot {
     pub full_invalidations: u64,
     /// Cached values that could not be decoded; each was treated as a miss and removed.
     pub corrupt_entries: u64,
+    /// SQL strings parsed and planned. Plans are memoized, so this grows with distinct
+    /// statements (and catalog reloads), not with calls.
+    pub statements_analyzed: u64,
 }
 
 /// Live counters. Cheap to update from many threads.
@@ -39,6 +42,7 @@ pub struct Stats {
     invalidations: AtomicU64,
     full_invalidations: AtomicU64,
     corrupt_entries: AtomicU64,
+    statements_analyzed: AtomicU64,
 }
 
 macro_rules! counters {
@@ -67,4 +71,5 @@ counters! {
     invalidation => invalidations,
     full_invalidation => full_invalidations,
     corrupt_entry => corrupt_entries,
+    statement_analyzed => statements_analyzed,
 }

@@ -153,17 +153,11 @@ impl MemoryStore {
     pub fn new(capacity_bytes: u64) -> MemoryStore {
         let estimated_items = (capacity_bytes / 512).clamp(16, 1 << 22) as usize;
         MemoryStore {
-            entries: quick_cache::sync::Cache::with_weighter(
-                estimated_items,
-                capacity_bytes,
-                EntryWeight,
-            ),
+            entries: quick_cache::sync::Cache::with_weighter(estimated_items, capacity_bytes, EntryWeight),
             seq: AtomicU64::new(0),
             all: AtomicU64::new(0),
             tables: RwLock::new(HashMap::new()),
-            rows: (0..ROW_SHARDS)
-                .map(|_| Mutex::new(RowShard::default()))
-                .collect(),
+            rows: (0..ROW_SHARDS).map(|_| Mutex::new(RowShard::default())).collect(),
         }
     }
 
@@ -195,12 +189,7 @@ impl MemoryStore {
                 Tag::Row(r) => Some(Dep::Row(r)),
             })
             .collect();
-        let entry = Arc::new(Entry {
-            stamp,
-            expires: Instant::now() + ttl,
-            deps,
-            bytes: bytes.into(),
-        });
+        let entry = Arc::new(Entry { stamp, expires: Instant::now() + ttl, deps, bytes: bytes.into() });
         if !self.is_fresh(&entry) {
             return false;
         }
@@ -246,12 +235,7 @@ impl MemoryStore {
         for key in keys {
             if let Some(entry) = self.entries.get(&key) {
                 let deps = entry.deps.clone();
-                let garbage = Entry {
-                    stamp: entry.stamp,
-                    expires: entry.expires,
-                    deps,
-                    bytes: vec![0xFF].into(),
-                };
+                let garbage = Entry { stamp: entry.stamp, expires: entry.expires, deps, bytes: vec![0xFF].into() };
                 self.entries.insert(key, Arc::new(garbage));
             }
         }
@@ -297,12 +281,7 @@ impl MemoryStore {
     }
 
     fn table(&self, oid: u32) -> Arc<TableClock> {
-        if let Some(clock) = self
-            .tables
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&oid)
-        {
+        if let Some(clock) = self.tables.read().unwrap_or_else(|e| e.into_inner()).get(&oid) {
             return clock.clone();
         }
         let mut tables = self.tables.write().unwrap_or_else(|e| e.into_inner());
@@ -372,11 +351,7 @@ mod tests {
         for i in 0..10_000u128 {
             store.put(Key(i), &[Tag::Table(1)], store.stamp(), TTL, vec![0; 100]);
         }
-        assert!(
-            store.weight() <= 64 * 1024,
-            "weight {} over capacity",
-            store.weight()
-        );
+        assert!(store.weight() <= 64 * 1024, "weight {} over capacity", store.weight());
         assert!(store.len() > 100);
     }
 }

@@ -3,13 +3,7 @@
 use syn::{Data, DeriveInput, Fields, LitInt, LitStr};
 
 /// Bits of each operation; must match `sqlacache_core::Ops`.
-const OPS: &[(&str, u8)] = &[
-    ("get", 1),
-    ("fetch", 2),
-    ("count", 4),
-    ("exists", 8),
-    ("all", 15),
-];
+const OPS: &[(&str, u8)] = &[("get", 1), ("fetch", 2), ("count", 4), ("exists", 8), ("all", 15)];
 
 pub struct Model<'a> {
     pub table: String,
@@ -43,25 +37,12 @@ impl<'a> Model<'a> {
         let fields: Vec<&syn::Field> = match &input.data {
             Data::Struct(data) => match &data.fields {
                 Fields::Named(named) => named.named.iter().collect(),
-                _ => {
-                    return Err(syn::Error::new_spanned(
-                        &input.ident,
-                        "Cacheable needs a struct with named fields",
-                    ))
-                }
+                _ => return Err(syn::Error::new_spanned(&input.ident, "Cacheable needs a struct with named fields")),
             },
-            _ => {
-                return Err(syn::Error::new_spanned(
-                    &input.ident,
-                    "Cacheable can only be derived for structs",
-                ))
-            }
+            _ => return Err(syn::Error::new_spanned(&input.ident, "Cacheable can only be derived for structs")),
         };
         if !input.generics.params.is_empty() {
-            errors.push(syn::Error::new_spanned(
-                &input.generics,
-                "Cacheable cannot be derived for generic structs",
-            ));
+            errors.push(syn::Error::new_spanned(&input.generics, "Cacheable cannot be derived for generic structs"));
         }
 
         let mut table = None;
@@ -120,8 +101,7 @@ impl<'a> Model<'a> {
                     } else if meta.path.is_ident("column") {
                         column = Some(meta.value()?.parse::<LitStr>()?.value());
                     } else {
-                        return Err(meta
-                            .error("unknown field attribute; expected `pk` or `column = \"..\"`"));
+                        return Err(meta.error("unknown field attribute; expected `pk` or `column = \"..\"`"));
                     }
                     Ok(())
                 });
@@ -148,22 +128,13 @@ impl<'a> Model<'a> {
         }
         if pk.is_empty() {
             errors.push(syn::Error::new(
-                fields
-                    .first()
-                    .and_then(|f| f.ident.as_ref())
-                    .map_or(input.ident.span(), |i| i.span()),
+                fields.first().and_then(|f| f.ident.as_ref()).map_or(input.ident.span(), |i| i.span()),
                 "missing primary key: mark the key field(s) with `#[cache(pk)]`",
             ));
         }
         match errors.0 {
             Some(error) => Err(error),
-            None => Ok(Model {
-                table: table.expect("checked"),
-                ops: ops.unwrap_or(15),
-                ttl,
-                fields,
-                pk,
-            }),
+            None => Ok(Model { table: table.expect("checked"), ops: ops.unwrap_or(15), ttl, fields, pk }),
         }
     }
 }

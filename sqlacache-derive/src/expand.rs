@@ -22,10 +22,7 @@ pub fn expand(input: &DeriveInput, model: &Model<'_>) -> TokenStream {
         (single.to_token_stream(), quote!(__args.add(key)?;))
     } else {
         let indexes = (0..key_types.len()).map(syn::Index::from);
-        (
-            quote!((#(#key_types),*)),
-            quote!(#(__args.add(key.#indexes)?;)*),
-        )
+        (quote!((#(#key_types),*)), quote!(#(__args.add(key.#indexes)?;)*))
     };
 
     quote! {
@@ -57,11 +54,8 @@ pub fn expand(input: &DeriveInput, model: &Model<'_>) -> TokenStream {
 /// `SELECT * FROM <table> WHERE "a" = $1 AND "b" = $2`. `*` lets `FromRow` pick its columns, so
 /// renamed and skipped fields keep working.
 fn get_sql(table: &str, columns: &[&str]) -> String {
-    let conditions: Vec<String> = columns
-        .iter()
-        .enumerate()
-        .map(|(i, c)| format!("\"{}\" = ${}", c.replace('"', "\"\""), i + 1))
-        .collect();
+    let conditions: Vec<String> =
+        columns.iter().enumerate().map(|(i, c)| format!("\"{}\" = ${}", c.replace('"', "\"\""), i + 1)).collect();
     format!("SELECT * FROM {table} WHERE {}", conditions.join(" AND "))
 }
 

@@ -8,11 +8,7 @@ use sqlacache_sqlx::{Cacheable, CachedPool};
 use std::time::Duration;
 
 #[derive(Debug, sqlx::FromRow, serde::Serialize, serde::Deserialize, Cacheable)]
-#[cache(
-    table = "sqlacache_quickstart_users",
-    ops(get, fetch, count, exists),
-    ttl = 900
-)]
+#[cache(table = "sqlacache_quickstart_users", ops(get, fetch, count, exists), ttl = 900)]
 struct User {
     #[cache(pk)]
     id: i64,
@@ -22,11 +18,10 @@ struct User {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let pool = sqlx::PgPool::connect(&url).await.map_err(|e| {
-        format!("cannot reach PostgreSQL at {url}: {e} (set DATABASE_URL, or start the server)")
-    })?;
+    let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let pool = sqlx::PgPool::connect(&url)
+        .await
+        .map_err(|e| format!("cannot reach PostgreSQL at {url}: {e} (set DATABASE_URL, or start the server)"))?;
     sqlx::raw_sql(
         "DROP TABLE IF EXISTS sqlacache_quickstart_users;
          CREATE TABLE sqlacache_quickstart_users (id bigint PRIMARY KEY, name text NOT NULL, active boolean NOT NULL);
@@ -35,20 +30,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     .execute(&pool)
     .await?;
 
-    let cache = CachedPool::builder(pool.clone())
-        .model::<User>()
-        .default_ttl(Duration::from_secs(3600))
-        .build()
-        .await?;
+    let cache =
+        CachedPool::builder(pool.clone()).model::<User>().default_ttl(Duration::from_secs(3600)).build().await?;
 
     let user = cache.get::<User>(1_i64).await?;
     println!("1. get(1)      -> {user:?}   (miss: read from PostgreSQL)");
     let user = cache.get::<User>(1_i64).await?;
     println!("2. get(1)      -> {user:?}   (hit: served from memory)");
-    let active: i64 = cache
-        .query_scalar("SELECT count(*) FROM sqlacache_quickstart_users WHERE active")
-        .fetch_one()
-        .await?;
+    let active: i64 =
+        cache.query_scalar("SELECT count(*) FROM sqlacache_quickstart_users WHERE active").fetch_one().await?;
     println!("3. count       -> {active} active users (cached too)");
 
     sqlx::query("UPDATE sqlacache_quickstart_users SET name = $1 WHERE id = $2")
@@ -70,8 +60,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "\nstats: {} hits, {} misses, {} invalidations, {} fills rejected",
         s.hits, s.misses, s.invalidations, s.fills_rejected
     );
-    sqlx::query("DROP TABLE sqlacache_quickstart_users")
-        .execute(&pool)
-        .await?;
+    sqlx::query("DROP TABLE sqlacache_quickstart_users").execute(&pool).await?;
     Ok(())
 }

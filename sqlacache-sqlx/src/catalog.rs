@@ -73,8 +73,7 @@ SELECT conrelid::int8 AS child, confrelid::int8 AS parent,
   FROM pg_catalog.pg_constraint WHERE contype = 'f'
 "#;
 
-const INHERITS: &str =
-    "SELECT inhrelid::int8 AS child, inhparent::int8 AS parent FROM pg_catalog.pg_inherits";
+const INHERITS: &str = "SELECT inhrelid::int8 AS child, inhparent::int8 AS parent FROM pg_catalog.pg_inherits";
 
 fn oid(value: i64) -> u32 {
     u32::try_from(value).unwrap_or_default()
@@ -89,10 +88,7 @@ impl Catalog {
         let inherits = sqlx::query(INHERITS).fetch_all(&mut *conn).await?;
         drop(conn);
 
-        let mut catalog = Catalog {
-            generation,
-            ..Catalog::default()
-        };
+        let mut catalog = Catalog { generation, ..Catalog::default() };
         for row in rows {
             let oid = oid(row.try_get("oid")?);
             let schema: String = row.try_get("schema")?;
@@ -101,11 +97,7 @@ impl Catalog {
             let names: Option<Vec<String>> = row.try_get("key_names")?;
             let types: Option<Vec<String>> = row.try_get("key_types")?;
             let key = match (names, types) {
-                (Some(names), Some(types))
-                    if types
-                        .iter()
-                        .all(|t| TRUSTED_KEY_TYPES.contains(&t.as_str())) =>
-                {
+                (Some(names), Some(types)) if types.iter().all(|t| TRUSTED_KEY_TYPES.contains(&t.as_str())) => {
                     Some(names)
                 }
                 _ => None,
@@ -177,10 +169,7 @@ impl Catalog {
         };
         // A child reached by a cascade is itself deleted or updated; follow both kinds from it.
         let mut all = closure(first, |t| {
-            self.tables
-                .get(&t)
-                .map(|i| i.on_delete.iter().chain(&i.on_update).copied().collect())
-                .unwrap_or_default()
+            self.tables.get(&t).map(|i| i.on_delete.iter().chain(&i.on_update).copied().collect()).unwrap_or_default()
         });
         all.remove(&start);
         all.into_iter().collect()
@@ -188,17 +177,8 @@ impl Catalog {
 
     /// Every table a `TRUNCATE .. CASCADE` of `start` empties, transitively.
     pub fn truncate_cascade(&self, start: u32) -> Vec<u32> {
-        let first = self
-            .tables
-            .get(&start)
-            .map(|t| t.referenced_by.clone())
-            .unwrap_or_default();
-        let mut all = closure(first, |t| {
-            self.tables
-                .get(&t)
-                .map(|i| i.referenced_by.clone())
-                .unwrap_or_default()
-        });
+        let first = self.tables.get(&start).map(|t| t.referenced_by.clone()).unwrap_or_default();
+        let mut all = closure(first, |t| self.tables.get(&t).map(|i| i.referenced_by.clone()).unwrap_or_default());
         all.remove(&start);
         all.into_iter().collect()
     }

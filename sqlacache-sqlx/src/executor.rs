@@ -14,13 +14,9 @@ use futures_util::{stream, StreamExt, TryStreamExt};
 use sqlacache_core::key::row_id;
 use sqlacache_core::Tag;
 use sqlx::error::BoxDynError;
-use sqlx::postgres::{
-    PgArguments, PgConnection, PgQueryResult, PgRow, PgStatement, PgTypeInfo, PgValueFormat,
-};
+use sqlx::postgres::{PgArguments, PgConnection, PgQueryResult, PgRow, PgStatement, PgTypeInfo, PgValueFormat};
 use sqlx::Either;
-use sqlx::{
-    AssertSqlSafe, Execute, Executor, Postgres, Row, SqlSafeStr, SqlStr, TypeInfo, ValueRef,
-};
+use sqlx::{AssertSqlSafe, Execute, Executor, Postgres, Row, SqlSafeStr, SqlStr, TypeInfo, ValueRef};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -45,12 +41,7 @@ impl Prepared {
         let persistent = query.persistent();
         let statement = query.statement().cloned();
         let arguments = Some(query.take_arguments());
-        Prepared {
-            sql: query.sql(),
-            statement,
-            arguments,
-            persistent,
-        }
+        Prepared { sql: query.sql(), statement, arguments, persistent }
     }
 }
 
@@ -81,11 +72,7 @@ pub(crate) enum Target<'e> {
 }
 
 /// Runs `prepared` and applies what its plan calls for.
-pub(crate) fn run<'e>(
-    shared: Arc<Shared>,
-    target: Target<'e>,
-    prepared: Prepared,
-) -> BoxStream<'e, Step> {
+pub(crate) fn run<'e>(shared: Arc<Shared>, target: Target<'e>, prepared: Prepared) -> BoxStream<'e, Step> {
     Box::pin(
         stream::once(async move {
             let plan = match shared.plan(prepared.sql.as_str()).await {
@@ -120,9 +107,7 @@ pub(crate) fn run<'e>(
 }
 
 /// Drains a stream to its first row, as `fetch_optional` does (a write must run to its end).
-pub(crate) fn first_row<'e>(
-    mut steps: BoxStream<'e, Step>,
-) -> BoxFuture<'e, Result<Option<PgRow>, sqlx::Error>> {
+pub(crate) fn first_row<'e>(mut steps: BoxStream<'e, Step>) -> BoxFuture<'e, Result<Option<PgRow>, sqlx::Error>> {
     Box::pin(async move {
         let mut first = None;
         while let Some(step) = steps.try_next().await? {
@@ -173,13 +158,10 @@ impl Tracker<'_> {
         let in_transaction = self.sink.is_some();
         if let Outcome::Failed(error) = outcome {
             let database_error = error.as_database_error();
-            let syntax_error = database_error
-                .and_then(|e| e.code())
-                .is_some_and(|c| c == "42601");
+            let syntax_error = database_error.and_then(|e| e.code()).is_some_and(|c| c == "42601");
             // PostgreSQL parses a whole string before running any of it, and a single statement
             // outside a transaction that fails is rolled back: in both cases nothing changed.
-            let nothing_ran = syntax_error
-                || (database_error.is_some() && plan.statements == 1 && !in_transaction);
+            let nothing_ran = syntax_error || (database_error.is_some() && plan.statements == 1 && !in_transaction);
             if nothing_ran {
                 return;
             }
@@ -225,10 +207,7 @@ fn row_key(row: &PgRow, table: u32, columns: &RowColumns) -> Option<Tag> {
         }
         RowColumns::Named(names) => {
             for name in names {
-                let i = row
-                    .columns()
-                    .iter()
-                    .position(|c| sqlx::Column::name(c) == name)?;
+                let i = row.columns().iter().position(|c| sqlx::Column::name(c) == name)?;
                 parts.push(value_text(row, i)?);
             }
         }
@@ -266,14 +245,7 @@ fn value_text(row: &PgRow, index: usize) -> Option<String> {
                     if hex.len() != 32 {
                         return None;
                     }
-                    format!(
-                        "{}-{}-{}-{}-{}",
-                        &hex[..8],
-                        &hex[8..12],
-                        &hex[12..16],
-                        &hex[16..20],
-                        &hex[20..]
-                    )
+                    format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
                 }
                 _ => return None,
             })
@@ -341,17 +313,10 @@ impl<'c> Executor<'c> for &'c CachedPool {
         'c: 'e,
         E: 'q + Execute<'q, Postgres>,
     {
-        run(
-            self.shared.clone(),
-            Target::Pool,
-            Prepared::from_execute(query),
-        )
+        run(self.shared.clone(), Target::Pool, Prepared::from_execute(query))
     }
 
-    fn fetch_optional<'e, 'q: 'e, E>(
-        self,
-        query: E,
-    ) -> BoxFuture<'e, Result<Option<PgRow>, sqlx::Error>>
+    fn fetch_optional<'e, 'q: 'e, E>(self, query: E) -> BoxFuture<'e, Result<Option<PgRow>, sqlx::Error>>
     where
         'c: 'e,
         E: 'q + Execute<'q, Postgres>,
@@ -371,10 +336,7 @@ impl<'c> Executor<'c> for &'c CachedPool {
     }
 
     #[doc(hidden)]
-    fn describe<'e>(
-        self,
-        sql: SqlStr,
-    ) -> BoxFuture<'e, Result<sqlx::Describe<Postgres>, sqlx::Error>>
+    fn describe<'e>(self, sql: SqlStr) -> BoxFuture<'e, Result<sqlx::Describe<Postgres>, sqlx::Error>>
     where
         'c: 'e,
     {
@@ -391,17 +353,10 @@ impl<'c> Executor<'c> for &'c mut CachedConnection {
         E: 'q + Execute<'q, Postgres>,
     {
         let (conn, pending, shared) = self.parts();
-        run(
-            shared,
-            Target::Transaction(conn, pending),
-            Prepared::from_execute(query),
-        )
+        run(shared, Target::Transaction(conn, pending), Prepared::from_execute(query))
     }
 
-    fn fetch_optional<'e, 'q: 'e, E>(
-        self,
-        query: E,
-    ) -> BoxFuture<'e, Result<Option<PgRow>, sqlx::Error>>
+    fn fetch_optional<'e, 'q: 'e, E>(self, query: E) -> BoxFuture<'e, Result<Option<PgRow>, sqlx::Error>>
     where
         'c: 'e,
         E: 'q + Execute<'q, Postgres>,
@@ -421,10 +376,7 @@ impl<'c> Executor<'c> for &'c mut CachedConnection {
     }
 
     #[doc(hidden)]
-    fn describe<'e>(
-        self,
-        sql: SqlStr,
-    ) -> BoxFuture<'e, Result<sqlx::Describe<Postgres>, sqlx::Error>>
+    fn describe<'e>(self, sql: SqlStr) -> BoxFuture<'e, Result<sqlx::Describe<Postgres>, sqlx::Error>>
     where
         'c: 'e,
     {

@@ -101,10 +101,7 @@ pub trait Cacheable:
     const MODEL: Model;
 
     /// Binds a key as the arguments of [`Model::get_sql`].
-    fn bind_key(
-        key: Self::Key,
-        args: &mut sqlx::postgres::PgArguments,
-    ) -> Result<(), sqlx::error::BoxDynError>;
+    fn bind_key(key: Self::Key, args: &mut sqlx::postgres::PgArguments) -> Result<(), sqlx::error::BoxDynError>;
 }
 
 #[doc(hidden)]

@@ -175,9 +175,7 @@ fn plan_writes(
     for write in writes {
         let info = match cx.catalog.resolve(&write.table) {
             Some(info) => info,
-            None if write.table.schema.is_none() && cx.temp_tables.contains(&write.table.name) => {
-                continue
-            }
+            None if write.table.schema.is_none() && cx.temp_tables.contains(&write.table.name) => continue,
             None => {
                 unresolved.push(write.table.clone());
                 return WritePlan::Everything;
@@ -220,68 +218,33 @@ fn plan_writes(
         };
         match rows {
             Some((columns, forward, sql)) => {
-                rows_plan = Some(RowsPlan {
-                    table: t,
-                    columns,
-                    forward,
-                });
+                rows_plan = Some(RowsPlan { table: t, columns, forward });
                 rewritten = sql.map(Arc::from);
             }
             None => push(&mut tags, Tag::Rows(t)),
         }
     }
-    WritePlan::Writes(WriteTags {
-        rewritten,
-        tags,
-        rows: rows_plan,
-    })
+    WritePlan::Writes(WriteTags { rewritten, tags, rows: rows_plan })
 }
 
 /// Where the key columns of written rows will be in the output, whether the rows reach the
 /// caller, and the rewritten SQL when a `RETURNING` must be appended.
-fn row_columns(
-    sql: &str,
-    key: &[String],
-    source: &RowSource,
-) -> Option<(RowColumns, bool, Option<String>)> {
+fn row_columns(sql: &str, key: &[String], source: &RowSource) -> Option<(RowColumns, bool, Option<String>)> {
     match source {
         RowSource::Unknown => None,
         RowSource::Append { at, qualifier } => {
-            let columns: Vec<String> = key
-                .iter()
-                .map(|c| format!("{qualifier}.\"{}\"::text", c.replace('"', "\"\"")))
-                .collect();
-            let rewritten = format!(
-                "{} RETURNING {}{}",
-                &sql[..*at],
-                columns.join(", "),
-                &sql[*at..]
-            );
-            Some((
-                RowColumns::Indexed((0..key.len()).collect()),
-                false,
-                Some(rewritten),
-            ))
+            let columns: Vec<String> =
+                key.iter().map(|c| format!("{qualifier}.\"{}\"::text", c.replace('"', "\"\""))).collect();
+            let rewritten = format!("{} RETURNING {}{}", &sql[..*at], columns.join(", "), &sql[*at..]);
+            Some((RowColumns::Indexed((0..key.len()).collect()), false, Some(rewritten)))
         }
-        RowSource::Returning {
-            items,
-            star_first: true,
-        } if items.iter().all(|(out, _)| !key.contains(out)) => {
+        RowSource::Returning { items, star_first: true } if items.iter().all(|(out, _)| !key.contains(out)) => {
             // `RETURNING *, ..`: the star's columns come first under their own names.
             Some((RowColumns::Named(key.to_vec()), true, None))
         }
-        RowSource::Returning {
-            items,
-            star_first: false,
-        } => {
-            let positions: Option<Vec<usize>> = key
-                .iter()
-                .map(|k| {
-                    items
-                        .iter()
-                        .position(|(_, src)| src.as_deref() == Some(k.as_str()))
-                })
-                .collect();
+        RowSource::Returning { items, star_first: false } => {
+            let positions: Option<Vec<usize>> =
+                key.iter().map(|k| items.iter().position(|(_, src)| src.as_deref() == Some(k.as_str()))).collect();
             positions.map(|p| (RowColumns::Indexed(p), true, None))
         }
         RowSource::Returning { .. } => None,

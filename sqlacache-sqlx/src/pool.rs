@@ -65,10 +65,7 @@ impl Config {
 
 impl Shared {
     fn catalog(&self) -> Arc<Catalog> {
-        self.catalog
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.catalog.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The plan for a SQL string: memoized, so a repeated statement is not parsed again.
@@ -88,28 +85,17 @@ impl Shared {
             self.reload(self.generation.load(Ordering::Acquire)).await?;
         }
         let analysis = analyze(sql);
+        self.stats.statement_analyzed();
         let mut reloaded = false;
         loop {
             let catalog = self.catalog();
             let (mut plan, fresh_names) = {
-                let temp_tables = self
-                    .temp_tables
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone();
+                let temp_tables = self.temp_tables.read().unwrap_or_else(|e| e.into_inner()).clone();
                 let policy = |info: &TableInfo| self.config.policy(&catalog, info);
-                let cx = Context {
-                    catalog: &catalog,
-                    policy: &policy,
-                    temp_tables: &temp_tables,
-                };
+                let cx = Context { catalog: &catalog, policy: &policy, temp_tables: &temp_tables };
                 let (plan, unresolved) = plan::plan(sql, &analysis, &cx);
                 let missing = catalog.missing.lock().unwrap_or_else(|e| e.into_inner());
-                let fresh: Vec<TableName> = unresolved
-                    .0
-                    .into_iter()
-                    .filter(|n| !missing.contains(n))
-                    .collect();
+                let fresh: Vec<TableName> = unresolved.0.into_iter().filter(|n| !missing.contains(n)).collect();
                 (plan, fresh)
             };
             if !fresh_names.is_empty() && !reloaded {
@@ -118,11 +104,7 @@ impl Shared {
                 reloaded = true;
                 continue;
             }
-            catalog
-                .missing
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .extend(fresh_names);
+            catalog.missing.lock().unwrap_or_else(|e| e.into_inner()).extend(fresh_names);
             plan.ddl = analysis.ddl;
             plan.temp_tables = analysis.temp_tables.clone();
             let plan = Arc::new(plan);
@@ -139,22 +121,13 @@ impl Shared {
         }
         self.dirty.store(false, Ordering::Release);
         let old = self.catalog();
-        let catalog = Catalog::load(&self.pool, old.generation + 1)
-            .await
-            .inspect_err(|_| {
-                self.dirty.store(true, Ordering::Release);
-            })?;
+        let catalog = Catalog::load(&self.pool, old.generation + 1).await.inspect_err(|_| {
+            self.dirty.store(true, Ordering::Release);
+        })?;
         {
             let old_missing = old.missing.lock().unwrap_or_else(|e| e.into_inner());
-            let still = old_missing
-                .iter()
-                .filter(|n| catalog.resolve(n).is_none())
-                .cloned();
-            catalog
-                .missing
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .extend(still);
+            let still = old_missing.iter().filter(|n| catalog.resolve(n).is_none()).cloned();
+            catalog.missing.lock().unwrap_or_else(|e| e.into_inner()).extend(still);
         }
         let generation = catalog.generation;
         *self.catalog.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(catalog);
@@ -165,10 +138,7 @@ impl Shared {
     /// Schema changed through the pool: plan again with a fresh catalog.
     pub fn schema_changed(&self, temp_tables: &[String]) {
         if !temp_tables.is_empty() {
-            self.temp_tables
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .extend(temp_tables.iter().cloned());
+            self.temp_tables.write().unwrap_or_else(|e| e.into_inner()).extend(temp_tables.iter().cloned());
         }
         self.dirty.store(true, Ordering::Release);
     }
@@ -190,13 +160,7 @@ impl Shared {
     ///
     /// The stamp is read before `fill` first runs (futures do nothing until polled), so a write
     /// that commits while `fill` reads the database makes the store refuse the result.
-    pub async fn cached_read<R, F>(
-        &self,
-        key: Key,
-        deps: &[Tag],
-        ttl: Duration,
-        fill: F,
-    ) -> Result<R, sqlx::Error>
+    pub async fn cached_read<R, F>(&self, key: Key, deps: &[Tag], ttl: Duration, fill: F) -> Result<R, sqlx::Error>
     where
         R: Serialize + DeserializeOwned,
         F: Future<Output = Result<R, sqlx::Error>>,
@@ -325,38 +289,33 @@ impl CachedPool {
     pub async fn get<T: Cacheable>(&self, key: T::Key) -> Result<Option<T>, sqlx::Error> {
         let model = &T::MODEL;
         let shared = &self.shared;
+        let plan = shared.plan(model.get_sql).await?;
         let mut key_hash = KeyBuilder::new(model.fingerprint, model.get_sql);
         let keyable = key_hash.arg(&key).is_ok();
-        let plan = shared.plan(model.get_sql).await?;
-        let read = plan
-            .read
-            .as_ref()
-            .filter(|r| keyable && r.allowed.contains(Ops::GET));
-        let deps = read.and_then(|read| {
+        let cached = plan.read.as_ref().filter(|r| keyable && r.allowed.contains(Ops::GET)).and_then(|read| {
             let (oid, columns) = read.single.as_ref()?;
-            let same_key = columns.as_ref().is_some_and(|c| {
-                c.iter()
-                    .map(String::as_str)
-                    .eq(model.primary_key.iter().copied())
-            });
-            match same_key.then(|| row_id_of(*oid, &key)).flatten() {
-                Some(row) => Some(vec![Tag::Row(row), Tag::Rows(*oid)]),
-                None => Some(vec![Tag::Table(*oid)]),
-            }
+            let same_key =
+                columns.as_ref().is_some_and(|c| c.iter().map(String::as_str).eq(model.primary_key.iter().copied()));
+            let deps = match same_key.then(|| row_id_of(*oid, &key)).flatten() {
+                Some(row) => [Tag::Row(row), Tag::Rows(*oid)],
+                // The key is not the table's primary key (or has no exact text form): any
+                // write to the table may change this row.
+                None => [Tag::Table(*oid), Tag::All],
+            };
+            Some((deps, read.ttl))
         });
-        let mut args = PgArguments::default();
-        T::bind_key(key, &mut args).map_err(sqlx::Error::Encode)?;
-        let query = sqlx::query_as_with::<_, T, _>(model.get_sql, args);
-        match (read, deps) {
-            (Some(read), Some(deps)) => {
-                let fill = query.fetch_optional(&shared.pool);
-                shared
-                    .cached_read(key_hash.finish(kind::GET), &deps, read.ttl, fill)
-                    .await
-            }
-            _ => {
+        // Arguments are bound inside the future, so a hit never encodes them. `get_sql` only
+        // reads, so it can run on the pool itself.
+        let fill = async move {
+            let mut args = PgArguments::default();
+            T::bind_key(key, &mut args).map_err(sqlx::Error::Encode)?;
+            sqlx::query_as_with::<_, T, _>(model.get_sql, args).fetch_optional(&shared.pool).await
+        };
+        match cached {
+            Some((deps, ttl)) => shared.cached_read(key_hash.finish(kind::GET), &deps, ttl, fill).await,
+            None => {
                 shared.stats.bypass();
-                query.fetch_optional(self).await
+                fill.await
             }
         }
     }
@@ -377,10 +336,7 @@ impl CachedPool {
     ///     .await?;
     /// # Ok(()) }
     /// ```
-    pub fn query_as<T: Cacheable>(
-        &self,
-        sql: impl sqlx::SqlSafeStr,
-    ) -> crate::CachedQueryAs<'_, T> {
+    pub fn query_as<T: Cacheable>(&self, sql: impl sqlx::SqlSafeStr) -> crate::CachedQueryAs<'_, T> {
         crate::query::CachedQueryAs::new(self, sql.into_sql_str(), T::MODEL.fingerprint)
     }
 
@@ -408,10 +364,7 @@ impl CachedPool {
     /// transaction, invalidates nothing.
     pub async fn begin(&self) -> Result<crate::CachedTransaction, sqlx::Error> {
         let tx = self.shared.pool.begin().await?;
-        Ok(crate::transaction::CachedTransaction::new(
-            tx,
-            self.shared.clone(),
-        ))
+        Ok(crate::transaction::CachedTransaction::new(tx, self.shared.clone()))
     }
 
     /// Invalidates cached reads of the rows of `T` with these keys (and every multi-row read of
@@ -421,11 +374,7 @@ impl CachedPool {
         let Some((oid, columns)) = plan.read.as_ref().and_then(|r| r.single.clone()) else {
             return self.invalidate_table(T::MODEL.table).await;
         };
-        let same_key = columns.is_some_and(|c| {
-            c.iter()
-                .map(String::as_str)
-                .eq(T::MODEL.primary_key.iter().copied())
-        });
+        let same_key = columns.is_some_and(|c| c.iter().map(String::as_str).eq(T::MODEL.primary_key.iter().copied()));
         let mut tags = vec![Tag::Table(oid)];
         for key in keys {
             match row_id_of(oid, key).filter(|_| same_key) {
@@ -448,9 +397,7 @@ impl CachedPool {
             self.shared.reload(catalog.generation).await?;
             catalog = self.shared.catalog();
         }
-        let info = catalog
-            .resolve(&name)
-            .ok_or_else(|| Error::UnknownTable(table.to_owned()))?;
+        let info = catalog.resolve(&name).ok_or_else(|| Error::UnknownTable(table.to_owned()))?;
         let mut tags = vec![Tag::Table(info.oid), Tag::Rows(info.oid)];
         for &other in info.family.iter() {
             tags.extend([Tag::Table(other), Tag::Rows(other)]);
@@ -469,9 +416,7 @@ impl CachedPool {
     /// pool are noticed by themselves; call this after changing the schema elsewhere.
     pub async fn refresh_catalog(&self) -> Result<(), Error> {
         self.shared.dirty.store(true, Ordering::Release);
-        self.shared
-            .reload(self.shared.generation.load(Ordering::Acquire))
-            .await?;
+        self.shared.reload(self.shared.generation.load(Ordering::Acquire)).await?;
         Ok(())
     }
 
@@ -516,11 +461,7 @@ impl CachedPoolBuilder {
     /// Configures the table of `T` with the ops and TTL from its `#[cache(..)]` attribute.
     pub fn model<T: Cacheable>(mut self) -> Self {
         let model = &T::MODEL;
-        self.tables.push((
-            TableName::parse(model.table),
-            model.ops,
-            model.ttl_secs.map(Duration::from_secs),
-        ));
+        self.tables.push((TableName::parse(model.table), model.ops, model.ttl_secs.map(Duration::from_secs)));
         self
     }
 
@@ -570,19 +511,10 @@ impl CachedPoolBuilder {
     /// Reads the schema (tables, primary keys, foreign-key actions) and creates the pool.
     pub async fn build(self) -> Result<CachedPool, Error> {
         if self.default_ttl.is_zero() {
-            return Err(Error::Config(
-                "default_ttl must be greater than zero".into(),
-            ));
+            return Err(Error::Config("default_ttl must be greater than zero".into()));
         }
-        if let Some((name, _, _)) = self
-            .tables
-            .iter()
-            .find(|(_, _, ttl)| ttl.is_some_and(|t| t.is_zero()))
-        {
-            return Err(Error::Config(format!(
-                "the TTL of `{}` must be greater than zero",
-                name.name
-            )));
+        if let Some((name, _, _)) = self.tables.iter().find(|(_, _, ttl)| ttl.is_some_and(|t| t.is_zero())) {
+            return Err(Error::Config(format!("the TTL of `{}` must be greater than zero", name.name)));
         }
         let catalog = Catalog::load(&self.pool, 1).await?;
         for (name, _, _) in &self.tables {
@@ -609,8 +541,6 @@ impl CachedPoolBuilder {
             #[cfg(feature = "test-hooks")]
             fill_hook: self.fill_hook,
         };
-        Ok(CachedPool {
-            shared: Arc::new(shared),
-        })
+        Ok(CachedPool { shared: Arc::new(shared) })
     }
 }

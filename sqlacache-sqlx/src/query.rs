@@ -36,17 +36,8 @@ where
 {
     let shared = &pool.shared;
     let plan = shared.plan(sql).await?;
-    match (
-        plan.read
-            .as_ref()
-            .filter(|r| r.allowed.contains(op_of(r.op))),
-        key,
-    ) {
-        (Some(read), Some(key)) => {
-            shared
-                .cached_read(key.finish(kind), &read.deps, read.ttl, fill)
-                .await
-        }
+    match (plan.read.as_ref().filter(|r| r.allowed.contains(op_of(r.op))), key) {
+        (Some(read), Some(key)) => shared.cached_read(key.finish(kind), &read.deps, read.ttl, fill).await,
         _ => {
             shared.stats.bypass();
             fill.await
@@ -68,14 +59,7 @@ struct Bound<'p> {
 impl<'p> Bound<'p> {
     fn new(pool: &'p CachedPool, sql: SqlStr, fingerprint: u64) -> Bound<'p> {
         let key = KeyBuilder::new(fingerprint, sql.as_str());
-        Bound {
-            pool,
-            sql,
-            args: PgArguments::default(),
-            key: Some(key),
-            error: None,
-            persistent: true,
-        }
+        Bound { pool, sql, args: PgArguments::default(), key: Some(key), error: None, persistent: true }
     }
 
     fn bind<'t, V: Encode<'t, Postgres> + Type<Postgres> + Serialize>(&mut self, value: V) {
@@ -93,18 +77,7 @@ impl<'p> Bound<'p> {
         }
     }
 
-    fn take(
-        self,
-    ) -> Result<
-        (
-            &'p CachedPool,
-            SqlStr,
-            PgArguments,
-            Option<KeyBuilder>,
-            bool,
-        ),
-        sqlx::Error,
-    > {
+    fn take(self) -> Result<(&'p CachedPool, SqlStr, PgArguments, Option<KeyBuilder>, bool), sqlx::Error> {
         match self.error {
             Some(error) => Err(sqlx::Error::Encode(error)),
             None => Ok((self.pool, self.sql, self.args, self.key, self.persistent)),
@@ -114,10 +87,7 @@ impl<'p> Bound<'p> {
 
 impl fmt::Debug for Bound<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Bound")
-            .field("sql", &self.sql.as_str())
-            .field("args", &self.args.len())
-            .finish()
+        f.debug_struct("Bound").field("sql", &self.sql.as_str()).field("args", &self.args.len()).finish()
     }
 }
 
@@ -139,17 +109,11 @@ impl<T> fmt::Debug for CachedQueryAs<'_, T> {
 
 impl<'p, T: Cacheable> CachedQueryAs<'p, T> {
     pub(crate) fn new(pool: &'p CachedPool, sql: SqlStr, fingerprint: u64) -> Self {
-        CachedQueryAs {
-            bound: Bound::new(pool, sql, fingerprint),
-            row: PhantomData,
-        }
+        CachedQueryAs { bound: Bound::new(pool, sql, fingerprint), row: PhantomData }
     }
 
     /// Binds the next `$n` argument.
-    pub fn bind<'t, V: Encode<'t, Postgres> + Type<Postgres> + Serialize>(
-        mut self,
-        value: V,
-    ) -> Self {
+    pub fn bind<'t, V: Encode<'t, Postgres> + Type<Postgres> + Serialize>(mut self, value: V) -> Self {
         self.bound.bind(value);
         self
     }
@@ -164,28 +128,14 @@ impl<'p, T: Cacheable> CachedQueryAs<'p, T> {
     pub async fn fetch_all(self) -> Result<Vec<T>, sqlx::Error> {
         let (pool, sql, args, key, persistent) = self.bound.take()?;
         let query = sqlx::query_as_with::<_, T, _>(sql.clone(), args).persistent(persistent);
-        read(
-            pool,
-            sql.as_str(),
-            key.as_ref(),
-            kind::ALL,
-            query.fetch_all(pool),
-        )
-        .await
+        read(pool, sql.as_str(), key.as_ref(), kind::ALL, query.fetch_all(pool)).await
     }
 
     /// The first row, if any.
     pub async fn fetch_optional(self) -> Result<Option<T>, sqlx::Error> {
         let (pool, sql, args, key, persistent) = self.bound.take()?;
         let query = sqlx::query_as_with::<_, T, _>(sql.clone(), args).persistent(persistent);
-        read(
-            pool,
-            sql.as_str(),
-            key.as_ref(),
-            kind::OPTIONAL,
-            query.fetch_optional(pool),
-        )
-        .await
+        read(pool, sql.as_str(), key.as_ref(), kind::OPTIONAL, query.fetch_optional(pool)).await
     }
 
     /// The first row; [`sqlx::Error::RowNotFound`] when there is none.
@@ -211,32 +161,19 @@ impl<O> fmt::Debug for CachedQueryScalar<'_, O> {
 fn type_fingerprint<O>() -> u64 {
     std::any::type_name::<O>()
         .bytes()
-        .fold(0xcbf2_9ce4_8422_2325, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-        })
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
 }
 
 impl<'p, O> CachedQueryScalar<'p, O>
 where
-    O: Serialize
-        + DeserializeOwned
-        + Send
-        + Unpin
-        + for<'r> sqlx::Decode<'r, Postgres>
-        + Type<Postgres>,
+    O: Serialize + DeserializeOwned + Send + Unpin + for<'r> sqlx::Decode<'r, Postgres> + Type<Postgres>,
 {
     pub(crate) fn new(pool: &'p CachedPool, sql: SqlStr) -> Self {
-        CachedQueryScalar {
-            bound: Bound::new(pool, sql, type_fingerprint::<O>()),
-            output: PhantomData,
-        }
+        CachedQueryScalar { bound: Bound::new(pool, sql, type_fingerprint::<O>()), output: PhantomData }
     }
 
     /// Binds the next `$n` argument.
-    pub fn bind<'t, V: Encode<'t, Postgres> + Type<Postgres> + Serialize>(
-        mut self,
-        value: V,
-    ) -> Self {
+    pub fn bind<'t, V: Encode<'t, Postgres> + Type<Postgres> + Serialize>(mut self, value: V) -> Self {
         self.bound.bind(value);
         self
     }
@@ -251,28 +188,14 @@ where
     pub async fn fetch_all(self) -> Result<Vec<O>, sqlx::Error> {
         let (pool, sql, args, key, persistent) = self.bound.take()?;
         let query = sqlx::query_scalar_with::<_, O, _>(sql.clone(), args).persistent(persistent);
-        read(
-            pool,
-            sql.as_str(),
-            key.as_ref(),
-            kind::ALL,
-            query.fetch_all(pool),
-        )
-        .await
+        read(pool, sql.as_str(), key.as_ref(), kind::ALL, query.fetch_all(pool)).await
     }
 
     /// The value of the first row, if any.
     pub async fn fetch_optional(self) -> Result<Option<O>, sqlx::Error> {
         let (pool, sql, args, key, persistent) = self.bound.take()?;
         let query = sqlx::query_scalar_with::<_, O, _>(sql.clone(), args).persistent(persistent);
-        read(
-            pool,
-            sql.as_str(),
-            key.as_ref(),
-            kind::OPTIONAL,
-            query.fetch_optional(pool),
-        )
-        .await
+        read(pool, sql.as_str(), key.as_ref(), kind::OPTIONAL, query.fetch_optional(pool)).await
     }
 
     /// The value of the first row; [`sqlx::Error::RowNotFound`] when there is none.
@@ -292,9 +215,7 @@ pub struct CachedMap<'q, T, F> {
 
 impl<T, F> fmt::Debug for CachedMap<'_, T, F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CachedMap")
-            .field("sql", &self.sql)
-            .finish_non_exhaustive()
+        f.debug_struct("CachedMap").field("sql", &self.sql).finish_non_exhaustive()
     }
 }
 
@@ -310,42 +231,21 @@ where
         key: KeyBuilder,
         keyable: bool,
     ) -> Self {
-        CachedMap {
-            sql,
-            map,
-            key: keyable.then_some(key),
-            row: PhantomData,
-        }
+        CachedMap { sql, map, key: keyable.then_some(key), row: PhantomData }
     }
 
     /// All rows.
     pub async fn fetch_all(self, cache: &CachedPool) -> Result<Vec<T>, sqlx::Error> {
-        read(
-            cache,
-            self.sql,
-            self.key.as_ref(),
-            kind::ALL,
-            self.map.fetch_all(cache),
-        )
-        .await
+        read(cache, self.sql, self.key.as_ref(), kind::ALL, self.map.fetch_all(cache)).await
     }
 
     /// The first row, if any.
     pub async fn fetch_optional(self, cache: &CachedPool) -> Result<Option<T>, sqlx::Error> {
-        read(
-            cache,
-            self.sql,
-            self.key.as_ref(),
-            kind::OPTIONAL,
-            self.map.fetch_optional(cache),
-        )
-        .await
+        read(cache, self.sql, self.key.as_ref(), kind::OPTIONAL, self.map.fetch_optional(cache)).await
     }
 
     /// The first row; [`sqlx::Error::RowNotFound`] when there is none.
     pub async fn fetch_one(self, cache: &CachedPool) -> Result<T, sqlx::Error> {
-        self.fetch_optional(cache)
-            .await?
-            .ok_or(sqlx::Error::RowNotFound)
+        self.fetch_optional(cache).await?.ok_or(sqlx::Error::RowNotFound)
     }
 }

@@ -47,17 +47,13 @@ impl CachedConnection {
 
 impl fmt::Debug for CachedConnection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CachedConnection")
-            .field("pending_tags", &self.pending.len())
-            .finish_non_exhaustive()
+        f.debug_struct("CachedConnection").field("pending_tags", &self.pending.len()).finish_non_exhaustive()
     }
 }
 
 impl fmt::Debug for CachedTransaction {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CachedTransaction")
-            .field("conn", &self.conn)
-            .finish()
+        f.debug_struct("CachedTransaction").field("conn", &self.conn).finish()
     }
 }
 
@@ -88,31 +84,15 @@ impl Drop for ApplyOnDrop {
 }
 
 impl CachedTransaction {
-    pub(crate) fn new(
-        tx: Transaction<'static, Postgres>,
-        shared: Arc<Shared>,
-    ) -> CachedTransaction {
-        CachedTransaction {
-            conn: CachedConnection {
-                tx,
-                pending: Vec::new(),
-                shared,
-            },
-        }
+    pub(crate) fn new(tx: Transaction<'static, Postgres>, shared: Arc<Shared>) -> CachedTransaction {
+        CachedTransaction { conn: CachedConnection { tx, pending: Vec::new(), shared } }
     }
 
     /// Commits, then invalidates what the transaction's writes changed. The invalidation is
     /// applied whether the commit succeeds, fails or is cancelled midway.
     pub async fn commit(self) -> Result<(), sqlx::Error> {
-        let CachedConnection {
-            tx,
-            pending,
-            shared,
-        } = self.conn;
-        let _apply = ApplyOnDrop {
-            shared,
-            tags: pending,
-        };
+        let CachedConnection { tx, pending, shared } = self.conn;
+        let _apply = ApplyOnDrop { shared, tags: pending };
         tx.commit().await
     }
 

@@ -11,12 +11,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The database the tests use.
 pub fn database_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
 }
 
-const HOW_TO_START: &str =
-    "start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start \
+const HOW_TO_START: &str = "start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start \
      (or set DATABASE_URL to a reachable PostgreSQL)";
 
 /// A user row, configured through its derive.
@@ -89,15 +87,9 @@ impl TestDb {
     /// Creates a fresh schema holding the given DDL.
     pub async fn with_schema(ddl: &str) -> TestDb {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let seed = format!(
-            "{nanos}-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let seed = format!("{nanos}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
         let schema = format!("sqlacache_t_{}", &fnv_hex(&seed)[..12]);
 
         let url = database_url();
@@ -108,34 +100,21 @@ impl TestDb {
             .connect_with(options.clone())
             .await
             .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at {url}: {e}\n{HOW_TO_START}"));
-        sqlx::raw_sql(AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-            .execute(&admin)
-            .await
-            .expect("create schema");
+        sqlx::raw_sql(AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).execute(&admin).await.expect("create schema");
         admin.close().await;
 
         let pool = PgPoolOptions::new()
             .max_connections(8)
-            .connect_with(
-                options
-                    .options([("search_path", schema.as_str())])
-                    .application_name(&schema),
-            )
+            .connect_with(options.options([("search_path", schema.as_str())]).application_name(&schema))
             .await
             .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at {url}: {e}\n{HOW_TO_START}"));
-        sqlx::raw_sql(AssertSqlSafe(ddl.to_owned()))
-            .execute(&pool)
-            .await
-            .expect("create test tables");
+        sqlx::raw_sql(AssertSqlSafe(ddl.to_owned())).execute(&pool).await.expect("create test tables");
         TestDb { pool, schema }
     }
 
     /// A builder over this schema's pool with the test row types configured.
     pub fn builder(&self) -> CachedPoolBuilder {
-        CachedPool::builder(self.pool.clone())
-            .model::<User>()
-            .model::<Order>()
-            .model::<Membership>()
+        CachedPool::builder(self.pool.clone()).model::<User>().model::<Order>().model::<Membership>()
     }
 
     /// A cache with the default configuration.
@@ -159,26 +138,16 @@ impl Drop for TestDb {
         let url = database_url();
         // Runs even when the test panicked; a fresh runtime because Drop cannot await.
         let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
             runtime.block_on(async {
                 let options = PgConnectOptions::from_str(&url).ok()?;
-                let pool = PgPoolOptions::new()
-                    .max_connections(1)
-                    .connect_with(options)
-                    .await
-                    .ok()?;
+                let pool = PgPoolOptions::new().max_connections(1).connect_with(options).await.ok()?;
                 // The test's own connections may still hold locks (a dropped transaction's
                 // rollback runs lazily); they are tagged with the schema's name.
                 let kill = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1";
                 sqlx::query(kill).bind(&schema).execute(&pool).await.ok()?;
                 let drop = format!("DROP SCHEMA IF EXISTS {schema} CASCADE");
-                sqlx::raw_sql(AssertSqlSafe(drop))
-                    .execute(&pool)
-                    .await
-                    .ok()?;
+                sqlx::raw_sql(AssertSqlSafe(drop)).execute(&pool).await.ok()?;
                 pool.close().await;
                 Some(())
             })

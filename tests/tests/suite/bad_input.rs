@@ -6,18 +6,12 @@ use sqlacache_tests::{TestDb, User};
 
 fn describe(error: &sqlx::Error) -> (Option<String>, String, Option<usize>) {
     let db = error.as_database_error().expect("a database error");
-    let pg = db
-        .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
-        .expect("a PostgreSQL error");
+    let pg = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>().expect("a PostgreSQL error");
     let position = match pg.position() {
         Some(sqlx::postgres::PgErrorPosition::Original(p)) => Some(p),
         _ => None,
     };
-    (
-        db.code().map(|c| c.into_owned()),
-        db.message().to_owned(),
-        position,
-    )
+    (db.code().map(|c| c.into_owned()), db.message().to_owned(), position)
 }
 
 #[tokio::test]
@@ -34,18 +28,10 @@ async fn malformed_sql_returns_the_raw_error_and_keeps_the_cache() {
         "DELETE FROM nosuch_table WHERE id = 1",
         "UPDATE users SET name = 'x' WHERE id = 1; SELEC broken",
     ] {
-        let raw = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-            .execute(&db.pool)
-            .await
-            .unwrap_err();
-        let cached = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-            .execute(&cache)
-            .await
-            .unwrap_err();
+        let raw = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&db.pool).await.unwrap_err();
+        let cached = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&cache).await.unwrap_err();
         assert_eq!(describe(&cached), describe(&raw), "{sql}");
-        let raw = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .execute(&db.pool)
-            .await;
+        let raw = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&db.pool).await;
         let cached = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&cache).await;
         if let (Err(raw), Err(cached)) = (raw, cached) {
             assert_eq!(describe(&cached), describe(&raw), "{sql} (prepared)");
@@ -53,22 +39,11 @@ async fn malformed_sql_returns_the_raw_error_and_keeps_the_cache() {
     }
     let hits = cache.stats().hits;
     assert_eq!(cache.get::<User>(1_i64).await.unwrap().unwrap().name, "ada");
-    assert_eq!(
-        cache.stats().hits,
-        hits + 1,
-        "failed statements changed nothing, so nothing was invalidated"
-    );
+    assert_eq!(cache.stats().hits, hits + 1, "failed statements changed nothing, so nothing was invalidated");
     assert_eq!(cache.stats().full_invalidations, 0);
 
-    let err = cache
-        .query_as::<User>("SELECT * FORM users")
-        .fetch_all()
-        .await
-        .unwrap_err();
-    let raw = sqlx::query_as::<_, User>("SELECT * FORM users")
-        .fetch_all(&db.pool)
-        .await
-        .unwrap_err();
+    let err = cache.query_as::<User>("SELECT * FORM users").fetch_all().await.unwrap_err();
+    let raw = sqlx::query_as::<_, User>("SELECT * FORM users").fetch_all(&db.pool).await.unwrap_err();
     assert_eq!(describe(&err), describe(&raw), "typed reads too");
 }
 
@@ -79,34 +54,16 @@ async fn corrupt_entries_are_misses_and_are_replaced() {
     let list = "SELECT * FROM users ORDER BY id";
     let user = cache.get::<User>(1_i64).await.unwrap();
     let users = cache.query_as::<User>(list).fetch_all().await.unwrap();
-    let count: i64 = cache
-        .query_scalar("SELECT count(*) FROM users")
-        .fetch_one()
-        .await
-        .unwrap();
+    let count: i64 = cache.query_scalar("SELECT count(*) FROM users").fetch_one().await.unwrap();
 
     cache.scramble_entries_for_tests();
     assert_eq!(cache.get::<User>(1_i64).await.unwrap(), user);
-    assert_eq!(
-        cache.query_as::<User>(list).fetch_all().await.unwrap(),
-        users
-    );
-    assert_eq!(
-        cache
-            .query_scalar::<i64>("SELECT count(*) FROM users")
-            .fetch_one()
-            .await
-            .unwrap(),
-        count
-    );
+    assert_eq!(cache.query_as::<User>(list).fetch_all().await.unwrap(), users);
+    assert_eq!(cache.query_scalar::<i64>("SELECT count(*) FROM users").fetch_one().await.unwrap(), count);
     let stats = cache.stats();
     assert_eq!(stats.corrupt_entries, 3);
     assert_eq!(cache.get::<User>(1_i64).await.unwrap(), user);
-    assert_eq!(
-        cache.stats().hits,
-        stats.hits + 1,
-        "the corrupt entry was replaced by a good one"
-    );
+    assert_eq!(cache.stats().hits, stats.hits + 1, "the corrupt entry was replaced by a good one");
 }
 
 /// Same table and SQL as `User`, different shape.
@@ -124,23 +81,10 @@ async fn row_types_never_read_each_others_bytes() {
     let cache = db.cache().await;
     let sql = "SELECT * FROM users WHERE id = $1";
     for _ in 0..2 {
-        let full = cache
-            .query_as::<User>(sql)
-            .bind(1_i64)
-            .fetch_one()
-            .await
-            .unwrap();
-        let short = cache
-            .query_as::<UserName>(sql)
-            .bind(1_i64)
-            .fetch_one()
-            .await
-            .unwrap();
+        let full = cache.query_as::<User>(sql).bind(1_i64).fetch_one().await.unwrap();
+        let short = cache.query_as::<UserName>(sql).bind(1_i64).fetch_one().await.unwrap();
         assert_eq!((full.name.as_str(), short.name.as_str()), ("ada", "ada"));
-        assert_eq!(
-            cache.get::<UserName>(1_i64).await.unwrap().unwrap().name,
-            "ada"
-        );
+        assert_eq!(cache.get::<UserName>(1_i64).await.unwrap().unwrap().name, "ada");
         assert!(cache.get::<User>(1_i64).await.unwrap().unwrap().active);
     }
     let stats = cache.stats();

@@ -7,30 +7,13 @@ use std::time::Duration;
 #[tokio::test]
 async fn ops_decide_what_is_cached() {
     let db = TestDb::new().await;
-    let cache = db
-        .builder()
-        .table("orders", Ops::GET, Duration::from_secs(60))
-        .build()
-        .await
-        .unwrap();
+    let cache = db.builder().table("orders", Ops::GET, Duration::from_secs(60)).build().await.unwrap();
     for _ in 0..2 {
-        cache
-            .query_as::<Order>("SELECT * FROM orders")
-            .fetch_all()
-            .await
-            .unwrap();
-        cache
-            .query_scalar::<i64>("SELECT count(*) FROM orders")
-            .fetch_one()
-            .await
-            .unwrap();
+        cache.query_as::<Order>("SELECT * FROM orders").fetch_all().await.unwrap();
+        cache.query_scalar::<i64>("SELECT count(*) FROM orders").fetch_one().await.unwrap();
     }
     let stats = cache.stats();
-    assert_eq!(
-        (stats.hits, stats.bypassed),
-        (0, 4),
-        "fetch and count pass straight to the database"
-    );
+    assert_eq!((stats.hits, stats.bypassed), (0, 4), "fetch and count pass straight to the database");
     cache.get::<Order>(10_i64).await.unwrap();
     cache.get::<Order>(10_i64).await.unwrap();
     assert_eq!(cache.stats().hits, 1, "get is cached");
@@ -38,11 +21,7 @@ async fn ops_decide_what_is_cached() {
     let joined = "SELECT u.* FROM users u JOIN orders o ON o.user_id = u.id";
     cache.query_as::<User>(joined).fetch_all().await.unwrap();
     cache.query_as::<User>(joined).fetch_all().await.unwrap();
-    assert_eq!(
-        cache.stats().hits,
-        1,
-        "a join is cached only if every table allows it"
-    );
+    assert_eq!(cache.stats().hits, 1, "a join is cached only if every table allows it");
 }
 
 #[tokio::test]
@@ -50,31 +29,15 @@ async fn wildcard_and_disabled_tables() {
     let db = TestDb::new().await;
     let cache = db.builder().disable_table("notes").build().await.unwrap();
     for _ in 0..2 {
-        cache
-            .query_scalar::<i64>("SELECT count(*) FROM audit_log")
-            .fetch_one()
-            .await
-            .unwrap();
-        cache
-            .query_scalar::<i64>("SELECT count(*) FROM notes")
-            .fetch_one()
-            .await
-            .unwrap();
+        cache.query_scalar::<i64>("SELECT count(*) FROM audit_log").fetch_one().await.unwrap();
+        cache.query_scalar::<i64>("SELECT count(*) FROM notes").fetch_one().await.unwrap();
     }
     let stats = cache.stats();
-    assert_eq!(
-        (stats.hits, stats.bypassed),
-        (1, 2),
-        "audit_log falls under *, notes is disabled"
-    );
+    assert_eq!((stats.hits, stats.bypassed), (1, 2), "audit_log falls under *, notes is disabled");
 
     let only_configured = db.builder().wildcard(Ops::NONE).build().await.unwrap();
     for _ in 0..2 {
-        only_configured
-            .query_scalar::<i64>("SELECT count(*) FROM audit_log")
-            .fetch_one()
-            .await
-            .unwrap();
+        only_configured.query_scalar::<i64>("SELECT count(*) FROM audit_log").fetch_one().await.unwrap();
     }
     assert_eq!(only_configured.stats().hits, 0);
 }
@@ -82,12 +45,7 @@ async fn wildcard_and_disabled_tables() {
 #[tokio::test]
 async fn entries_expire_after_their_ttl() {
     let db = TestDb::new().await;
-    let cache = db
-        .builder()
-        .table("users", Ops::ALL, Duration::from_millis(200))
-        .build()
-        .await
-        .unwrap();
+    let cache = db.builder().table("users", Ops::ALL, Duration::from_millis(200)).build().await.unwrap();
     cache.get::<User>(1_i64).await.unwrap();
     cache.get::<User>(1_i64).await.unwrap();
     assert_eq!(cache.stats().hits, 1);
@@ -99,12 +57,7 @@ async fn entries_expire_after_their_ttl() {
 #[tokio::test]
 async fn invalid_configuration_is_an_error() {
     let db = TestDb::new().await;
-    let err = db
-        .builder()
-        .default_ttl(Duration::ZERO)
-        .build()
-        .await
-        .unwrap_err();
+    let err = db.builder().default_ttl(Duration::ZERO).build().await.unwrap_err();
     assert!(matches!(err, sqlacache_sqlx::Error::Config(_)), "{err}");
     let cache = db.cache().await;
     let err = cache.invalidate_table("no_such_table").await.unwrap_err();
@@ -119,33 +72,17 @@ async fn manual_invalidation() {
         for id in 1..=3_i64 {
             c.get::<User>(id).await.unwrap();
         }
-        c.query_scalar::<i64>("SELECT count(*) FROM users")
-            .fetch_one()
-            .await
-            .unwrap();
+        c.query_scalar::<i64>("SELECT count(*) FROM users").fetch_one().await.unwrap();
     };
     warm(cache.clone()).await;
     // Changed behind the cache's back.
-    sqlx::query("UPDATE users SET name = 'side' WHERE id IN (1, 3)")
-        .execute(cache.inner())
-        .await
-        .unwrap();
-    assert_eq!(
-        cache.get::<User>(1_i64).await.unwrap().unwrap().name,
-        "ada",
-        "inner() bypasses invalidation"
-    );
+    sqlx::query("UPDATE users SET name = 'side' WHERE id IN (1, 3)").execute(cache.inner()).await.unwrap();
+    assert_eq!(cache.get::<User>(1_i64).await.unwrap().unwrap().name, "ada", "inner() bypasses invalidation");
 
     cache.invalidate_rows::<User>(&[1_i64, 3]).await.unwrap();
     let hits = cache.stats().hits;
-    assert_eq!(
-        cache.get::<User>(1_i64).await.unwrap().unwrap().name,
-        "side"
-    );
-    assert_eq!(
-        cache.get::<User>(3_i64).await.unwrap().unwrap().name,
-        "side"
-    );
+    assert_eq!(cache.get::<User>(1_i64).await.unwrap().unwrap().name, "side");
+    assert_eq!(cache.get::<User>(3_i64).await.unwrap().unwrap().name, "side");
     cache.get::<User>(2_i64).await.unwrap();
     assert_eq!(cache.stats().hits, hits + 1, "row 2 stayed cached");
 
@@ -168,11 +105,7 @@ async fn memory_stays_under_capacity() {
     )
     .await;
     let capacity = 256 * 1024;
-    let cache = CachedPool::builder(db.pool.clone())
-        .memory_capacity(capacity)
-        .build()
-        .await
-        .unwrap();
+    let cache = CachedPool::builder(db.pool.clone()).memory_capacity(capacity).build().await.unwrap();
     for start in 0..1500_i64 {
         cache
             .query_as::<User>("SELECT * FROM users WHERE id > $1 ORDER BY id")
@@ -185,8 +118,5 @@ async fn memory_stays_under_capacity() {
         assert!(bytes <= capacity, "{bytes} bytes held, capacity {capacity}");
     }
     let (bytes, entries) = cache.memory_usage();
-    assert!(
-        bytes > capacity / 4 && entries > 10,
-        "the cache is in use: {bytes} bytes, {entries} entries"
-    );
+    assert!(bytes > capacity / 4 && entries > 10, "the cache is in use: {bytes} bytes, {entries} entries");
 }

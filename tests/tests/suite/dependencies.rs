@@ -7,61 +7,27 @@ async fn joins_depend_on_both_tables() {
     let db = TestDb::new().await;
     let cache = db.cache().await;
     let sql = "SELECT DISTINCT u.* FROM users u JOIN orders o ON o.user_id = u.id WHERE o.total >= $1 ORDER BY u.id";
-    let read = || async {
-        cache
-            .query_as::<User>(sql)
-            .bind(70_i32)
-            .fetch_all()
-            .await
-            .unwrap()
-    };
-    assert_eq!(
-        read().await.iter().map(|u| u.id).collect::<Vec<_>>(),
-        [1, 2]
-    );
+    let read = || async { cache.query_as::<User>(sql).bind(70_i32).fetch_all().await.unwrap() };
+    assert_eq!(read().await.iter().map(|u| u.id).collect::<Vec<_>>(), [1, 2]);
     read().await;
     assert_eq!(cache.stats().hits, 1);
 
-    sqlx::query("UPDATE orders SET total = 1 WHERE id = 12")
-        .execute(&cache)
-        .await
-        .unwrap();
-    assert_eq!(
-        read().await.iter().map(|u| u.id).collect::<Vec<_>>(),
-        [1],
-        "a write to the joined table"
-    );
-    sqlx::query("UPDATE users SET name = 'joined' WHERE id = 1")
-        .execute(&cache)
-        .await
-        .unwrap();
-    assert_eq!(
-        read().await[0].name,
-        "joined",
-        "a write to the selected table"
-    );
+    sqlx::query("UPDATE orders SET total = 1 WHERE id = 12").execute(&cache).await.unwrap();
+    assert_eq!(read().await.iter().map(|u| u.id).collect::<Vec<_>>(), [1], "a write to the joined table");
+    sqlx::query("UPDATE users SET name = 'joined' WHERE id = 1").execute(&cache).await.unwrap();
+    assert_eq!(read().await[0].name, "joined", "a write to the selected table");
 }
 
 #[tokio::test]
 async fn subqueries_and_ctes_depend_on_their_tables() {
     let db = TestDb::new().await;
     let cache = db.cache().await;
-    let sub =
-        "SELECT * FROM users WHERE id IN (SELECT user_id FROM orders WHERE total > 60) ORDER BY id";
+    let sub = "SELECT * FROM users WHERE id IN (SELECT user_id FROM orders WHERE total > 60) ORDER BY id";
     let cte = "WITH big AS (SELECT user_id FROM orders WHERE total > 60) SELECT count(*) FROM users WHERE id IN (SELECT user_id FROM big)";
-    assert_eq!(
-        cache.query_as::<User>(sub).fetch_all().await.unwrap().len(),
-        2
-    );
+    assert_eq!(cache.query_as::<User>(sub).fetch_all().await.unwrap().len(), 2);
     assert_eq!(cache.query_scalar::<i64>(cte).fetch_one().await.unwrap(), 2);
-    sqlx::query("INSERT INTO orders VALUES (13, 3, 500)")
-        .execute(&cache)
-        .await
-        .unwrap();
-    assert_eq!(
-        cache.query_as::<User>(sub).fetch_all().await.unwrap().len(),
-        3
-    );
+    sqlx::query("INSERT INTO orders VALUES (13, 3, 500)").execute(&cache).await.unwrap();
+    assert_eq!(cache.query_as::<User>(sub).fetch_all().await.unwrap().len(), 3);
     assert_eq!(cache.query_scalar::<i64>(cte).fetch_one().await.unwrap(), 3);
 }
 
@@ -71,43 +37,15 @@ async fn on_delete_cascade_and_set_null_reach_children() {
     let cache = db.cache().await;
     let orders = "SELECT * FROM orders ORDER BY id";
     let notes = "SELECT user_id FROM notes ORDER BY id";
-    assert_eq!(
-        cache
-            .query_as::<Order>(orders)
-            .fetch_all()
-            .await
-            .unwrap()
-            .len(),
-        3
-    );
-    assert_eq!(
-        cache.get::<Order>(10_i64).await.unwrap().map(|o| o.total),
-        Some(100)
-    );
+    assert_eq!(cache.query_as::<Order>(orders).fetch_all().await.unwrap().len(), 3);
+    assert_eq!(cache.get::<Order>(10_i64).await.unwrap().map(|o| o.total), Some(100));
     let before: Vec<Option<i64>> = cache.query_scalar(notes).fetch_all().await.unwrap();
     assert_eq!(before, [Some(1), Some(2)]);
 
-    sqlx::query("DELETE FROM users WHERE id = $1")
-        .bind(1_i64)
-        .execute(&cache)
-        .await
-        .unwrap();
+    sqlx::query("DELETE FROM users WHERE id = $1").bind(1_i64).execute(&cache).await.unwrap();
 
-    assert_eq!(
-        cache
-            .query_as::<Order>(orders)
-            .fetch_all()
-            .await
-            .unwrap()
-            .len(),
-        1,
-        "cascaded delete"
-    );
-    assert_eq!(
-        cache.get::<Order>(10_i64).await.unwrap(),
-        None,
-        "point read of a cascaded row"
-    );
+    assert_eq!(cache.query_as::<Order>(orders).fetch_all().await.unwrap().len(), 1, "cascaded delete");
+    assert_eq!(cache.get::<Order>(10_i64).await.unwrap(), None, "point read of a cascaded row");
     let after: Vec<Option<i64>> = cache.query_scalar(notes).fetch_all().await.unwrap();
     assert_eq!(after, [None, Some(2)], "ON DELETE SET NULL");
 }
@@ -124,18 +62,9 @@ async fn cascades_are_transitive_and_found_for_tables_created_later() {
     .execute(&cache)
     .await
     .unwrap();
-    let count = || async {
-        cache
-            .query_scalar::<i64>("SELECT count(*) FROM line_items")
-            .fetch_one()
-            .await
-            .unwrap()
-    };
+    let count = || async { cache.query_scalar::<i64>("SELECT count(*) FROM line_items").fetch_one().await.unwrap() };
     assert_eq!(count().await, 2);
-    sqlx::query("DELETE FROM users WHERE id = 1")
-        .execute(&cache)
-        .await
-        .unwrap();
+    sqlx::query("DELETE FROM users WHERE id = 1").execute(&cache).await.unwrap();
     assert_eq!(count().await, 1, "users -> orders -> line_items");
 }
 
@@ -144,32 +73,14 @@ async fn schema_qualified_and_unqualified_names_are_one_table() {
     let db = TestDb::new().await;
     let cache = db.cache().await;
     let qualified = format!("SELECT count(*) FROM {}.users", db.schema);
-    let read = || async {
-        cache
-            .query_scalar::<i64>(sqlx::AssertSqlSafe(qualified.clone()))
-            .fetch_one()
-            .await
-            .unwrap()
-    };
+    let read =
+        || async { cache.query_scalar::<i64>(sqlx::AssertSqlSafe(qualified.clone())).fetch_one().await.unwrap() };
     assert_eq!(read().await, 3);
-    sqlx::query("DELETE FROM users WHERE id = 3")
+    sqlx::query("DELETE FROM users WHERE id = 3").execute(&cache).await.unwrap();
+    assert_eq!(read().await, 2);
+    sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {}.users WHERE id = 2", db.schema)))
         .execute(&cache)
         .await
         .unwrap();
-    assert_eq!(read().await, 2);
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DELETE FROM {}.users WHERE id = 2",
-        db.schema
-    )))
-    .execute(&cache)
-    .await
-    .unwrap();
-    assert_eq!(
-        cache
-            .query_scalar::<i64>("SELECT count(*) FROM users")
-            .fetch_one()
-            .await
-            .unwrap(),
-        1
-    );
+    assert_eq!(cache.query_scalar::<i64>("SELECT count(*) FROM users").fetch_one().await.unwrap(), 1);
 }

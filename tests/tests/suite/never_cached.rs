@@ -9,11 +9,7 @@ async fn twice_bypassed(cache: &sqlacache_sqlx::CachedPool, sql: &'static str) {
     }
     let after = cache.stats();
     assert_eq!(after.hits, before.hits, "{sql} was served from the cache");
-    assert_eq!(
-        after.bypassed,
-        before.bypassed + 2,
-        "{sql} should bypass the cache"
-    );
+    assert_eq!(after.bypassed, before.bypassed + 2, "{sql} should bypass the cache");
 }
 
 #[tokio::test]
@@ -24,11 +20,7 @@ async fn locking_volatile_and_unreadable_reads_bypass() {
     twice_bypassed(&cache, "SELECT * FROM users ORDER BY id FOR SHARE").await;
     twice_bypassed(&cache, "SELECT * FROM users WHERE random() < 2").await;
     twice_bypassed(&cache, "SELECT * FROM users WHERE now() > '2000-01-01'").await;
-    twice_bypassed(
-        &cache,
-        "SELECT * FROM users WHERE id < nextval('audit_log_id_seq')",
-    )
-    .await;
+    twice_bypassed(&cache, "SELECT * FROM users WHERE id < nextval('audit_log_id_seq')").await;
     // PostgreSQL accepts these; the analyzer cannot read them, so they are not cached.
     twice_bypassed(&cache, "SELECT * FROM users WHERE id = 1 FOR NO KEY UPDATE").await;
     twice_bypassed(&cache, "SELECT * FROM users GROUP BY DISTINCT id").await;
@@ -53,34 +45,22 @@ async fn unreadable_write_invalidates_everything() {
     let db = TestDb::new().await;
     let cache = db.cache().await;
     assert_eq!(cache.get::<User>(1_i64).await.unwrap().unwrap().name, "ada");
-    sqlx::raw_sql("DO $$ BEGIN UPDATE users SET name = 'from do' WHERE id = 1; END $$")
-        .execute(&cache)
-        .await
-        .unwrap();
+    sqlx::raw_sql("DO $$ BEGIN UPDATE users SET name = 'from do' WHERE id = 1; END $$").execute(&cache).await.unwrap();
     assert_eq!(cache.stats().full_invalidations, 1, "counted in stats");
-    assert_eq!(
-        cache.get::<User>(1_i64).await.unwrap().unwrap().name,
-        "from do"
-    );
+    assert_eq!(cache.get::<User>(1_i64).await.unwrap().unwrap().name, "from do");
 }
 
 #[tokio::test]
 async fn procedures_invalidate_everything() {
     let db = TestDb::new().await;
     let cache = db.cache().await;
-    sqlx::raw_sql("CREATE PROCEDURE rename_user(i bigint, n text) LANGUAGE sql AS $$ UPDATE users SET name = n WHERE id = i $$")
-        .execute(&cache)
-        .await
-        .unwrap();
+    sqlx::raw_sql(
+        "CREATE PROCEDURE rename_user(i bigint, n text) LANGUAGE sql AS $$ UPDATE users SET name = n WHERE id = i $$",
+    )
+    .execute(&cache)
+    .await
+    .unwrap();
     assert_eq!(cache.get::<User>(2_i64).await.unwrap().unwrap().name, "bob");
-    sqlx::query("CALL rename_user($1, $2)")
-        .bind(2_i64)
-        .bind("robert")
-        .execute(&cache)
-        .await
-        .unwrap();
-    assert_eq!(
-        cache.get::<User>(2_i64).await.unwrap().unwrap().name,
-        "robert"
-    );
+    sqlx::query("CALL rename_user($1, $2)").bind(2_i64).bind("robert").execute(&cache).await.unwrap();
+    assert_eq!(cache.get::<User>(2_i64).await.unwrap().unwrap().name, "robert");
 }

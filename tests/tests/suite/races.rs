@@ -49,28 +49,13 @@ async fn fill_held_across_a_write_is_rejected() {
             })
         };
         filled.wait().await;
-        sqlx::query("UPDATE users SET name = 'new' WHERE id = 1")
-            .execute(&cache)
-            .await
-            .unwrap();
+        sqlx::query("UPDATE users SET name = 'new' WHERE id = 1").execute(&cache).await.unwrap();
         release.notify_one();
-        assert_eq!(
-            reader.await.unwrap(),
-            "ada",
-            "the reader started before the write"
-        );
+        assert_eq!(reader.await.unwrap(), "ada", "the reader started before the write");
 
-        assert_eq!(
-            cache.stats().fills_rejected,
-            1,
-            "list={list}: the straddling fill was refused"
-        );
+        assert_eq!(cache.stats().fills_rejected, 1, "list={list}: the straddling fill was refused");
         let now = if list {
-            cache
-                .query_as::<User>("SELECT * FROM users WHERE active ORDER BY id")
-                .fetch_all()
-                .await
-                .unwrap()[0]
+            cache.query_as::<User>("SELECT * FROM users WHERE active ORDER BY id").fetch_all().await.unwrap()[0]
                 .name
                 .clone()
         } else {
@@ -151,31 +136,15 @@ async fn reads_started_after_a_write_see_it() {
                 let id = (reads as usize + r) % ROWS;
                 let floor = published[id].load(Ordering::SeqCst);
                 let got = cache.get::<Counter>(id as i64).await.unwrap().unwrap().n;
-                assert!(
-                    got >= floor,
-                    "get({id}) returned {got}, older than the published write {floor}"
-                );
+                assert!(got >= floor, "get({id}) returned {got}, older than the published write {floor}");
 
                 let floors: Vec<i64> = published.iter().map(|p| p.load(Ordering::SeqCst)).collect();
-                let list = cache
-                    .query_as::<Counter>("SELECT * FROM counters ORDER BY id")
-                    .fetch_all()
-                    .await
-                    .unwrap();
+                let list = cache.query_as::<Counter>("SELECT * FROM counters ORDER BY id").fetch_all().await.unwrap();
                 for (row, floor) in list.iter().zip(&floors) {
-                    assert!(
-                        row.n >= *floor,
-                        "list row {} returned {}, older than {floor}",
-                        row.id,
-                        row.n
-                    );
+                    assert!(row.n >= *floor, "list row {} returned {}, older than {floor}", row.id, row.n);
                 }
                 let floor_sum: i64 = published.iter().map(|p| p.load(Ordering::SeqCst)).sum();
-                let sum: i64 = cache
-                    .query_scalar("SELECT sum(n)::int8 FROM counters")
-                    .fetch_one()
-                    .await
-                    .unwrap();
+                let sum: i64 = cache.query_scalar("SELECT sum(n)::int8 FROM counters").fetch_one().await.unwrap();
                 assert!(sum >= floor_sum, "sum {sum} older than {floor_sum}");
                 reads += 1;
                 // Cache hits complete without waiting; let the writers run.
@@ -194,8 +163,5 @@ async fn reads_started_after_a_write_see_it() {
     }
     assert!(total > 0);
     let stats = cache.stats();
-    assert!(
-        stats.hits > 0,
-        "the cache served reads during the test: {stats:?}"
-    );
+    assert!(stats.hits > 0, "the cache served reads during the test: {stats:?}");
 }

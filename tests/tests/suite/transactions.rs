@@ -14,28 +14,12 @@ async fn commit_invalidates_after_it_returns() {
     assert_eq!(name_of(&cache, 1).await.as_deref(), Some("ada"));
 
     let mut tx = cache.begin().await.unwrap();
-    sqlx::query("UPDATE users SET name = 'tx' WHERE id = $1")
-        .bind(1_i64)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    sqlx::query("DELETE FROM users WHERE id = $1")
-        .bind(2_i64)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    sqlx::query("UPDATE users SET name = 'tx' WHERE id = $1").bind(1_i64).execute(&mut *tx).await.unwrap();
+    sqlx::query("DELETE FROM users WHERE id = $1").bind(2_i64).execute(&mut *tx).await.unwrap();
 
     let hits = cache.stats().hits;
-    assert_eq!(
-        name_of(&cache, 1).await.as_deref(),
-        Some("ada"),
-        "uncommitted: others still see the old row"
-    );
-    assert_eq!(
-        cache.stats().hits,
-        hits + 1,
-        "and nothing was invalidated yet"
-    );
+    assert_eq!(name_of(&cache, 1).await.as_deref(), Some("ada"), "uncommitted: others still see the old row");
+    assert_eq!(cache.stats().hits, hits + 1, "and nothing was invalidated yet");
 
     tx.commit().await.unwrap();
     assert_eq!(name_of(&cache, 1).await.as_deref(), Some("tx"));
@@ -47,23 +31,12 @@ async fn reads_inside_see_own_writes_and_never_fill() {
     let db = TestDb::new().await;
     let cache = db.cache().await;
     let mut tx = cache.begin().await.unwrap();
-    sqlx::query("UPDATE users SET name = 'mine' WHERE id = 1")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    let seen: User = sqlx::query_as("SELECT * FROM users WHERE id = $1")
-        .bind(1_i64)
-        .fetch_one(&mut *tx)
-        .await
-        .unwrap();
+    sqlx::query("UPDATE users SET name = 'mine' WHERE id = 1").execute(&mut *tx).await.unwrap();
+    let seen: User = sqlx::query_as("SELECT * FROM users WHERE id = $1").bind(1_i64).fetch_one(&mut *tx).await.unwrap();
     assert_eq!(seen.name, "mine");
     let before = cache.stats();
     tx.rollback().await.unwrap();
-    assert_eq!(
-        (before.hits, before.misses),
-        (0, 0),
-        "reads in a transaction do not touch the cache"
-    );
+    assert_eq!((before.hits, before.misses), (0, 0), "reads in a transaction do not touch the cache");
     assert_eq!(name_of(&cache, 1).await.as_deref(), Some("ada"));
 }
 
@@ -74,36 +47,19 @@ async fn rollback_and_drop_invalidate_nothing() {
     name_of(&cache, 1).await;
 
     let mut tx = cache.begin().await.unwrap();
-    sqlx::query("UPDATE users SET name = 'rolled' WHERE id = 1")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    sqlx::query("UPDATE users SET name = 'rolled' WHERE id = 1").execute(&mut *tx).await.unwrap();
     tx.rollback().await.unwrap();
     let hits = cache.stats().hits;
     assert_eq!(name_of(&cache, 1).await.as_deref(), Some("ada"));
-    assert_eq!(
-        cache.stats().hits,
-        hits + 1,
-        "rollback left the entry cached"
-    );
+    assert_eq!(cache.stats().hits, hits + 1, "rollback left the entry cached");
 
     let mut tx = cache.begin().await.unwrap();
-    sqlx::query("UPDATE users SET name = 'dropped' WHERE id = 1")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    sqlx::raw_sql("DO $$ BEGIN PERFORM 1; END $$")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    sqlx::query("UPDATE users SET name = 'dropped' WHERE id = 1").execute(&mut *tx).await.unwrap();
+    sqlx::raw_sql("DO $$ BEGIN PERFORM 1; END $$").execute(&mut *tx).await.unwrap();
     drop(tx);
     let before = cache.stats();
     assert_eq!(name_of(&cache, 1).await.as_deref(), Some("ada"));
-    assert_eq!(
-        cache.stats().hits,
-        before.hits + 1,
-        "drop left the entry cached"
-    );
+    assert_eq!(cache.stats().hits, before.hits + 1, "drop left the entry cached");
     assert_eq!(before.invalidations, 0);
 }
 
@@ -115,23 +71,13 @@ async fn cancelled_commit_still_invalidates() {
         name_of(&cache, 1).await;
         let mut tx = cache.begin().await.unwrap();
         let name = format!("r{round}");
-        sqlx::query("UPDATE users SET name = $1 WHERE id = 1")
-            .bind(&name)
-            .execute(&mut *tx)
-            .await
-            .unwrap();
+        sqlx::query("UPDATE users SET name = $1 WHERE id = 1").bind(&name).execute(&mut *tx).await.unwrap();
         // Give up on the commit at a varying point; it may or may not have reached the server.
         let _ = tokio::time::timeout(Duration::from_micros(round * 50), tx.commit()).await;
         tokio::time::sleep(Duration::from_millis(5)).await;
-        let truth: String = sqlx::query_scalar("SELECT name FROM users WHERE id = 1")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
-        assert_eq!(
-            name_of(&cache, 1).await,
-            Some(truth),
-            "round {round}: stale after a cancelled commit"
-        );
+        let truth: String =
+            sqlx::query_scalar("SELECT name FROM users WHERE id = 1").fetch_one(&db.pool).await.unwrap();
+        assert_eq!(name_of(&cache, 1).await, Some(truth), "round {round}: stale after a cancelled commit");
     }
 }
 
@@ -141,10 +87,7 @@ async fn unreadable_write_in_a_transaction_invalidates_everything_on_commit() {
     let cache = db.cache().await;
     name_of(&cache, 1).await;
     let mut tx = cache.begin().await.unwrap();
-    sqlx::raw_sql("DO $$ BEGIN UPDATE users SET name = 'do' WHERE id = 1; END $$")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    sqlx::raw_sql("DO $$ BEGIN UPDATE users SET name = 'do' WHERE id = 1; END $$").execute(&mut *tx).await.unwrap();
     assert_eq!(cache.stats().full_invalidations, 0);
     tx.commit().await.unwrap();
     assert_eq!(cache.stats().full_invalidations, 1);

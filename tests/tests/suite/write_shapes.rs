@@ -9,71 +9,33 @@ async fn read_all(cache: &CachedPool) {
     for id in 1..=4_i64 {
         cache.get::<User>(id).await.unwrap();
     }
-    cache
-        .query_as::<User>("SELECT * FROM users WHERE active ORDER BY id")
-        .fetch_all()
-        .await
-        .unwrap();
-    cache
-        .query_scalar::<i64>("SELECT count(*) FROM users")
-        .fetch_one()
-        .await
-        .unwrap();
-    cache
-        .query_as::<Order>("SELECT * FROM orders ORDER BY id")
-        .fetch_all()
-        .await
-        .unwrap();
+    cache.query_as::<User>("SELECT * FROM users WHERE active ORDER BY id").fetch_all().await.unwrap();
+    cache.query_scalar::<i64>("SELECT count(*) FROM users").fetch_one().await.unwrap();
+    cache.query_as::<Order>("SELECT * FROM orders ORDER BY id").fetch_all().await.unwrap();
 }
 
 /// Every cached read equals the same read on the raw pool.
 async fn assert_fresh(cache: &CachedPool, pool: &PgPool, case: &str) {
     for id in 1..=4_i64 {
-        let truth: Option<User> = sqlx::query_as("SELECT * FROM users WHERE id = $1")
-            .bind(id)
-            .fetch_optional(pool)
-            .await
-            .unwrap();
-        assert_eq!(
-            cache.get::<User>(id).await.unwrap(),
-            truth,
-            "{case}: get({id}) is stale"
-        );
+        let truth: Option<User> =
+            sqlx::query_as("SELECT * FROM users WHERE id = $1").bind(id).fetch_optional(pool).await.unwrap();
+        assert_eq!(cache.get::<User>(id).await.unwrap(), truth, "{case}: get({id}) is stale");
     }
     let sql = "SELECT * FROM users WHERE active ORDER BY id";
     let truth: Vec<User> = sqlx::query_as(sql).fetch_all(pool).await.unwrap();
-    assert_eq!(
-        cache.query_as::<User>(sql).fetch_all().await.unwrap(),
-        truth,
-        "{case}: list is stale"
-    );
-    let truth: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
-        .fetch_one(pool)
-        .await
-        .unwrap();
-    let cached = cache
-        .query_scalar::<i64>("SELECT count(*) FROM users")
-        .fetch_one()
-        .await
-        .unwrap();
+    assert_eq!(cache.query_as::<User>(sql).fetch_all().await.unwrap(), truth, "{case}: list is stale");
+    let truth: i64 = sqlx::query_scalar("SELECT count(*) FROM users").fetch_one(pool).await.unwrap();
+    let cached = cache.query_scalar::<i64>("SELECT count(*) FROM users").fetch_one().await.unwrap();
     assert_eq!(cached, truth, "{case}: count is stale");
     let sql = "SELECT * FROM orders ORDER BY id";
     let truth: Vec<Order> = sqlx::query_as(sql).fetch_all(pool).await.unwrap();
-    assert_eq!(
-        cache.query_as::<Order>(sql).fetch_all().await.unwrap(),
-        truth,
-        "{case}: orders are stale"
-    );
+    assert_eq!(cache.query_as::<Order>(sql).fetch_all().await.unwrap(), truth, "{case}: orders are stale");
 }
 
 async fn assert_hit(cache: &CachedPool, id: i64, case: &str) {
     let before = cache.stats().hits;
     cache.get::<User>(id).await.unwrap();
-    assert_eq!(
-        cache.stats().hits,
-        before + 1,
-        "{case}: get({id}) was not touched and should still be a hit"
-    );
+    assert_eq!(cache.stats().hits, before + 1, "{case}: get({id}) was not touched and should still be a hit");
 }
 
 /// Runs `write` on a fresh, fully cached schema; then checks freshness and, when given, that a
@@ -97,10 +59,7 @@ where
 #[tokio::test]
 async fn pk_in_list() {
     case("IN", Some(3), |c| async move {
-        sqlx::query("UPDATE users SET name = 'x' WHERE id IN (1, 2)")
-            .execute(&c)
-            .await
-            .unwrap();
+        sqlx::query("UPDATE users SET name = 'x' WHERE id IN (1, 2)").execute(&c).await.unwrap();
     })
     .await;
 }
@@ -108,11 +67,7 @@ async fn pk_in_list() {
 #[tokio::test]
 async fn pk_any_array() {
     case("ANY", Some(2), |c| async move {
-        sqlx::query("UPDATE users SET name = 'x' WHERE id = ANY($1)")
-            .bind(vec![1_i64, 3])
-            .execute(&c)
-            .await
-            .unwrap();
+        sqlx::query("UPDATE users SET name = 'x' WHERE id = ANY($1)").bind(vec![1_i64, 3]).execute(&c).await.unwrap();
     })
     .await;
 }
@@ -120,15 +75,8 @@ async fn pk_any_array() {
 #[tokio::test]
 async fn bulk_update_by_other_column() {
     case("bulk", Some(3), |c| async move {
-        let done = sqlx::query("UPDATE users SET name = name || '!' WHERE active")
-            .execute(&c)
-            .await
-            .unwrap();
-        assert_eq!(
-            done.rows_affected(),
-            2,
-            "rows_affected is unchanged by the cache"
-        );
+        let done = sqlx::query("UPDATE users SET name = name || '!' WHERE active").execute(&c).await.unwrap();
+        assert_eq!(done.rows_affected(), 2, "rows_affected is unchanged by the cache");
     })
     .await;
 }
@@ -136,10 +84,7 @@ async fn bulk_update_by_other_column() {
 #[tokio::test]
 async fn bulk_delete_by_other_column() {
     case("bulk delete", Some(1), |c| async move {
-        sqlx::query("DELETE FROM users WHERE NOT active")
-            .execute(&c)
-            .await
-            .unwrap();
+        sqlx::query("DELETE FROM users WHERE NOT active").execute(&c).await.unwrap();
     })
     .await;
 }
@@ -182,13 +127,12 @@ async fn insert_select() {
 #[tokio::test]
 async fn cte_write() {
     case("cte", None, |c| async move {
-        let n: i64 = sqlx::query_scalar(
-            "WITH d AS (DELETE FROM users WHERE id = $1 RETURNING id) SELECT count(*) FROM d",
-        )
-        .bind(2_i64)
-        .fetch_one(&c)
-        .await
-        .unwrap();
+        let n: i64 =
+            sqlx::query_scalar("WITH d AS (DELETE FROM users WHERE id = $1 RETURNING id) SELECT count(*) FROM d")
+                .bind(2_i64)
+                .fetch_one(&c)
+                .await
+                .unwrap();
         assert_eq!(n, 1);
     })
     .await;
@@ -208,10 +152,7 @@ async fn multi_statement_raw_sql() {
 #[tokio::test]
 async fn single_statement_raw_sql_is_precise() {
     case("raw single", Some(2), |c| async move {
-        sqlx::raw_sql("UPDATE users SET active = NOT active WHERE id = 3; -- flip")
-            .execute(&c)
-            .await
-            .unwrap();
+        sqlx::raw_sql("UPDATE users SET active = NOT active WHERE id = 3; -- flip").execute(&c).await.unwrap();
     })
     .await;
 }
@@ -219,10 +160,7 @@ async fn single_statement_raw_sql_is_precise() {
 #[tokio::test]
 async fn truncate_cascade() {
     case("truncate", None, |c| async move {
-        sqlx::query("TRUNCATE users CASCADE")
-            .execute(&c)
-            .await
-            .unwrap();
+        sqlx::query("TRUNCATE users CASCADE").execute(&c).await.unwrap();
     })
     .await;
 }
@@ -230,39 +168,26 @@ async fn truncate_cascade() {
 #[tokio::test]
 async fn returning_through_fetch() {
     case("returning *", Some(2), |c| async move {
-        let rows: Vec<User> =
-            sqlx::query_as("UPDATE users SET name = 'r' WHERE id = $1 RETURNING *")
-                .bind(1_i64)
-                .fetch_all(&c)
-                .await
-                .unwrap();
-        assert_eq!(
-            rows,
-            [User {
-                id: 1,
-                name: "r".into(),
-                active: true
-            }],
-            "RETURNING rows reach the caller unchanged"
-        );
+        let rows: Vec<User> = sqlx::query_as("UPDATE users SET name = 'r' WHERE id = $1 RETURNING *")
+            .bind(1_i64)
+            .fetch_all(&c)
+            .await
+            .unwrap();
+        assert_eq!(rows, [User { id: 1, name: "r".into(), active: true }], "RETURNING rows reach the caller unchanged");
     })
     .await;
     case("returning list", Some(1), |c| async move {
-        let (id, name): (i64, String) =
-            sqlx::query_as("DELETE FROM users WHERE id = $1 RETURNING id, name")
-                .bind(2_i64)
-                .fetch_one(&c)
-                .await
-                .unwrap();
+        let (id, name): (i64, String) = sqlx::query_as("DELETE FROM users WHERE id = $1 RETURNING id, name")
+            .bind(2_i64)
+            .fetch_one(&c)
+            .await
+            .unwrap();
         assert_eq!((id, name.as_str()), (2, "bob"));
     })
     .await;
     case("returning without key", None, |c| async move {
         let name: String =
-            sqlx::query_scalar("UPDATE users SET name = 'n' WHERE id = 1 RETURNING name")
-                .fetch_one(&c)
-                .await
-                .unwrap();
+            sqlx::query_scalar("UPDATE users SET name = 'n' WHERE id = 1 RETURNING name").fetch_one(&c).await.unwrap();
         assert_eq!(name, "n");
     })
     .await;
@@ -271,18 +196,9 @@ async fn returning_through_fetch() {
 #[tokio::test]
 async fn fetch_on_a_write_without_returning_yields_no_rows() {
     case("fetch no returning", Some(2), |c| async move {
-        let rows = sqlx::query("UPDATE users SET name = 'q' WHERE id = 1")
-            .fetch_all(&c)
-            .await
-            .unwrap();
-        assert!(
-            rows.is_empty(),
-            "the library's own RETURNING never reaches the caller"
-        );
-        let row = sqlx::query("DELETE FROM users WHERE id = 3")
-            .fetch_optional(&c)
-            .await
-            .unwrap();
+        let rows = sqlx::query("UPDATE users SET name = 'q' WHERE id = 1").fetch_all(&c).await.unwrap();
+        assert!(rows.is_empty(), "the library's own RETURNING never reaches the caller");
+        let row = sqlx::query("DELETE FROM users WHERE id = 3").fetch_optional(&c).await.unwrap();
         assert!(row.is_none());
     })
     .await;
@@ -302,10 +218,7 @@ async fn update_from_with_alias() {
 #[tokio::test]
 async fn update_changing_the_primary_key() {
     case("pk change", None, |c| async move {
-        sqlx::query("UPDATE users SET id = 4 WHERE id = 3")
-            .execute(&c)
-            .await
-            .unwrap();
+        sqlx::query("UPDATE users SET id = 4 WHERE id = 3").execute(&c).await.unwrap();
     })
     .await;
 }
@@ -327,10 +240,7 @@ async fn merge() {
 #[tokio::test]
 async fn child_writes_only_touch_the_child() {
     case("child", Some(1), |c| async move {
-        sqlx::query("UPDATE orders SET total = total + 1 WHERE user_id = 1")
-            .execute(&c)
-            .await
-            .unwrap();
+        sqlx::query("UPDATE orders SET total = total + 1 WHERE user_id = 1").execute(&c).await.unwrap();
     })
     .await;
 }
