@@ -7,6 +7,7 @@
 
 use sqlacache_benches::{create_fixture, BenchUser, Samples, USERS};
 use sqlacache_sqlx::CachedPool;
+use std::hint::black_box;
 use std::time::Duration;
 
 const ROUNDS: i64 = 2_000;
@@ -46,20 +47,57 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     for i in 0..ROUNDS {
         let (hot, cold) = (1 + i % 100, 1 + (USERS / 2 + i) % USERS);
-        raw_hit.time(async { drop(raw_point(hot).await.unwrap()) }).await;
-        hit.time(async { drop(cache.get::<BenchUser>(hot).await.unwrap()) }).await;
-        raw_miss.time(async { drop(raw_point(cold).await.unwrap()) }).await;
-        miss.time(async { drop(cache.get::<BenchUser>(cold).await.unwrap()) }).await;
-        raw_list.time(async { drop(sqlx::query_as::<_, BenchUser>(LIST).fetch_all(&pool).await.unwrap()) }).await;
-        list.time(async { drop(cache.query_as::<BenchUser>(LIST).fetch_all().await.unwrap()) }).await;
-        raw_count.time(async { drop(sqlx::query_scalar::<_, i64>(COUNT).fetch_one(&pool).await.unwrap()) }).await;
-        count.time(async { drop(cache.query_scalar::<i64>(COUNT).fetch_one().await.unwrap()) }).await;
+        raw_hit
+            .time(async {
+                black_box(raw_point(hot).await.unwrap());
+            })
+            .await;
+        hit.time(async {
+            black_box(cache.get::<BenchUser>(hot).await.unwrap());
+        })
+        .await;
+        raw_miss
+            .time(async {
+                black_box(raw_point(cold).await.unwrap());
+            })
+            .await;
+        miss.time(async {
+            black_box(cache.get::<BenchUser>(cold).await.unwrap());
+        })
+        .await;
+        raw_list
+            .time(async {
+                black_box(sqlx::query_as::<_, BenchUser>(LIST).fetch_all(&pool).await.unwrap());
+            })
+            .await;
+        list.time(async {
+            black_box(cache.query_as::<BenchUser>(LIST).fetch_all().await.unwrap());
+        })
+        .await;
+        raw_count
+            .time(async {
+                black_box(sqlx::query_scalar::<_, i64>(COUNT).fetch_one(&pool).await.unwrap());
+            })
+            .await;
+        count
+            .time(async {
+                black_box(cache.query_scalar::<i64>(COUNT).fetch_one().await.unwrap());
+            })
+            .await;
     }
     // Writes run after the reads: each one invalidates the table's lists and counts.
     for i in 0..ROUNDS {
         let target = USERS - i % 1000;
-        raw_write.time(async { drop(sqlx::query(WRITE).bind(target).execute(&pool).await.unwrap()) }).await;
-        write.time(async { drop(sqlx::query(WRITE).bind(target).execute(&cache).await.unwrap()) }).await;
+        raw_write
+            .time(async {
+                black_box(sqlx::query(WRITE).bind(target).execute(&pool).await.unwrap());
+            })
+            .await;
+        write
+            .time(async {
+                black_box(sqlx::query(WRITE).bind(target).execute(&cache).await.unwrap());
+            })
+            .await;
     }
 
     println!("{ROUNDS} rounds each, interleaved; microseconds; ratio = cached median / raw median\n");
