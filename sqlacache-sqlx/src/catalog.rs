@@ -47,7 +47,9 @@ pub(crate) struct Catalog {
 
 const TABLES: &str = r#"
 SELECT c.oid::int8 AS oid, n.nspname::text AS schema, c.relname::text AS name,
-       c.relkind::text AS kind, pg_catalog.pg_table_is_visible(c.oid) AS visible,
+       c.relkind::text AS kind,
+       -- NULL when the table is dropped while this runs
+       coalesce(pg_catalog.pg_table_is_visible(c.oid), false) AS visible,
        (SELECT array_agg(a.attname::text ORDER BY k.ord)
           FROM pg_catalog.pg_index i
           CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)

@@ -93,17 +93,56 @@ pub(crate) fn run<'e>(shared: Arc<Shared>, target: Target<'e>, prepared: Prepare
                     track_rows = true;
                 }
             }
-            let (inner, sink) = match target {
-                Target::Pool => ((&shared.pool).fetch_many(prepared), None),
-                Target::Transaction(conn, pending) => (conn.fetch_many(prepared), Some(pending)),
+            let steps: BoxStream<'e, Step> = match target {
+                Target::Pool if matches!(plan.write, WritePlan::None) => Box::pin((&shared.pool).fetch_many(prepared)),
+                Target::Pool => {
+                    // A write runs to its end in a task of its own, so a caller that stops
+                    // listening (a cancelled future) cannot stop the invalidation from following
+                    // the statement's completion.
+                    let writes = WriteStream {
+                        inner: (&shared.pool).fetch_many(prepared),
+                        tracker: Some(Tracker::new(&shared, &plan, None, track_rows)),
+                    };
+                    Box::pin(detach(writes))
+                }
+                Target::Transaction(conn, pending) => {
+                    // Invalidations wait for COMMIT, which `CachedTransaction::commit` runs to its
+                    // end in the same way.
+                    Box::pin(WriteStream {
+                        inner: conn.fetch_many(prepared),
+                        tracker: Some(Tracker::new(&shared, &plan, Some(pending), track_rows)),
+                    })
+                }
             };
-            Ok::<_, sqlx::Error>(WriteStream {
-                inner,
-                tracker: Some(Tracker { shared, plan, sink, track_rows, rows: Vec::new(), rows_lost: false }),
-            })
+            Ok::<_, sqlx::Error>(steps)
         })
         .try_flatten(),
     )
+}
+
+/// Runs `steps` to completion on a spawned task and streams its items back. When the receiver
+/// is dropped the task keeps draining (and so finishes the statement and its invalidation).
+fn detach(mut steps: WriteStream<'static>) -> Detached {
+    let (sender, receiver) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        let mut listening = true;
+        while let Some(step) = steps.next().await {
+            if listening && sender.send(step).await.is_err() {
+                listening = false;
+            }
+        }
+    });
+    Detached(receiver)
+}
+
+struct Detached(tokio::sync::mpsc::Receiver<Step>);
+
+impl futures_core::Stream for Detached {
+    type Item = Step;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Step>> {
+        self.get_mut().0.poll_recv(cx)
+    }
 }
 
 /// Drains a stream to its first row, as `fetch_optional` does (a write must run to its end).
@@ -135,7 +174,11 @@ enum Outcome<'a> {
     Abandoned,
 }
 
-impl Tracker<'_> {
+impl<'e> Tracker<'e> {
+    fn new(shared: &Arc<Shared>, plan: &Arc<Plan>, sink: Option<&'e mut Vec<Tag>>, track_rows: bool) -> Self {
+        Tracker { shared: shared.clone(), plan: plan.clone(), sink, track_rows, rows: Vec::new(), rows_lost: false }
+    }
+
     /// Notes a row; returns whether the caller should see it.
     fn observe(&mut self, row: &PgRow) -> bool {
         let WritePlan::Writes(w) = &self.plan.write else {

@@ -88,12 +88,19 @@ impl CachedTransaction {
         CachedTransaction { conn: CachedConnection { tx, pending: Vec::new(), shared } }
     }
 
-    /// Commits, then invalidates what the transaction's writes changed. The invalidation is
-    /// applied whether the commit succeeds, fails or is cancelled midway.
+    /// Commits, then invalidates what the transaction's writes changed.
+    ///
+    /// The commit runs to its end on a task of its own, and the invalidation follows it whether
+    /// it succeeds or fails (a failed commit may still have committed, if the connection was
+    /// lost after sending it). Dropping this future does not stop either.
     pub async fn commit(self) -> Result<(), sqlx::Error> {
         let CachedConnection { tx, pending, shared } = self.conn;
-        let _apply = ApplyOnDrop { shared, tags: pending };
-        tx.commit().await
+        let apply = ApplyOnDrop { shared, tags: pending };
+        let task = tokio::spawn(async move {
+            let _apply = apply;
+            tx.commit().await
+        });
+        task.await.unwrap_or_else(|e| Err(sqlx::Error::Io(std::io::Error::other(e))))
     }
 
     /// Rolls back; nothing is invalidated.

@@ -165,3 +165,41 @@ async fn reads_started_after_a_write_see_it() {
     let stats = cache.stats();
     assert!(stats.hits > 0, "the cache served reads during the test: {stats:?}");
 }
+
+/// Gives up on a write (or a commit) at varying points while a reader keeps filling the cache.
+/// Whether or not the write took effect, once things settle the cache must agree with the
+/// database: an abandoned write's invalidation follows its completion, not the cancellation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_writes_and_commits_still_invalidate() {
+    let db = TestDb::new().await;
+    let cache = db.cache().await;
+    for round in 0..40_u64 {
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (cache, stop) = (cache.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    cache.get::<User>(1_i64).await.unwrap();
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        let name = format!("round {round}");
+        let wait = std::time::Duration::from_micros(round * 40);
+        if round % 2 == 0 {
+            let write = sqlx::query("UPDATE users SET name = $1 WHERE id = 1").bind(&name).execute(&cache);
+            let _ = tokio::time::timeout(wait, write).await;
+        } else {
+            let mut tx = cache.begin().await.unwrap();
+            sqlx::query("UPDATE users SET name = $1 WHERE id = 1").bind(&name).execute(&mut *tx).await.unwrap();
+            let _ = tokio::time::timeout(wait, tx.commit()).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        stop.store(true, Ordering::SeqCst);
+        reader.await.unwrap();
+        let truth: String =
+            sqlx::query_scalar("SELECT name FROM users WHERE id = 1").fetch_one(&db.pool).await.unwrap();
+        let cached = cache.get::<User>(1_i64).await.unwrap().unwrap().name;
+        assert_eq!(cached, truth, "round {round}: stale after an abandoned write");
+    }
+}
