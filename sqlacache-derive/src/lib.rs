@@ -15,7 +15,7 @@ use syn::{parse_macro_input, DeriveInput};
 
 /// Implements `sqlacache_sqlx::Cacheable` for a row struct.
 ///
-/// ```ignore
+/// ```text
 /// #[derive(sqlx::FromRow, serde::Serialize, serde::Deserialize, sqlacache_sqlx::Cacheable)]
 /// #[cache(table = "users", ops(get, fetch, count, exists), ttl = 900)]
 /// struct User {

@@ -6,7 +6,7 @@
 /// one string literal, and each argument `serde::Serialize` (it is part of the cache key). Each
 /// argument expression is evaluated once.
 ///
-/// ```ignore
+/// ```text
 /// let user: Option<User> = sqlacache_sqlx::query_as!(User, "SELECT id, name FROM users WHERE id = $1", 1_i64)
 ///     .fetch_optional(&cache)
 ///     .await?;

@@ -120,3 +120,19 @@ async fn memory_stays_under_capacity() {
     let (bytes, entries) = cache.memory_usage();
     assert!(bytes > capacity / 4 && entries > 10, "the cache is in use: {bytes} bytes, {entries} entries");
 }
+
+#[tokio::test]
+async fn the_op_is_read_from_the_parsed_statement() {
+    let db = TestDb::new().await;
+    let cache =
+        CachedPool::builder(db.pool.clone()).table("users", Ops::FETCH, Duration::from_secs(60)).build().await.unwrap();
+    for _ in 0..2 {
+        // A string that merely contains `count(` is a fetch, and cached.
+        cache.query_as::<User>("SELECT * FROM users WHERE name <> 'count(*)'").fetch_all().await.unwrap();
+        // A real count is not: the table does not allow `count`.
+        cache.query_scalar::<i64>("SELECT count(*) FROM users").fetch_one().await.unwrap();
+        cache.query_scalar::<bool>("SELECT EXISTS (SELECT 1 FROM users WHERE id = 1)").fetch_one().await.unwrap();
+    }
+    let stats = cache.stats();
+    assert_eq!((stats.hits, stats.bypassed), (1, 4));
+}
