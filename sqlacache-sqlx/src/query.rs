@@ -107,41 +107,55 @@ impl<T> fmt::Debug for CachedQueryAs<'_, T> {
     }
 }
 
+/// `bind`, `persistent` and the `fetch_*` methods, shared by the two builders; `$query` is
+/// the sqlx constructor that maps rows to `$out`.
+macro_rules! builder_methods {
+    ($out:ty, $query:path, $all:literal, $optional:literal, $one:literal) => {
+        /// Binds the next `$n` argument (also serialized into the cache key).
+        pub fn bind<'t, V: Encode<'t, Postgres> + Type<Postgres> + Serialize>(mut self, value: V) -> Self {
+            self.bound.bind(value);
+            self
+        }
+
+        /// Whether the prepared statement is kept on the connection (as sqlx's `persistent`).
+        pub fn persistent(mut self, value: bool) -> Self {
+            self.bound.persistent = value;
+            self
+        }
+
+        #[doc = $all]
+        pub async fn fetch_all(self) -> Result<Vec<$out>, sqlx::Error> {
+            let (pool, sql, args, key, persistent) = self.bound.take()?;
+            let query = $query(sql.clone(), args).persistent(persistent);
+            read(pool, sql.as_str(), key.as_ref(), kind::ALL, query.fetch_all(pool)).await
+        }
+
+        #[doc = $optional]
+        pub async fn fetch_optional(self) -> Result<Option<$out>, sqlx::Error> {
+            let (pool, sql, args, key, persistent) = self.bound.take()?;
+            let query = $query(sql.clone(), args).persistent(persistent);
+            read(pool, sql.as_str(), key.as_ref(), kind::OPTIONAL, query.fetch_optional(pool)).await
+        }
+
+        #[doc = $one]
+        pub async fn fetch_one(self) -> Result<$out, sqlx::Error> {
+            self.fetch_optional().await?.ok_or(sqlx::Error::RowNotFound)
+        }
+    };
+}
+
 impl<'p, T: Cacheable> CachedQueryAs<'p, T> {
     pub(crate) fn new(pool: &'p CachedPool, sql: SqlStr, fingerprint: u64) -> Self {
         CachedQueryAs { bound: Bound::new(pool, sql, fingerprint), row: PhantomData }
     }
 
-    /// Binds the next `$n` argument.
-    pub fn bind<'t, V: Encode<'t, Postgres> + Type<Postgres> + Serialize>(mut self, value: V) -> Self {
-        self.bound.bind(value);
-        self
-    }
-
-    /// Whether the prepared statement is kept on the connection (as sqlx's `persistent`).
-    pub fn persistent(mut self, value: bool) -> Self {
-        self.bound.persistent = value;
-        self
-    }
-
-    /// All rows.
-    pub async fn fetch_all(self) -> Result<Vec<T>, sqlx::Error> {
-        let (pool, sql, args, key, persistent) = self.bound.take()?;
-        let query = sqlx::query_as_with::<_, T, _>(sql.clone(), args).persistent(persistent);
-        read(pool, sql.as_str(), key.as_ref(), kind::ALL, query.fetch_all(pool)).await
-    }
-
-    /// The first row, if any.
-    pub async fn fetch_optional(self) -> Result<Option<T>, sqlx::Error> {
-        let (pool, sql, args, key, persistent) = self.bound.take()?;
-        let query = sqlx::query_as_with::<_, T, _>(sql.clone(), args).persistent(persistent);
-        read(pool, sql.as_str(), key.as_ref(), kind::OPTIONAL, query.fetch_optional(pool)).await
-    }
-
-    /// The first row; [`sqlx::Error::RowNotFound`] when there is none.
-    pub async fn fetch_one(self) -> Result<T, sqlx::Error> {
-        self.fetch_optional().await?.ok_or(sqlx::Error::RowNotFound)
-    }
+    builder_methods!(
+        T,
+        sqlx::query_as_with::<_, T, _>,
+        "All rows.",
+        "The first row, if any.",
+        "The first row; [`sqlx::Error::RowNotFound`] when there is none."
+    );
 }
 
 /// A cached query returning one column, from [`CachedPool::query_scalar`].
@@ -172,36 +186,13 @@ where
         CachedQueryScalar { bound: Bound::new(pool, sql, type_fingerprint::<O>()), output: PhantomData }
     }
 
-    /// Binds the next `$n` argument.
-    pub fn bind<'t, V: Encode<'t, Postgres> + Type<Postgres> + Serialize>(mut self, value: V) -> Self {
-        self.bound.bind(value);
-        self
-    }
-
-    /// Whether the prepared statement is kept on the connection (as sqlx's `persistent`).
-    pub fn persistent(mut self, value: bool) -> Self {
-        self.bound.persistent = value;
-        self
-    }
-
-    /// The value of every row.
-    pub async fn fetch_all(self) -> Result<Vec<O>, sqlx::Error> {
-        let (pool, sql, args, key, persistent) = self.bound.take()?;
-        let query = sqlx::query_scalar_with::<_, O, _>(sql.clone(), args).persistent(persistent);
-        read(pool, sql.as_str(), key.as_ref(), kind::ALL, query.fetch_all(pool)).await
-    }
-
-    /// The value of the first row, if any.
-    pub async fn fetch_optional(self) -> Result<Option<O>, sqlx::Error> {
-        let (pool, sql, args, key, persistent) = self.bound.take()?;
-        let query = sqlx::query_scalar_with::<_, O, _>(sql.clone(), args).persistent(persistent);
-        read(pool, sql.as_str(), key.as_ref(), kind::OPTIONAL, query.fetch_optional(pool)).await
-    }
-
-    /// The value of the first row; [`sqlx::Error::RowNotFound`] when there is none.
-    pub async fn fetch_one(self) -> Result<O, sqlx::Error> {
-        self.fetch_optional().await?.ok_or(sqlx::Error::RowNotFound)
-    }
+    builder_methods!(
+        O,
+        sqlx::query_scalar_with::<_, O, _>,
+        "The value of every row.",
+        "The value of the first row, if any.",
+        "The value of the first row; [`sqlx::Error::RowNotFound`] when there is none."
+    );
 }
 
 /// The cached form of a `sqlx::query_as!` query, made by [`query_as!`](crate::query_as!).
