@@ -4,6 +4,15 @@
 ///
 /// Reads and writes return [`sqlx::Error`] unchanged, so cached calls compose with plain sqlx
 /// code; this type converts into it for `?`.
+///
+/// ```no_run
+/// # async fn demo(cache: sqlacache_sqlx::CachedPool) {
+/// match cache.invalidate_table("no_such_table").await {
+///     Err(sqlacache_sqlx::Error::UnknownTable(name)) => eprintln!("no table {name}"),
+///     other => other.unwrap(),
+/// }
+/// # }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {

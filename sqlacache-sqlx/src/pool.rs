@@ -299,7 +299,8 @@ impl CachedPool {
             let deps = match same_key.then(|| row_id_of(*oid, &key)).flatten() {
                 Some(row) => [Tag::Row(row), Tag::Rows(*oid)],
                 // The key is not the table's primary key (or has no exact text form): any
-                // write to the table may change this row.
+                // write to the table may change this row. (`All` is implicit in every entry;
+                // it only fills the array.)
                 None => [Tag::Table(*oid), Tag::All],
             };
             Some((deps, read.ttl))
@@ -433,6 +434,20 @@ impl CachedPool {
 /// Tables not configured are cached under the `*` wildcard (all operations, the default TTL)
 /// unless disabled. A read touching several tables uses the smallest TTL and is cached only if
 /// every table allows its operation.
+///
+/// ```no_run
+/// # async fn demo(pool: sqlx::PgPool) -> Result<(), sqlacache_sqlx::Error> {
+/// use sqlacache_sqlx::{CachedPool, Ops};
+/// use std::time::Duration;
+/// let cache = CachedPool::builder(pool)
+///     .table("orders", Ops::GET | Ops::COUNT, Duration::from_secs(60))
+///     .disable_table("audit_log")
+///     .default_ttl(Duration::from_secs(600))
+///     .memory_capacity(256 * 1024 * 1024)
+///     .build()
+///     .await?;
+/// # Ok(()) }
+/// ```
 #[must_use = "call build() to create the pool"]
 pub struct CachedPoolBuilder {
     pool: PgPool,

@@ -28,6 +28,15 @@ pub struct CachedTransaction {
 }
 
 /// The connection of a [`CachedTransaction`]; `&mut CachedConnection` is a sqlx `Executor`.
+///
+/// ```no_run
+/// # async fn demo(cache: &sqlacache_sqlx::CachedPool) -> Result<(), sqlx::Error> {
+/// let mut tx = cache.begin().await?;
+/// let conn: &mut sqlacache_sqlx::CachedConnection = &mut tx;
+/// let n: i64 = sqlx::query_scalar("SELECT count(*) FROM users").fetch_one(&mut *conn).await?;
+/// tx.commit().await?;
+/// # Ok(()) }
+/// ```
 pub struct CachedConnection {
     tx: Transaction<'static, Postgres>,
     pending: Vec<Tag>,
