@@ -9,6 +9,8 @@ use sqlx::{AssertSqlSafe, PgPool};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+pub mod checker;
+
 /// The database the tests use.
 pub fn database_url() -> String {
     std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())

@@ -3,6 +3,7 @@
 mod bad_input;
 mod config;
 mod dependencies;
+mod freshness;
 mod macros;
 mod never_cached;
 mod races;

@@ -1,0 +1,36 @@
+//! Long runs of the freshness checker.
+//!
+//! ```sh
+//! cargo run --release -p sqlacache-tests --bin freshness -- --ops 1000000 --seed 7 [--clients 8]
+//! ```
+//!
+//! Prints operations per second, reads served from the cache, reads compared, and stale reads
+//! found; exits non-zero if any read was stale.
+
+use sqlacache_tests::checker::{run, Config};
+
+fn arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    match args.iter().position(|a| a == name) {
+        Some(i) => args.get(i + 1).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{name} takes a number")),
+        None => default,
+    }
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let config = Config { seed: arg("--seed", 1), ops: arg("--ops", 100_000), clients: arg("--clients", 8) };
+    let report = run(config).await;
+    let secs = report.elapsed.as_secs_f64();
+    println!("seed:            {}", config.seed);
+    println!("operations:      {} in {secs:.1}s ({:.0} ops/s)", report.ops, report.ops as f64 / secs);
+    println!("cache hits:      {}", report.cache_hits);
+    println!("reads compared:  {}", report.reads_checked);
+    println!("stale reads:     {}", report.stale.len());
+    for stale in report.stale.iter().take(3) {
+        println!("\n{stale}");
+    }
+    if !report.stale.is_empty() {
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,488 @@
+//! The freshness checker: a seeded random workload run through a `CachedPool` by concurrent
+//! clients, in which every read is done twice — raw, then cached — and compared whenever no
+//! write to the read's tables overlapped the pair.
+//!
+//! Each table has an in-flight counter and a completion epoch. A write raises the counters of
+//! every table it may change before it starts and, once it has returned (or its transaction
+//! ended), bumps their epochs and lowers the counters. A read whose tables had nothing in flight
+//! and the same epochs before and after it saw a quiet database: its cached answer must equal the
+//! raw one. A stale entry left behind by any earlier race is caught by the first quiet read of it.
+
+use crate::TestDb;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlacache_sqlx::{Cacheable, CachedPool};
+use sqlx::types::Json;
+use sqlx::{AssertSqlSafe, PgPool};
+use std::collections::VecDeque;
+use std::fmt::Debug;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The checker's schema: a composite key, a cascading foreign key, nullable, text, json and
+/// timestamp columns.
+pub const SCHEMA: &str = r#"
+CREATE TABLE accounts (id bigint PRIMARY KEY, owner text NOT NULL, balance int NOT NULL, note text,
+    meta jsonb NOT NULL DEFAULT '{"level": 0}', updated_at timestamptz);
+CREATE TABLE ledger (id bigint PRIMARY KEY, account_id bigint NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    amount int NOT NULL, memo text);
+CREATE TABLE members (org bigint, uid bigint, role text NOT NULL,
+    since timestamptz NOT NULL DEFAULT '2026-01-01T00:00:00Z', PRIMARY KEY (org, uid));
+INSERT INTO accounts (id, owner, balance, note) SELECT g, 'owner' || (g % 7), g * 10, CASE WHEN g % 3 = 0 THEN NULL ELSE 'n' END
+    FROM generate_series(1, 30) g;
+INSERT INTO ledger SELECT g, 1 + g % 30, g % 50, NULL FROM generate_series(1, 120) g;
+INSERT INTO members (org, uid, role) SELECT o, u, 'member' FROM generate_series(1, 3) o, generate_series(1, 10) u;
+"#;
+
+/// The json column's shape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Meta {
+    /// A number that writes change.
+    pub level: i32,
+}
+
+/// A row of `accounts`.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, Serialize, Deserialize, Cacheable)]
+#[cache(table = "accounts")]
+pub struct Account {
+    /// Primary key.
+    #[cache(pk)]
+    pub id: i64,
+    /// Owner name.
+    pub owner: String,
+    /// Balance.
+    pub balance: i32,
+    /// Nullable text.
+    pub note: Option<String>,
+    /// Json.
+    pub meta: Json<Meta>,
+    /// Nullable timestamp.
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+/// A row of `ledger` (references `accounts`, `ON DELETE CASCADE`).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, Serialize, Deserialize, Cacheable)]
+#[cache(table = "ledger")]
+pub struct Entry {
+    /// Primary key.
+    #[cache(pk)]
+    pub id: i64,
+    /// Owning account.
+    pub account_id: i64,
+    /// Amount.
+    pub amount: i32,
+    /// Nullable text.
+    pub memo: Option<String>,
+}
+
+/// A row of `members` (composite primary key).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, Serialize, Deserialize, Cacheable)]
+#[cache(table = "members")]
+pub struct Member {
+    /// First key column.
+    #[cache(pk)]
+    pub org: i64,
+    /// Second key column.
+    #[cache(pk)]
+    pub uid: i64,
+    /// Role.
+    pub role: String,
+    /// Timestamp.
+    pub since: DateTime<Utc>,
+}
+
+const ACCOUNTS: usize = 0;
+const LEDGER: usize = 1;
+const MEMBERS: usize = 2;
+/// Tables an account write may change (deletes cascade to the ledger).
+const ACCOUNT_WRITE: &[usize] = &[ACCOUNTS, LEDGER];
+
+/// How a run is set up.
+#[derive(Debug, Clone, Copy)]
+pub struct Config {
+    /// Seed of the whole run; each client derives its own.
+    pub seed: u64,
+    /// Operations in total, shared among the clients.
+    pub ops: u64,
+    /// Concurrent clients.
+    pub clients: u64,
+}
+
+/// What a run found.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Operations run.
+    pub ops: u64,
+    /// Reads compared (no write overlapped them).
+    pub reads_checked: u64,
+    /// Reads answered from the cache.
+    pub cache_hits: u64,
+    /// Stale reads, each with the seed, operation and recent history.
+    pub stale: Vec<String>,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+#[derive(Default)]
+struct Tables {
+    in_flight: [AtomicI64; 3],
+    epoch: [AtomicU64; 3],
+}
+
+impl Tables {
+    fn quiet(&self, tables: &[usize]) -> Option<Vec<u64>> {
+        let mut epochs = Vec::with_capacity(tables.len());
+        for &t in tables {
+            if self.in_flight[t].load(SeqCst) != 0 {
+                return None;
+            }
+            epochs.push(self.epoch[t].load(SeqCst));
+        }
+        Some(epochs)
+    }
+
+    fn begin(&self, tables: &[usize]) {
+        for &t in tables {
+            self.in_flight[t].fetch_add(1, SeqCst);
+        }
+    }
+
+    fn end(&self, tables: &[usize]) {
+        for &t in tables {
+            self.epoch[t].fetch_add(1, SeqCst);
+            self.in_flight[t].fetch_sub(1, SeqCst);
+        }
+    }
+}
+
+/// A small, seedable generator (xorshift64*), so runs repeat exactly per client.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: u64) -> i64 {
+        (self.next() % n) as i64
+    }
+}
+
+struct Shared {
+    cache: CachedPool,
+    raw: PgPool,
+    tables: Tables,
+    history: Mutex<VecDeque<String>>,
+    stale: Mutex<Vec<String>>,
+    checked: AtomicU64,
+    seed: u64,
+}
+
+impl Shared {
+    fn log(&self, line: String) {
+        let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        if history.len() == 40 {
+            history.pop_front();
+        }
+        history.push_back(line);
+    }
+
+    fn stale(&self, what: String) {
+        let history: Vec<String> = self.history.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect();
+        let report = format!("seed {}: stale read: {what}\nlast operations:\n  {}", self.seed, history.join("\n  "));
+        self.stale.lock().unwrap_or_else(|e| e.into_inner()).push(report);
+    }
+}
+
+/// Runs the workload and returns what it found. Panics if PostgreSQL is unreachable.
+pub async fn run(config: Config) -> Report {
+    let db = TestDb::with_schema(SCHEMA).await;
+    let cache = CachedPool::builder(db.pool.clone())
+        .model::<Account>()
+        .model::<Entry>()
+        .model::<Member>()
+        .memory_capacity(4 * 1024 * 1024)
+        .build()
+        .await
+        .expect("build the cache");
+    let shared = Arc::new(Shared {
+        cache,
+        raw: db.pool.clone(),
+        tables: Tables::default(),
+        history: Mutex::new(VecDeque::new()),
+        stale: Mutex::new(Vec::new()),
+        checked: AtomicU64::new(0),
+        seed: config.seed,
+    });
+    let start = Instant::now();
+    let per_client = config.ops / config.clients.max(1);
+    let mut clients = Vec::new();
+    for c in 0..config.clients {
+        let shared = shared.clone();
+        clients.push(tokio::spawn(async move {
+            let mut rng = Rng::new(config.seed ^ (c + 1).wrapping_mul(0xA24B_AED4_963E_E407));
+            for i in 0..per_client {
+                if rng.below(100) < 85 {
+                    read(&shared, &mut rng, c, i).await;
+                } else {
+                    write(&shared, &mut rng, c, i).await;
+                }
+            }
+        }));
+    }
+    for client in clients {
+        client.await.expect("a client panicked");
+    }
+    let stale = std::mem::take(&mut *shared.stale.lock().unwrap_or_else(|e| e.into_inner()));
+    Report {
+        ops: per_client * config.clients,
+        reads_checked: shared.checked.load(SeqCst),
+        cache_hits: shared.cache.stats().hits,
+        stale,
+        elapsed: start.elapsed(),
+    }
+}
+
+/// Reads raw then cached, and compares when nothing overlapped.
+async fn check<T, R, C>(shared: &Shared, tables: &[usize], what: String, raw: R, cached: C)
+where
+    T: PartialEq + Debug,
+    R: std::future::Future<Output = Result<T, sqlx::Error>>,
+    C: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    let before = shared.tables.quiet(tables);
+    let raw = raw.await.unwrap_or_else(|e| panic!("raw read {what}: {e}"));
+    let cached = cached.await.unwrap_or_else(|e| panic!("cached read {what}: {e}"));
+    let after = shared.tables.quiet(tables);
+    if before.is_some() && before == after {
+        shared.checked.fetch_add(1, SeqCst);
+        if raw != cached {
+            shared.stale(format!("{what}\n  database: {raw:?}\n  cache:    {cached:?}"));
+        }
+    }
+}
+
+async fn read(shared: &Shared, rng: &mut Rng, client: u64, i: u64) {
+    let (cache, raw) = (&shared.cache, &shared.raw);
+    let id = 1 + rng.below(34);
+    let what = |sql: &str| format!("client {client} op {i}: {sql} [{id}]");
+    match rng.below(12) {
+        0 => {
+            let sql = "SELECT * FROM accounts WHERE id = $1";
+            let r = sqlx::query_as::<_, Account>(sql).bind(id).fetch_optional(raw);
+            check(shared, &[ACCOUNTS], what("get account"), r, cache.get::<Account>(id)).await
+        }
+        1 => {
+            let key = (1 + rng.below(3), 1 + rng.below(12));
+            let sql = "SELECT * FROM members WHERE org = $1 AND uid = $2";
+            let r = sqlx::query_as::<_, Member>(sql).bind(key.0).bind(key.1).fetch_optional(raw);
+            check(shared, &[MEMBERS], what("get member"), r, cache.get::<Member>(key)).await
+        }
+        2 => {
+            let entry = 1 + rng.below(130);
+            let sql = "SELECT * FROM ledger WHERE id = $1";
+            let r = sqlx::query_as::<_, Entry>(sql).bind(entry).fetch_optional(raw);
+            check(shared, &[LEDGER], what("get entry"), r, cache.get::<Entry>(entry)).await
+        }
+        3 => {
+            let (lo, hi) = (rng.below(200) as i32, rng.below(400) as i32);
+            let sql = "SELECT * FROM accounts WHERE balance BETWEEN $1 AND $2 ORDER BY id";
+            let r = sqlx::query_as::<_, Account>(sql).bind(lo).bind(hi).fetch_all(raw);
+            let c = cache.query_as::<Account>(sql).bind(lo).bind(hi).fetch_all();
+            check(shared, &[ACCOUNTS], what(sql), r, c).await
+        }
+        4 => {
+            let pattern = format!("owner{}%", rng.below(7));
+            let sql = "SELECT * FROM accounts WHERE owner LIKE $1 ORDER BY id LIMIT 5";
+            let r = sqlx::query_as::<_, Account>(sql).bind(&pattern).fetch_all(raw);
+            let c = cache.query_as::<Account>(sql).bind(&pattern).fetch_all();
+            check(shared, &[ACCOUNTS], what(sql), r, c).await
+        }
+        5 => {
+            let ids = [id, 1 + rng.below(34), 1 + rng.below(34)];
+            let sql = "SELECT * FROM accounts WHERE id IN ($1, $2, $3) ORDER BY id";
+            let r = sqlx::query_as::<_, Account>(sql).bind(ids[0]).bind(ids[1]).bind(ids[2]).fetch_all(raw);
+            let c = cache.query_as::<Account>(sql).bind(ids[0]).bind(ids[1]).bind(ids[2]).fetch_all();
+            check(shared, &[ACCOUNTS], what(sql), r, c).await
+        }
+        6 => {
+            let floor = rng.below(300) as i32;
+            let sql = "SELECT count(*) FROM accounts WHERE balance > $1";
+            let r = sqlx::query_scalar::<_, i64>(sql).bind(floor).fetch_one(raw);
+            let c = cache.query_scalar::<i64>(sql).bind(floor).fetch_one();
+            check(shared, &[ACCOUNTS], what(sql), r, c).await
+        }
+        7 => {
+            let sql = "SELECT EXISTS (SELECT 1 FROM ledger WHERE account_id = $1)";
+            let r = sqlx::query_scalar::<_, bool>(sql).bind(id).fetch_one(raw);
+            let c = cache.query_scalar::<bool>(sql).bind(id).fetch_one();
+            check(shared, &[LEDGER], what(sql), r, c).await
+        }
+        8 => {
+            let amount = rng.below(50) as i32;
+            let sql = "SELECT a.* FROM accounts a JOIN ledger l ON l.account_id = a.id WHERE l.amount > $1 ORDER BY a.id, l.id";
+            let r = sqlx::query_as::<_, Account>(sql).bind(amount).fetch_all(raw);
+            let c = cache.query_as::<Account>(sql).bind(amount).fetch_all();
+            check(shared, &[ACCOUNTS, LEDGER], what(sql), r, c).await
+        }
+        9 => {
+            let org = 1 + rng.below(3);
+            let sql = "SELECT * FROM members WHERE org = $1 ORDER BY uid";
+            let r = sqlx::query_as::<_, Member>(sql).bind(org).fetch_all(raw);
+            let c = cache.query_as::<Member>(sql).bind(org).fetch_all();
+            check(shared, &[MEMBERS], what(sql), r, c).await
+        }
+        10 => {
+            let sql = "SELECT coalesce(sum(amount), 0)::int8 FROM ledger WHERE account_id = $1";
+            let r = sqlx::query_scalar::<_, i64>(sql).bind(id).fetch_one(raw);
+            let c = cache.query_scalar::<i64>(sql).bind(id).fetch_one();
+            check(shared, &[LEDGER], what(sql), r, c).await
+        }
+        _ => {
+            let sql = "SELECT * FROM accounts WHERE note IS NULL ORDER BY id";
+            let r = sqlx::query_as::<_, Account>(sql).fetch_all(raw);
+            let c = cache.query_as::<Account>(sql).fetch_all();
+            check(shared, &[ACCOUNTS], what(sql), r, c).await
+        }
+    }
+}
+
+/// One random write statement: its SQL (literals inlined, so it runs the same on a pool or a
+/// transaction) and the tables it may change.
+fn write_statement(rng: &mut Rng) -> (String, &'static [usize]) {
+    let id = 1 + rng.below(34);
+    let n = rng.below(500);
+    match rng.below(14) {
+        0 | 1 => (format!("UPDATE accounts SET balance = {n} WHERE id = {id}"), ACCOUNT_WRITE),
+        2 => (
+            format!(
+                "INSERT INTO accounts (id, owner, balance) VALUES ({id}, 'owner{}', {n}) \
+                 ON CONFLICT (id) DO UPDATE SET owner = excluded.owner, balance = excluded.balance",
+                n % 7
+            ),
+            ACCOUNT_WRITE,
+        ),
+        3 => (format!("INSERT INTO accounts (id, owner, balance) VALUES ({id}, 'new', {n}) ON CONFLICT DO NOTHING"), ACCOUNT_WRITE),
+        4 => (format!("DELETE FROM accounts WHERE id = {id}"), ACCOUNT_WRITE),
+        5 => (format!("UPDATE accounts SET balance = balance + 1, note = NULL WHERE balance < {n}"), ACCOUNT_WRITE),
+        6 => (format!("DELETE FROM ledger WHERE amount < {}", n % 5), &[LEDGER]),
+        7 => (
+            format!(
+                "INSERT INTO ledger SELECT {}, {id}, {}, 'm' WHERE EXISTS (SELECT 1 FROM accounts WHERE id = {id}) \
+                 ON CONFLICT (id) DO UPDATE SET amount = excluded.amount",
+                1 + rng.below(130),
+                n % 50
+            ),
+            &[LEDGER],
+        ),
+        8 => (
+            format!("WITH moved AS (UPDATE ledger SET amount = amount + 1 WHERE account_id = {id} RETURNING id) SELECT count(*) FROM moved"),
+            &[LEDGER],
+        ),
+        9 => (
+            format!(
+                "UPDATE accounts SET note = 'n{n}' WHERE id = {id}; UPDATE members SET role = 'r{n}' WHERE org = {}",
+                1 + n % 3
+            ),
+            &[ACCOUNTS, LEDGER, MEMBERS],
+        ),
+        10 => (
+            format!(
+                "INSERT INTO members (org, uid, role) VALUES ({}, {}, 'role{n}') ON CONFLICT (org, uid) DO UPDATE SET role = excluded.role",
+                1 + n % 3,
+                1 + rng.below(12)
+            ),
+            &[MEMBERS],
+        ),
+        11 => (format!("DELETE FROM members WHERE org = {} AND uid = {}", 1 + n % 3, 1 + rng.below(12)), &[MEMBERS]),
+        12 => (
+            format!("UPDATE accounts SET meta = jsonb_build_object('level', {n}), updated_at = now() WHERE id = {id}"),
+            ACCOUNT_WRITE,
+        ),
+        _ if n < 10 => ("TRUNCATE ledger".to_owned(), &[LEDGER]),
+        _ => (format!("UPDATE members SET since = now() WHERE uid = {}", 1 + rng.below(12)), &[MEMBERS]),
+    }
+}
+
+fn union(sets: &[&[usize]]) -> Vec<usize> {
+    let mut all: Vec<usize> = sets.iter().flat_map(|s| s.iter().copied()).collect();
+    all.sort_unstable();
+    all.dedup();
+    all
+}
+
+/// Database errors (constraint violations, conflicts) are part of the workload; anything else
+/// is a failure.
+fn expected(result: Result<(), sqlx::Error>, sql: &str) {
+    if let Err(error) = result {
+        assert!(error.as_database_error().is_some(), "{sql}: {error}");
+    }
+}
+
+async fn write(shared: &Shared, rng: &mut Rng, client: u64, i: u64) {
+    let cache = &shared.cache;
+    match rng.below(10) {
+        0..=6 => {
+            let (sql, tables) = write_statement(rng);
+            shared.log(format!("client {client} op {i}: {sql}"));
+            shared.tables.begin(tables);
+            let result = if sql.contains(';') || rng.below(2) == 0 {
+                sqlx::raw_sql(AssertSqlSafe(sql.clone())).execute(cache).await.map(drop)
+            } else {
+                sqlx::query(AssertSqlSafe(sql.clone())).execute(cache).await.map(drop)
+            };
+            shared.tables.end(tables);
+            expected(result, &sql);
+        }
+        _ => {
+            let statements: Vec<(String, &'static [usize])> =
+                (0..1 + rng.below(3)).map(|_| write_statement(rng)).collect();
+            let tables = union(&statements.iter().map(|(_, t)| *t).collect::<Vec<_>>());
+            let ending = rng.below(10);
+            let savepoint = rng.below(3) == 0;
+            shared.log(format!(
+                "client {client} op {i}: BEGIN; {}{}; {}",
+                statements.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>().join("; "),
+                if savepoint { " (last one inside a rolled-back savepoint)" } else { "" },
+                match ending {
+                    0..=5 => "COMMIT",
+                    6..=7 => "ROLLBACK",
+                    _ => "drop",
+                }
+            ));
+            shared.tables.begin(&tables);
+            let mut tx = cache.begin().await.expect("begin");
+            let last = statements.len() - 1;
+            let mut failed = false;
+            for (n, (sql, _)) in statements.iter().enumerate() {
+                if savepoint && n == last {
+                    sqlx::raw_sql("SAVEPOINT sp").execute(&mut *tx).await.expect("savepoint");
+                }
+                let result = sqlx::raw_sql(AssertSqlSafe(sql.clone())).execute(&mut *tx).await.map(drop);
+                if savepoint && n == last {
+                    sqlx::raw_sql("ROLLBACK TO SAVEPOINT sp").execute(&mut *tx).await.expect("rollback to savepoint");
+                } else if result.is_err() {
+                    failed = true;
+                }
+                expected(result, sql);
+                if failed {
+                    break;
+                }
+            }
+            match ending {
+                0..=5 if !failed => expected(tx.commit().await, "COMMIT"),
+                0..=7 => expected(tx.rollback().await, "ROLLBACK"),
+                _ => drop(tx),
+            }
+            shared.tables.end(&tables);
+        }
+    }
+}
