@@ -1,0 +1,98 @@
+//! Properties of the analyzer over generated SQL: a write is never a cacheable read, and the
+//! tables a statement is said to write always include the tables it writes.
+
+use proptest::prelude::*;
+use sqlacache_core::analyze::{analyze, Effect};
+
+fn table() -> impl Strategy<Value = String> {
+    "t_[a-z]{1,6}".prop_map(|s| s)
+}
+
+fn column() -> impl Strategy<Value = String> {
+    "c_[a-z]{1,4}".prop_map(|s| s)
+}
+
+fn value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        (0i64..1000).prop_map(|n| n.to_string()),
+        (1u8..9).prop_map(|n| format!("${n}")),
+        "[a-z ()*,]{0,8}".prop_map(|s| format!("'{s}'")),
+        Just("NULL".to_owned()),
+    ]
+}
+
+fn predicate() -> impl Strategy<Value = String> {
+    (column(), value(), value(), table()).prop_flat_map(|(c, v, w, t)| {
+        prop_oneof![
+            Just(format!("{c} = {v}")),
+            Just(format!("{c} IN ({v}, {w})")),
+            Just(format!("{c} = ANY({v})")),
+            Just(format!("{c} > {v} AND {c} < {w}")),
+            Just(format!("{c} IN (SELECT {c} FROM {t} WHERE {c} = {w})")),
+            Just(format!("{c} IS NOT NULL OR {c} LIKE 'count(%'")),
+        ]
+    })
+}
+
+/// A write statement and the table it writes.
+fn write() -> impl Strategy<Value = (String, String)> {
+    (table(), column(), value(), predicate(), any::<bool>()).prop_flat_map(|(t, c, v, p, flag)| {
+        let returning = if flag { format!(" RETURNING {c}") } else { String::new() };
+        prop_oneof![
+            Just((format!("UPDATE {t} SET {c} = {v} WHERE {p}{returning}"), t.clone())),
+            Just((format!("DELETE FROM {t} WHERE {p}{returning}"), t.clone())),
+            Just((format!("INSERT INTO {t} ({c}) VALUES ({v}){returning}"), t.clone())),
+            Just((
+                format!(
+                    "INSERT INTO {t} ({c}) VALUES ({v}) ON CONFLICT ({c}) DO UPDATE SET {c} = excluded.{c}{returning}"
+                ),
+                t.clone()
+            )),
+            Just((format!("INSERT INTO {t} ({c}) SELECT {c} FROM {t} WHERE {p}"), t.clone())),
+            Just((format!("WITH w AS (DELETE FROM {t} WHERE {p} RETURNING {c}) SELECT count(*) FROM w"), t.clone())),
+            Just((format!("WITH w AS (UPDATE {t} SET {c} = {v} RETURNING *) SELECT * FROM w"), t.clone())),
+            Just((format!("SELECT * FROM {t} WHERE {p}; UPDATE {t} SET {c} = {v}"), t.clone())),
+            Just((format!("TRUNCATE {t}"), t.clone())),
+            Just((format!("update {t} set {c} = {v} where {p};  -- trailing comment"), t.clone())),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn a_write_is_never_a_cacheable_read((sql, _) in write()) {
+        let analysis = analyze(&sql);
+        prop_assert!(analysis.read.is_err(), "{sql} was classified as a cacheable read");
+        prop_assert!(analysis.effect != Effect::None, "{sql} was said to change nothing");
+    }
+
+    #[test]
+    fn written_tables_are_always_reported((sql, target) in write()) {
+        match analyze(&sql).effect {
+            Effect::Everything { .. } => {}
+            Effect::Writes(writes) => prop_assert!(
+                writes.iter().any(|w| w.table.name == target),
+                "{sql}: writes {:?} miss {target}", writes.iter().map(|w| &w.table.name).collect::<Vec<_>>()
+            ),
+            Effect::None => prop_assert!(false, "{sql}: no effect"),
+        }
+    }
+
+    #[test]
+    fn reads_list_every_table_they_name(a in table(), b in table(), c in column(), p in predicate()) {
+        let sql = format!("SELECT x.* FROM {a} x JOIN {b} y ON x.{c} = y.{c} WHERE {p}");
+        let read = analyze(&sql).read;
+        if let Ok(read) = read {
+            for t in [&a, &b] {
+                prop_assert!(read.tables.iter().any(|r| &r.name == t), "{sql}: {t} missing from {:?}", read.tables);
+            }
+        }
+    }
+
+    #[test]
+    fn analysis_never_panics(sql in "\\PC{0,120}") {
+        let _ = analyze(&sql);
+    }
+}
