@@ -41,6 +41,8 @@ mod query;
 mod transaction;
 
 pub use error::Error;
+#[cfg(feature = "test-hooks")]
+pub use pool::FillPoint;
 pub use pool::{CachedPool, CachedPoolBuilder};
 pub use query::{CachedMap, CachedQueryAs, CachedQueryScalar};
 pub use sqlacache_core::{Ops, StatsSnapshot};

@@ -24,7 +24,20 @@ pub(crate) mod kind {
 }
 
 #[cfg(feature = "test-hooks")]
-type FillHook = Arc<dyn Fn() -> futures_core::future::BoxFuture<'static, ()> + Send + Sync>;
+type FillHook = Arc<dyn Fn(FillPoint) -> futures_core::future::BoxFuture<'static, ()> + Send + Sync>;
+#[cfg(feature = "test-hooks")]
+type InvalidateHook = Arc<dyn Fn() + Send + Sync>;
+
+/// Test support: the points of a cache fill where a fill hook runs.
+#[cfg(feature = "test-hooks")]
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FillPoint {
+    /// The stamp was taken; the database has not been read yet.
+    Stamped,
+    /// The database was read; the result is not stored yet.
+    Read,
+}
 
 /// State shared by every clone of a [`CachedPool`] and its transactions.
 pub(crate) struct Shared {
@@ -40,6 +53,8 @@ pub(crate) struct Shared {
     temp_tables: RwLock<HashSet<String>>,
     #[cfg(feature = "test-hooks")]
     fill_hook: Option<FillHook>,
+    #[cfg(feature = "test-hooks")]
+    invalidate_hook: Option<InvalidateHook>,
 }
 
 struct Config {
@@ -148,6 +163,10 @@ impl Shared {
         if tags.is_empty() {
             return;
         }
+        #[cfg(feature = "test-hooks")]
+        if let Some(hook) = &self.invalidate_hook {
+            hook();
+        }
         self.store.invalidate(tags);
         self.stats.invalidation();
         if tags.contains(&Tag::All) {
@@ -180,10 +199,14 @@ impl Shared {
         }
         self.stats.miss();
         let stamp = self.store.stamp();
+        #[cfg(feature = "test-hooks")]
+        if let Some(hook) = &self.fill_hook {
+            hook(FillPoint::Stamped).await;
+        }
         let value = fill.await?;
         #[cfg(feature = "test-hooks")]
         if let Some(hook) = &self.fill_hook {
-            hook().await;
+            hook(FillPoint::Read).await;
         }
         match postcard::to_allocvec(&value) {
             Ok(bytes) => {
@@ -243,6 +266,8 @@ impl CachedPool {
             capacity: 64 * 1024 * 1024,
             #[cfg(feature = "test-hooks")]
             fill_hook: None,
+            #[cfg(feature = "test-hooks")]
+            invalidate_hook: None,
         }
     }
 
@@ -458,6 +483,8 @@ pub struct CachedPoolBuilder {
     capacity: u64,
     #[cfg(feature = "test-hooks")]
     fill_hook: Option<FillHook>,
+    #[cfg(feature = "test-hooks")]
+    invalidate_hook: Option<InvalidateHook>,
 }
 
 impl fmt::Debug for CachedPoolBuilder {
@@ -511,15 +538,22 @@ impl CachedPoolBuilder {
         self
     }
 
-    /// Test support: runs `hook` after every cache fill has read the database and before it
-    /// stores its result.
+    /// Test support: runs `hook` at each [`FillPoint`] of every cache fill.
     #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
     pub fn fill_hook(
         mut self,
-        hook: impl Fn() -> futures_core::future::BoxFuture<'static, ()> + Send + Sync + 'static,
+        hook: impl Fn(FillPoint) -> futures_core::future::BoxFuture<'static, ()> + Send + Sync + 'static,
     ) -> Self {
         self.fill_hook = Some(Arc::new(hook));
+        self
+    }
+
+    /// Test support: runs `hook` (blocking its thread) just before each invalidation applies.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn invalidate_hook(mut self, hook: impl Fn() + Send + Sync + 'static) -> Self {
+        self.invalidate_hook = Some(Arc::new(hook));
         self
     }
 
@@ -555,6 +589,8 @@ impl CachedPoolBuilder {
             pool: self.pool,
             #[cfg(feature = "test-hooks")]
             fill_hook: self.fill_hook,
+            #[cfg(feature = "test-hooks")]
+            invalidate_hook: self.invalidate_hook,
         };
         Ok(CachedPool { shared: Arc::new(shared) })
     }

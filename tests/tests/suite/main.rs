@@ -4,6 +4,7 @@ mod bad_input;
 mod config;
 mod dependencies;
 mod freshness;
+mod interleavings;
 mod macros;
 mod never_cached;
 mod races;

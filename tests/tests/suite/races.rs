@@ -1,7 +1,7 @@
 //! The fill race and concurrent writers and readers.
 
 use serde::{Deserialize, Serialize};
-use sqlacache_sqlx::Cacheable;
+use sqlacache_sqlx::{Cacheable, FillPoint};
 use sqlacache_tests::{TestDb, User};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
@@ -19,10 +19,10 @@ async fn fill_held_across_a_write_is_rejected() {
         let cache = {
             let (armed, filled, release) = (armed.clone(), filled.clone(), release.clone());
             db.builder()
-                .fill_hook(move || {
+                .fill_hook(move |point| {
                     let (armed, filled, release) = (armed.clone(), filled.clone(), release.clone());
                     Box::pin(async move {
-                        if armed.swap(false, Ordering::SeqCst) {
+                        if point == FillPoint::Read && armed.swap(false, Ordering::SeqCst) {
                             filled.wait().await; // the fill has read the old row
                             release.notified().await; // hold it until the write is done
                         }
