@@ -408,6 +408,17 @@ fn write_statement(rng: &mut Rng) -> (String, &'static [usize]) {
             ACCOUNT_WRITE,
         ),
         _ if n < 10 => ("TRUNCATE ledger".to_owned(), &[LEDGER]),
+        _ if n < 200 => (
+            format!(
+                "INSERT INTO members (org, uid, role) VALUES ({o}, {a}, 'bulk'), ({o}, {b}, 'bulk'), ({o}, {c}, 'bulk') \
+                 ON CONFLICT DO NOTHING",
+                o = 1 + n % 3,
+                a = 1 + rng.below(12),
+                b = 1 + rng.below(12),
+                c = 1 + rng.below(12)
+            ),
+            &[MEMBERS],
+        ),
         _ => (format!("UPDATE members SET since = now() WHERE uid = {}", 1 + rng.below(12)), &[MEMBERS]),
     }
 }
