@@ -107,10 +107,8 @@ pub(crate) fn plan(sql: &str, analysis: &Analysis, cx: &Context<'_>) -> (Plan, U
         let mut ok = true;
         for name in &read.tables {
             match cx.catalog.resolve(name) {
-                Some(info) if name.schema.is_none() && cx.temp_tables.contains(&name.name) => {
-                    let _ = info;
-                    ok = false; // a temporary table may shadow it on some connections
-                }
+                // A temporary table of that name may shadow it on some connections.
+                Some(_) if name.schema.is_none() && cx.temp_tables.contains(&name.name) => ok = false,
                 Some(info) if info.is_plain_table() => match (cx.policy)(info) {
                     Some(policy) => {
                         allowed = Ops::from_bits(allowed.bits() & policy.ops.bits());
