@@ -31,7 +31,6 @@ pub struct Key(pub u128);
 #[derive(Clone)]
 pub struct KeyBuilder {
     hasher: blake3::Hasher,
-    buf: Vec<u8>,
 }
 
 impl fmt::Debug for KeyBuilder {
@@ -47,17 +46,24 @@ impl KeyBuilder {
         hasher.update(&fingerprint.to_le_bytes());
         hasher.update(&(sql.len() as u64).to_le_bytes());
         hasher.update(sql.as_bytes());
-        KeyBuilder { hasher, buf: Vec::new() }
+        KeyBuilder { hasher }
     }
 
     /// Adds one bound argument.
     pub fn arg<V: Serialize + ?Sized>(&mut self, value: &V) -> Result<(), postcard::Error> {
-        self.buf.clear();
-        let buf = postcard::to_extend(value, std::mem::take(&mut self.buf))?;
-        self.hasher.update(&(buf.len() as u64).to_le_bytes());
-        self.hasher.update(&buf);
-        self.buf = buf;
+        // Typical arguments fit on the stack; only large ones allocate.
+        let mut stack = [0u8; 128];
+        match postcard::to_slice(value, &mut stack) {
+            Ok(bytes) => self.update_arg(bytes),
+            Err(postcard::Error::SerializeBufferFull) => self.update_arg(&postcard::to_allocvec(value)?),
+            Err(error) => return Err(error),
+        }
         Ok(())
+    }
+
+    fn update_arg(&mut self, bytes: &[u8]) {
+        self.hasher.update(&(bytes.len() as u64).to_le_bytes());
+        self.hasher.update(bytes);
     }
 
     /// The finished key for a call of kind `kind` (calls that store different shapes of
@@ -96,16 +102,45 @@ pub fn row_id<S: AsRef<str>>(table: u32, parts: &[S]) -> u128 {
 /// Hashes the row identity of a Rust primary-key value, or `None` when the value has no text
 /// form that is known to equal PostgreSQL's (floats, bytes, options, maps, ...).
 pub fn row_id_of<K: Serialize + ?Sized>(table: u32, key: &K) -> Option<u128> {
-    let mut parts = PkText(Vec::new());
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&table.to_le_bytes());
+    let mut parts = PkText { hasher, parts: 0 };
     key.serialize(&mut parts).ok()?;
-    if parts.0.is_empty() {
+    if parts.parts == 0 {
         return None;
     }
-    Some(row_id(table, &parts.0))
+    Some(digest128(&parts.hasher))
 }
 
-/// Collects the PostgreSQL text form of each scalar in a key.
-struct PkText(Vec<String>);
+/// Hashes the PostgreSQL text form of each scalar in a key exactly as [`row_id`] hashes its
+/// parts, without collecting them.
+struct PkText {
+    hasher: blake3::Hasher,
+    parts: usize,
+}
+
+impl PkText {
+    fn part(&mut self, text: &str) {
+        self.hasher.update(&(text.len() as u64).to_le_bytes());
+        self.hasher.update(text.as_bytes());
+        self.parts += 1;
+    }
+}
+
+/// Formats a scalar on the stack (the longest, an `i128`, is 40 bytes).
+struct StackText {
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl fmt::Write for StackText {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let end = self.len + s.len();
+        self.buf.get_mut(self.len..end).ok_or(fmt::Error)?.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
 
 #[derive(Debug)]
 struct Unsupported;
@@ -125,7 +160,10 @@ impl ser::Error for Unsupported {
 macro_rules! text_of {
     ($($method:ident: $ty:ty),*) => {$(
         fn $method(self, v: $ty) -> Result<(), Unsupported> {
-            self.0.push(v.to_string());
+            use fmt::Write as _;
+            let mut text = StackText { buf: [0; 48], len: 0 };
+            write!(text, "{v}").map_err(|_| Unsupported)?;
+            self.part(std::str::from_utf8(&text.buf[..text.len]).map_err(|_| Unsupported)?);
             Ok(())
         }
     )*};
@@ -151,7 +189,7 @@ impl ser::Serializer for &mut PkText {
 
     text_of!(serialize_i8: i8, serialize_i16: i16, serialize_i32: i32, serialize_i64: i64,
         serialize_i128: i128, serialize_u8: u8, serialize_u16: u16, serialize_u32: u32,
-        serialize_u64: u64, serialize_u128: u128, serialize_str: &str, serialize_char: char);
+        serialize_u64: u64, serialize_u128: u128, serialize_char: char);
     unsupported!(
         serialize_f32(f32),
         serialize_f64(f64),
@@ -165,8 +203,12 @@ impl ser::Serializer for &mut PkText {
         // UUIDs and similar types then serialize as their canonical lower-case text.
         true
     }
+    fn serialize_str(self, v: &str) -> Result<(), Unsupported> {
+        self.part(v);
+        Ok(())
+    }
     fn serialize_bool(self, v: bool) -> Result<(), Unsupported> {
-        self.0.push(if v { "true" } else { "false" }.to_owned());
+        self.part(if v { "true" } else { "false" });
         Ok(())
     }
     fn serialize_some<T: Serialize + ?Sized>(self, _: &T) -> Result<(), Unsupported> {
@@ -261,6 +303,18 @@ mod tests {
         assert_eq!(row_id_of(1, &Some(1_i64)), None);
         assert_eq!(row_id_of(1, &(1_i64, 2.0_f32)), None);
         assert_eq!(row_id_of(1, &()), None);
+    }
+
+    #[test]
+    fn long_text_and_large_arguments_hash_like_their_parts() {
+        let long = "x".repeat(300);
+        assert_eq!(row_id_of(1, &long), Some(row_id(1, &[long.as_str()])));
+        assert_eq!(row_id_of(1, &(i128::MIN, 'é')), Some(row_id(1, &[i128::MIN.to_string(), "é".to_owned()])));
+        let mut a = KeyBuilder::new(1, "q");
+        a.arg(&long).unwrap();
+        let mut b = KeyBuilder::new(1, "q");
+        b.arg(&"x".repeat(301)).unwrap();
+        assert_ne!(a.finish(0), b.finish(0), "arguments past the stack buffer are still keyed");
     }
 
     #[test]
