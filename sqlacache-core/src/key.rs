@@ -9,6 +9,11 @@
 //! values. It is computed from a Rust key value (for `get`) and from the text PostgreSQL returns
 //! for a written row, so the two sides must agree: only types whose serde form equals their
 //! PostgreSQL text output are accepted (integers, text, booleans, UUIDs).
+//!
+//! Both digests are taken in one shot over a small stack buffer (a typical key is one 64-byte
+//! BLAKE3 block), switching to incremental hashing only when the input outgrows the buffer, which
+//! gives the same digest. The SQL enters a key as its own digest ([`SqlDigest`]), computed once
+//! per statement, so a key costs the same for a long statement as for a short one.
 
 use serde::ser::{self, Serialize};
 use std::fmt;
@@ -17,20 +22,104 @@ use std::fmt;
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct Key(pub u128);
 
-/// Builds a [`Key`] from the parts of a read.
+/// The digest of a SQL text, as it enters a [`Key`]. Compute it once per statement.
 ///
 /// ```
-/// use sqlacache_core::key::KeyBuilder;
-/// let mut a = KeyBuilder::new(7, "SELECT * FROM t WHERE id = $1");
+/// use sqlacache_core::key::SqlDigest;
+/// assert_eq!(SqlDigest::of("SELECT 1"), SqlDigest::of("SELECT 1"));
+/// assert_ne!(SqlDigest::of("SELECT 1"), SqlDigest::of("SELECT 2"));
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct SqlDigest([u8; 32]);
+
+impl SqlDigest {
+    /// The digest of `sql`.
+    pub fn of(sql: &str) -> SqlDigest {
+        SqlDigest(*blake3::hash(sql.as_bytes()).as_bytes())
+    }
+}
+
+/// Room in a [`Material`] buffer; a key of a few scalar arguments takes about 60 bytes.
+const INLINE: usize = 160;
+
+/// Bytes to hash, kept on the stack until they outgrow it.
+#[derive(Clone)]
+struct Material {
+    buf: [u8; INLINE],
+    len: usize,
+    spilled: Option<Box<blake3::Hasher>>,
+}
+
+impl Material {
+    fn new() -> Material {
+        Material { buf: [0; INLINE], len: 0, spilled: None }
+    }
+
+    fn update(&mut self, bytes: &[u8]) {
+        if let Some(hasher) = &mut self.spilled {
+            hasher.update(bytes);
+        } else if let Some(room) = self.buf.get_mut(self.len..self.len + bytes.len()) {
+            room.copy_from_slice(bytes);
+            self.len += bytes.len();
+        } else {
+            let mut hasher = blake3::Hasher::new();
+            hasher.update(&self.buf[..self.len]);
+            hasher.update(bytes);
+            self.spilled = Some(Box::new(hasher));
+        }
+    }
+
+    /// Appends a length-prefixed part.
+    fn part(&mut self, bytes: &[u8]) {
+        self.update(&(bytes.len() as u64).to_le_bytes());
+        self.update(bytes);
+    }
+
+    /// The first 128 bits of the BLAKE3 digest of everything added, then `suffix`.
+    fn digest(&self, suffix: &[u8]) -> u128 {
+        let hash = match &self.spilled {
+            Some(hasher) => {
+                let mut hasher = hasher.as_ref().clone();
+                hasher.update(suffix);
+                hasher.finalize()
+            }
+            None => match self.buf.get(self.len..self.len + suffix.len()) {
+                Some(_) => {
+                    let mut buf = self.buf;
+                    buf[self.len..self.len + suffix.len()].copy_from_slice(suffix);
+                    blake3::hash(&buf[..self.len + suffix.len()])
+                }
+                None => {
+                    let mut hasher = blake3::Hasher::new();
+                    hasher.update(&self.buf[..self.len]);
+                    hasher.update(suffix);
+                    hasher.finalize()
+                }
+            },
+        };
+        let mut first = [0u8; 16];
+        first.copy_from_slice(&hash.as_bytes()[..16]);
+        u128::from_le_bytes(first)
+    }
+}
+
+/// Builds a [`Key`] from the parts of a read: the row type's fingerprint and the bound
+/// arguments now, the SQL and the kind of call when it is finished.
+///
+/// ```
+/// use sqlacache_core::key::{KeyBuilder, SqlDigest};
+/// let sql = SqlDigest::of("SELECT * FROM t WHERE id = $1");
+/// let mut a = KeyBuilder::new(7);
 /// a.arg(&1_i64).unwrap();
-/// let mut b = KeyBuilder::new(8, "SELECT * FROM t WHERE id = $1");
+/// let mut b = KeyBuilder::new(8);
 /// b.arg(&1_i64).unwrap();
-/// assert_ne!(a.finish(1), b.finish(1), "the type fingerprint is part of the key");
-/// assert_ne!(a.finish(1), a.finish(2), "so is the kind of call");
+/// assert_ne!(a.finish(&sql, 1), b.finish(&sql, 1), "the type fingerprint is part of the key");
+/// assert_ne!(a.finish(&sql, 1), a.finish(&sql, 2), "so is the kind of call");
+/// assert_ne!(a.finish(&sql, 1), a.finish(&SqlDigest::of("SELECT 1"), 1), "and the SQL");
 /// ```
 #[derive(Clone)]
 pub struct KeyBuilder {
-    hasher: blake3::Hasher,
+    material: Material,
 }
 
 impl fmt::Debug for KeyBuilder {
@@ -40,44 +129,44 @@ impl fmt::Debug for KeyBuilder {
 }
 
 impl KeyBuilder {
-    /// Starts a key for a read of `sql` returning a type with fingerprint `fingerprint`.
-    pub fn new(fingerprint: u64, sql: &str) -> KeyBuilder {
-        let mut hasher = blake3::Hasher::new();
-        hasher.update(&fingerprint.to_le_bytes());
-        hasher.update(&(sql.len() as u64).to_le_bytes());
-        hasher.update(sql.as_bytes());
-        KeyBuilder { hasher }
+    /// Starts a key for a read returning a type with fingerprint `fingerprint`.
+    pub fn new(fingerprint: u64) -> KeyBuilder {
+        let mut material = Material::new();
+        material.update(&fingerprint.to_le_bytes());
+        KeyBuilder { material }
     }
 
-    /// Adds one bound argument.
+    /// Adds one bound argument, as its postcard bytes.
     pub fn arg<V: Serialize + ?Sized>(&mut self, value: &V) -> Result<(), postcard::Error> {
-        // Typical arguments fit on the stack; only large ones allocate.
-        let mut stack = [0u8; 128];
-        match postcard::to_slice(value, &mut stack) {
-            Ok(bytes) => self.update_arg(bytes),
-            Err(postcard::Error::SerializeBufferFull) => self.update_arg(&postcard::to_allocvec(value)?),
-            Err(error) => return Err(error),
+        let m = &mut self.material;
+        // Serialize straight into the buffer behind room for the length; only arguments that
+        // do not fit there are serialized on the heap.
+        let start = m.len + 8;
+        if m.spilled.is_none() && start < INLINE {
+            match postcard::to_slice(value, &mut m.buf[start..]) {
+                Ok(bytes) => {
+                    let n = bytes.len();
+                    m.buf[m.len..start].copy_from_slice(&(n as u64).to_le_bytes());
+                    m.len = start + n;
+                    return Ok(());
+                }
+                Err(postcard::Error::SerializeBufferFull) => {}
+                Err(error) => return Err(error),
+            }
         }
+        m.part(&postcard::to_allocvec(value)?);
         Ok(())
     }
 
-    fn update_arg(&mut self, bytes: &[u8]) {
-        self.hasher.update(&(bytes.len() as u64).to_le_bytes());
-        self.hasher.update(bytes);
+    /// The finished key for a read of the SQL with digest `sql`, by a call of kind `kind`
+    /// (calls that store different shapes of result for the same SQL use different kinds).
+    pub fn finish(&self, sql: &SqlDigest, kind: u8) -> Key {
+        // Fixed-size trailer after length-prefixed arguments: the framing stays unambiguous.
+        let mut suffix = [0u8; 33];
+        suffix[..32].copy_from_slice(&sql.0);
+        suffix[32] = kind;
+        Key(self.material.digest(&suffix))
     }
-
-    /// The finished key for a call of kind `kind` (calls that store different shapes of
-    /// result for the same SQL use different kinds).
-    pub fn finish(&self, kind: u8) -> Key {
-        Key(digest128(&self.hasher) ^ u128::from(kind))
-    }
-}
-
-fn digest128(hasher: &blake3::Hasher) -> u128 {
-    let bytes = hasher.finalize();
-    let mut first = [0u8; 16];
-    first.copy_from_slice(&bytes.as_bytes()[..16]);
-    u128::from_le_bytes(first)
 }
 
 /// Hashes a row identity from a table and the text form of its primary-key values.
@@ -89,40 +178,36 @@ fn digest128(hasher: &blake3::Hasher) -> u128 {
 /// assert!(row_id_of(42, &1.5_f64).is_none(), "floats have no exact text form");
 /// ```
 pub fn row_id<S: AsRef<str>>(table: u32, parts: &[S]) -> u128 {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(&table.to_le_bytes());
+    let mut material = Material::new();
+    material.update(&table.to_le_bytes());
     for part in parts {
-        let part = part.as_ref();
-        hasher.update(&(part.len() as u64).to_le_bytes());
-        hasher.update(part.as_bytes());
+        material.part(part.as_ref().as_bytes());
     }
-    digest128(&hasher)
+    material.digest(&[])
 }
 
 /// Hashes the row identity of a Rust primary-key value, or `None` when the value has no text
 /// form that is known to equal PostgreSQL's (floats, bytes, options, maps, ...).
 pub fn row_id_of<K: Serialize + ?Sized>(table: u32, key: &K) -> Option<u128> {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(&table.to_le_bytes());
-    let mut parts = PkText { hasher, parts: 0 };
+    let mut parts = PkText { material: Material::new(), parts: 0 };
+    parts.material.update(&table.to_le_bytes());
     key.serialize(&mut parts).ok()?;
     if parts.parts == 0 {
         return None;
     }
-    Some(digest128(&parts.hasher))
+    Some(parts.material.digest(&[]))
 }
 
 /// Hashes the PostgreSQL text form of each scalar in a key exactly as [`row_id`] hashes its
 /// parts, without collecting them.
 struct PkText {
-    hasher: blake3::Hasher,
+    material: Material,
     parts: usize,
 }
 
 impl PkText {
     fn part(&mut self, text: &str) {
-        self.hasher.update(&(text.len() as u64).to_le_bytes());
-        self.hasher.update(text.as_bytes());
+        self.material.part(text.as_bytes());
         self.parts += 1;
     }
 }
@@ -310,11 +395,42 @@ mod tests {
         let long = "x".repeat(300);
         assert_eq!(row_id_of(1, &long), Some(row_id(1, &[long.as_str()])));
         assert_eq!(row_id_of(1, &(i128::MIN, 'é')), Some(row_id(1, &[i128::MIN.to_string(), "é".to_owned()])));
-        let mut a = KeyBuilder::new(1, "q");
+        let sql = SqlDigest::of("q");
+        let mut a = KeyBuilder::new(1);
         a.arg(&long).unwrap();
-        let mut b = KeyBuilder::new(1, "q");
+        let mut b = KeyBuilder::new(1);
         b.arg(&"x".repeat(301)).unwrap();
-        assert_ne!(a.finish(0), b.finish(0), "arguments past the stack buffer are still keyed");
+        assert_ne!(a.finish(&sql, 0), b.finish(&sql, 0), "arguments past the stack buffer are still keyed");
+    }
+
+    /// The key as a plain BLAKE3 hash of its framed parts, for comparison.
+    fn reference_key(fingerprint: u64, args: &[String], sql: &str, kind: u8) -> Key {
+        let mut all = fingerprint.to_le_bytes().to_vec();
+        for arg in args {
+            let bytes = postcard::to_allocvec(arg).unwrap();
+            all.extend((bytes.len() as u64).to_le_bytes());
+            all.extend(bytes);
+        }
+        all.extend(blake3::hash(sql.as_bytes()).as_bytes());
+        all.push(kind);
+        Key(u128::from_le_bytes(blake3::hash(&all).as_bytes()[..16].try_into().unwrap()))
+    }
+
+    #[test]
+    fn digest_is_the_same_on_the_stack_or_spilled() {
+        // Every total length around the buffer's size: arguments that fit, arguments that fit
+        // but leave no room for the trailer, and arguments that spill.
+        for count in 0..6 {
+            for width in [0, 1, 7, 20, 60, 100, 111, 112, 113, 150, 200] {
+                let args: Vec<String> = (0..count).map(|i| format!("{i}").repeat(width)).collect();
+                let mut key = KeyBuilder::new(99);
+                for arg in &args {
+                    key.arg(arg).unwrap();
+                }
+                let sql = "SELECT * FROM t WHERE a = $1";
+                assert_eq!(key.finish(&SqlDigest::of(sql), 3), reference_key(99, &args, sql, 3), "{count} x {width}");
+            }
+        }
     }
 
     #[test]

@@ -18,14 +18,21 @@
 //!
 //! Entries are held in a [`quick_cache`] cache bounded by weight, where the weight of an entry is
 //! `value bytes + 24 * dependencies + 96`. An entry heavier than a shard's share of the capacity
-//! is not kept. Tag bookkeeping is outside that bound: two `u64` per table and at most
-//! `ROW_SHARDS * ROW_TAGS_PER_SHARD` row tags of 24 bytes (about 50 MiB at the extreme).
+//! is not kept. Tag bookkeeping is outside that bound: a fixed table of `TABLE_CLOCKS` clocks
+//! (64 KiB) and at most `ROW_SHARDS * ROW_TAGS_PER_SHARD` row tags of 24 bytes (about 50 MiB at
+//! the extreme).
+//!
+//! # Reads share nothing they write
+//!
+//! A hit takes a copy of its entry (one allocation for the value bytes) instead of a reference
+//! count on a shared one, and reads the clocks without locking: threads hitting the same hot
+//! entries do not contend for a cache line. Only invalidations and fills write shared state.
 
 use crate::key::Key;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 /// Something a cached read depends on and a write invalidates.
@@ -48,6 +55,15 @@ const ROW_TAGS_PER_SHARD: usize = 32 * 1024;
 struct TableClock {
     table: AtomicU64,
     rows: AtomicU64,
+}
+
+/// One shard of the row tags, with the newest sequence it holds readable without the lock: an
+/// entry stamped at or after it is fresh as far as this shard goes, so most hits never lock.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct RowSlot {
+    newest: AtomicU64,
+    shard: Mutex<RowShard>,
 }
 
 #[derive(Debug, Default)]
@@ -74,19 +90,50 @@ impl RowShard {
     }
 }
 
-/// A dependency resolved to the clock cell it reads, so a hit does no map lookups for tables.
-#[derive(Clone)]
+/// Table clocks held by a store. Tables past this many share the last clock, so a write to any
+/// of them invalidates the reads of all of them: more than needed, never less.
+const TABLE_CLOCKS: usize = 4096;
+
+/// A dependency resolved to the clock cell it reads (a table's index in the store's clocks), so
+/// a hit does no map lookups and takes no reference counts.
+#[derive(Clone, Copy, Debug)]
 enum Dep {
-    Table(Arc<TableClock>),
-    Rows(Arc<TableClock>),
+    Table(u32),
+    Rows(u32),
     Row(u128),
 }
 
+/// Dependencies, inline up to two (a point read has two, a one-table list one).
+#[derive(Clone, Debug)]
+enum Deps {
+    Inline(u8, [Dep; 2]),
+    Heap(Box<[Dep]>),
+}
+
+impl Deps {
+    fn new(deps: &[Dep]) -> Deps {
+        match *deps {
+            [] => Deps::Inline(0, [Dep::Row(0); 2]),
+            [a] => Deps::Inline(1, [a, Dep::Row(0)]),
+            [a, b] => Deps::Inline(2, [a, b]),
+            _ => Deps::Heap(deps.into()),
+        }
+    }
+
+    fn as_slice(&self) -> &[Dep] {
+        match self {
+            Deps::Inline(len, deps) => &deps[..usize::from(*len)],
+            Deps::Heap(deps) => deps,
+        }
+    }
+}
+
 /// A cached value with the stamp and dependencies that decide its freshness.
+#[derive(Clone)]
 pub struct Entry {
     stamp: u64,
     expires: Instant,
-    deps: Box<[Dep]>,
+    deps: Deps,
     bytes: Box<[u8]>,
 }
 
@@ -101,7 +148,7 @@ impl fmt::Debug for Entry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Entry")
             .field("stamp", &self.stamp)
-            .field("deps", &self.deps.len())
+            .field("deps", &self.deps.as_slice().len())
             .field("bytes", &self.bytes.len())
             .finish()
     }
@@ -110,9 +157,9 @@ impl fmt::Debug for Entry {
 #[derive(Clone)]
 struct EntryWeight;
 
-impl quick_cache::Weighter<u128, Arc<Entry>> for EntryWeight {
-    fn weight(&self, _: &u128, entry: &Arc<Entry>) -> u64 {
-        (entry.bytes.len() + 24 * entry.deps.len() + 96) as u64
+impl quick_cache::Weighter<u128, Entry> for EntryWeight {
+    fn weight(&self, _: &u128, entry: &Entry) -> u64 {
+        (entry.bytes.len() + 24 * entry.deps.as_slice().len() + 96) as u64
     }
 }
 
@@ -130,11 +177,13 @@ impl quick_cache::Weighter<u128, Arc<Entry>> for EntryWeight {
 /// assert!(store.get(key).is_none());
 /// ```
 pub struct MemoryStore {
-    entries: quick_cache::sync::Cache<u128, Arc<Entry>, EntryWeight>,
+    entries: quick_cache::sync::Cache<u128, Entry, EntryWeight>,
     seq: AtomicU64,
     all: AtomicU64,
-    tables: RwLock<HashMap<u32, Arc<TableClock>>>,
-    rows: Box<[Mutex<RowShard>]>,
+    /// Table oid to its index in `clocks`.
+    tables: RwLock<HashMap<u32, u32>>,
+    clocks: Box<[TableClock]>,
+    rows: Box<[RowSlot]>,
 }
 
 impl fmt::Debug for MemoryStore {
@@ -157,7 +206,8 @@ impl MemoryStore {
             seq: AtomicU64::new(0),
             all: AtomicU64::new(0),
             tables: RwLock::new(HashMap::new()),
-            rows: (0..ROW_SHARDS).map(|_| Mutex::new(RowShard::default())).collect(),
+            clocks: (0..TABLE_CLOCKS).map(|_| TableClock::default()).collect(),
+            rows: (0..ROW_SHARDS).map(|_| RowSlot::default()).collect(),
         }
     }
 
@@ -167,20 +217,25 @@ impl MemoryStore {
     }
 
     /// A fresh, unexpired entry, or `None`. Stale and expired entries are removed.
-    pub fn get(&self, key: Key) -> Option<Arc<Entry>> {
+    pub fn get(&self, key: Key) -> Option<Entry> {
         let entry = self.entries.get(&key.0)?;
-        if entry.expires > Instant::now() && self.is_fresh(&entry) {
+        if self.is_live(&entry, Instant::now()) {
             Some(entry)
         } else {
-            self.entries.remove_if(&key.0, |e| Arc::ptr_eq(e, &entry));
+            // Unless a fresh fill replaced it meanwhile.
+            self.entries.remove_if(&key.0, |e| !self.is_live(e, Instant::now()));
             None
         }
+    }
+
+    fn is_live(&self, entry: &Entry, now: Instant) -> bool {
+        entry.expires > now && self.is_fresh(entry)
     }
 
     /// Stores a value filled from the database. Returns `false`, storing nothing, when one of
     /// `deps` was invalidated after `stamp` was taken (the value may predate that write).
     pub fn put(&self, key: Key, deps: &[Tag], stamp: u64, ttl: Duration, bytes: Vec<u8>) -> bool {
-        let deps: Box<[Dep]> = deps
+        let deps: Vec<Dep> = deps
             .iter()
             .filter_map(|tag| match *tag {
                 Tag::All => None,
@@ -189,7 +244,8 @@ impl MemoryStore {
                 Tag::Row(r) => Some(Dep::Row(r)),
             })
             .collect();
-        let entry = Arc::new(Entry { stamp, expires: Instant::now() + ttl, deps, bytes: bytes.into() });
+        let expires = Instant::now().checked_add(ttl).unwrap_or_else(far_future);
+        let entry = Entry { stamp, expires, deps: Deps::new(&deps), bytes: bytes.into() };
         if !self.is_fresh(&entry) {
             return false;
         }
@@ -212,13 +268,15 @@ impl MemoryStore {
                     self.all.fetch_max(seq, SeqCst);
                 }
                 Tag::Table(t) => {
-                    self.table(t).table.fetch_max(seq, SeqCst);
+                    self.clock(self.table(t)).table.fetch_max(seq, SeqCst);
                 }
                 Tag::Rows(t) => {
-                    self.table(t).rows.fetch_max(seq, SeqCst);
+                    self.clock(self.table(t)).rows.fetch_max(seq, SeqCst);
                 }
                 Tag::Row(r) => {
-                    self.row_shard(r).set(r, seq);
+                    let slot = self.row_slot(r);
+                    lock(&slot.shard).set(r, seq);
+                    slot.newest.fetch_max(seq, SeqCst);
                 }
             }
         }
@@ -234,9 +292,7 @@ impl MemoryStore {
         let keys: Vec<u128> = self.entries.iter().map(|(k, _)| k).collect();
         for key in keys {
             if let Some(entry) = self.entries.get(&key) {
-                let deps = entry.deps.clone();
-                let garbage = Entry { stamp: entry.stamp, expires: entry.expires, deps, bytes: vec![0xFF].into() };
-                self.entries.insert(key, Arc::new(garbage));
+                self.entries.insert(key, Entry { bytes: vec![0xFF].into(), ..entry });
             }
         }
     }
@@ -266,27 +322,44 @@ impl MemoryStore {
         if self.all.load(SeqCst) > stamp {
             return false;
         }
-        entry.deps.iter().all(|dep| match dep {
-            Dep::Table(clock) => clock.table.load(SeqCst) <= stamp,
-            Dep::Rows(clock) => clock.rows.load(SeqCst) <= stamp,
-            Dep::Row(r) => self.row_shard(*r).seq(*r) <= stamp,
+        entry.deps.as_slice().iter().all(|dep| match dep {
+            Dep::Table(t) => self.clock(*t).table.load(SeqCst) <= stamp,
+            Dep::Rows(t) => self.clock(*t).rows.load(SeqCst) <= stamp,
+            Dep::Row(r) => {
+                let slot = self.row_slot(*r);
+                slot.newest.load(SeqCst) <= stamp || lock(&slot.shard).seq(*r) <= stamp
+            }
         })
     }
 
-    fn row_shard(&self, row: u128) -> std::sync::MutexGuard<'_, RowShard> {
-        let shard = &self.rows[(row as usize) % ROW_SHARDS];
-        // A panic while holding the lock cannot leave a shard half-updated in a way that loses
-        // an invalidation (inserts are single map operations), so poisoning is ignored.
-        shard.lock().unwrap_or_else(|e| e.into_inner())
+    fn row_slot(&self, row: u128) -> &RowSlot {
+        &self.rows[(row as usize) % ROW_SHARDS]
     }
 
-    fn table(&self, oid: u32) -> Arc<TableClock> {
-        if let Some(clock) = self.tables.read().unwrap_or_else(|e| e.into_inner()).get(&oid) {
-            return clock.clone();
+    fn clock(&self, index: u32) -> &TableClock {
+        &self.clocks[index as usize]
+    }
+
+    /// The index of a table's clock, assigned on first use.
+    fn table(&self, oid: u32) -> u32 {
+        if let Some(&index) = self.tables.read().unwrap_or_else(|e| e.into_inner()).get(&oid) {
+            return index;
         }
         let mut tables = self.tables.write().unwrap_or_else(|e| e.into_inner());
-        tables.entry(oid).or_default().clone()
+        let next = tables.len().min(TABLE_CLOCKS - 1) as u32;
+        *tables.entry(oid).or_insert(next)
     }
+}
+
+/// An expiry for TTLs too long to add to now (the entry then lives until evicted).
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)
+}
+
+fn lock(shard: &Mutex<RowShard>) -> std::sync::MutexGuard<'_, RowShard> {
+    // A panic while holding the lock cannot leave a shard half-updated in a way that loses an
+    // invalidation (inserts are single map operations), so poisoning is ignored.
+    shard.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]
@@ -318,11 +391,46 @@ mod tests {
     }
 
     #[test]
+    fn rows_sharing_a_shard_stay_apart() {
+        let store = MemoryStore::new(1 << 20);
+        let (a, b) = (5_u128, 5 + ROW_SHARDS as u128);
+        assert!(store.put(Key(1), &[Tag::Row(a)], store.stamp(), TTL, vec![1]));
+        assert!(store.put(Key(2), &[Tag::Row(b)], store.stamp(), TTL, vec![2]));
+        store.invalidate(&[Tag::Row(b)]);
+        assert!(store.get(Key(1)).is_some(), "a write to another row of the shard leaves this one");
+        assert!(store.get(Key(2)).is_none());
+        assert!(store.put(Key(2), &[Tag::Row(b)], store.stamp(), TTL, vec![2]));
+        store.invalidate(&[Tag::Row(a)]);
+        assert!(store.get(Key(1)).is_none(), "past the shard's newest sequence, the row itself is checked");
+        assert!(store.get(Key(2)).is_some());
+    }
+
+    #[test]
     fn global_tag_drops_everything() {
         let store = MemoryStore::new(1 << 20);
         assert!(store.put(Key(1), &[Tag::Row(3)], store.stamp(), TTL, vec![1]));
         store.invalidate(&[Tag::All]);
         assert!(store.get(Key(1)).is_none());
+    }
+
+    #[test]
+    fn a_ttl_too_long_for_the_clock_keeps_the_entry() {
+        let store = MemoryStore::new(1 << 20);
+        assert!(store.put(Key(1), &[Tag::Table(1)], store.stamp(), Duration::MAX, vec![1]));
+        assert!(store.get(Key(1)).is_some());
+    }
+
+    #[test]
+    fn tables_past_the_clock_table_share_one_clock() {
+        let store = MemoryStore::new(1 << 20);
+        for oid in 0..TABLE_CLOCKS as u32 + 10 {
+            assert!(store.put(Key(u128::from(oid)), &[Tag::Table(oid)], store.stamp(), TTL, vec![1]));
+        }
+        let (last, beyond) = (TABLE_CLOCKS as u128 + 9, TABLE_CLOCKS as u32 + 5);
+        store.invalidate(&[Tag::Table(beyond)]);
+        assert!(store.get(Key(last)).is_none(), "tables sharing the overflow clock are invalidated together");
+        assert!(store.get(Key(u128::from(beyond))).is_none());
+        assert!(store.get(Key(7)).is_some(), "tables with a clock of their own stay precise");
     }
 
     #[test]

@@ -14,7 +14,7 @@
 #[macro_export]
 macro_rules! query_as {
     ($out:path, $sql:literal $(,)?) => {{
-        let __key = $crate::__private::KeyBuilder::new(<$out as $crate::Cacheable>::MODEL.fingerprint, $sql);
+        let __key = $crate::__private::KeyBuilder::new(<$out as $crate::Cacheable>::MODEL.fingerprint);
         $crate::CachedMap::<$out, _>::new($sql, ::sqlx::query_as!($out, $sql), __key, true)
     }};
     ($out:path, $sql:literal, $($args:expr),+ $(,)?) => {
@@ -32,7 +32,7 @@ macro_rules! __query_as_bind {
         }
     };
     (($out:path, $sql:literal) [$($bound:ident)*]) => {{
-        let mut __key = $crate::__private::KeyBuilder::new(<$out as $crate::Cacheable>::MODEL.fingerprint, $sql);
+        let mut __key = $crate::__private::KeyBuilder::new(<$out as $crate::Cacheable>::MODEL.fingerprint);
         let mut __keyable = true;
         $( __keyable &= __key.arg($bound).is_ok(); )*
         $crate::CachedMap::<$out, _>::new($sql, ::sqlx::query_as!($out, $sql, $($bound),*), __key, __keyable)

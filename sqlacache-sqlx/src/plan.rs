@@ -3,6 +3,7 @@
 
 use crate::catalog::{Catalog, TableInfo};
 use sqlacache_core::analyze::{Analysis, Effect, ReadOp, RowSource, TableName, WriteKind};
+use sqlacache_core::key::SqlDigest;
 use sqlacache_core::{Ops, Tag};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -15,7 +16,7 @@ pub(crate) struct Policy {
     pub ttl: Duration,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Plan {
     pub generation: u64,
     pub read: Option<ReadPlan>,
@@ -41,7 +42,7 @@ impl Plan {
     }
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct ReadPlan {
     pub op: ReadOp,
     /// Operations every table read allows.
@@ -51,16 +52,18 @@ pub(crate) struct ReadPlan {
     pub deps: Box<[Tag]>,
     /// The table, when exactly one is read, with its primary-key columns when usable.
     pub single: Option<(u32, Option<Vec<String>>)>,
+    /// The SQL's part of every cache key, hashed once here rather than on each read.
+    pub sql: SqlDigest,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) enum WritePlan {
     None,
     Everything,
     Writes(WriteTags),
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct WriteTags {
     /// The SQL to run instead of the caller's, with `RETURNING` appended.
     pub rewritten: Option<Arc<str>>,
@@ -71,7 +74,7 @@ pub(crate) struct WriteTags {
     pub rows: Option<RowsPlan>,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct RowsPlan {
     pub table: u32,
     pub columns: RowColumns,
@@ -79,7 +82,7 @@ pub(crate) struct RowsPlan {
     pub forward: bool,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) enum RowColumns {
     /// Key columns at these positions.
     Indexed(Vec<usize>),
@@ -133,6 +136,7 @@ pub(crate) fn plan(sql: &str, analysis: &Analysis, cx: &Context<'_>) -> (Plan, U
             allowed,
             ttl,
             deps: deps.into(),
+            sql: SqlDigest::of(sql),
             single: match tables.as_slice() {
                 [one] => Some((one.oid, one.key.clone())),
                 _ => None,

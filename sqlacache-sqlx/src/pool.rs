@@ -39,8 +39,50 @@ pub enum FillPoint {
     Read,
 }
 
+/// Per-thread copies of plans, by pool and SQL. Small and bounded: a thread that sees too many
+/// statements or pools starts over (the shared memo still holds every plan).
+mod local_plans {
+    use super::Plan;
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    const MAX_POOLS: usize = 8;
+    const MAX_PLANS: usize = 512;
+
+    /// Plans by SQL, of one pool.
+    type PoolPlans = HashMap<Box<str>, Arc<Plan>>;
+
+    thread_local! {
+        static PLANS: RefCell<HashMap<u64, PoolPlans>> = RefCell::default();
+    }
+
+    pub fn get(pool: u64, sql: &str) -> Option<Arc<Plan>> {
+        PLANS.with(|plans| plans.borrow().get(&pool)?.get(sql).cloned())
+    }
+
+    pub fn put(pool: u64, sql: &str, plan: Arc<Plan>) {
+        PLANS.with(|plans| {
+            let mut plans = plans.borrow_mut();
+            if plans.len() >= MAX_POOLS && !plans.contains_key(&pool) {
+                plans.clear();
+            }
+            let mine = plans.entry(pool).or_default();
+            if mine.len() >= MAX_PLANS {
+                mine.clear();
+            }
+            mine.insert(sql.into(), plan);
+        });
+    }
+}
+
+/// Numbers pools for the per-thread plan copies.
+static NEXT_POOL_ID: AtomicU64 = AtomicU64::new(1);
+
 /// State shared by every clone of a [`CachedPool`] and its transactions.
 pub(crate) struct Shared {
+    /// Tells this pool's per-thread plan copies from other pools'.
+    id: u64,
     pub pool: PgPool,
     pub store: MemoryStore,
     pub stats: Stats,
@@ -84,15 +126,22 @@ impl Shared {
     }
 
     /// The plan for a SQL string: memoized, so a repeated statement is not parsed again.
+    ///
+    /// Each thread keeps its own copies of the plans it uses in front of the shared memo, so
+    /// threads reading through one plan (every `get` of a model) share no reference count.
     pub async fn plan(&self, sql: &str) -> Result<Arc<Plan>, sqlx::Error> {
         if !self.dirty.load(Ordering::Acquire) {
-            if let Some(plan) = self.plans.get(sql) {
-                if plan.generation == self.generation.load(Ordering::Acquire) {
-                    return Ok(plan);
-                }
+            let generation = self.generation.load(Ordering::Acquire);
+            if let Some(plan) = local_plans::get(self.id, sql).filter(|p| p.generation == generation) {
+                return Ok(plan);
+            }
+            if let Some(plan) = self.plans.get(sql).filter(|p| p.generation == generation) {
+                local_plans::put(self.id, sql, Arc::new(Plan::clone(&plan)));
+                return Ok(plan);
             }
         }
-        self.plan_slow(sql).await
+        // Boxed so the planner's (large) future is not part of every read's future.
+        Box::pin(self.plan_slow(sql)).await
     }
 
     async fn plan_slow(&self, sql: &str) -> Result<Arc<Plan>, sqlx::Error> {
@@ -177,12 +226,17 @@ impl Shared {
 
     /// Answers a read from the cache or fills it: the freshness protocol in one place.
     ///
-    /// The stamp is read before `fill` first runs (futures do nothing until polled), so a write
-    /// that commits while `fill` reads the database makes the store refuse the result.
-    pub async fn cached_read<R, F>(&self, key: Key, deps: &[Tag], ttl: Duration, fill: F) -> Result<R, sqlx::Error>
+    /// `fill` makes the future that reads the database and names the tags the value depends on
+    /// (computed there, so a hit never pays for them). It is called only on a miss, after the
+    /// stamp is read, so a write that commits while it reads the database makes the store
+    /// refuse the result. Its future is boxed: database futures are large, and a hit should not
+    /// carry one.
+    pub async fn cached_read<R, D, F, Fut>(&self, key: Key, ttl: Duration, fill: F) -> Result<R, sqlx::Error>
     where
         R: Serialize + DeserializeOwned,
-        F: Future<Output = Result<R, sqlx::Error>>,
+        D: AsRef<[Tag]>,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<(R, D), sqlx::Error>>,
     {
         if let Some(entry) = self.store.get(key) {
             match postcard::take_from_bytes::<R>(entry.bytes()) {
@@ -203,14 +257,14 @@ impl Shared {
         if let Some(hook) = &self.fill_hook {
             hook(FillPoint::Stamped).await;
         }
-        let value = fill.await?;
+        let (value, deps) = Box::pin(fill()).await?;
         #[cfg(feature = "test-hooks")]
         if let Some(hook) = &self.fill_hook {
             hook(FillPoint::Read).await;
         }
         match postcard::to_allocvec(&value) {
             Ok(bytes) => {
-                if !self.store.put(key, deps, stamp, ttl, bytes) {
+                if !self.store.put(key, deps.as_ref(), stamp, ttl, bytes) {
                     self.stats.fill_rejected();
                 }
             }
@@ -315,33 +369,40 @@ impl CachedPool {
         let model = &T::MODEL;
         let shared = &self.shared;
         let plan = shared.plan(model.get_sql).await?;
-        let mut key_hash = KeyBuilder::new(model.fingerprint, model.get_sql);
+        let mut key_hash = KeyBuilder::new(model.fingerprint);
         let keyable = key_hash.arg(&key).is_ok();
-        let cached = plan.read.as_ref().filter(|r| keyable && r.allowed.contains(Ops::GET)).and_then(|read| {
-            let (oid, columns) = read.single.as_ref()?;
+        let read = plan.read.as_ref().filter(|r| keyable && r.allowed.contains(Ops::GET));
+        let cached = read.and_then(|read| Some((read, read.single.as_ref()?)));
+        // The row identity is hashed only when a fill stores an entry; a hit does not need it.
+        let deps = |(oid, columns): &(u32, Option<Vec<String>>), key: &T::Key| {
             let same_key =
                 columns.as_ref().is_some_and(|c| c.iter().map(String::as_str).eq(model.primary_key.iter().copied()));
-            let deps = match same_key.then(|| row_id_of(*oid, &key)).flatten() {
+            match same_key.then(|| row_id_of(*oid, key)).flatten() {
                 Some(row) => [Tag::Row(row), Tag::Rows(*oid)],
                 // The key is not the table's primary key (or has no exact text form): any
                 // write to the table may change this row. (`All` is implicit in every entry;
                 // it only fills the array.)
                 None => [Tag::Table(*oid), Tag::All],
-            };
-            Some((deps, read.ttl))
-        });
-        // Arguments are bound inside the future, so a hit never encodes them. `get_sql` only
-        // reads, so it can run on the pool itself.
-        let fill = async move {
+            }
+        };
+        let fetch = |key: T::Key| async move {
             let mut args = PgArguments::default();
             T::bind_key(key, &mut args).map_err(sqlx::Error::Encode)?;
+            // `get_sql` only reads, so it can run on the pool itself.
             sqlx::query_as_with::<_, T, _>(model.get_sql, args).fetch_optional(&shared.pool).await
         };
         match cached {
-            Some((deps, ttl)) => shared.cached_read(key_hash.finish(kind::GET), &deps, ttl, fill).await,
+            Some((read, single)) => {
+                let id = key_hash.finish(&read.sql, kind::GET);
+                let fill = || async {
+                    let deps = deps(single, &key);
+                    Ok((fetch(key).await?, deps))
+                };
+                shared.cached_read(id, read.ttl, fill).await
+            }
             None => {
                 shared.stats.bypass();
-                fill.await
+                Box::pin(fetch(key)).await
             }
         }
     }
@@ -572,6 +633,7 @@ impl CachedPoolBuilder {
             }
         }
         let shared = Shared {
+            id: NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed),
             store: MemoryStore::new(self.capacity),
             stats: Stats::default(),
             config: Config {

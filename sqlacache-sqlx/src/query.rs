@@ -23,24 +23,28 @@ fn op_of(op: ReadOp) -> Ops {
 
 /// Looks up `sql`'s plan and either answers from the cache or runs `fill` (through the
 /// `CachedPool` executor, so a statement that turns out to write still invalidates).
-async fn read<R, Fut>(
+async fn read<R, F, Fut>(
     pool: &CachedPool,
     sql: &str,
     key: Option<&KeyBuilder>,
     kind: u8,
-    fill: Fut,
+    fill: F,
 ) -> Result<R, sqlx::Error>
 where
     R: Serialize + DeserializeOwned,
+    F: FnOnce() -> Fut,
     Fut: Future<Output = Result<R, sqlx::Error>>,
 {
     let shared = &pool.shared;
     let plan = shared.plan(sql).await?;
     match (plan.read.as_ref().filter(|r| r.allowed.contains(op_of(r.op))), key) {
-        (Some(read), Some(key)) => shared.cached_read(key.finish(kind), &read.deps, read.ttl, fill).await,
+        (Some(read), Some(key)) => {
+            let fill = || async { Ok((fill().await?, &read.deps)) };
+            shared.cached_read(key.finish(&read.sql, kind), read.ttl, fill).await
+        }
         _ => {
             shared.stats.bypass();
-            fill.await
+            Box::pin(fill()).await
         }
     }
 }
@@ -58,7 +62,7 @@ struct Bound<'p> {
 
 impl<'p> Bound<'p> {
     fn new(pool: &'p CachedPool, sql: SqlStr, fingerprint: u64) -> Bound<'p> {
-        let key = KeyBuilder::new(fingerprint, sql.as_str());
+        let key = KeyBuilder::new(fingerprint);
         Bound { pool, sql, args: PgArguments::default(), key: Some(key), error: None, persistent: true }
     }
 
@@ -126,15 +130,15 @@ macro_rules! builder_methods {
         #[doc = $all]
         pub async fn fetch_all(self) -> Result<Vec<$out>, sqlx::Error> {
             let (pool, sql, args, key, persistent) = self.bound.take()?;
-            let query = $query(sql.clone(), args).persistent(persistent);
-            read(pool, sql.as_str(), key.as_ref(), kind::ALL, query.fetch_all(pool)).await
+            let fill = || $query(sql.clone(), args).persistent(persistent).fetch_all(pool);
+            read(pool, sql.as_str(), key.as_ref(), kind::ALL, fill).await
         }
 
         #[doc = $optional]
         pub async fn fetch_optional(self) -> Result<Option<$out>, sqlx::Error> {
             let (pool, sql, args, key, persistent) = self.bound.take()?;
-            let query = $query(sql.clone(), args).persistent(persistent);
-            read(pool, sql.as_str(), key.as_ref(), kind::OPTIONAL, query.fetch_optional(pool)).await
+            let fill = || $query(sql.clone(), args).persistent(persistent).fetch_optional(pool);
+            read(pool, sql.as_str(), key.as_ref(), kind::OPTIONAL, fill).await
         }
 
         #[doc = $one]
@@ -227,12 +231,12 @@ where
 
     /// All rows.
     pub async fn fetch_all(self, cache: &CachedPool) -> Result<Vec<T>, sqlx::Error> {
-        read(cache, self.sql, self.key.as_ref(), kind::ALL, self.map.fetch_all(cache)).await
+        read(cache, self.sql, self.key.as_ref(), kind::ALL, || self.map.fetch_all(cache)).await
     }
 
     /// The first row, if any.
     pub async fn fetch_optional(self, cache: &CachedPool) -> Result<Option<T>, sqlx::Error> {
-        read(cache, self.sql, self.key.as_ref(), kind::OPTIONAL, self.map.fetch_optional(cache)).await
+        read(cache, self.sql, self.key.as_ref(), kind::OPTIONAL, || self.map.fetch_optional(cache)).await
     }
 
     /// The first row; [`sqlx::Error::RowNotFound`] when there is none.
