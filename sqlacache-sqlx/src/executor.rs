@@ -95,16 +95,13 @@ pub(crate) fn run<'e>(shared: Arc<Shared>, target: Target<'e>, prepared: Prepare
             }
             let steps: BoxStream<'e, Step> = match target {
                 Target::Pool if matches!(plan.write, WritePlan::None) => Box::pin((&shared.pool).fetch_many(prepared)),
-                Target::Pool => {
-                    // A write runs to its end in a task of its own, so a caller that stops
-                    // listening (a cancelled future) cannot stop the invalidation from following
-                    // the statement's completion.
-                    let writes = WriteStream {
+                Target::Pool => Box::pin(PoolWrite {
+                    stream: Some(WriteStream {
                         inner: (&shared.pool).fetch_many(prepared),
                         tracker: Some(Tracker::new(&shared, &plan, None, track_rows)),
-                    };
-                    Box::pin(detach(writes))
-                }
+                    }),
+                    started: false,
+                }),
                 Target::Transaction(conn, pending) => {
                     // Invalidations wait for COMMIT, which `CachedTransaction::commit` runs to its
                     // end in the same way.
@@ -120,28 +117,45 @@ pub(crate) fn run<'e>(shared: Arc<Shared>, target: Target<'e>, prepared: Prepare
     )
 }
 
-/// Runs `steps` to completion on a spawned task and streams its items back. When the receiver
-/// is dropped the task keeps draining (and so finishes the statement and its invalidation).
-fn detach(mut steps: WriteStream<'static>) -> Detached {
-    let (sender, receiver) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(async move {
-        let mut listening = true;
-        while let Some(step) = steps.next().await {
-            if listening && sender.send(step).await.is_err() {
-                listening = false;
-            }
-        }
-    });
-    Detached(receiver)
+/// A write on the pool. It runs in the caller's task; if the caller stops listening after it
+/// started and before its end (a cancelled future), the rest of it is driven on a task of its
+/// own, so the invalidation still follows the statement's completion rather than preceding it.
+struct PoolWrite {
+    stream: Option<WriteStream<'static>>,
+    started: bool,
 }
 
-struct Detached(tokio::sync::mpsc::Receiver<Step>);
-
-impl futures_core::Stream for Detached {
+impl futures_core::Stream for PoolWrite {
     type Item = Step;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Step>> {
-        self.get_mut().0.poll_recv(cx)
+        let this = self.get_mut();
+        this.started = true;
+        match &mut this.stream {
+            Some(stream) => stream.poll_next_unpin(cx),
+            None => Poll::Ready(None),
+        }
+    }
+}
+
+impl Drop for PoolWrite {
+    fn drop(&mut self) {
+        let Some(mut rest) = self.stream.take().filter(|s| s.tracker.is_some()) else {
+            return;
+        };
+        if !self.started {
+            // Never polled: nothing was sent, nothing to invalidate.
+            rest.tracker = None;
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move { while rest.next().await.is_some() {} });
+            }
+            // No runtime to finish on (sqlx needs one too, so this is a runtime shutting down):
+            // dropping `rest` invalidates now, as an abandoned write.
+            Err(_) => drop(rest),
+        }
     }
 }
 

@@ -5,8 +5,11 @@ use sqlacache_core::Tag;
 use sqlx::postgres::PgConnection;
 use sqlx::{Postgres, Transaction};
 use std::fmt;
+use std::future::Future;
 use std::ops::{Deref, DerefMut};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 /// A transaction begun with [`CachedPool::begin`](crate::CachedPool::begin).
 ///
@@ -92,6 +95,33 @@ impl Drop for ApplyOnDrop {
     }
 }
 
+/// Polls a future in place; dropped before its end, hands the rest to a task of its own.
+struct FinishOnDrop<F: Future<Output = Result<(), sqlx::Error>> + Send + 'static>(Option<Pin<Box<F>>>);
+
+impl<F: Future<Output = Result<(), sqlx::Error>> + Send + 'static> Future for FinishOnDrop<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.get_mut();
+        let Some(future) = &mut this.0 else {
+            return Poll::Ready(Ok(()));
+        };
+        let output = std::task::ready!(future.as_mut().poll(cx));
+        this.0 = None;
+        Poll::Ready(output)
+    }
+}
+
+impl<F: Future<Output = Result<(), sqlx::Error>> + Send + 'static> Drop for FinishOnDrop<F> {
+    fn drop(&mut self) {
+        // Only ever dropped unfinished after a first poll: `commit` awaits it at once.
+        if let (Some(rest), Ok(runtime)) = (self.0.take(), tokio::runtime::Handle::try_current()) {
+            runtime.spawn(rest);
+        }
+        // Without a runtime the rest is dropped here, and `ApplyOnDrop` invalidates now.
+    }
+}
+
 impl CachedTransaction {
     pub(crate) fn new(tx: Transaction<'static, Postgres>, shared: Arc<Shared>) -> CachedTransaction {
         CachedTransaction { conn: CachedConnection { tx, pending: Vec::new(), shared } }
@@ -99,17 +129,17 @@ impl CachedTransaction {
 
     /// Commits, then invalidates what the transaction's writes changed.
     ///
-    /// The commit runs to its end on a task of its own, and the invalidation follows it whether
-    /// it succeeds or fails (a failed commit may still have committed, if the connection was
-    /// lost after sending it). Dropping this future does not stop either.
+    /// The invalidation follows the commit whether it succeeds or fails (a failed commit may
+    /// still have committed, if the connection was lost after sending it). Once started, the
+    /// commit runs to its end even if this future is dropped: the rest of it moves to a task of
+    /// its own.
     pub async fn commit(self) -> Result<(), sqlx::Error> {
         let CachedConnection { tx, pending, shared } = self.conn;
-        let apply = ApplyOnDrop { shared, tags: pending };
-        let task = tokio::spawn(async move {
-            let _apply = apply;
+        FinishOnDrop(Some(Box::pin(async move {
+            let _apply = ApplyOnDrop { shared, tags: pending };
             tx.commit().await
-        });
-        task.await.unwrap_or_else(|e| Err(sqlx::Error::Io(std::io::Error::other(e))))
+        })))
+        .await
     }
 
     /// Rolls back; nothing is invalidated.

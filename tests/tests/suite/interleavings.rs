@@ -7,6 +7,7 @@
 
 use sqlacache_sqlx::{CachedPool, FillPoint};
 use sqlacache_tests::{TestDb, User};
+use sqlx::AssertSqlSafe;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -155,26 +156,57 @@ async fn every_interleaving_of_a_fill_and_a_write_ends_fresh() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_commit_abandoned_after_committing_still_invalidates() {
+/// Gives up on a write (a pool statement or a commit) while PostgreSQL is still running it: the
+/// write must still land and invalidate, and only after it landed. A trigger that sleeps makes
+/// the statement, or the COMMIT (a deferred trigger), take long enough to give up in the middle.
+async fn abandon_in_flight(commit: bool) {
     let h = harness().await;
     h.disarm_fills();
+    h.invalidate.armed.store(false, SeqCst);
+    let timing = if commit { "DEFERRABLE INITIALLY DEFERRED" } else { "" };
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "CREATE FUNCTION slow_write() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.4); RETURN NULL; END $$;
+         CREATE CONSTRAINT TRIGGER slow_write AFTER UPDATE ON users {timing} FOR EACH ROW EXECUTE FUNCTION slow_write();"
+    )))
+    .execute(&h.db.pool)
+    .await
+    .unwrap();
     assert_eq!(name(&h.cache).await, "ada");
-    let mut tx = h.cache.begin().await.unwrap();
-    sqlx::query("UPDATE users SET name = 'committed' WHERE id = 1").execute(&mut *tx).await.unwrap();
-    let caller = tokio::spawn(async move { tx.commit().await });
-    h.invalidate.reached.acquire().await.unwrap().forget(); // COMMIT done, invalidation pending
+    let caller = if commit {
+        let mut tx = h.cache.begin().await.unwrap();
+        sqlx::query("UPDATE users SET name = 'written' WHERE id = 1").execute(&mut *tx).await.unwrap();
+        tokio::spawn(async move { tx.commit().await })
+    } else {
+        let cache = h.cache.clone();
+        tokio::spawn(async move {
+            sqlx::query("UPDATE users SET name = 'written' WHERE id = 1").execute(&cache).await.map(drop)
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await; // in flight, in the trigger
     caller.abort(); // the caller gives up
-    let _ = caller.await;
-    h.invalidate.release.send(()).unwrap();
-    // The invalidation runs on the commit's own task; wait for it to land.
-    for _ in 0..100 {
+    assert!(caller.await.unwrap_err().is_cancelled());
+    assert_eq!(h.cache.stats().invalidations, 0, "invalidated before the write landed");
+    // A read while the write is still running sees, and caches, the old row...
+    assert_eq!(name(&h.cache).await, "ada");
+    for _ in 0..500 {
         if h.cache.stats().invalidations == 1 {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    assert_eq!(name(&h.cache).await, "committed", "the abandoned commit's invalidation was not lost");
+    // ...which the write's invalidation, once it landed, replaces.
+    assert_eq!(h.cache.stats().invalidations, 1, "the abandoned write never invalidated");
+    assert_eq!(name(&h.cache).await, "written", "stale after an abandoned write");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pool_write_abandoned_in_flight_invalidates_after_it_lands() {
+    abandon_in_flight(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_commit_abandoned_in_flight_invalidates_after_it_lands() {
+    abandon_in_flight(true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
