@@ -3,9 +3,26 @@
 #![forbid(unsafe_code)]
 
 use serde::{Deserialize, Serialize};
+use sqlacache_core::key::{row_id_of, Key};
+use sqlacache_core::{MemoryStore, Tag};
 use sqlacache_sqlx::Cacheable;
 use sqlx::PgPool;
 use std::time::{Duration, Instant};
+
+/// The point read by primary key, as raw sqlx runs it (the cache runs the same text).
+pub const POINT: &str = "SELECT * FROM bench_users WHERE id = $1";
+/// The 50-row list.
+pub const LIST: &str = "SELECT * FROM bench_users WHERE active ORDER BY id LIMIT 50";
+/// The count.
+pub const COUNT: &str = "SELECT count(*) FROM bench_users WHERE active";
+/// The write by primary key.
+pub const WRITE: &str = "UPDATE bench_users SET score = score + 1 WHERE id = $1";
+
+/// Connects to `DATABASE_URL` (default: the loopback `test` database).
+pub async fn connect() -> Result<PgPool, sqlx::Error> {
+    let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    sqlx::postgres::PgPoolOptions::new().max_connections(4).connect(&url).await
+}
 
 /// A row of `bench_users`.
 #[derive(Debug, Clone, sqlx::FromRow, Serialize, Deserialize, Cacheable)]
@@ -46,6 +63,47 @@ pub async fn create_fixture(pool: &PgPool) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
+/// Drops the benchmark tables.
+pub async fn drop_fixture(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::raw_sql("DROP TABLE IF EXISTS bench_orders; DROP TABLE IF EXISTS bench_users").execute(pool).await?;
+    Ok(())
+}
+
+/// The bytes the cache stores for one `get` of a fixture row (`Option<BenchUser>`, postcard).
+pub fn entry_bytes() -> Vec<u8> {
+    let user = BenchUser {
+        id: USERS / 2,
+        name: format!("user {}", USERS / 2),
+        email: format!("user{}@example.com", USERS / 2),
+        active: true,
+        score: 0,
+    };
+    postcard::to_allocvec(&Some(user)).expect("a fixture row serializes")
+}
+
+/// Table oid used by the store-level benchmarks (any number works: the store only compares).
+const TABLE: u32 = 16_384;
+
+/// A store holding `entries` entries shaped like `get` entries: `bytes` each, depending on one
+/// row tag and the table's row-set tag, as [`sqlacache_sqlx::CachedPool::get`] stores them.
+pub fn filled_store(entries: u64, bytes: &[u8]) -> MemoryStore {
+    let store = MemoryStore::new(4 << 30);
+    let ttl = Duration::from_secs(3600);
+    for id in 0..entries {
+        let row = row_id_of(TABLE, &(id as i64)).expect("integer keys have a row identity");
+        let stored =
+            store.put(Key(u128::from(id)), &[Tag::Row(row), Tag::Rows(TABLE)], store.stamp(), ttl, bytes.to_vec());
+        assert!(stored, "nothing invalidates during the fill");
+    }
+    assert_eq!(store.len() as u64, entries, "the store keeps every entry");
+    store
+}
+
+/// The tags a one-row `UPDATE` by primary key invalidates: the table (lists, counts) and the row.
+pub fn one_row_write_tags(id: i64) -> [Tag; 2] {
+    [Tag::Table(TABLE), Tag::Row(row_id_of(TABLE, &id).expect("integer keys have a row identity"))]
+}
+
 /// Latency samples of one benchmarked operation.
 #[derive(Debug, Default)]
 pub struct Samples(Vec<Duration>);
@@ -56,6 +114,11 @@ impl Samples {
         let start = Instant::now();
         f.await;
         self.0.push(start.elapsed());
+    }
+
+    /// Records one duration measured elsewhere.
+    pub fn push(&mut self, duration: Duration) {
+        self.0.push(duration);
     }
 
     /// The `q` quantile (0.5 for the median).

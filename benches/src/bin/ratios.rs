@@ -1,118 +1,260 @@
-//! One run of the main comparisons, interleaved (A B A B ..) so both sides see the same machine
-//! state, printed as medians, p99s and ratios against raw sqlx.
+//! One run of the main comparisons, interleaved so both sides see the same machine state,
+//! printed as medians, p99s and ratios against raw sqlx, with the targets each must meet.
 //!
 //! ```sh
 //! cargo run --release -p sqlacache-benches --bin ratios
 //! ```
+//!
+//! Each round runs the raw side and the cached side of every comparison once, alternating which
+//! goes first. Writes go to different rows on the two sides so neither updates a row the other
+//! just updated.
 
-use sqlacache_benches::{create_fixture, BenchUser, Samples, USERS};
+use sqlacache_benches::{
+    connect, create_fixture, drop_fixture, entry_bytes, filled_store, one_row_write_tags, BenchUser, Samples, COUNT,
+    LIST, POINT, USERS, WRITE,
+};
+use sqlacache_core::MemoryStore;
 use sqlacache_sqlx::CachedPool;
+use std::future::Future;
 use std::hint::black_box;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-const ROUNDS: i64 = 2_000;
-const POINT: &str = "SELECT * FROM bench_users WHERE id = $1";
-const LIST: &str = "SELECT * FROM bench_users WHERE active ORDER BY id LIMIT 50";
-const COUNT: &str = "SELECT count(*) FROM bench_users WHERE active";
-const WRITE: &str = "UPDATE bench_users SET score = score + 1 WHERE id = $1";
+const ROUNDS: i64 = 5_000;
+/// Invalidations timed together per sample (one is too short for the clock).
+const BATCH: u32 = 100;
 
 fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-fn report(name: &str, raw: &mut Samples, cached: &mut Samples) {
+/// Times `raw` and `cached` once each, in the order the round calls for.
+async fn pair<A: Future<Output = ()>, B: Future<Output = ()>>(
+    round: i64,
+    raw: (&mut Samples, A),
+    cached: (&mut Samples, B),
+) {
+    if round % 2 == 0 {
+        raw.0.time(raw.1).await;
+        cached.0.time(cached.1).await;
+    } else {
+        cached.0.time(cached.1).await;
+        raw.0.time(raw.1).await;
+    }
+}
+
+struct Row {
+    name: &'static str,
+    target: &'static str,
+    met: bool,
+}
+
+fn print_pair(
+    name: &'static str,
+    raw: &mut Samples,
+    cached: &mut Samples,
+    target: &'static str,
+    met: &dyn Fn(f64, f64) -> bool,
+) -> Row {
     let (r, c) = (raw.quantile(0.5), cached.quantile(0.5));
+    let ratio = c.as_secs_f64() / r.as_secs_f64();
     println!(
-        "| {name:<24} | {:>9.2} | {:>9.2} | {:>9.2} | {:>9.2} | {:>8.3}x |",
+        "| {name:<24} | {:>9.2} | {:>9.2} | {:>9.2} | {:>9.2} | {:>8.3}x | {:>7.1}x |",
         us(r),
         us(raw.quantile(0.99)),
         us(c),
         us(cached.quantile(0.99)),
-        c.as_secs_f64() / r.as_secs_f64()
+        ratio,
+        1.0 / ratio,
     );
+    Row { name, target, met: met(us(c), ratio) }
+}
+
+/// Resident memory of this process, in bytes.
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+/// Gets per second from `tasks` tasks hitting the cache for about `duration`.
+async fn hit_throughput(cache: &CachedPool, tasks: i64, duration: Duration) -> f64 {
+    let start = Instant::now();
+    let handles: Vec<_> = (0..tasks)
+        .map(|t| {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                let mut done = 0_u64;
+                while start.elapsed() < duration {
+                    for i in 0..1000 {
+                        black_box(cache.get::<BenchUser>(1 + (t * 13 + i) % 100).await.unwrap());
+                    }
+                    done += 1000;
+                }
+                done
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for handle in handles {
+        total += handle.await.unwrap();
+    }
+    total as f64 / start.elapsed().as_secs_f64()
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(4).connect(&url).await?;
+    let started = Instant::now();
+    let pool = connect().await?;
     create_fixture(&pool).await?;
     let cache = CachedPool::builder(pool.clone()).model::<BenchUser>().build().await?;
     let raw_point = |id: i64| sqlx::query_as::<_, BenchUser>(POINT).bind(id).fetch_one(&pool);
 
-    let [mut raw_hit, mut hit, mut raw_miss, mut miss, mut raw_list, mut list, mut raw_count, mut count, mut raw_write, mut write] =
+    let [mut raw_hit, mut hit, mut raw_miss, mut miss, mut raw_list, mut list, mut raw_count, mut count, mut raw_write, mut write, mut inv_small, mut inv_large] =
         std::array::from_fn(|_| Samples::default());
+
+    // 6: two stores of single-row entries, 10k and 1M, invalidated one row at a time.
+    let bytes = entry_bytes();
+    let rss_before = resident_bytes();
+    let large = filled_store(1_000_000, &bytes);
+    let rss_per_entry =
+        rss_before.zip(resident_bytes()).map(|(before, after)| after.saturating_sub(before) / 1_000_000);
+    let small = filled_store(10_000, &bytes);
+    let invalidate_batch = |store: &MemoryStore, round: i64| {
+        for i in 0..i64::from(BATCH) {
+            store.invalidate(&one_row_write_tags((round * i64::from(BATCH) + i) % 1_000_000));
+        }
+    };
+
     for id in 1..=100 {
         cache.get::<BenchUser>(id).await?;
     }
-    for i in 0..ROUNDS {
-        let (hot, cold) = (1 + i % 100, 1 + (USERS / 2 + i) % USERS);
-        raw_hit
-            .time(async {
-                black_box(raw_point(hot).await.unwrap());
-            })
-            .await;
-        hit.time(async {
+    cache.query_as::<BenchUser>(LIST).fetch_all().await?;
+    cache.query_scalar::<i64>(COUNT).fetch_one().await?;
+    for round in 0..ROUNDS {
+        // 1: hot keys are cached; cold keys are existing rows read once each.
+        let (hot, cold) = (1 + round % 100, USERS / 2 + round % (USERS / 2));
+        let hit_once = async {
             black_box(cache.get::<BenchUser>(hot).await.unwrap());
-        })
-        .await;
-        raw_miss
-            .time(async {
-                black_box(raw_point(cold).await.unwrap());
-            })
-            .await;
-        miss.time(async {
+        };
+        let raw_once = async {
+            black_box(raw_point(hot).await.unwrap());
+        };
+        pair(round, (&mut raw_hit, raw_once), (&mut hit, hit_once)).await;
+        let miss_once = async {
             black_box(cache.get::<BenchUser>(cold).await.unwrap());
-        })
-        .await;
-        raw_list
-            .time(async {
-                black_box(sqlx::query_as::<_, BenchUser>(LIST).fetch_all(&pool).await.unwrap());
-            })
-            .await;
-        list.time(async {
+        };
+        let raw_once = async {
+            black_box(raw_point(cold).await.unwrap());
+        };
+        pair(round, (&mut raw_miss, raw_once), (&mut miss, miss_once)).await;
+        // 2 and 3.
+        let raw_once = async {
+            black_box(sqlx::query_as::<_, BenchUser>(LIST).fetch_all(&pool).await.unwrap());
+        };
+        let list_once = async {
             black_box(cache.query_as::<BenchUser>(LIST).fetch_all().await.unwrap());
-        })
-        .await;
-        raw_count
-            .time(async {
-                black_box(sqlx::query_scalar::<_, i64>(COUNT).fetch_one(&pool).await.unwrap());
-            })
-            .await;
-        count
-            .time(async {
-                black_box(cache.query_scalar::<i64>(COUNT).fetch_one().await.unwrap());
-            })
-            .await;
+        };
+        pair(round, (&mut raw_list, raw_once), (&mut list, list_once)).await;
+        let raw_once = async {
+            black_box(sqlx::query_scalar::<_, i64>(COUNT).fetch_one(&pool).await.unwrap());
+        };
+        let count_once = async {
+            black_box(cache.query_scalar::<i64>(COUNT).fetch_one().await.unwrap());
+        };
+        pair(round, (&mut raw_count, raw_once), (&mut count, count_once)).await;
+        // 6.
+        let time_batch = |store: &MemoryStore, samples: &mut Samples| {
+            let start = Instant::now();
+            invalidate_batch(store, round);
+            samples.push(start.elapsed() / BATCH);
+        };
+        if round % 2 == 0 {
+            time_batch(&small, &mut inv_small);
+            time_batch(&large, &mut inv_large);
+        } else {
+            time_batch(&large, &mut inv_large);
+            time_batch(&small, &mut inv_small);
+        }
     }
-    // Writes run after the reads: each one invalidates the table's lists and counts.
-    for i in 0..ROUNDS {
-        let target = USERS - i % 1000;
-        raw_write
-            .time(async {
-                black_box(sqlx::query(WRITE).bind(target).execute(&pool).await.unwrap());
-            })
-            .await;
-        write
-            .time(async {
-                black_box(sqlx::query(WRITE).bind(target).execute(&cache).await.unwrap());
-            })
-            .await;
+    // 4: after the reads, since each write invalidates the table's lists and counts. The two
+    // sides update different rows.
+    for round in 0..ROUNDS {
+        let raw_once = async {
+            black_box(sqlx::query(WRITE).bind(USERS - round % 500).execute(&pool).await.unwrap());
+        };
+        let write_once = async {
+            black_box(sqlx::query(WRITE).bind(USERS - 500 - round % 500).execute(&cache).await.unwrap());
+        };
+        pair(round, (&mut raw_write, raw_once), (&mut write, write_once)).await;
     }
 
-    println!("{ROUNDS} rounds each, interleaved; microseconds; ratio = cached median / raw median\n");
+    // 5 and 7, after the interleaved part.
+    let throughput_2 = hit_throughput(&cache, 2, Duration::from_secs(2)).await;
+    let throughput_8 = hit_throughput(&cache, 8, Duration::from_secs(2)).await;
+    let sizing = CachedPool::builder(pool.clone()).model::<BenchUser>().build().await?;
+    for id in 1..=1000 {
+        sizing.get::<BenchUser>(id).await?;
+    }
+    let (weight, entries) = sizing.memory_usage();
+
+    println!("{ROUNDS} rounds, each side once per round, alternating which goes first; microseconds\n");
     println!(
-        "| {:<24} | {:>9} | {:>9} | {:>9} | {:>9} | {:>9} |",
-        "operation", "raw p50", "raw p99", "cache p50", "cache p99", "ratio"
+        "| {:<24} | {:>9} | {:>9} | {:>9} | {:>9} | {:>9} | {:>8} |",
+        "operation", "raw p50", "raw p99", "cache p50", "cache p99", "ratio", "speed-up"
     );
-    println!("|{:-<26}|{:->11}|{:->11}|{:->11}|{:->11}|{:->11}|", "", "", "", "", "", "");
-    report("point read, hit", &mut raw_hit, &mut hit);
-    report("point read, miss", &mut raw_miss, &mut miss);
-    report("list of 50, hit", &mut raw_list, &mut list);
-    report("count, hit", &mut raw_count, &mut count);
-    report("write by pk", &mut raw_write, &mut write);
+    println!("|{:-<26}|{:->11}|{:->11}|{:->11}|{:->11}|{:->11}|{:->10}|", "", "", "", "", "", "", "");
+    let mut rows = vec![
+        print_pair("point read, hit", &mut raw_hit, &mut hit, "hit >= 50x faster than raw, median < 2 us", &|c, r| {
+            r <= 1.0 / 50.0 && c < 2.0
+        }),
+        print_pair("point read, miss", &mut raw_miss, &mut miss, "miss <= 1.10x raw", &|_, r| r <= 1.10),
+        print_pair("list of 50, hit", &mut raw_list, &mut list, "list hit median < 20 us", &|c, _| c < 20.0),
+        print_pair("count, hit", &mut raw_count, &mut count, "count hit faster than raw", &|_, r| r < 1.0),
+        print_pair("write by pk", &mut raw_write, &mut write, "write <= 1.05x raw", &|_, r| r <= 1.05),
+    ];
+    println!("\n| {:<24} | {:>14} | {:>14} | {:>9} |", "one-row invalidation", "10,000 entries", "1,000,000", "ratio");
+    println!("|{:-<26}|{:->16}|{:->16}|{:->11}|", "", "", "", "");
+    let (small_p50, large_p50) = (inv_small.quantile(0.5), inv_large.quantile(0.5));
+    let inv_ratio = large_p50.as_secs_f64() / small_p50.as_secs_f64();
+    println!(
+        "| {:<24} | {:>11.0} ns | {:>11.0} ns | {:>8.3}x |",
+        "median",
+        small_p50.as_secs_f64() * 1e9,
+        large_p50.as_secs_f64() * 1e9,
+        inv_ratio
+    );
+    println!(
+        "| {:<24} | {:>11.0} ns | {:>11.0} ns | {:>9} |",
+        "p99",
+        inv_small.quantile(0.99).as_secs_f64() * 1e9,
+        inv_large.quantile(0.99).as_secs_f64() * 1e9,
+        ""
+    );
+    rows.push(Row { name: "invalidation", target: "1M entries <= 1.2x the cost at 10k", met: inv_ratio <= 1.2 });
+    println!(
+        "\nhit throughput: {:.2} M gets/s with 2 tasks, {:.2} M gets/s with 8 tasks (2 worker threads)",
+        throughput_2 / 1e6,
+        throughput_8 / 1e6
+    );
+    rows.push(Row { name: "hit throughput", target: ">= 1M gets/s with 2 tasks", met: throughput_2 >= 1e6 });
+    println!(
+        "memory: {} bytes per cached single-row entry (store weight {weight} / {entries} entries); {} bytes resident per entry in the 1M-entry store",
+        weight / entries.max(1) as u64,
+        rss_per_entry.map_or("?".to_owned(), |b| b.to_string()),
+    );
+    println!("\n| {:<24} | {:<44} | {:<4} |", "target", "", "met");
+    println!("|{:-<26}|{:-<46}|{:-<6}|", "", "", "");
+    for row in &rows {
+        println!("| {:<24} | {:<44} | {:<4} |", row.name, row.target, if row.met { "yes" } else { "NO" });
+    }
     let stats = cache.stats();
-    println!("\ncache: {} hits, {} misses, {} invalidations", stats.hits, stats.misses, stats.invalidations);
-    sqlx::raw_sql("DROP TABLE bench_orders; DROP TABLE bench_users").execute(&pool).await?;
+    println!(
+        "\ncache: {} hits, {} misses, {} invalidations; run took {:.0} s",
+        stats.hits,
+        stats.misses,
+        stats.invalidations,
+        started.elapsed().as_secs_f64()
+    );
+    drop_fixture(&pool).await?;
     Ok(())
 }

@@ -1,0 +1,38 @@
+//! A loop of cache hits for profilers. It counts nothing itself: run it under
+//! `valgrind --tool=callgrind` twice with different counts and subtract, so the set-up drops out.
+//!
+//! ```sh
+//! cargo build --release -p sqlacache-benches --example hit_loop
+//! valgrind --tool=callgrind target/release/examples/hit_loop get 100000
+//! ```
+
+use sqlacache_benches::{connect, create_fixture, drop_fixture, BenchUser, COUNT, LIST};
+use sqlacache_sqlx::CachedPool;
+use std::hint::black_box;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let what = args.next().unwrap_or_else(|| "get".into());
+    let count: i64 = args.next().map_or(Ok(100_000), |n| n.parse())?;
+    let pool = connect().await?;
+    create_fixture(&pool).await?;
+    let cache = CachedPool::builder(pool.clone()).model::<BenchUser>().build().await?;
+    for id in 1..=100 {
+        cache.get::<BenchUser>(id).await?;
+    }
+    cache.query_as::<BenchUser>(LIST).fetch_all().await?;
+    cache.query_scalar::<i64>(COUNT).fetch_one().await?;
+    for i in 0..count {
+        match what.as_str() {
+            "get" => drop(black_box(cache.get::<BenchUser>(1 + i % 100).await?)),
+            "list" => drop(black_box(cache.query_as::<BenchUser>(LIST).fetch_all().await?)),
+            "count" => drop(black_box(cache.query_scalar::<i64>(COUNT).fetch_one().await?)),
+            other => return Err(format!("unknown loop `{other}`: get, list or count").into()),
+        }
+    }
+    let stats = cache.stats();
+    assert_eq!(stats.hits as i64, count, "every iteration is a hit");
+    drop_fixture(&pool).await?;
+    Ok(())
+}
