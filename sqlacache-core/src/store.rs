@@ -25,7 +25,8 @@
 //! # Reads share nothing they write
 //!
 //! A hit takes a copy of its entry (one allocation for the value bytes) instead of a reference
-//! count on a shared one, and reads the clocks without locking: threads hitting the same hot
+//! count on a shared one (values over `SHARE_ABOVE` bytes, whose copy would cost more than the
+//! contention, are shared), and reads the clocks without locking: threads hitting the same hot
 //! entries do not contend for a cache line. Only invalidations and fills write shared state.
 
 use crate::key::Key;
@@ -134,13 +135,39 @@ pub struct Entry {
     stamp: u64,
     expires: Instant,
     deps: Deps,
-    bytes: Box<[u8]>,
+    bytes: Value,
+}
+
+/// Values larger than this are shared by reference count rather than copied on each hit.
+const SHARE_ABOVE: usize = 16 * 1024;
+
+#[derive(Clone)]
+enum Value {
+    Copied(Box<[u8]>),
+    Shared(std::sync::Arc<[u8]>),
+}
+
+impl Value {
+    fn new(bytes: Vec<u8>) -> Value {
+        if bytes.len() > SHARE_ABOVE {
+            Value::Shared(bytes.into())
+        } else {
+            Value::Copied(bytes.into())
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Value::Copied(bytes) => bytes,
+            Value::Shared(bytes) => bytes,
+        }
+    }
 }
 
 impl Entry {
     /// The serialized value.
     pub fn bytes(&self) -> &[u8] {
-        &self.bytes
+        self.bytes.as_slice()
     }
 }
 
@@ -149,7 +176,7 @@ impl fmt::Debug for Entry {
         f.debug_struct("Entry")
             .field("stamp", &self.stamp)
             .field("deps", &self.deps.as_slice().len())
-            .field("bytes", &self.bytes.len())
+            .field("bytes", &self.bytes().len())
             .finish()
     }
 }
@@ -159,7 +186,7 @@ struct EntryWeight;
 
 impl quick_cache::Weighter<u128, Entry> for EntryWeight {
     fn weight(&self, _: &u128, entry: &Entry) -> u64 {
-        (entry.bytes.len() + 24 * entry.deps.as_slice().len() + 96) as u64
+        (entry.bytes().len() + 24 * entry.deps.as_slice().len() + 96) as u64
     }
 }
 
@@ -245,7 +272,7 @@ impl MemoryStore {
             })
             .collect();
         let expires = Instant::now().checked_add(ttl).unwrap_or_else(far_future);
-        let entry = Entry { stamp, expires, deps: Deps::new(&deps), bytes: bytes.into() };
+        let entry = Entry { stamp, expires, deps: Deps::new(&deps), bytes: Value::new(bytes) };
         if !self.is_fresh(&entry) {
             return false;
         }
@@ -292,7 +319,7 @@ impl MemoryStore {
         let keys: Vec<u128> = self.entries.iter().map(|(k, _)| k).collect();
         for key in keys {
             if let Some(entry) = self.entries.get(&key) {
-                self.entries.insert(key, Entry { bytes: vec![0xFF].into(), ..entry });
+                self.entries.insert(key, Entry { bytes: Value::new(vec![0xFF]), ..entry });
             }
         }
     }
@@ -431,6 +458,15 @@ mod tests {
         assert!(store.get(Key(last)).is_none(), "tables sharing the overflow clock are invalidated together");
         assert!(store.get(Key(u128::from(beyond))).is_none());
         assert!(store.get(Key(7)).is_some(), "tables with a clock of their own stay precise");
+    }
+
+    #[test]
+    fn large_values_are_served_whole() {
+        let store = MemoryStore::new(1 << 24);
+        let large: Vec<u8> = (0..SHARE_ABOVE * 3).map(|i| i as u8).collect();
+        assert!(store.put(Key(1), &[Tag::Table(1)], store.stamp(), TTL, large.clone()));
+        assert_eq!(store.get(Key(1)).unwrap().bytes(), &large[..]);
+        assert_eq!(store.get(Key(1)).unwrap().bytes(), &large[..], "a second hit sees the same bytes");
     }
 
     #[test]
