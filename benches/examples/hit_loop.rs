@@ -1,4 +1,4 @@
-//! A loop of cache hits for profilers. It counts nothing itself: run it under
+//! A loop of cache hits (or misses, or raw reads) for profilers. It counts nothing itself: run it under
 //! `valgrind --tool=callgrind` twice with different counts and subtract, so the set-up drops out.
 //!
 //! ```sh
@@ -6,7 +6,7 @@
 //! valgrind --tool=callgrind target/release/examples/hit_loop get 100000
 //! ```
 
-use sqlacache_benches::{connect, create_fixture, drop_fixture, BenchUser, COUNT, LIST};
+use sqlacache_benches::{connect, create_fixture, drop_fixture, BenchUser, COUNT, LIST, POINT};
 use sqlacache_sqlx::CachedPool;
 use std::hint::black_box;
 
@@ -28,11 +28,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "get" => drop(black_box(cache.get::<BenchUser>(1 + i % 100).await?)),
             "list" => drop(black_box(cache.query_as::<BenchUser>(LIST).fetch_all().await?)),
             "count" => drop(black_box(cache.query_scalar::<i64>(COUNT).fetch_one().await?)),
-            other => return Err(format!("unknown loop `{other}`: get, list or count").into()),
+            // For comparison: misses (distinct absent keys) and the raw read they replace.
+            "miss" => drop(black_box(cache.get::<BenchUser>(1_000_000 + i).await?)),
+            "raw" => {
+                drop(black_box(sqlx::query_as::<_, BenchUser>(POINT).bind(1_000_000 + i).fetch_optional(&pool).await?))
+            }
+            other => return Err(format!("unknown loop `{other}`: get, list, count, miss or raw").into()),
         }
     }
     let stats = cache.stats();
-    assert_eq!(stats.hits as i64, count, "every iteration is a hit");
+    let expected = if matches!(what.as_str(), "miss" | "raw") { 0 } else { count };
+    assert_eq!(stats.hits as i64, expected, "every iteration of a hit loop is a hit");
     drop_fixture(&pool).await?;
     Ok(())
 }
