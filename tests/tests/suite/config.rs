@@ -136,3 +136,19 @@ async fn the_op_is_read_from_the_parsed_statement() {
     let stats = cache.stats();
     assert_eq!((stats.hits, stats.bypassed), (1, 4));
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn pools_on_one_thread_keep_their_own_plans() {
+    // Plans are memoized per thread in front of each pool's memo: on one thread, the same SQL
+    // through two differently configured pools must still follow each pool's configuration.
+    let db = TestDb::new().await;
+    let caching = db.cache().await;
+    let disabled = db.builder().disable_table("users").build().await.unwrap();
+    for cache in [&caching, &disabled, &caching, &disabled] {
+        cache.get::<User>(1_i64).await.unwrap();
+        cache.query_scalar::<i64>("SELECT count(*) FROM users").fetch_one().await.unwrap();
+    }
+    let (on, off) = (caching.stats(), disabled.stats());
+    assert_eq!((on.hits, on.bypassed), (2, 0));
+    assert_eq!((off.hits, off.bypassed), (0, 4), "the disabled pool used the other pool's plans");
+}
