@@ -27,7 +27,7 @@ struct Fixture {
 fn fixture() -> Fixture {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let (pool, cache) = rt.block_on(async {
-        let pool = connect().await.expect("connect to PostgreSQL");
+        let pool = connect().await.unwrap_or_else(|error| panic!("{error}"));
         create_fixture(&pool).await.expect("create the bench tables");
         let cache = CachedPool::builder(pool.clone()).model::<BenchUser>().build().await.expect("build the cache");
         for id in 1..=100 {

@@ -11,7 +11,7 @@ use sqlacache_sqlx::CachedPool;
 use std::hint::black_box;
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let mut args = std::env::args().skip(1);
     let what = args.next().unwrap_or_else(|| "get".into());
     let count: i64 = args.next().map_or(Ok(100_000), |n| n.parse())?;

@@ -18,10 +18,17 @@ pub const COUNT: &str = "SELECT count(*) FROM bench_users WHERE active";
 /// The write by primary key.
 pub const WRITE: &str = "UPDATE bench_users SET score = score + 1 WHERE id = $1";
 
-/// Connects to `DATABASE_URL` (default: the loopback `test` database).
-pub async fn connect() -> Result<PgPool, sqlx::Error> {
+/// Connects to `DATABASE_URL` (default: the loopback `test` database); the error says how to
+/// start PostgreSQL.
+pub async fn connect() -> Result<PgPool, Box<dyn std::error::Error + Send + Sync>> {
     let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    sqlx::postgres::PgPoolOptions::new().max_connections(4).connect(&url).await
+    sqlx::postgres::PgPoolOptions::new().max_connections(4).connect(&url).await.map_err(|error| {
+        format!(
+            "cannot reach PostgreSQL at {url}: {error}\nstart it with: pg_ctlcluster --skip-systemctl-redirect \
+             $(ls /etc/postgresql) main start (or set DATABASE_URL to a reachable PostgreSQL)"
+        )
+        .into()
+    })
 }
 
 /// A row of `bench_users`.

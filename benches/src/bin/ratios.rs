@@ -102,9 +102,12 @@ async fn hit_throughput(cache: &CachedPool, tasks: i64, duration: Duration) -> f
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let started = Instant::now();
-    let pool = connect().await?;
+    let pool = connect().await.unwrap_or_else(|error| {
+        eprintln!("{error}");
+        std::process::exit(2);
+    });
     create_fixture(&pool).await?;
     let cache = CachedPool::builder(pool.clone()).model::<BenchUser>().build().await?;
     let raw_point = |id: i64| sqlx::query_as::<_, BenchUser>(POINT).bind(id).fetch_one(&pool);
