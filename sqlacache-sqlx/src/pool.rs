@@ -45,45 +45,13 @@ mod local_plans {
     use super::Plan;
     use std::cell::RefCell;
     use std::collections::HashMap;
-    use std::hash::{BuildHasherDefault, Hasher};
     use std::sync::Arc;
 
     const MAX_POOLS: usize = 8;
     const MAX_PLANS: usize = 512;
 
-    /// A word-at-a-time multiplicative hash (as rustc's `FxHasher`). SipHash, the default, cost
-    /// more than the rest of a plan lookup; the keys are the application's SQL strings and the
-    /// map is small and bounded, so flooding resistance buys nothing here.
-    #[derive(Default)]
-    pub struct WordHasher(u64);
-
-    impl WordHasher {
-        fn add(&mut self, word: u64) {
-            self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-        }
-    }
-
-    impl Hasher for WordHasher {
-        fn write(&mut self, bytes: &[u8]) {
-            let mut chunks = bytes.chunks_exact(8);
-            for chunk in &mut chunks {
-                self.add(u64::from_le_bytes(chunk.try_into().expect("8 bytes")));
-            }
-            let mut last = [0u8; 8];
-            last[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
-            self.add(u64::from_le_bytes(last) ^ bytes.len() as u64);
-        }
-
-        fn write_u64(&mut self, word: u64) {
-            self.add(word);
-        }
-
-        fn finish(&self) -> u64 {
-            self.0
-        }
-    }
-
-    type Map<K, V> = HashMap<K, V, BuildHasherDefault<WordHasher>>;
+    /// quick_cache's hasher: std's SipHash cost more than the rest of a plan lookup.
+    type Map<K, V> = HashMap<K, V, quick_cache::DefaultHashBuilder>;
     /// Plans by SQL, of one pool.
     type PoolPlans = Map<Box<str>, Arc<Plan>>;
 
