@@ -76,26 +76,11 @@ impl Material {
     }
 
     /// The first 128 bits of the BLAKE3 digest of everything added, then `suffix`.
-    fn digest(&self, suffix: &[u8]) -> u128 {
+    fn digest(mut self, suffix: &[u8]) -> u128 {
+        self.update(suffix);
         let hash = match &self.spilled {
-            Some(hasher) => {
-                let mut hasher = hasher.as_ref().clone();
-                hasher.update(suffix);
-                hasher.finalize()
-            }
-            None => match self.buf.get(self.len..self.len + suffix.len()) {
-                Some(_) => {
-                    let mut buf = self.buf;
-                    buf[self.len..self.len + suffix.len()].copy_from_slice(suffix);
-                    blake3::hash(&buf[..self.len + suffix.len()])
-                }
-                None => {
-                    let mut hasher = blake3::Hasher::new();
-                    hasher.update(&self.buf[..self.len]);
-                    hasher.update(suffix);
-                    hasher.finalize()
-                }
-            },
+            Some(hasher) => hasher.finalize(),
+            None => blake3::hash(&self.buf[..self.len]),
         };
         let mut first = [0u8; 16];
         first.copy_from_slice(&hash.as_bytes()[..16]);
@@ -113,9 +98,10 @@ impl Material {
 /// a.arg(&1_i64).unwrap();
 /// let mut b = KeyBuilder::new(8);
 /// b.arg(&1_i64).unwrap();
-/// assert_ne!(a.finish(&sql, 1), b.finish(&sql, 1), "the type fingerprint is part of the key");
-/// assert_ne!(a.finish(&sql, 1), a.finish(&sql, 2), "so is the kind of call");
-/// assert_ne!(a.finish(&sql, 1), a.finish(&SqlDigest::of("SELECT 1"), 1), "and the SQL");
+/// let key = |k: &KeyBuilder, sql, kind| k.clone().finish(sql, kind);
+/// assert_ne!(key(&a, &sql, 1), key(&b, &sql, 1), "the type fingerprint is part of the key");
+/// assert_ne!(key(&a, &sql, 1), key(&a, &sql, 2), "so is the kind of call");
+/// assert_ne!(key(&a, &sql, 1), key(&a, &SqlDigest::of("SELECT 1"), 1), "and the SQL");
 /// ```
 #[derive(Clone)]
 pub struct KeyBuilder {
@@ -160,7 +146,7 @@ impl KeyBuilder {
 
     /// The finished key for a read of the SQL with digest `sql`, by a call of kind `kind`
     /// (calls that store different shapes of result for the same SQL use different kinds).
-    pub fn finish(&self, sql: &SqlDigest, kind: u8) -> Key {
+    pub fn finish(self, sql: &SqlDigest, kind: u8) -> Key {
         // Fixed-size trailer after length-prefixed arguments: the framing stays unambiguous.
         let mut suffix = [0u8; 33];
         suffix[..32].copy_from_slice(&sql.0);

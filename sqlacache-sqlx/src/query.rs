@@ -26,7 +26,7 @@ fn op_of(op: ReadOp) -> Ops {
 async fn read<R, F, Fut>(
     pool: &CachedPool,
     sql: &str,
-    key: Option<&KeyBuilder>,
+    key: Option<KeyBuilder>,
     kind: u8,
     fill: F,
 ) -> Result<R, sqlx::Error>
@@ -131,14 +131,14 @@ macro_rules! builder_methods {
         pub async fn fetch_all(self) -> Result<Vec<$out>, sqlx::Error> {
             let (pool, sql, args, key, persistent) = self.bound.take()?;
             let fill = || $query(sql.clone(), args).persistent(persistent).fetch_all(pool);
-            read(pool, sql.as_str(), key.as_ref(), kind::ALL, fill).await
+            read(pool, sql.as_str(), key, kind::ALL, fill).await
         }
 
         #[doc = $optional]
         pub async fn fetch_optional(self) -> Result<Option<$out>, sqlx::Error> {
             let (pool, sql, args, key, persistent) = self.bound.take()?;
             let fill = || $query(sql.clone(), args).persistent(persistent).fetch_optional(pool);
-            read(pool, sql.as_str(), key.as_ref(), kind::OPTIONAL, fill).await
+            read(pool, sql.as_str(), key, kind::OPTIONAL, fill).await
         }
 
         #[doc = $one]
@@ -231,12 +231,12 @@ where
 
     /// All rows.
     pub async fn fetch_all(self, cache: &CachedPool) -> Result<Vec<T>, sqlx::Error> {
-        read(cache, self.sql, self.key.as_ref(), kind::ALL, || self.map.fetch_all(cache)).await
+        read(cache, self.sql, self.key, kind::ALL, || self.map.fetch_all(cache)).await
     }
 
     /// The first row, if any.
     pub async fn fetch_optional(self, cache: &CachedPool) -> Result<Option<T>, sqlx::Error> {
-        read(cache, self.sql, self.key.as_ref(), kind::OPTIONAL, || self.map.fetch_optional(cache)).await
+        read(cache, self.sql, self.key, kind::OPTIONAL, || self.map.fetch_optional(cache)).await
     }
 
     /// The first row; [`sqlx::Error::RowNotFound`] when there is none.
