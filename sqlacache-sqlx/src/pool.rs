@@ -276,6 +276,15 @@ impl Shared {
     }
 }
 
+/// The row identity of `T`'s row with `key`, given the table a plan reads and its primary-key
+/// columns; `None` when `T`'s key is not that primary key or has no exact text form, so any
+/// write to the table may be a write to this row.
+fn row_of<T: Cacheable>((oid, columns): &(u32, Option<Vec<String>>), key: &T::Key) -> Option<u128> {
+    let same_key =
+        columns.as_ref().is_some_and(|c| c.iter().map(String::as_str).eq(T::MODEL.primary_key.iter().copied()));
+    same_key.then(|| row_id_of(*oid, key)).flatten()
+}
+
 /// A [`PgPool`] with a query cache in front of it.
 ///
 /// Every write made through it (with any sqlx API: `query`, `query_as`, `query!`, `raw_sql`)
@@ -376,16 +385,11 @@ impl CachedPool {
         let read = plan.read.as_ref().filter(|r| keyable && r.allowed.contains(Ops::GET));
         let cached = read.and_then(|read| Some((read, read.single.as_ref()?)));
         // The row identity is hashed only when a fill stores an entry; a hit does not need it.
-        let deps = |(oid, columns): &(u32, Option<Vec<String>>), key: &T::Key| {
-            let same_key =
-                columns.as_ref().is_some_and(|c| c.iter().map(String::as_str).eq(model.primary_key.iter().copied()));
-            match same_key.then(|| row_id_of(*oid, key)).flatten() {
-                Some(row) => [Tag::Row(row), Tag::Rows(*oid)],
-                // The key is not the table's primary key (or has no exact text form): any
-                // write to the table may change this row. (`All` is implicit in every entry;
-                // it only fills the array.)
-                None => [Tag::Table(*oid), Tag::All],
-            }
+        let deps = |single: &(u32, Option<Vec<String>>), key: &T::Key| match row_of::<T>(single, key) {
+            Some(row) => [Tag::Row(row), Tag::Rows(single.0)],
+            // Any write to the table may change this row. (`All` is implicit in every entry; it
+            // only fills the array.)
+            None => [Tag::Table(single.0), Tag::All],
         };
         let fetch = |key: T::Key| async move {
             let mut args = PgArguments::default();
@@ -460,16 +464,15 @@ impl CachedPool {
     /// its table), for changes made where the cache cannot see them.
     pub async fn invalidate_rows<T: Cacheable>(&self, keys: &[T::Key]) -> Result<(), Error> {
         let plan = self.shared.plan(T::MODEL.get_sql).await?;
-        let Some((oid, columns)) = plan.read.as_ref().and_then(|r| r.single.clone()) else {
+        let Some(single) = plan.read.as_ref().and_then(|r| r.single.as_ref()) else {
             return self.invalidate_table(T::MODEL.table).await;
         };
-        let same_key = columns.is_some_and(|c| c.iter().map(String::as_str).eq(T::MODEL.primary_key.iter().copied()));
-        let mut tags = vec![Tag::Table(oid)];
+        let mut tags = vec![Tag::Table(single.0)];
         for key in keys {
-            match row_id_of(oid, key).filter(|_| same_key) {
+            match row_of::<T>(single, key) {
                 Some(row) => tags.push(Tag::Row(row)),
                 None => {
-                    tags.push(Tag::Rows(oid));
+                    tags.push(Tag::Rows(single.0));
                     break;
                 }
             }
