@@ -17,6 +17,7 @@ use sqlx::error::BoxDynError;
 use sqlx::postgres::{PgArguments, PgConnection, PgQueryResult, PgRow, PgStatement, PgTypeInfo, PgValueFormat};
 use sqlx::Either;
 use sqlx::{AssertSqlSafe, Execute, Executor, Postgres, Row, SqlSafeStr, SqlStr, TypeInfo, ValueRef};
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -95,13 +96,10 @@ pub(crate) fn run<'e>(shared: Arc<Shared>, target: Target<'e>, prepared: Prepare
             }
             let steps: BoxStream<'e, Step> = match target {
                 Target::Pool if matches!(plan.write, WritePlan::None) => Box::pin((&shared.pool).fetch_many(prepared)),
-                Target::Pool => Box::pin(PoolWrite {
-                    stream: Some(WriteStream {
-                        inner: (&shared.pool).fetch_many(prepared),
-                        tracker: Some(Tracker::new(&shared, &plan, None, track_rows)),
-                    }),
-                    started: false,
-                }),
+                Target::Pool => Box::pin(PoolWrite(Some(WriteStream {
+                    inner: (&shared.pool).fetch_many(prepared),
+                    tracker: Some(Tracker::new(&shared, &plan, None, track_rows)),
+                }))),
                 Target::Transaction(conn, pending) => {
                     // Invalidations wait for COMMIT, which `CachedTransaction::commit` runs to its
                     // end in the same way.
@@ -117,21 +115,17 @@ pub(crate) fn run<'e>(shared: Arc<Shared>, target: Target<'e>, prepared: Prepare
     )
 }
 
-/// A write on the pool. It runs in the caller's task; if the caller stops listening after it
-/// started and before its end (a cancelled future), the rest of it is driven on a task of its
-/// own, so the invalidation still follows the statement's completion rather than preceding it.
-struct PoolWrite {
-    stream: Option<WriteStream<'static>>,
-    started: bool,
-}
+/// A write on the pool. It runs in the caller's task; if the caller stops listening before its
+/// end (a cancelled future), the rest of it is driven on a task of its own, so the invalidation
+/// still follows the statement's completion rather than preceding it. (It is made inside
+/// [`run`]'s first poll and polled at once, so it is never dropped before it started.)
+struct PoolWrite(Option<WriteStream<'static>>);
 
 impl futures_core::Stream for PoolWrite {
     type Item = Step;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Step>> {
-        let this = self.get_mut();
-        this.started = true;
-        match &mut this.stream {
+        match &mut self.get_mut().0 {
             Some(stream) => stream.poll_next_unpin(cx),
             None => Poll::Ready(None),
         }
@@ -140,22 +134,18 @@ impl futures_core::Stream for PoolWrite {
 
 impl Drop for PoolWrite {
     fn drop(&mut self) {
-        let Some(mut rest) = self.stream.take().filter(|s| s.tracker.is_some()) else {
-            return;
-        };
-        if !self.started {
-            // Never polled: nothing was sent, nothing to invalidate.
-            rest.tracker = None;
-            return;
+        if let Some(mut rest) = self.0.take().filter(|s| s.tracker.is_some()) {
+            finish_in_background(async move { while rest.next().await.is_some() {} });
         }
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(async move { while rest.next().await.is_some() {} });
-            }
-            // No runtime to finish on (sqlx needs one too, so this is a runtime shutting down):
-            // dropping `rest` invalidates now, as an abandoned write.
-            Err(_) => drop(rest),
-        }
+    }
+}
+
+/// Runs the unfinished rest of an abandoned write (a statement or a commit) on a task of its
+/// own. Without a runtime (sqlx needs one too, so one is shutting down) `rest` is dropped here
+/// instead, and the write's own drop invalidates at once, as for any abandoned write.
+pub(crate) fn finish_in_background(rest: impl Future<Output = ()> + Send + 'static) {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(rest);
     }
 }
 

@@ -115,10 +115,11 @@ impl<F: Future<Output = Result<(), sqlx::Error>> + Send + 'static> Future for Fi
 impl<F: Future<Output = Result<(), sqlx::Error>> + Send + 'static> Drop for FinishOnDrop<F> {
     fn drop(&mut self) {
         // Only ever dropped unfinished after a first poll: `commit` awaits it at once.
-        if let (Some(rest), Ok(runtime)) = (self.0.take(), tokio::runtime::Handle::try_current()) {
-            runtime.spawn(rest);
+        if let Some(rest) = self.0.take() {
+            crate::executor::finish_in_background(async move {
+                let _ = rest.await;
+            });
         }
-        // Without a runtime the rest is dropped here, and `ApplyOnDrop` invalidates now.
     }
 }
 
