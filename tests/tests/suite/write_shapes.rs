@@ -40,6 +40,11 @@ async fn assert_hit(cache: &CachedPool, id: i64, case: &str) {
 
 /// Runs `write` on a fresh, fully cached schema; then checks freshness and, when given, that a
 /// point read of an untouched row is still a hit.
+/// Runs one write statement through the cache.
+async fn exec(cache: &CachedPool, sql: &'static str) {
+    sqlx::query(sql).execute(cache).await.unwrap();
+}
+
 async fn case<F, Fut>(name: &str, untouched: Option<i64>, write: F)
 where
     F: FnOnce(CachedPool) -> Fut,
@@ -59,7 +64,7 @@ where
 #[tokio::test]
 async fn pk_in_list() {
     case("IN", Some(3), |c| async move {
-        sqlx::query("UPDATE users SET name = 'x' WHERE id IN (1, 2)").execute(&c).await.unwrap();
+        exec(&c, "UPDATE users SET name = 'x' WHERE id IN (1, 2)").await;
     })
     .await;
 }
@@ -84,7 +89,7 @@ async fn bulk_update_by_other_column() {
 #[tokio::test]
 async fn bulk_delete_by_other_column() {
     case("bulk delete", Some(1), |c| async move {
-        sqlx::query("DELETE FROM users WHERE NOT active").execute(&c).await.unwrap();
+        exec(&c, "DELETE FROM users WHERE NOT active").await;
     })
     .await;
 }
@@ -105,10 +110,7 @@ async fn upsert_do_update() {
 #[tokio::test]
 async fn upsert_inserting_a_cached_absent_row() {
     case("upsert insert", Some(1), |c| async move {
-        sqlx::query("INSERT INTO users (id, name) VALUES (4, 'four') ON CONFLICT (id) DO NOTHING")
-            .execute(&c)
-            .await
-            .unwrap();
+        exec(&c, "INSERT INTO users (id, name) VALUES (4, 'four') ON CONFLICT (id) DO NOTHING").await;
     })
     .await;
 }
@@ -116,10 +118,7 @@ async fn upsert_inserting_a_cached_absent_row() {
 #[tokio::test]
 async fn insert_select() {
     case("insert select", Some(1), |c| async move {
-        sqlx::query("INSERT INTO users (id, name, active) SELECT id + 1, name, false FROM users WHERE id = 3")
-            .execute(&c)
-            .await
-            .unwrap();
+        exec(&c, "INSERT INTO users (id, name, active) SELECT id + 1, name, false FROM users WHERE id = 3").await;
     })
     .await;
 }
@@ -160,7 +159,7 @@ async fn single_statement_raw_sql_is_precise() {
 #[tokio::test]
 async fn truncate_cascade() {
     case("truncate", None, |c| async move {
-        sqlx::query("TRUNCATE users CASCADE").execute(&c).await.unwrap();
+        exec(&c, "TRUNCATE users CASCADE").await;
     })
     .await;
 }
@@ -207,10 +206,7 @@ async fn fetch_on_a_write_without_returning_yields_no_rows() {
 #[tokio::test]
 async fn update_from_with_alias() {
     case("update from", Some(1), |c| async move {
-        sqlx::query("UPDATE users AS u SET name = 'from' FROM orders o WHERE o.user_id = u.id AND o.total = 70")
-            .execute(&c)
-            .await
-            .unwrap();
+        exec(&c, "UPDATE users AS u SET name = 'from' FROM orders o WHERE o.user_id = u.id AND o.total = 70").await;
     })
     .await;
 }
@@ -218,7 +214,7 @@ async fn update_from_with_alias() {
 #[tokio::test]
 async fn update_changing_the_primary_key() {
     case("pk change", None, |c| async move {
-        sqlx::query("UPDATE users SET id = 4 WHERE id = 3").execute(&c).await.unwrap();
+        exec(&c, "UPDATE users SET id = 4 WHERE id = 3").await;
     })
     .await;
 }
@@ -240,7 +236,7 @@ async fn merge() {
 #[tokio::test]
 async fn child_writes_only_touch_the_child() {
     case("child", Some(1), |c| async move {
-        sqlx::query("UPDATE orders SET total = total + 1 WHERE user_id = 1").execute(&c).await.unwrap();
+        exec(&c, "UPDATE orders SET total = total + 1 WHERE user_id = 1").await;
     })
     .await;
 }
