@@ -17,6 +17,8 @@ use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Token, Tokenizer};
 use std::ops::ControlFlow;
 
+pub use crate::stats::Uncached;
+
 /// A table reference as written, normalized like PostgreSQL folds identifiers.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct TableName {
@@ -52,13 +54,7 @@ impl TableName {
                 ObjectNamePart::Function(_) => None,
             })
             .collect::<Option<_>>()?;
-        let norm = |i: &ast::Ident| {
-            if i.quote_style.is_some() {
-                i.value.clone()
-            } else {
-                i.value.to_lowercase()
-            }
-        };
+        let norm = ident;
         match idents.as_slice() {
             [name] => Some(TableName { schema: None, name: norm(name) }),
             [schema, name] => Some(TableName { schema: Some(norm(schema)), name: norm(name) }),
@@ -187,19 +183,112 @@ pub enum Effect {
     },
 }
 
+/// A function called by a statement, as written (folded like PostgreSQL folds identifiers).
+/// Whether a read calling it may be cached is decided with the catalog (`pg_proc`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct FunctionName {
+    /// The schema, when the call is qualified.
+    pub schema: Option<String>,
+    /// The function name.
+    pub name: String,
+}
+
 /// The analysis of one SQL string.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Analysis {
     /// `Ok` when the string is one read statement that may be cached; otherwise why not.
-    pub read: Result<Read, &'static str>,
+    pub read: Result<Read, Uncached>,
+    /// Functions the statement calls; a read is cached only if every one is immutable.
+    pub functions: Vec<FunctionName>,
     /// What executing it does.
     pub effect: Effect,
     /// Number of statements in the string (0 when it did not parse).
     pub statements: usize,
     /// Whether it changes the schema (the caller should reload its catalog).
     pub ddl: bool,
-    /// Temporary tables it creates.
+    /// Temporary relations (tables and views) it creates.
     pub temp_tables: Vec<String>,
+    /// Whether it changes the state of the session that runs it beyond the statement: a
+    /// session-level `SET`, `RESET`, `SET ROLE`, `SET SESSION AUTHORIZATION`, `DISCARD`,
+    /// `set_config(..)`, or a `BEGIN` that the string leaves open.
+    pub session: bool,
+    /// Whether it contains transaction control (`BEGIN`, `COMMIT`, `ROLLBACK`, `END`, ..) or
+    /// runs code that may commit (`CALL`, `DO`): then part of it may have committed even when
+    /// it fails.
+    pub transaction_control: bool,
+    /// Whether it contains a `BEGIN` / `START TRANSACTION`: if it fails, the session may be
+    /// left inside an aborted transaction.
+    pub begins: bool,
+}
+
+impl Analysis {
+    fn empty(read: Uncached, effect: Effect, statements: usize) -> Analysis {
+        Analysis {
+            read: Err(read),
+            functions: Vec::new(),
+            effect,
+            statements,
+            ddl: false,
+            temp_tables: Vec::new(),
+            session: false,
+            transaction_control: false,
+            begins: false,
+        }
+    }
+}
+
+/// Respells valid PostgreSQL that the parser does not know as what it means: blanks the words
+/// that make `FOR NO KEY UPDATE` and `FOR KEY SHARE` (keeping every byte offset), so they
+/// parse as the `FOR UPDATE` / `FOR SHARE` they lock like, and writes a leading `TABLE t` as
+/// `SELECT * FROM t`. `None` when there is nothing to respell.
+fn respell_locks(sql: &str) -> Option<String> {
+    let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize_with_location().ok()?;
+    let words: Vec<(usize, &sqlparser::tokenizer::TokenWithSpan)> =
+        tokens.iter().filter(|t| !matches!(t.token, Token::Whitespace(_))).enumerate().collect();
+    let is = |i: usize, word: &str| {
+        words.get(i).is_some_and(|(_, t)| matches!(&t.token, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(word)))
+    };
+    let mut blank = Vec::new();
+    for i in 0..words.len() {
+        if !is(i, "for") {
+            continue;
+        }
+        if is(i + 1, "no") && is(i + 2, "key") && is(i + 3, "update") {
+            blank.extend([i + 1, i + 2]);
+        } else if is(i + 1, "key") && is(i + 2, "share") {
+            blank.push(i + 1);
+        }
+    }
+    let table_statement = is(0, "table");
+    if blank.is_empty() && !table_statement {
+        return None;
+    }
+    let mut out = sql.to_owned();
+    for i in blank {
+        let (_, token) = words[i];
+        let range = byte_range(sql, token.span)?;
+        out.replace_range(range.clone(), &" ".repeat(range.len()));
+    }
+    if table_statement {
+        // `TABLE t` is `SELECT * FROM t`. Offsets after it move, which only matters to writes.
+        let range = byte_range(sql, words[0].1.span)?;
+        out.replace_range(range, "SELECT * FROM");
+    }
+    Some(out)
+}
+
+/// The byte range of a token's span (lines and columns count characters from 1).
+fn byte_range(sql: &str, span: sqlparser::tokenizer::Span) -> Option<std::ops::Range<usize>> {
+    let offset = |loc: sqlparser::tokenizer::Location| -> Option<usize> {
+        let line_start = if loc.line <= 1 {
+            0
+        } else {
+            sql.match_indices('\n').nth(usize::try_from(loc.line).ok()? - 2).map(|(i, _)| i + 1)?
+        };
+        let column = usize::try_from(loc.column).ok()?.checked_sub(1)?;
+        Some(sql[line_start..].char_indices().nth(column).map(|(i, _)| line_start + i).unwrap_or(sql.len()))
+    };
+    Some(offset(span.start)?..offset(span.end)?)
 }
 
 /// Analyzes one SQL string.
@@ -215,42 +304,52 @@ pub struct Analysis {
 /// assert!(matches!(w.effect, Effect::Writes(ref v) if v[0].table.name == "users"));
 ///
 /// assert!(analyze("SELECT * FROM users FOR UPDATE").read.is_err());
-/// assert!(analyze("SELECT random() FROM users").read.is_err());
+/// // Whether `random` may be cached is the catalog's call: it is reported, not judged here.
+/// assert_eq!(analyze("SELECT random() FROM users").functions[0].name, "random");
 /// assert_eq!(analyze("SELEC oops").effect, Effect::Everything { parsed: false });
 /// ```
 pub fn analyze(sql: &str) -> Analysis {
-    let statements = match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
-        Ok(statements) if !statements.is_empty() => statements,
-        _ => {
-            return Analysis {
-                read: Err("the statement could not be parsed"),
-                effect: Effect::Everything { parsed: false },
-                statements: 0,
-                ddl: false,
-                temp_tables: Vec::new(),
-            }
-        }
+    let parse = |text: &str| Parser::parse_sql(&PostgreSqlDialect {}, text).ok().filter(|s| !s.is_empty());
+    let Some(statements) = parse(sql).or_else(|| parse(&respell_locks(sql)?)) else {
+        return Analysis::empty(Uncached::Unparsable, Effect::Everything { parsed: false }, 0);
     };
-    let mut analysis = Analysis {
-        read: Err("not a single read statement"),
-        effect: Effect::None,
-        statements: statements.len(),
-        ddl: false,
-        temp_tables: Vec::new(),
-    };
+    let mut analysis = Analysis::empty(Uncached::NotARead, Effect::None, statements.len());
     let mut writes = Vec::new();
     let mut everything = false;
     let single = statements.len() == 1;
+    let mut open = false;
     for statement in &statements {
         let mut scan = Scan::default();
         let _ = statement.visit(&mut scan);
         everything |= statement_effect(statement, sql, single, &scan, &mut writes, &mut analysis);
+        analysis.session |= scan.session || session_effect(statement);
+        match statement {
+            Statement::StartTransaction { .. } => {
+                open = true;
+                analysis.begins = true;
+                analysis.transaction_control = true;
+            }
+            Statement::Commit { .. } | Statement::Rollback { savepoint: None, .. } => {
+                open = false;
+                analysis.transaction_control = true;
+            }
+            Statement::Rollback { .. } | Statement::Call(_) | Statement::Execute { .. } => {
+                analysis.transaction_control = true
+            }
+            _ => {}
+        }
+        for function in &scan.functions {
+            if !analysis.functions.contains(function) {
+                analysis.functions.push(function.clone());
+            }
+        }
         if single {
             if let Statement::Query(query) = statement {
                 analysis.read = read_of(query, &scan);
             }
         }
     }
+    analysis.session |= open;
     analysis.effect = if everything {
         Effect::Everything { parsed: true }
     } else if writes.is_empty() {
@@ -273,6 +372,15 @@ struct Scan {
     /// DML nested in a query (data-modifying CTEs), found anywhere below the top statement.
     nested_writes: Vec<TableName>,
     depth: usize,
+    functions: Vec<FunctionName>,
+    /// The clock decides the result (`CURRENT_DATE`, `'now'`, a computed date/time input).
+    clock: bool,
+    /// `TABLESAMPLE`.
+    sample: bool,
+    /// `set_config(..)`, which changes the session.
+    session: bool,
+    /// Temporary tables made by `SELECT .. INTO TEMP`.
+    temp_into: Vec<String>,
 }
 
 impl Visitor for Scan {
@@ -302,16 +410,25 @@ impl Visitor for Scan {
         }
         if let Some(with) = &query.with {
             for cte in &with.cte_tables {
-                let name = &cte.alias.name;
-                self.ctes.push(if name.quote_style.is_some() { name.value.clone() } else { name.value.to_lowercase() });
+                self.ctes.push(ident(&cte.alias.name));
             }
         }
+        self.table_statements(&query.body);
         ControlFlow::Continue(())
     }
 
     fn pre_visit_select(&mut self, select: &ast::Select) -> ControlFlow<()> {
-        if select.into.is_some() {
+        if let Some(into) = &select.into {
             self.select_into = true;
+            if into.temporary {
+                for target in &into.targets {
+                    match target {
+                        Expr::Identifier(i) => self.temp_into.push(ident(i)),
+                        Expr::CompoundIdentifier(parts) => self.temp_into.extend(parts.last().map(ident)),
+                        _ => {}
+                    }
+                }
+            }
         }
         ControlFlow::Continue(())
     }
@@ -325,6 +442,9 @@ impl Visitor for Scan {
     }
 
     fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
+        if matches!(factor, TableFactor::Table { sample: Some(_), .. }) {
+            self.sample = true;
+        }
         match factor {
             TableFactor::Table { args: Some(_), .. }
             | TableFactor::Function { .. }
@@ -339,14 +459,29 @@ impl Visitor for Scan {
 
     fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
         match expr {
-            Expr::Function(function) => {
-                let name = function.name.0.last().map(|p| p.to_string().to_lowercase()).unwrap_or_default();
-                if !is_known_stable(name.trim_matches('"')) {
-                    self.volatile = true;
+            Expr::Function(function) => match function_name(&function.name) {
+                Some(f) if f.schema.is_none() && is_time_keyword(&f.name) => self.clock = true,
+                // Grammar, not functions: PostgreSQL has no `pg_proc` entry for them.
+                Some(f)
+                    if f.schema.is_none()
+                        && matches!(f.name.as_str(), "coalesce" | "nullif" | "greatest" | "least") => {}
+                Some(f) => {
+                    if f.name == "set_config" && f.schema.as_deref().is_none_or(|s| s == "pg_catalog") {
+                        self.session = true;
+                    }
+                    if !self.functions.contains(&f) {
+                        self.functions.push(f);
+                    }
                 }
-            }
+                None => self.volatile = true,
+            },
             Expr::Identifier(ident) if ident.quote_style.is_none() && is_time_keyword(&ident.value) => {
-                self.volatile = true;
+                self.clock = true;
+            }
+            // A date/time value computed from anything but a constant or a column may be
+            // 'now' spelled another way ('no' || 'w', a function of the clock).
+            Expr::Cast { data_type, expr, .. } if is_date_time(data_type) && !is_plain_operand(expr) => {
+                self.clock = true;
             }
             _ => {}
         }
@@ -354,13 +489,102 @@ impl Visitor for Scan {
     }
 
     fn pre_visit_value(&mut self, value: &ast::ValueWithSpan) -> ControlFlow<()> {
-        // 'now'::timestamptz and friends are evaluated when the statement runs.
-        if let ast::Value::SingleQuotedString(s) = &value.value {
-            if matches!(s.trim().to_lowercase().as_str(), "now" | "today" | "tomorrow" | "yesterday") {
-                self.volatile = true;
-            }
+        // 'now'::timestamptz and friends are evaluated when the statement runs, in any quoting.
+        if value.value.clone().into_string().is_some_and(|s| mentions_clock(&s)) {
+            self.clock = true;
         }
         ControlFlow::Continue(())
+    }
+}
+
+impl Scan {
+    /// `TABLE name` inside a query body (also under `UNION` and friends) reads that table.
+    fn table_statements(&mut self, body: &SetExpr) {
+        match body {
+            SetExpr::Table(table) => match &table.table_name {
+                Some(name) => {
+                    self.relations.push(TableName { schema: table.schema_name.as_ref().map(ident), name: ident(name) })
+                }
+                None => self.unreadable_relation = true,
+            },
+            SetExpr::SetOperation { left, right, .. } => {
+                self.table_statements(left);
+                self.table_statements(right);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Folds an identifier like PostgreSQL: unquoted to lower case, quoted as written.
+fn ident(i: &ast::Ident) -> String {
+    if i.quote_style.is_some() {
+        i.value.clone()
+    } else {
+        i.value.to_lowercase()
+    }
+}
+
+fn function_name(name: &ObjectName) -> Option<FunctionName> {
+    let parts: Vec<String> = name
+        .0
+        .iter()
+        .map(|part| match part {
+            ObjectNamePart::Identifier(i) => Some(ident(i)),
+            ObjectNamePart::Function(_) => None,
+        })
+        .collect::<Option<_>>()?;
+    match parts.as_slice() {
+        [name] => Some(FunctionName { schema: None, name: name.clone() }),
+        [.., schema, name] => Some(FunctionName { schema: Some(schema.clone()), name: name.clone() }),
+        [] => None,
+    }
+}
+
+/// Whether a literal names a moment relative to now: PostgreSQL reads 'now', 'today',
+/// 'tomorrow' and 'yesterday' (as whole words, in any case) when a date/time value is input.
+pub fn mentions_clock(text: &str) -> bool {
+    text.split(|c: char| !c.is_ascii_alphanumeric())
+        .any(|word| ["now", "today", "tomorrow", "yesterday"].iter().any(|w| word.eq_ignore_ascii_case(w)))
+}
+
+/// [`mentions_clock`] over raw bytes (a serialized argument): any run of ASCII letters and
+/// digits that spells a clock word. Errs toward `true`, which only costs caching.
+pub fn mentions_clock_bytes(bytes: &[u8]) -> bool {
+    bytes
+        .split(|b| !b.is_ascii_alphanumeric())
+        .any(|word| [&b"now"[..], b"today", b"tomorrow", b"yesterday"].iter().any(|w| word.eq_ignore_ascii_case(w)))
+}
+
+fn is_date_time(data_type: &ast::DataType) -> bool {
+    let text = data_type.to_string().to_lowercase();
+    ["date", "time", "abstime", "reltime"].iter().any(|w| text.contains(w))
+}
+
+/// A column, a constant or a placeholder: a cast of it to a date/time type reads no clock
+/// unless the constant itself says so (checked separately).
+fn is_plain_operand(expr: &Expr) -> bool {
+    match expr {
+        Expr::Identifier(_) | Expr::CompoundIdentifier(_) | Expr::Value(_) | Expr::TypedString(_) => true,
+        Expr::Nested(inner) => is_plain_operand(inner),
+        Expr::Cast { expr, .. } => is_plain_operand(expr),
+        _ => false,
+    }
+}
+
+/// Whether a top-level statement changes its session beyond itself.
+fn session_effect(statement: &Statement) -> bool {
+    use ast::{ContextModifier, Set};
+    match statement {
+        Statement::Set(set) => !matches!(
+            set,
+            Set::SingleAssignment { scope: Some(ContextModifier::Local), .. }
+                | Set::SetRole { context_modifier: Some(ContextModifier::Local), .. }
+                | Set::SetTimeZone { local: true, .. }
+                | Set::SetTransaction { session: false, .. }
+        ),
+        Statement::Reset(_) | Statement::Discard { .. } | Statement::Load { .. } => true,
+        _ => false,
     }
 }
 
@@ -378,110 +602,6 @@ fn is_time_keyword(word: &str) -> bool {
             | "user"
             | "current_schema"
             | "current_catalog"
-    )
-}
-
-/// Built-in functions whose result depends only on their arguments (and the rows read), so a
-/// read using them may be cached. Anything else — `now()`, `random()`, `nextval()`, user-defined
-/// functions — makes the read uncacheable.
-fn is_known_stable(name: &str) -> bool {
-    matches!(
-        name,
-        "count"
-            | "sum"
-            | "avg"
-            | "min"
-            | "max"
-            | "bool_and"
-            | "bool_or"
-            | "every"
-            | "array_agg"
-            | "string_agg"
-            | "json_agg"
-            | "jsonb_agg"
-            | "json_object_agg"
-            | "jsonb_object_agg"
-            | "stddev"
-            | "stddev_pop"
-            | "stddev_samp"
-            | "variance"
-            | "var_pop"
-            | "var_samp"
-            | "coalesce"
-            | "nullif"
-            | "greatest"
-            | "least"
-            | "lower"
-            | "upper"
-            | "length"
-            | "char_length"
-            | "character_length"
-            | "octet_length"
-            | "substr"
-            | "substring"
-            | "trim"
-            | "btrim"
-            | "ltrim"
-            | "rtrim"
-            | "concat"
-            | "concat_ws"
-            | "replace"
-            | "left"
-            | "right"
-            | "strpos"
-            | "split_part"
-            | "lpad"
-            | "rpad"
-            | "initcap"
-            | "reverse"
-            | "repeat"
-            | "md5"
-            | "abs"
-            | "ceil"
-            | "ceiling"
-            | "floor"
-            | "round"
-            | "trunc"
-            | "mod"
-            | "power"
-            | "sqrt"
-            | "sign"
-            | "date_trunc"
-            | "date_part"
-            | "to_char"
-            | "json_build_object"
-            | "jsonb_build_object"
-            | "json_build_array"
-            | "jsonb_build_array"
-            | "row_to_json"
-            | "to_json"
-            | "to_jsonb"
-            | "json_array_length"
-            | "jsonb_array_length"
-            | "jsonb_extract_path"
-            | "jsonb_extract_path_text"
-            | "json_extract_path"
-            | "json_extract_path_text"
-            | "array_length"
-            | "cardinality"
-            | "array_position"
-            | "array_to_string"
-            | "string_to_array"
-            | "unnest"
-            | "row_number"
-            | "rank"
-            | "dense_rank"
-            | "lag"
-            | "lead"
-            | "first_value"
-            | "last_value"
-            | "nth_value"
-            | "ntile"
-            | "percent_rank"
-            | "cume_dist"
-            | "percentile_cont"
-            | "percentile_disc"
-            | "mode"
     )
 }
 
@@ -546,6 +666,7 @@ fn statement_effect(
         Statement::Query(_) => {
             if scan.select_into {
                 analysis.ddl = true;
+                analysis.temp_tables.extend(scan.temp_into.iter().cloned());
             }
             false
         }
@@ -566,7 +687,7 @@ fn statement_effect(
                     _ => return true,
                 },
             };
-            let rows = row_source(sql, single, insert.returning.as_deref(), &qualifier, &table);
+            let rows = row_source(sql, single, insert.returning.as_deref(), &qualifier);
             writes.push(Write { table, kind: WriteKind::Insert, assigned, rows });
             false
         }
@@ -579,7 +700,7 @@ fn statement_effect(
             if !update.table.joins.is_empty() {
                 return true;
             }
-            let rows = row_source(sql, single, update.returning.as_deref(), &qualifier, &table);
+            let rows = row_source(sql, single, update.returning.as_deref(), &qualifier);
             writes.push(Write {
                 table,
                 kind: WriteKind::Update,
@@ -598,7 +719,7 @@ fn statement_effect(
                     let Some(qualifier) = factor_qualifier(&from.relation) else {
                         return true;
                     };
-                    let rows = row_source(sql, single, delete.returning.as_deref(), &qualifier, table);
+                    let rows = row_source(sql, single, delete.returning.as_deref(), &qualifier);
                     writes.push(Write { table: table.clone(), kind: WriteKind::Delete, assigned: Vec::new(), rows });
                 }
                 ([], _) => return true,
@@ -677,21 +798,21 @@ fn statement_effect(
                 // EXPLAIN ANALYZE runs the statement; its writes are not reported back.
                 let mut scan = Scan::default();
                 let _ = statement.visit(&mut scan);
-                let mut inner = Analysis {
-                    read: Err(""),
-                    effect: Effect::None,
-                    statements: 1,
-                    ddl: false,
-                    temp_tables: Vec::new(),
-                };
+                let mut inner = Analysis::empty(Uncached::NotARead, Effect::None, 1);
                 let everything = statement_effect(statement, sql, false, &scan, writes, &mut inner);
                 analysis.ddl |= inner.ddl;
                 return everything;
             }
             false
         }
+        Statement::CreateView(view) => {
+            analysis.ddl = true;
+            if view.temporary {
+                analysis.temp_tables.extend(TableName::from_object(&view.name).map(|t| t.name));
+            }
+            false
+        }
         Statement::CreateIndex(_)
-        | Statement::CreateView(_)
         | Statement::CreateSchema { .. }
         | Statement::CreateSequence { .. }
         | Statement::CreateExtension(_)
@@ -723,8 +844,13 @@ fn statement_effect(
         | Statement::Lock(_)
         | Statement::Grant(_)
         | Statement::Revoke(_) => false,
-        // CALL, DO, EXECUTE, REFRESH, and anything not listed: assume it may write anywhere.
-        _ => true,
+        // CALL and EXECUTE: may write anywhere.
+        Statement::Call(_) | Statement::Execute { .. } => true,
+        // Anything not listed: may write anywhere and change the schema.
+        _ => {
+            analysis.ddl = true;
+            true
+        }
     }
 }
 
@@ -748,13 +874,7 @@ fn assigned_columns(assignments: &[ast::Assignment]) -> Vec<String> {
     columns
 }
 
-fn row_source(
-    sql: &str,
-    single: bool,
-    returning: Option<&[SelectItem]>,
-    qualifier: &str,
-    table: &TableName,
-) -> RowSource {
+fn row_source(sql: &str, single: bool, returning: Option<&[SelectItem]>, qualifier: &str) -> RowSource {
     match returning {
         None if single => match append_offset(sql) {
             Some(at) => RowSource::Append { at, qualifier: qualifier.to_owned() },
@@ -762,18 +882,11 @@ fn row_source(
         },
         None => RowSource::Unknown,
         Some(items) => {
+            // Only the target's own qualifier names it: with an alias, the table's name refers
+            // to another instance of it (`UPDATE t AS x .. FROM t .. RETURNING t.id`).
             let folded_qualifier = fold(qualifier);
-            let is_target = |q: &ast::Ident| {
-                let q = if q.quote_style.is_some() { q.value.clone() } else { q.value.to_lowercase() };
-                q == folded_qualifier || q == table.name
-            };
-            let norm = |i: &ast::Ident| {
-                if i.quote_style.is_some() {
-                    i.value.clone()
-                } else {
-                    i.value.to_lowercase()
-                }
-            };
+            let is_target = |q: &ast::Ident| ident(q) == folded_qualifier;
+            let norm = ident;
             let source = |expr: &Expr| match expr {
                 Expr::Identifier(i) => Some(norm(i)),
                 Expr::CompoundIdentifier(parts) if parts.len() == 2 && is_target(&parts[0]) => Some(norm(&parts[1])),
@@ -785,9 +898,10 @@ fn row_source(
                 match item {
                     SelectItem::Wildcard(_) if index == 0 => star_first = true,
                     SelectItem::QualifiedWildcard(ast::SelectItemQualifiedWildcardKind::ObjectName(name), _)
-                        if index == 0 && name.0.len() == 1 =>
+                        if index == 0
+                            && matches!(name.0.as_slice(), [ObjectNamePart::Identifier(i)] if is_target(i)) =>
                     {
-                        star_first = matches!(&name.0[0], ObjectNamePart::Identifier(i) if is_target(i));
+                        star_first = true;
                     }
                     SelectItem::UnnamedExpr(expr) => {
                         let src = source(expr);
@@ -840,22 +954,28 @@ fn append_offset(sql: &str) -> Option<usize> {
     Some(offset)
 }
 
-fn read_of(query: &Query, scan: &Scan) -> Result<Read, &'static str> {
+fn read_of(query: &Query, scan: &Scan) -> Result<Read, Uncached> {
+    if !scan.nested_writes.is_empty() || scan.select_into || scan.session {
+        return Err(Uncached::NotARead);
+    }
     if scan.locks {
-        return Err("FOR UPDATE/SHARE reads are never cached");
+        return Err(Uncached::Locking);
+    }
+    if scan.clock {
+        return Err(Uncached::Clock);
+    }
+    if scan.sample {
+        return Err(Uncached::Sample);
     }
     if scan.volatile {
-        return Err("the statement calls a volatile or unknown function");
-    }
-    if !scan.nested_writes.is_empty() || scan.select_into {
-        return Err("the statement writes");
+        return Err(Uncached::Volatile);
     }
     if scan.unreadable_relation {
-        return Err("a relation name could not be read");
+        return Err(Uncached::Unparsable);
     }
     let tables: Vec<TableName> = scan.relations.clone();
     if tables.is_empty() {
-        return Err("the statement reads no table");
+        return Err(Uncached::NotARead);
     }
     let op = match query.body.as_ref() {
         SetExpr::Select(select) if select.projection.len() == 1 => {
@@ -933,18 +1053,88 @@ mod tests {
             "SELECT * FROM t FOR UPDATE",
             "SELECT * FROM t FOR SHARE",
             "SELECT * FROM t WHERE id IN (SELECT id FROM u FOR UPDATE)",
-            "SELECT now(), * FROM t",
             "SELECT * FROM t WHERE created < CURRENT_TIMESTAMP",
             "SELECT * FROM t WHERE d = current_date",
             "SELECT * FROM t WHERE created < 'now'::timestamptz",
-            "SELECT nextval('s') FROM t",
-            "SELECT my_function(a) FROM t",
             "SELECT * FROM generate_series(1, 3)",
             "SELECT 1",
             "WITH d AS (DELETE FROM t RETURNING id) SELECT * FROM d",
         ] {
             assert!(analyze(sql).read.is_err(), "{sql} must not be cacheable");
         }
+    }
+
+    #[test]
+    fn reasons_and_clock_spellings() {
+        let reason = |sql: &str| analyze(sql).read.err();
+        assert_eq!(reason("SELECT * FROM t FOR UPDATE"), Some(Uncached::Locking));
+        assert_eq!(reason("SELECT * FROM t WHERE id = 1 FOR NO KEY UPDATE"), Some(Uncached::Locking));
+        assert_eq!(reason("SELECT * FROM t FOR KEY SHARE"), Some(Uncached::Locking));
+        assert_eq!(analyze("SELECT * FROM t FOR NO KEY UPDATE").effect, Effect::None, "a lock writes nothing");
+        for sql in [
+            "SELECT * FROM t WHERE c < $$now$$::timestamptz",
+            "SELECT * FROM t WHERE c < E'now'::timestamptz",
+            "SELECT * FROM t WHERE c < ('no' || 'w')::timestamptz",
+            "SELECT * FROM t WHERE c < CAST('NOW ' AS timestamp with time zone)",
+            "SELECT * FROM t WHERE d = date 'today'",
+            "SELECT * FROM t WHERE d = 'tomorrow'",
+        ] {
+            assert_eq!(reason(sql), Some(Uncached::Clock), "{sql}");
+        }
+        assert_eq!(reason("SELECT * FROM t WHERE note = 'unknown'"), None, "clock words are whole words");
+        assert_eq!(reason("SELECT * FROM t WHERE c < '2020-01-01'::timestamptz"), None);
+        assert_eq!(reason("SELECT * FROM t WHERE c::date = $1"), None);
+        assert_eq!(reason("SELECT * FROM t TABLESAMPLE SYSTEM (10)"), Some(Uncached::Sample));
+        let functions = analyze(r#"SELECT s.lower(a), "LOWER"(b), count(*), coalesce(a, b) FROM t"#).functions;
+        let names: Vec<(Option<&str>, &str)> =
+            functions.iter().map(|f| (f.schema.as_deref(), f.name.as_str())).collect();
+        assert_eq!(names, [(Some("s"), "lower"), (None, "LOWER"), (None, "count")]);
+    }
+
+    #[test]
+    fn sessions_and_transaction_control() {
+        for sql in [
+            "SET search_path TO x",
+            "SET TIME ZONE 'UTC'",
+            "SET ROLE alice",
+            "SET SESSION AUTHORIZATION alice",
+            "RESET ALL",
+            "DISCARD ALL",
+            "SELECT set_config('app.tenant', '1', false)",
+            "BEGIN",
+            "BEGIN; UPDATE t SET a = 1",
+        ] {
+            assert!(analyze(sql).session, "{sql} changes the session");
+        }
+        for sql in
+            ["SET LOCAL search_path TO x", "SET LOCAL ROLE alice", "BEGIN; UPDATE t SET a = 1; COMMIT", "SELECT 1"]
+        {
+            assert!(!analyze(sql).session, "{sql} leaves the session as it was");
+        }
+        assert!(analyze("BEGIN; UPDATE t SET a = 1; COMMIT").begins);
+        for sql in ["UPDATE t SET a = 1; COMMIT; SELECT 1/0", "CALL p()", "ROLLBACK"] {
+            assert!(analyze(sql).transaction_control, "{sql}");
+        }
+        assert!(!analyze("UPDATE t SET a = 1; DELETE FROM u").transaction_control);
+    }
+
+    #[test]
+    fn table_statements_are_dependencies() {
+        let mut tables = names(&analyze("SELECT id FROM a UNION TABLE b").read.unwrap());
+        tables.sort();
+        assert_eq!(tables, ["a", "b"]);
+        let read = analyze("SELECT * FROM a WHERE id IN (TABLE banned)").read.unwrap();
+        assert!(names(&read).contains(&"banned".to_owned()));
+        assert_eq!(names(&analyze("TABLE users").read.unwrap()), ["users"]);
+    }
+
+    #[test]
+    fn returning_of_another_instance_is_not_the_key() {
+        let w = writes("UPDATE t AS x SET a = 1 FROM t WHERE x.id = t.id + 1 RETURNING t.id");
+        let RowSource::Returning { items, .. } = &w[0].rows else { panic!() };
+        assert_eq!(items[0], ("id".to_owned(), None), "t.id is the other instance");
+        let w = writes("UPDATE t SET a = 1 FROM u WHERE u.id = t.id RETURNING u.*, t.id");
+        assert_eq!(w[0].rows, RowSource::Unknown, "u.* hides where t.id is");
     }
 
     #[test]

@@ -15,8 +15,17 @@
 //! gives the same digest. The SQL enters a key as its own digest ([`SqlDigest`]), computed once
 //! per statement, so a key costs the same for a long statement as for a short one.
 
+use crate::Uncached;
 use serde::ser::{self, Serialize};
 use std::fmt;
+
+/// A digest of a Rust type's name (FNV-1a). The name is a constant of each instantiation, so
+/// the optimizer folds this to a number.
+fn type_id_of<V: ?Sized>() -> u64 {
+    std::any::type_name::<V>()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+}
 
 /// A digest that identifies one cached read.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -36,6 +45,24 @@ impl SqlDigest {
     /// The digest of `sql`.
     pub fn of(sql: &str) -> SqlDigest {
         SqlDigest(*blake3::hash(sql.as_bytes()).as_bytes())
+    }
+
+    /// The digest of `sql` read from these relations (by oid): the same text over other
+    /// relations, such as a new table that shadows an old name, is another read.
+    ///
+    /// ```
+    /// use sqlacache_core::key::SqlDigest;
+    /// let sql = "SELECT * FROM users";
+    /// assert_ne!(SqlDigest::with_relations(sql, &[16384]), SqlDigest::with_relations(sql, &[16390]));
+    /// ```
+    pub fn with_relations(sql: &str, oids: &[u32]) -> SqlDigest {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&(sql.len() as u64).to_le_bytes());
+        hasher.update(sql.as_bytes());
+        for oid in oids {
+            hasher.update(&oid.to_le_bytes());
+        }
+        SqlDigest(*hasher.finalize().as_bytes())
     }
 }
 
@@ -122,9 +149,26 @@ impl KeyBuilder {
         KeyBuilder { material }
     }
 
-    /// Adds one bound argument, as its postcard bytes.
-    pub fn arg<V: Serialize + ?Sized>(&mut self, value: &V) -> Result<(), postcard::Error> {
+    /// Adds one bound argument: its Rust type (so `None::<String>` and `""`, or `None::<i64>`
+    /// and `0`, whose postcard bytes are equal, never share a key) and its postcard bytes.
+    ///
+    /// Fails with [`Uncached::Arguments`] when the value cannot be serialized, and with
+    /// [`Uncached::Clock`] when it holds a word that PostgreSQL reads as a moment relative to
+    /// now (`'now'`, `'today'`, ..): bound to a date/time parameter, it makes the result
+    /// depend on the clock.
+    ///
+    /// ```
+    /// use sqlacache_core::key::{KeyBuilder, SqlDigest};
+    /// use sqlacache_core::Uncached;
+    /// let sql = SqlDigest::of("SELECT * FROM t WHERE a = $1");
+    /// let key = |arg: &dyn Fn(&mut KeyBuilder)| { let mut k = KeyBuilder::new(1); arg(&mut k); k.finish(&sql, 1) };
+    /// assert_ne!(key(&|k| k.arg(&None::<String>).unwrap()), key(&|k| k.arg(&"").unwrap()));
+    /// assert_ne!(key(&|k| k.arg(&None::<i64>).unwrap()), key(&|k| k.arg(&0_i64).unwrap()));
+    /// assert_eq!(KeyBuilder::new(1).arg(&"now"), Err(Uncached::Clock));
+    /// ```
+    pub fn arg<V: Serialize + ?Sized>(&mut self, value: &V) -> Result<(), Uncached> {
         let m = &mut self.material;
+        m.update(&type_id_of::<V>().to_le_bytes());
         // Serialize straight into the buffer behind room for the length; only arguments that
         // do not fit there are serialized on the heap.
         let start = m.len + 8;
@@ -132,15 +176,22 @@ impl KeyBuilder {
             match postcard::to_slice(value, &mut m.buf[start..]) {
                 Ok(bytes) => {
                     let n = bytes.len();
+                    if crate::analyze::mentions_clock_bytes(bytes) {
+                        return Err(Uncached::Clock);
+                    }
                     m.buf[m.len..start].copy_from_slice(&(n as u64).to_le_bytes());
                     m.len = start + n;
                     return Ok(());
                 }
                 Err(postcard::Error::SerializeBufferFull) => {}
-                Err(error) => return Err(error),
+                Err(_) => return Err(Uncached::Arguments),
             }
         }
-        m.part(&postcard::to_allocvec(value)?);
+        let bytes = postcard::to_allocvec(value).map_err(|_| Uncached::Arguments)?;
+        if crate::analyze::mentions_clock_bytes(&bytes) {
+            return Err(Uncached::Clock);
+        }
+        m.part(&bytes);
         Ok(())
     }
 
@@ -393,6 +444,7 @@ mod tests {
     fn reference_key(fingerprint: u64, args: &[String], sql: &str, kind: u8) -> Key {
         let mut all = fingerprint.to_le_bytes().to_vec();
         for arg in args {
+            all.extend(type_id_of::<String>().to_le_bytes());
             let bytes = postcard::to_allocvec(arg).unwrap();
             all.extend((bytes.len() as u64).to_le_bytes());
             all.extend(bytes);

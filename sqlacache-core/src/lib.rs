@@ -13,5 +13,5 @@ mod store;
 
 pub use error::Error;
 pub use ops::Ops;
-pub use stats::{Stats, StatsSnapshot};
+pub use stats::{Stats, StatsSnapshot, Uncached};
 pub use store::{Entry, MemoryStore, Tag};

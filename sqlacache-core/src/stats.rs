@@ -30,6 +30,98 @@ pub struct StatsSnapshot {
     /// SQL strings parsed and planned. Plans are memoized, so this grows with distinct
     /// statements (and catalog reloads), not with calls.
     pub statements_analyzed: u64,
+    /// `bypassed`, split by reason; index with [`Uncached::index`] or read with
+    /// [`StatsSnapshot::uncached`].
+    pub bypassed_by_reason: [u64; Uncached::COUNT],
+    /// Times the library chose a wider invalidation than a write needed, because a bound on its
+    /// own state was reached (too many rows, tables or names to track one by one).
+    pub widened: u64,
+}
+
+impl StatsSnapshot {
+    /// Reads that bypassed the cache for `reason`.
+    ///
+    /// ```
+    /// use sqlacache_core::{Stats, Uncached};
+    /// let stats = Stats::default();
+    /// stats.bypass(Uncached::Locking);
+    /// assert_eq!(stats.snapshot().uncached(Uncached::Locking), 1);
+    /// assert_eq!(stats.snapshot().bypassed, 1);
+    /// ```
+    pub fn uncached(&self, reason: Uncached) -> u64 {
+        self.bypassed_by_reason[reason.index()]
+    }
+}
+
+/// Why a typed read went to the database instead of the cache.
+///
+/// The rule behind every reason: a read is served from the cache only when the cached answer
+/// equals what the same read on the raw pool would return on the connection that would run it.
+/// When the library cannot be sure of that, the read is not cached, and it is counted here
+/// (see [`StatsSnapshot::uncached`]) and reported as a `tracing` event at debug level on the
+/// `sqlacache` target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Uncached {
+    /// The statement is not one read: it writes, has several statements, or reads no table.
+    NotARead,
+    /// The analyzer could not read the statement (PostgreSQL may still accept it).
+    Unparsable,
+    /// `FOR UPDATE`, `FOR SHARE` and the other locking clauses.
+    Locking,
+    /// A function that is not immutable by `pg_proc.provolatile` (or not known to the catalog):
+    /// `random()`, `nextval()`, a user function reading other tables.
+    Volatile,
+    /// The result depends on the clock: `now()`, `CURRENT_DATE`, `'now'` or `'today'` in any
+    /// spelling, a bound `'now'`.
+    Clock,
+    /// `TABLESAMPLE`: a different sample on every run.
+    Sample,
+    /// A relation that is not a plain table (view, materialized view, foreign table), or a name
+    /// that a temporary table may shadow on some connections.
+    NotATable,
+    /// A table with row-level security (or one in a partition or inheritance family that has
+    /// it): rows depend on the role and settings of the session.
+    RowSecurity,
+    /// The configuration disables the table, or the operation for one of its tables.
+    Disabled,
+    /// A table name that the catalog does not know.
+    UnknownTable,
+    /// A statement sent through the pool changed its sessions (`SET`, `RESET`, `SET ROLE`,
+    /// `DISCARD`, a `BEGIN` left open, `set_config`): its connections may now differ, so the
+    /// pool stops caching.
+    Session,
+    /// An argument could not be serialized into the cache key.
+    Arguments,
+    /// The row type's stored form did not read back to the same value.
+    Unstorable,
+}
+
+impl Uncached {
+    /// How many reasons there are.
+    pub const COUNT: usize = 13;
+
+    /// Every reason, in index order.
+    pub const ALL: [Uncached; Uncached::COUNT] = [
+        Uncached::NotARead,
+        Uncached::Unparsable,
+        Uncached::Locking,
+        Uncached::Volatile,
+        Uncached::Clock,
+        Uncached::Sample,
+        Uncached::NotATable,
+        Uncached::RowSecurity,
+        Uncached::Disabled,
+        Uncached::UnknownTable,
+        Uncached::Session,
+        Uncached::Arguments,
+        Uncached::Unstorable,
+    ];
+
+    /// The position of this reason in [`StatsSnapshot::bypassed_by_reason`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
 }
 
 /// Live counters. Cheap to update from many threads: each thread adds to one of several
@@ -41,7 +133,9 @@ pub struct Stats {
 }
 
 const STRIPES: usize = 16;
-const COUNTERS: usize = 8;
+/// The named counters, then one per [`Uncached`] reason.
+const NAMED: usize = 9;
+const COUNTERS: usize = NAMED + Uncached::COUNT;
 
 /// One thread's share of the counters, alone on its cache lines.
 #[derive(Debug, Default)]
@@ -79,7 +173,13 @@ macro_rules! counters {
 
             /// Reads every counter.
             pub fn snapshot(&self) -> StatsSnapshot {
-                StatsSnapshot { $($field: self.sum($index)),* }
+                let bypassed_by_reason: [u64; Uncached::COUNT] =
+                    std::array::from_fn(|i| self.sum(NAMED + i));
+                StatsSnapshot {
+                    $($field: self.sum($index),)*
+                    bypassed: bypassed_by_reason.iter().sum(),
+                    bypassed_by_reason,
+                }
             }
         }
     };
@@ -88,12 +188,20 @@ macro_rules! counters {
 counters! {
     0: hit => hits,
     1: miss => misses,
-    2: bypass => bypassed,
     3: fill_rejected => fills_rejected,
     4: invalidation => invalidations,
     5: full_invalidation => full_invalidations,
     6: corrupt_entry => corrupt_entries,
     7: statement_analyzed => statements_analyzed,
+    8: widen => widened,
+}
+
+impl Stats {
+    /// Counts a read that went to the database for `reason`, and reports it to `tracing`.
+    pub fn bypass(&self, reason: Uncached) {
+        self.add(NAMED + reason.index());
+        tracing::debug!(target: "sqlacache", ?reason, "read not cached");
+    }
 }
 
 #[cfg(test)]
@@ -117,5 +225,22 @@ mod tests {
         assert_eq!(snapshot.hits, 1000 * (STRIPES as u64 + 3));
         assert_eq!(snapshot.misses, snapshot.hits);
         assert_eq!(snapshot.bypassed, 0);
+    }
+
+    #[test]
+    fn every_reason_has_its_own_counter() {
+        let stats = Stats::default();
+        for (i, reason) in Uncached::ALL.into_iter().enumerate() {
+            assert_eq!(reason.index(), i);
+            for _ in 0..=i {
+                stats.bypass(reason);
+            }
+        }
+        let snapshot = stats.snapshot();
+        for (i, reason) in Uncached::ALL.into_iter().enumerate() {
+            assert_eq!(snapshot.uncached(reason), i as u64 + 1, "{reason:?}");
+        }
+        assert_eq!(snapshot.bypassed, (1..=Uncached::COUNT as u64).sum::<u64>());
+        assert_eq!(snapshot.hits + snapshot.widened, 0);
     }
 }

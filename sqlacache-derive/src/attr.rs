@@ -90,8 +90,10 @@ impl<'a> Model<'a> {
             }
         }
 
+        let rename_all = sqlx_rename_all(input, &mut errors);
         let mut pk = Vec::new();
         for field in &fields {
+            check_round_trip(field, &mut errors);
             let mut is_pk = false;
             let mut column = None;
             for attr in field.attrs.iter().filter(|a| a.path().is_ident("cache")) {
@@ -115,7 +117,8 @@ impl<'a> Model<'a> {
             if is_pk {
                 let ident = field.ident.as_ref().expect("named field");
                 let name = ident.to_string();
-                let column = column.unwrap_or_else(|| name.trim_start_matches("r#").to_owned());
+                let name = name.trim_start_matches("r#");
+                let column = column.unwrap_or_else(|| rename_all.map_or_else(|| name.to_owned(), |r| r.apply(name)));
                 pk.push(PkField { field, column });
             }
         }
@@ -137,6 +140,101 @@ impl<'a> Model<'a> {
             None => Ok(Model { table: table.expect("checked"), ops: ops.unwrap_or(15), ttl, fields, pk }),
         }
     }
+}
+
+/// `serde` field attributes under which a value does not read back as itself: the cached copy
+/// would differ from the row the database returned.
+const NOT_ROUND_TRIP: &[&str] = &["skip", "skip_serializing", "skip_deserializing", "skip_serializing_if", "flatten"];
+
+fn check_round_trip(field: &syn::Field, errors: &mut Errors) {
+    for attr in field.attrs.iter().filter(|a| a.path().is_ident("serde")) {
+        let _ = attr.parse_nested_meta(|meta| {
+            if let Some(name) = NOT_ROUND_TRIP.iter().find(|n| meta.path.is_ident(n)) {
+                errors.push(syn::Error::new_spanned(
+                    &meta.path,
+                    format!(
+                        "`#[serde({name})]` cannot be cached: a cached row must read back exactly as the database \
+                         returned it; remove the attribute, or use a separate type for the cached reads"
+                    ),
+                ));
+            }
+            if meta.input.peek(syn::Token![=]) {
+                let _: syn::Expr = meta.value()?.parse()?;
+            } else if meta.input.peek(syn::token::Paren) {
+                let _ = meta.parse_nested_meta(|_| Ok(()));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// A `#[sqlx(rename_all = "..")]` convention, applied to field names as sqlx applies it.
+#[derive(Clone, Copy)]
+pub enum RenameAll {
+    Lower,
+    Upper,
+    Snake,
+    ScreamingSnake,
+    Kebab,
+    ScreamingKebab,
+    Camel,
+    Pascal,
+}
+
+impl RenameAll {
+    fn parse(text: &str) -> Option<RenameAll> {
+        Some(match text {
+            "lowercase" => RenameAll::Lower,
+            "UPPERCASE" => RenameAll::Upper,
+            "snake_case" => RenameAll::Snake,
+            "SCREAMING_SNAKE_CASE" => RenameAll::ScreamingSnake,
+            "kebab-case" => RenameAll::Kebab,
+            "SCREAMING-KEBAB-CASE" => RenameAll::ScreamingKebab,
+            "camelCase" => RenameAll::Camel,
+            "PascalCase" => RenameAll::Pascal,
+            _ => return None,
+        })
+    }
+
+    /// The column name of a field named `name` (a snake_case Rust identifier).
+    pub fn apply(self, name: &str) -> String {
+        let words: Vec<&str> = name.split('_').filter(|w| !w.is_empty()).collect();
+        let capitalized = |w: &str| {
+            let mut chars = w.chars();
+            chars.next().map(|c| c.to_uppercase().chain(chars).collect::<String>()).unwrap_or_default()
+        };
+        match self {
+            RenameAll::Lower => name.to_lowercase(),
+            RenameAll::Upper => name.to_uppercase(),
+            RenameAll::Snake => name.to_owned(),
+            RenameAll::ScreamingSnake => name.to_uppercase(),
+            RenameAll::Kebab => name.replace('_', "-"),
+            RenameAll::ScreamingKebab => name.replace('_', "-").to_uppercase(),
+            RenameAll::Pascal => words.iter().map(|w| capitalized(w)).collect(),
+            RenameAll::Camel => {
+                words.iter().enumerate().map(|(i, w)| if i == 0 { (*w).to_owned() } else { capitalized(w) }).collect()
+            }
+        }
+    }
+}
+
+fn sqlx_rename_all(input: &DeriveInput, errors: &mut Errors) -> Option<RenameAll> {
+    let mut rename_all = None;
+    for attr in input.attrs.iter().filter(|a| a.path().is_ident("sqlx")) {
+        let _ = attr.parse_nested_meta(|meta| {
+            if meta.path.is_ident("rename_all") {
+                let lit: LitStr = meta.value()?.parse()?;
+                match RenameAll::parse(&lit.value()) {
+                    Some(r) => rename_all = Some(r),
+                    None => errors.push(syn::Error::new_spanned(&lit, "unknown `rename_all` convention")),
+                }
+            } else if meta.input.peek(syn::Token![=]) {
+                let _: syn::Expr = meta.value()?.parse()?;
+            }
+            Ok(())
+        });
+    }
+    rename_all
 }
 
 /// The column name given by `#[sqlx(rename = "..")]`, if any.

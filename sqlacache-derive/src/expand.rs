@@ -16,6 +16,7 @@ pub fn expand(input: &DeriveInput, model: &Model<'_>) -> TokenStream {
     let columns: Vec<&str> = model.pk.iter().map(|p| p.column.as_str()).collect();
     let get_sql = get_sql(table, &columns);
     let fingerprint = fingerprint(input, model);
+    let field_types: Vec<&syn::Type> = model.fields.iter().map(|f| &f.ty).collect();
 
     let key_types: Vec<&syn::Type> = model.pk.iter().map(|p| &p.field.ty).collect();
     let (key_type, binds) = if let [single] = key_types.as_slice() {
@@ -47,6 +48,16 @@ pub fn expand(input: &DeriveInput, model: &Model<'_>) -> TokenStream {
                 #binds
                 ::core::result::Result::Ok(())
             }
+
+            fn fingerprint() -> u64 {
+                static FINGERPRINT: ::std::sync::OnceLock<u64> = ::std::sync::OnceLock::new();
+                *FINGERPRINT.get_or_init(|| {
+                    ::sqlacache_sqlx::__private::fingerprint(
+                        <Self as ::sqlacache_sqlx::Cacheable>::MODEL.fingerprint,
+                        &[::core::any::type_name::<Self>(), #(::core::any::type_name::<#field_types>()),*],
+                    )
+                })
+            }
         }
     }
 }
@@ -59,11 +70,15 @@ fn get_sql(table: &str, columns: &[&str]) -> String {
     format!("SELECT * FROM {table} WHERE {}", conditions.join(" AND "))
 }
 
-/// A digest of the type's name and its fields' names and types: postcard is not
-/// self-describing, so a changed struct must never decode bytes written by the old one.
+/// A digest of the type's name, its `serde` and `sqlx` attributes, and its fields' names, types
+/// and attributes as written: postcard is not self-describing, so a changed struct must never
+/// decode bytes written by the old one. (`Cacheable::fingerprint` adds the resolved types.)
 fn fingerprint(input: &DeriveInput, model: &Model<'_>) -> u64 {
     let mut hasher = blake3::Hasher::new();
     hasher.update(input.ident.to_string().as_bytes());
+    for attr in input.attrs.iter().filter(|a| a.path().is_ident("serde") || a.path().is_ident("sqlx")) {
+        hasher.update(attr.to_token_stream().to_string().as_bytes());
+    }
     for field in &model.fields {
         hasher.update(b"|");
         if let Some(ident) = &field.ident {
@@ -71,7 +86,7 @@ fn fingerprint(input: &DeriveInput, model: &Model<'_>) -> u64 {
         }
         hasher.update(b":");
         hasher.update(field.ty.to_token_stream().to_string().as_bytes());
-        for attr in field.attrs.iter().filter(|a| a.path().is_ident("serde")) {
+        for attr in field.attrs.iter().filter(|a| a.path().is_ident("serde") || a.path().is_ident("sqlx")) {
             hasher.update(attr.to_token_stream().to_string().as_bytes());
         }
     }

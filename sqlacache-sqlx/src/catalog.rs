@@ -1,7 +1,7 @@
 //! What the library knows about the database schema: tables, primary keys, foreign-key actions
 //! and inheritance, read from the system catalogs.
 
-use sqlacache_core::analyze::TableName;
+use sqlacache_core::analyze::{FunctionName, TableName};
 use sqlx::{PgPool, Row};
 use std::collections::{HashMap, HashSet};
 
@@ -15,8 +15,16 @@ pub(crate) struct TableInfo {
     /// `pg_class.relkind`: `r` table, `p` partitioned table, `v` view, `m` materialized view, `f`
     /// foreign table.
     pub kind: char,
-    /// Primary-key columns in index order, when every one has a trusted type.
+    /// Primary-key columns in index order, when every one has a trusted type, a deterministic
+    /// collation and is not generated: then equal text means the same row, and only an
+    /// assignment to the column changes it.
     pub key: Option<Vec<String>>,
+    /// Whether the pool's role may read the key columns (so `RETURNING` them is accepted).
+    pub key_readable: bool,
+    /// Row-level security is enabled on the table or on one of its family.
+    pub row_security: bool,
+    /// The table has rewrite rules (`DO INSTEAD` may refuse an appended `RETURNING`).
+    pub has_rules: bool,
     /// Tables whose rows change when rows of this one are deleted (cascade, set null/default).
     pub on_delete: Vec<u32>,
     /// Tables whose rows change when rows of this one are updated.
@@ -43,6 +51,10 @@ pub(crate) struct Catalog {
     visible: HashMap<String, u32>,
     /// Names looked up and not found since this catalog was loaded.
     pub missing: std::sync::Mutex<HashSet<TableName>>,
+    /// Whether every function of a name is immutable, by schema and name.
+    functions: HashMap<(String, String), bool>,
+    /// The schemas an unqualified name is looked up in, in order (`pg_catalog` included).
+    search_path: Vec<String>,
 }
 
 const TABLES: &str = r#"
@@ -50,19 +62,24 @@ SELECT c.oid::int8 AS oid, n.nspname::text AS schema, c.relname::text AS name,
        c.relkind::text AS kind,
        -- NULL when the table is dropped while this runs
        coalesce(pg_catalog.pg_table_is_visible(c.oid), false) AS visible,
-       (SELECT array_agg(a.attname::text ORDER BY k.ord)
-          FROM pg_catalog.pg_index i
-          CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
-          JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-         WHERE i.indrelid = c.oid AND i.indisprimary) AS key_names,
-       (SELECT array_agg(t.typname::text ORDER BY k.ord)
-          FROM pg_catalog.pg_index i
-          CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
-          JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-          JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
-         WHERE i.indrelid = c.oid AND i.indisprimary) AS key_types
+       c.relrowsecurity AS row_security, c.relhasrules AS has_rules,
+       pk.key_names, pk.key_types, coalesce(pk.key_exact, false) AS key_exact,
+       coalesce(pk.key_readable, false) AS key_readable
   FROM pg_catalog.pg_class c
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+  LEFT JOIN LATERAL (
+       SELECT array_agg(a.attname::text ORDER BY k.ord) AS key_names,
+              array_agg(t.typname::text ORDER BY k.ord) AS key_types,
+              -- equal text is the same row only under a deterministic collation, and a
+              -- generated column changes without being assigned
+              bool_and(a.attgenerated = '' AND coalesce(co.collisdeterministic, true)) AS key_exact,
+              bool_and(coalesce(pg_catalog.has_column_privilege(c.oid, a.attnum, 'SELECT'), false)) AS key_readable
+         FROM pg_catalog.pg_index i
+        CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
+         JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+         JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+         LEFT JOIN pg_catalog.pg_collation co ON co.oid = a.attcollation
+        WHERE i.indrelid = c.oid AND i.indisprimary) pk ON true
  WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
    AND c.relpersistence <> 't'
    AND n.nspname NOT IN ('pg_catalog', 'information_schema')
@@ -77,6 +94,16 @@ SELECT conrelid::int8 AS child, confrelid::int8 AS parent,
 
 const INHERITS: &str = "SELECT inhrelid::int8 AS child, inhparent::int8 AS parent FROM pg_catalog.pg_inherits";
 
+/// Whether each function name is immutable in every overload: a read is cached only when the
+/// functions it calls are (`random()`, `now()`, and a user function reading a table are not).
+const FUNCTIONS: &str = r#"
+SELECT n.nspname::text AS schema, p.proname::text AS name, bool_and(p.provolatile = 'i') AS immutable
+  FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+ GROUP BY 1, 2
+"#;
+
+const SEARCH_PATH: &str = "SELECT pg_catalog.current_schemas(true)::text[] AS path";
+
 fn oid(value: i64) -> u32 {
     u32::try_from(value).unwrap_or_default()
 }
@@ -88,9 +115,15 @@ impl Catalog {
         let rows = sqlx::query(TABLES).fetch_all(&mut *conn).await?;
         let fks = sqlx::query(FOREIGN_KEYS).fetch_all(&mut *conn).await?;
         let inherits = sqlx::query(INHERITS).fetch_all(&mut *conn).await?;
+        let functions = sqlx::query(FUNCTIONS).fetch_all(&mut *conn).await?;
+        let search_path: Vec<String> = sqlx::query(SEARCH_PATH).fetch_one(&mut *conn).await?.try_get("path")?;
         drop(conn);
 
-        let mut catalog = Catalog { generation, ..Catalog::default() };
+        let mut catalog = Catalog { generation, search_path, ..Catalog::default() };
+        for row in functions {
+            let immutable: Option<bool> = row.try_get("immutable")?;
+            catalog.functions.insert((row.try_get("schema")?, row.try_get("name")?), immutable.unwrap_or(false));
+        }
         for row in rows {
             let oid = oid(row.try_get("oid")?);
             let schema: String = row.try_get("schema")?;
@@ -98,8 +131,11 @@ impl Catalog {
             let kind: String = row.try_get("kind")?;
             let names: Option<Vec<String>> = row.try_get("key_names")?;
             let types: Option<Vec<String>> = row.try_get("key_types")?;
+            let exact: bool = row.try_get("key_exact")?;
             let key = match (names, types) {
-                (Some(names), Some(types)) if types.iter().all(|t| TRUSTED_KEY_TYPES.contains(&t.as_str())) => {
+                (Some(names), Some(types))
+                    if exact && types.iter().all(|t| TRUSTED_KEY_TYPES.contains(&t.as_str())) =>
+                {
                     Some(names)
                 }
                 _ => None,
@@ -114,6 +150,9 @@ impl Catalog {
                     oid,
                     kind: kind.chars().next().unwrap_or('r'),
                     key,
+                    key_readable: row.try_get("key_readable")?,
+                    row_security: row.try_get("row_security")?,
+                    has_rules: row.try_get("has_rules")?,
                     on_delete: Vec::new(),
                     on_update: Vec::new(),
                     referenced_by: Vec::new(),
@@ -145,11 +184,27 @@ impl Catalog {
         }
         for (&start, _) in links.iter() {
             let family = closure([start], |t| links.get(&t).cloned().unwrap_or_default());
+            // A policy on any member filters what reads of the family return.
+            let row_security = family.iter().any(|t| catalog.tables.get(t).is_some_and(|i| i.row_security));
             if let Some(table) = catalog.tables.get_mut(&start) {
                 table.family = family.into_iter().filter(|&t| t != start).collect();
+                table.row_security |= row_security;
             }
         }
         Ok(catalog)
+    }
+
+    /// Whether a called function is immutable in every overload the name may resolve to.
+    /// Unknown names are not.
+    pub fn is_immutable(&self, function: &FunctionName) -> bool {
+        let of = |schema: &str| self.functions.get(&(schema.to_owned(), function.name.clone())).copied();
+        match &function.schema {
+            Some(schema) => of(schema).unwrap_or(false),
+            None => {
+                let found: Vec<bool> = self.search_path.iter().filter_map(|schema| of(schema)).collect();
+                !found.is_empty() && found.iter().all(|&immutable| immutable)
+            }
+        }
     }
 
     /// Resolves a reference the way PostgreSQL would on a pool connection.

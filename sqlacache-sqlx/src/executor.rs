@@ -6,7 +6,7 @@
 
 use crate::plan::{Plan, RowColumns, WritePlan};
 use crate::pool::Shared;
-use crate::transaction::CachedConnection;
+use crate::transaction::{CachedConnection, TxState};
 use crate::CachedPool;
 use futures_core::future::BoxFuture;
 use futures_core::stream::BoxStream;
@@ -69,14 +69,15 @@ pub(crate) enum Target<'e> {
     /// On the pool; invalidations apply as soon as the statement is done.
     Pool,
     /// On a transaction's connection; invalidations wait for `COMMIT`.
-    Transaction(&'e mut PgConnection, &'e mut Vec<Tag>),
+    Transaction(&'e mut PgConnection, &'e mut TxState),
 }
 
 /// Runs `prepared` and applies what its plan calls for.
 pub(crate) fn run<'e>(shared: Arc<Shared>, target: Target<'e>, prepared: Prepared) -> BoxStream<'e, Step> {
     Box::pin(
         stream::once(async move {
-            let plan = match shared.plan(prepared.sql.as_str()).await {
+            let in_transaction = matches!(target, Target::Transaction(..));
+            let plan = match shared.plan(prepared.sql.as_str(), !in_transaction).await {
                 Ok(plan) => plan,
                 Err(error) => {
                     // Without a plan the statement still runs, and counts as writing anything.
@@ -85,9 +86,20 @@ pub(crate) fn run<'e>(shared: Arc<Shared>, target: Target<'e>, prepared: Prepare
                 }
             };
             let mut prepared = prepared;
+            if plan.session {
+                // Before it runs: no read may be served from a cache that its session no
+                // longer matches.
+                shared.session_changed(prepared.sql.as_str());
+            }
+            let ddl = plan.ddl || !plan.temp_tables.is_empty();
+            if ddl {
+                shared.ddl_started();
+            }
             let mut track_rows = false;
             if let WritePlan::Writes(w) = &plan.write {
-                if let (Some(sql), None) = (&w.rewritten, &prepared.statement) {
+                // A session that changed role may not be allowed to read what it writes.
+                let append = !shared.sessions_differ();
+                if let (Some(sql), None, true) = (&w.rewritten, &prepared.statement, append) {
                     prepared.sql = AssertSqlSafe(sql.clone()).into_sql_str();
                     track_rows = true;
                 } else if w.rows.as_ref().is_some_and(|r| r.forward) {
@@ -95,17 +107,19 @@ pub(crate) fn run<'e>(shared: Arc<Shared>, target: Target<'e>, prepared: Prepare
                 }
             }
             let steps: BoxStream<'e, Step> = match target {
-                Target::Pool if matches!(plan.write, WritePlan::None) => Box::pin((&shared.pool).fetch_many(prepared)),
+                Target::Pool if matches!(plan.write, WritePlan::None) && !ddl && !plan.begins => {
+                    Box::pin((&shared.pool).fetch_many(prepared))
+                }
                 Target::Pool => Box::pin(PoolWrite(Some(WriteStream {
                     inner: (&shared.pool).fetch_many(prepared),
-                    tracker: Some(Tracker::new(&shared, &plan, None, track_rows)),
+                    tracker: Some(Tracker::new(&shared, &plan, None, track_rows, ddl)),
                 }))),
-                Target::Transaction(conn, pending) => {
+                Target::Transaction(conn, state) => {
                     // Invalidations wait for COMMIT, which `CachedTransaction::commit` runs to its
                     // end in the same way.
                     Box::pin(WriteStream {
                         inner: conn.fetch_many(prepared),
-                        tracker: Some(Tracker::new(&shared, &plan, Some(pending), track_rows)),
+                        tracker: Some(Tracker::new(&shared, &plan, Some(state), track_rows, ddl)),
                     })
                 }
             };
@@ -165,11 +179,15 @@ pub(crate) fn first_row<'e>(mut steps: BoxStream<'e, Step>) -> BoxFuture<'e, Res
 struct Tracker<'e> {
     shared: Arc<Shared>,
     plan: Arc<Plan>,
-    sink: Option<&'e mut Vec<Tag>>,
+    sink: Option<&'e mut TxState>,
     /// Whether key columns of written rows are read from the output.
     track_rows: bool,
     rows: Vec<Tag>,
     rows_lost: bool,
+    /// Whether the statement changes the schema (it was counted as started).
+    ddl: bool,
+    /// The schema epoch before the statement ran: if it moved, the plan may miss a cascade.
+    epoch: u64,
 }
 
 enum Outcome<'a> {
@@ -179,8 +197,20 @@ enum Outcome<'a> {
 }
 
 impl<'e> Tracker<'e> {
-    fn new(shared: &Arc<Shared>, plan: &Arc<Plan>, sink: Option<&'e mut Vec<Tag>>, track_rows: bool) -> Self {
-        Tracker { shared: shared.clone(), plan: plan.clone(), sink, track_rows, rows: Vec::new(), rows_lost: false }
+    fn new(shared: &Arc<Shared>, plan: &Arc<Plan>, sink: Option<&'e mut TxState>, track_rows: bool, ddl: bool) -> Self {
+        // A transaction's own earlier schema changes stay in flight until it commits; they are
+        // this statement's own, not a concurrent surprise.
+        let epoch = shared.schema_epoch();
+        Tracker {
+            shared: shared.clone(),
+            plan: plan.clone(),
+            sink,
+            track_rows,
+            rows: Vec::new(),
+            rows_lost: false,
+            ddl,
+            epoch,
+        }
     }
 
     /// Notes a row; returns whether the caller should see it.
@@ -201,46 +231,84 @@ impl<'e> Tracker<'e> {
     }
 
     fn finish(mut self, outcome: Outcome<'_>) {
-        let plan = &self.plan;
-        let in_transaction = self.sink.is_some();
-        if let Outcome::Failed(error) = outcome {
-            let database_error = error.as_database_error();
-            let syntax_error = database_error.and_then(|e| e.code()).is_some_and(|c| c == "42601");
-            // PostgreSQL parses a whole string before running any of it, and a single statement
-            // outside a transaction that fails is rolled back: in both cases nothing changed.
-            let nothing_ran = syntax_error || (database_error.is_some() && plan.statements == 1 && !in_transaction);
-            if nothing_ran {
-                return;
-            }
-        }
-        if matches!(outcome, Outcome::Done) && (plan.ddl || !plan.temp_tables.is_empty()) {
-            self.shared.schema_changed(&plan.temp_tables);
-        }
-        let mut tags = match &plan.write {
-            WritePlan::None => return,
-            WritePlan::Everything => vec![Tag::All],
-            WritePlan::Writes(w) => w.tags.clone(),
+        let plan = self.plan.clone();
+        let shared = self.shared.clone();
+        let in_transaction = self.sink.as_ref().is_some_and(|s| !s.escaped);
+        let nothing_ran = match outcome {
+            Outcome::Failed(error) => nothing_ran(&plan, error, in_transaction),
+            _ => false,
         };
-        if let WritePlan::Writes(w) = &plan.write {
-            if let Some(rows) = &w.rows {
-                if self.track_rows && !self.rows_lost && matches!(outcome, Outcome::Done) {
-                    tags.append(&mut self.rows);
-                } else {
-                    tags.push(Tag::Rows(rows.table));
-                }
-            }
+        if self.sink.is_none() && plan.begins && !matches!(outcome, Outcome::Done) {
+            // A failed string that began a transaction leaves its connection inside it.
+            shared.session_changed("a failed statement string with BEGIN");
         }
-        match self.sink.take() {
-            Some(pending) => {
-                for tag in tags {
-                    if !pending.contains(&tag) {
-                        pending.push(tag);
+        let tags = if nothing_ran {
+            Vec::new()
+        } else {
+            let mut tags = match &plan.write {
+                WritePlan::None => Vec::new(),
+                WritePlan::Everything => vec![Tag::All],
+                WritePlan::Writes(w) => w.tags.clone(),
+            };
+            if let WritePlan::Writes(w) = &plan.write {
+                if let Some(rows) = &w.rows {
+                    if self.track_rows && !self.rows_lost && matches!(outcome, Outcome::Done) {
+                        tags.append(&mut self.rows);
+                    } else {
+                        tags.push(Tag::Rows(rows.table));
                     }
                 }
             }
-            None => self.shared.invalidate(&tags),
+            // A schema change since this statement was planned (or one still running) may have
+            // added a cascade or family that its plan does not know: trust no plan.
+            let others_ddl = shared.schema_epoch() != self.epoch
+                || (shared.ddl_running() && !self.ddl && self.sink.as_ref().is_none_or(|s| s.ddl == 0));
+            if !tags.is_empty() && !tags.contains(&Tag::All) && others_ddl {
+                shared.stats.widen();
+                tags = vec![Tag::All];
+            }
+            tags
+        };
+        match self.sink.take() {
+            Some(state) if !state.escaped => {
+                if self.ddl {
+                    // Applied to the catalog when the transaction ends.
+                    state.ddl += 1;
+                    state.temp_tables.extend(plan.temp_tables.iter().cloned());
+                }
+                state.add(&shared, tags);
+                if plan.transaction_control {
+                    // A hand-written COMMIT or ROLLBACK ended the transaction: what it wrote is
+                    // now visible (widen: a rollback costs only misses), and later statements
+                    // on this connection run on their own.
+                    state.escape(&shared);
+                }
+            }
+            _ => {
+                if self.ddl {
+                    shared.ddl_done(&plan.temp_tables);
+                }
+                shared.invalidate(&tags);
+            }
         }
     }
+}
+
+/// Whether a failed statement is known to have changed nothing. PostgreSQL parses a whole
+/// string before it runs any of it, so a syntax error in the text ran nothing; and a string
+/// outside a transaction runs as one implicit transaction that a failure rolls back, unless it
+/// holds transaction control or code that may commit on its own (`CALL`, `DO`). Anything else
+/// may have committed part of its work.
+fn nothing_ran(plan: &Plan, error: &sqlx::Error, in_transaction: bool) -> bool {
+    let Some(database_error) = error.as_database_error() else {
+        return false;
+    };
+    let pg = database_error.try_downcast_ref::<sqlx::postgres::PgDatabaseError>();
+    let syntax_in_text = pg.is_some_and(|e| {
+        e.code() == "42601" && matches!(e.position(), Some(sqlx::postgres::PgErrorPosition::Original(_)))
+    });
+    let parsed = plan.statements > 0;
+    syntax_in_text || (parsed && !plan.transaction_control && !in_transaction)
 }
 
 /// The key of a written row from the output columns that hold it.
@@ -399,8 +467,8 @@ impl<'c> Executor<'c> for &'c mut CachedConnection {
         'c: 'e,
         E: 'q + Execute<'q, Postgres>,
     {
-        let (conn, pending, shared) = self.parts();
-        run(shared, Target::Transaction(conn, pending), Prepared::from_execute(query))
+        let (conn, state, shared) = self.parts();
+        run(shared, Target::Transaction(conn, state), Prepared::from_execute(query))
     }
 
     fn fetch_optional<'e, 'q: 'e, E>(self, query: E) -> BoxFuture<'e, Result<Option<PgRow>, sqlx::Error>>

@@ -45,7 +45,7 @@ pub use error::Error;
 pub use pool::FillPoint;
 pub use pool::{CachedPool, CachedPoolBuilder};
 pub use query::{CachedMap, CachedQueryAs, CachedQueryScalar};
-pub use sqlacache_core::{Ops, StatsSnapshot};
+pub use sqlacache_core::{Ops, StatsSnapshot, Uncached};
 pub use sqlacache_derive::Cacheable;
 pub use transaction::{CachedConnection, CachedTransaction};
 
@@ -104,11 +104,32 @@ pub trait Cacheable:
 
     /// Binds a key as the arguments of [`Model::get_sql`].
     fn bind_key(key: Self::Key, args: &mut sqlx::postgres::PgArguments) -> Result<(), sqlx::error::BoxDynError>;
+
+    /// The fingerprint that keeps this type's cached bytes apart from every other type's: the
+    /// derive's [`Model::fingerprint`] (field names, types as written, `serde` and `sqlx`
+    /// attributes) combined with the full path of the type and of each field's type as the
+    /// compiler resolved it (so aliases and same-named types in other modules differ).
+    /// Computed once.
+    fn fingerprint() -> u64;
 }
 
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::query::add_arg;
     pub use sqlacache_core::key::KeyBuilder;
+
+    /// Combines a compile-time fingerprint with the resolved names of a type and its fields.
+    pub fn fingerprint(base: u64, names: &[&str]) -> u64 {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&base.to_le_bytes());
+        for name in names {
+            hasher.update(&(name.len() as u64).to_le_bytes());
+            hasher.update(name.as_bytes());
+        }
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&hasher.finalize().as_bytes()[..8]);
+        u64::from_le_bytes(first)
+    }
     pub use sqlx::error::BoxDynError;
     pub use sqlx::postgres::PgArguments;
     pub use sqlx::Arguments;

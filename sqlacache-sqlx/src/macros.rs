@@ -14,8 +14,8 @@
 #[macro_export]
 macro_rules! query_as {
     ($out:path, $sql:literal $(,)?) => {{
-        let __key = $crate::__private::KeyBuilder::new(<$out as $crate::Cacheable>::MODEL.fingerprint);
-        $crate::CachedMap::<$out, _>::new($sql, ::sqlx::query_as!($out, $sql), __key, true)
+        let __key = ::core::result::Result::Ok($crate::__private::KeyBuilder::new(<$out as $crate::Cacheable>::fingerprint()));
+        $crate::CachedMap::<$out, _>::new($sql, ::sqlx::query_as!($out, $sql), __key)
     }};
     ($out:path, $sql:literal, $($args:expr),+ $(,)?) => {
         $crate::__query_as_bind!(($out, $sql) [] $($args,)+)
@@ -32,9 +32,8 @@ macro_rules! __query_as_bind {
         }
     };
     (($out:path, $sql:literal) [$($bound:ident)*]) => {{
-        let mut __key = $crate::__private::KeyBuilder::new(<$out as $crate::Cacheable>::MODEL.fingerprint);
-        let mut __keyable = true;
-        $( __keyable &= __key.arg($bound).is_ok(); )*
-        $crate::CachedMap::<$out, _>::new($sql, ::sqlx::query_as!($out, $sql, $($bound),*), __key, __keyable)
+        let mut __key = ::core::result::Result::Ok($crate::__private::KeyBuilder::new(<$out as $crate::Cacheable>::fingerprint()));
+        $( $crate::__private::add_arg(&mut __key, $bound); )*
+        $crate::CachedMap::<$out, _>::new($sql, ::sqlx::query_as!($out, $sql, $($bound),*), __key)
     }};
 }

@@ -4,7 +4,7 @@
 use crate::catalog::{Catalog, TableInfo};
 use sqlacache_core::analyze::{Analysis, Effect, ReadOp, RowSource, TableName, WriteKind};
 use sqlacache_core::key::SqlDigest;
-use sqlacache_core::{Ops, Tag};
+use sqlacache_core::{Ops, Tag, Uncached};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,13 +19,20 @@ pub(crate) struct Policy {
 #[derive(Clone, Debug)]
 pub(crate) struct Plan {
     pub generation: u64,
-    pub read: Option<ReadPlan>,
+    /// How the statement is cached as a read, or why it is not.
+    pub read: Result<ReadPlan, Uncached>,
     pub write: WritePlan,
     pub statements: usize,
     /// Whether running it changes the schema.
     pub ddl: bool,
-    /// Temporary tables running it creates.
+    /// Temporary relations running it creates.
     pub temp_tables: Vec<String>,
+    /// Whether it changes the session beyond itself (see `Analysis::session`).
+    pub session: bool,
+    /// Whether part of it may commit even when it fails (see `Analysis::transaction_control`).
+    pub transaction_control: bool,
+    /// Whether it begins a transaction.
+    pub begins: bool,
 }
 
 impl Plan {
@@ -33,11 +40,14 @@ impl Plan {
     pub fn unknown() -> Plan {
         Plan {
             generation: 0,
-            read: None,
+            read: Err(Uncached::Unparsable),
             write: WritePlan::Everything,
             statements: 0,
-            ddl: false,
+            ddl: true,
             temp_tables: Vec::new(),
+            session: false,
+            transaction_control: true,
+            begins: false,
         }
     }
 }
@@ -52,7 +62,9 @@ pub(crate) struct ReadPlan {
     pub deps: Box<[Tag]>,
     /// The table, when exactly one is read, with its primary-key columns when usable.
     pub single: Option<(u32, Option<Vec<String>>)>,
-    /// The SQL's part of every cache key, hashed once here rather than on each read.
+    /// The SQL's part of every cache key, with the relations it resolved to (so a table that
+    /// now shadows the name never answers with the old one's entries), hashed once here
+    /// rather than on each read.
     pub sql: SqlDigest,
 }
 
@@ -82,6 +94,13 @@ pub(crate) struct RowsPlan {
     pub forward: bool,
 }
 
+/// Whether the catalog shows that a `RETURNING` of the key appended to a write on `info` is
+/// accepted wherever the write is: no rules that could rewrite it, no row-level security that
+/// could filter or refuse it, and the role may read the key.
+fn accepts_returning(info: &TableInfo) -> bool {
+    matches!(info.kind, 'r' | 'p') && !info.has_rules && !info.row_security && info.key_readable
+}
+
 #[derive(Clone, Debug)]
 pub(crate) enum RowColumns {
     /// Key columns at these positions.
@@ -90,6 +109,10 @@ pub(crate) enum RowColumns {
     Named(Vec<String>),
 }
 
+/// Stands in the temporary-relation names once there are too many to list: then every
+/// unqualified name may be shadowed. (No identifier can hold a NUL.)
+pub(crate) const ANY_TEMP: &str = "\0any";
+
 /// What the planner needs besides the analysis.
 pub(crate) struct Context<'a> {
     pub catalog: &'a Catalog,
@@ -97,53 +120,19 @@ pub(crate) struct Context<'a> {
     pub temp_tables: &'a HashSet<String>,
 }
 
+impl Context<'_> {
+    /// Whether an unqualified name may be a temporary relation on some connection.
+    fn maybe_temp(&self, name: &TableName) -> bool {
+        name.schema.is_none() && (self.temp_tables.contains(&name.name) || self.temp_tables.contains(ANY_TEMP))
+    }
+}
+
 /// Names that did not resolve; the caller may reload the catalog and plan again.
 pub(crate) struct Unresolved(pub Vec<TableName>);
 
 pub(crate) fn plan(sql: &str, analysis: &Analysis, cx: &Context<'_>) -> (Plan, Unresolved) {
     let mut unresolved = Vec::new();
-    let read = analysis.read.as_ref().ok().and_then(|read| {
-        let mut allowed = Ops::ALL;
-        let mut ttl = Duration::MAX;
-        let mut deps = Vec::new();
-        let mut tables: Vec<&TableInfo> = Vec::new();
-        let mut ok = true;
-        for name in &read.tables {
-            match cx.catalog.resolve(name) {
-                // A temporary table of that name may shadow it on some connections.
-                Some(_) if name.schema.is_none() && cx.temp_tables.contains(&name.name) => ok = false,
-                Some(info) if info.is_plain_table() => match (cx.policy)(info) {
-                    Some(policy) => {
-                        allowed = Ops::from_bits(allowed.bits() & policy.ops.bits());
-                        ttl = ttl.min(policy.ttl);
-                        if !deps.contains(&Tag::Table(info.oid)) {
-                            deps.push(Tag::Table(info.oid));
-                            tables.push(info);
-                        }
-                    }
-                    None => ok = false,
-                },
-                Some(_) => ok = false,
-                None if name.schema.is_none() && read.ctes.contains(&name.name) => {}
-                None => {
-                    unresolved.push(name.clone());
-                    ok = false;
-                }
-            }
-        }
-        (ok && !tables.is_empty()).then(|| ReadPlan {
-            op: read.op,
-            allowed,
-            ttl,
-            deps: deps.into(),
-            sql: SqlDigest::of(sql),
-            single: match tables.as_slice() {
-                [one] => Some((one.oid, one.key.clone())),
-                _ => None,
-            },
-        })
-    });
-
+    let read = analysis.read.clone().and_then(|read| plan_read(sql, &read, analysis, cx, &mut unresolved));
     let write = match &analysis.effect {
         Effect::None => WritePlan::None,
         Effect::Everything { .. } => WritePlan::Everything,
@@ -154,10 +143,79 @@ pub(crate) fn plan(sql: &str, analysis: &Analysis, cx: &Context<'_>) -> (Plan, U
         read,
         write,
         statements: analysis.statements,
-        ddl: false,
-        temp_tables: Vec::new(),
+        ddl: analysis.ddl,
+        temp_tables: analysis.temp_tables.clone(),
+        session: analysis.session,
+        transaction_control: analysis.transaction_control,
+        begins: analysis.begins,
     };
     (plan, Unresolved(unresolved))
+}
+
+fn plan_read(
+    sql: &str,
+    read: &sqlacache_core::analyze::Read,
+    analysis: &Analysis,
+    cx: &Context<'_>,
+    unresolved: &mut Vec<TableName>,
+) -> Result<ReadPlan, Uncached> {
+    let mut allowed = Ops::ALL;
+    let mut ttl = Duration::MAX;
+    let mut deps = Vec::new();
+    let mut tables: Vec<&TableInfo> = Vec::new();
+    // The first reason found wins, but every name is still resolved so that unknown ones are
+    // all reported at once.
+    let mut refused = None;
+    for name in &read.tables {
+        let outcome = match cx.catalog.resolve(name) {
+            // A temporary relation of that name may shadow it on some connections.
+            Some(_) if cx.maybe_temp(name) => Err(Uncached::NotATable),
+            Some(info) if !info.is_plain_table() => Err(Uncached::NotATable),
+            Some(info) if info.row_security => Err(Uncached::RowSecurity),
+            Some(info) => match (cx.policy)(info) {
+                Some(policy) => {
+                    allowed = Ops::from_bits(allowed.bits() & policy.ops.bits());
+                    ttl = ttl.min(policy.ttl);
+                    if !deps.contains(&Tag::Table(info.oid)) {
+                        deps.push(Tag::Table(info.oid));
+                        tables.push(info);
+                    }
+                    Ok(())
+                }
+                None => Err(Uncached::Disabled),
+            },
+            None if name.schema.is_none() && read.ctes.contains(&name.name) => Ok(()),
+            None if cx.maybe_temp(name) => Err(Uncached::NotATable),
+            None => {
+                unresolved.push(name.clone());
+                Err(Uncached::UnknownTable)
+            }
+        };
+        if let Err(reason) = outcome {
+            refused.get_or_insert(reason);
+        }
+    }
+    if let Some(reason) = refused {
+        return Err(reason);
+    }
+    if tables.is_empty() {
+        return Err(Uncached::NotARead);
+    }
+    if !analysis.functions.iter().all(|f| cx.catalog.is_immutable(f)) {
+        return Err(Uncached::Volatile);
+    }
+    let oids: Vec<u32> = tables.iter().map(|t| t.oid).collect();
+    Ok(ReadPlan {
+        op: read.op,
+        allowed,
+        ttl,
+        deps: deps.into(),
+        sql: SqlDigest::with_relations(sql, &oids),
+        single: match tables.as_slice() {
+            [one] => Some((one.oid, one.key.clone())),
+            _ => None,
+        },
+    })
 }
 
 fn plan_writes(
@@ -177,7 +235,7 @@ fn plan_writes(
     for write in writes {
         let info = match cx.catalog.resolve(&write.table) {
             Some(info) => info,
-            None if write.table.schema.is_none() && cx.temp_tables.contains(&write.table.name) => continue,
+            None if cx.maybe_temp(&write.table) => continue,
             None => {
                 unresolved.push(write.table.clone());
                 return WritePlan::Everything;
@@ -193,28 +251,37 @@ fn plan_writes(
             push(&mut tags, Tag::Table(f));
             push(&mut tags, Tag::Rows(f));
         }
-        let cascades = match write.kind {
-            WriteKind::Insert if write.assigned.is_empty() => Vec::new(),
-            WriteKind::Insert | WriteKind::Update => cx.catalog.cascades(t, false),
-            WriteKind::Delete => cx.catalog.cascades(t, true),
-            WriteKind::Truncate { cascade: true } => cx.catalog.truncate_cascade(t),
-            WriteKind::Truncate { cascade: false } => Vec::new(),
-            WriteKind::Other | WriteKind::Ddl => {
-                let mut both = cx.catalog.cascades(t, true);
-                both.extend(cx.catalog.cascades(t, false));
-                both
-            }
-        };
+        // Foreign keys may be declared on any member of the table's family.
+        let mut cascades = Vec::new();
+        for member in std::iter::once(t).chain(info.family.iter().copied()) {
+            cascades.extend(match write.kind {
+                WriteKind::Insert if write.assigned.is_empty() => Vec::new(),
+                WriteKind::Insert | WriteKind::Update => cx.catalog.cascades(member, false),
+                WriteKind::Delete => cx.catalog.cascades(member, true),
+                WriteKind::Truncate { cascade: true } => cx.catalog.truncate_cascade(member),
+                WriteKind::Truncate { cascade: false } => Vec::new(),
+                WriteKind::Other | WriteKind::Ddl => {
+                    let mut both = cx.catalog.cascades(member, true);
+                    both.extend(cx.catalog.cascades(member, false));
+                    both
+                }
+            });
+        }
+        // A cascade reaches whole families: reads of a partitioned parent or an inheritance
+        // ancestor see the rows of the member it changes.
         for c in cascades {
-            push(&mut tags, Tag::Table(c));
-            push(&mut tags, Tag::Rows(c));
+            for member in std::iter::once(c).chain(cx.catalog.tables.get(&c).into_iter().flat_map(|i| i.family.clone()))
+            {
+                push(&mut tags, Tag::Table(member));
+                push(&mut tags, Tag::Rows(member));
+            }
         }
 
         let rows = match (&info.key, write.kind, writes.len()) {
             (Some(key), WriteKind::Insert | WriteKind::Update | WriteKind::Delete, 1)
                 if !write.assigned.iter().any(|c| key.contains(c)) =>
             {
-                row_columns(sql, key, &write.rows)
+                row_columns(sql, key, &write.rows).filter(|(_, _, append)| append.is_none() || accepts_returning(info))
             }
             _ => None,
         };

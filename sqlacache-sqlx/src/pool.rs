@@ -6,13 +6,13 @@ use crate::{Cacheable, Error};
 use serde::{de::DeserializeOwned, Serialize};
 use sqlacache_core::analyze::{analyze, TableName};
 use sqlacache_core::key::{row_id_of, Key, KeyBuilder};
-use sqlacache_core::{MemoryStore, Ops, Stats, StatsSnapshot, Tag};
+use sqlacache_core::{MemoryStore, Ops, Stats, StatsSnapshot, Tag, Uncached};
 use sqlx::postgres::PgArguments;
 use sqlx::PgPool;
 use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -91,7 +91,17 @@ pub(crate) struct Shared {
     config: Config,
     catalog: RwLock<Arc<Catalog>>,
     generation: AtomicU64,
-    dirty: AtomicBool,
+    /// Counts schema changes seen through the pool (and `refresh_catalog` calls).
+    schema_epoch: AtomicU64,
+    /// The `schema_epoch` that the current catalog was read after: the catalog is out of date
+    /// while the two differ. Only a load that completes advances it, so an abandoned reload
+    /// leaves the change pending.
+    loaded_epoch: AtomicU64,
+    /// Statements that change the schema and have not finished (or, in a transaction, not
+    /// committed): a write that overlaps one may cascade where its plan does not know.
+    ddl_in_flight: AtomicUsize,
+    /// Set once a statement through the pool changed its sessions (see [`Uncached::Session`]).
+    sessions_differ: AtomicBool,
     reload: tokio::sync::Mutex<()>,
     plans: quick_cache::sync::Cache<String, Arc<Plan>>,
     temp_tables: RwLock<HashSet<String>>,
@@ -127,12 +137,80 @@ impl Shared {
         self.catalog.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    fn schema_current(&self) -> bool {
+        self.loaded_epoch.load(Ordering::Acquire) == self.schema_epoch.load(Ordering::Acquire)
+    }
+
+    /// The number of schema changes seen so far; a write compares it before and after it runs.
+    pub fn schema_epoch(&self) -> u64 {
+        self.schema_epoch.load(Ordering::Acquire)
+    }
+
+    /// Whether a schema change is running now.
+    pub fn ddl_running(&self) -> bool {
+        self.ddl_in_flight.load(Ordering::Acquire) > 0
+    }
+
+    /// A schema change starts; pair with [`Shared::ddl_done`].
+    pub fn ddl_started(&self) {
+        self.ddl_in_flight.fetch_add(1, Ordering::AcqRel);
+        self.schema_epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A schema change finished (or committed, or rolled back): plan again with a fresh
+    /// catalog, and keep the temporary relations it made from being cached.
+    pub fn ddl_done(&self, temp_tables: &[String]) {
+        if !temp_tables.is_empty() {
+            let mut known = self.temp_tables.write().unwrap_or_else(|e| e.into_inner());
+            known.extend(temp_tables.iter().cloned());
+            if known.len() > MAX_NAMES {
+                // Too many to list: any unqualified name may now be shadowed somewhere.
+                known.clear();
+                known.insert(plan::ANY_TEMP.to_owned());
+                self.stats.widen();
+            }
+        }
+        self.schema_epoch.fetch_add(1, Ordering::AcqRel);
+        self.ddl_in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Whether the pool's sessions may differ from one another.
+    pub fn sessions_differ(&self) -> bool {
+        self.sessions_differ.load(Ordering::Relaxed)
+    }
+
+    /// A statement changed the session of the connection that ran it: from now on the pool's
+    /// connections may answer differently, so cached reads are neither served nor filled.
+    pub fn session_changed(&self, sql: &str) {
+        if !self.sessions_differ.swap(true, Ordering::AcqRel) {
+            tracing::warn!(
+                target: "sqlacache",
+                statement = sql,
+                "a statement changed the session of a pool connection; this pool no longer caches reads \
+                 (configure sessions with PgConnectOptions or after_connect, or use SET LOCAL in a transaction)"
+            );
+        }
+    }
+
+    /// Why a read with this plan is not served from the cache, if it is not.
+    pub fn refusal<'p>(&self, plan: &'p Plan) -> Result<&'p crate::plan::ReadPlan, Uncached> {
+        let read = plan.read.as_ref().map_err(|r| *r)?;
+        if self.sessions_differ() {
+            return Err(Uncached::Session);
+        }
+        Ok(read)
+    }
+
     /// The plan for a SQL string: memoized, so a repeated statement is not parsed again.
     ///
     /// Each thread keeps its own copies of the plans it uses in front of the shared memo, so
     /// threads reading through one plan (every `get` of a model) share no reference count.
-    pub async fn plan(&self, sql: &str) -> Result<Arc<Plan>, sqlx::Error> {
-        if !self.dirty.load(Ordering::Acquire) {
+    ///
+    /// With `may_reload` false (inside a transaction, whose connection may be the pool's only
+    /// one) the catalog is never read again: the plan is made from the catalog at hand, and
+    /// names it does not know make writes invalidate everything.
+    pub async fn plan(&self, sql: &str, may_reload: bool) -> Result<Arc<Plan>, sqlx::Error> {
+        if self.schema_current() {
             let generation = self.generation.load(Ordering::Acquire);
             if let Some(plan) = local_plans::get(self.id, sql).filter(|p| p.generation == generation) {
                 return Ok(plan);
@@ -143,11 +221,11 @@ impl Shared {
             }
         }
         // Boxed so the planner's (large) future is not part of every read's future.
-        Box::pin(self.plan_slow(sql)).await
+        Box::pin(self.plan_slow(sql, may_reload)).await
     }
 
-    async fn plan_slow(&self, sql: &str) -> Result<Arc<Plan>, sqlx::Error> {
-        if self.dirty.load(Ordering::Acquire) {
+    async fn plan_slow(&self, sql: &str, may_reload: bool) -> Result<Arc<Plan>, sqlx::Error> {
+        if may_reload && !self.schema_current() {
             self.reload(self.generation.load(Ordering::Acquire)).await?;
         }
         let analysis = analyze(sql);
@@ -155,7 +233,7 @@ impl Shared {
         let mut reloaded = false;
         loop {
             let catalog = self.catalog();
-            let (mut plan, fresh_names) = {
+            let (plan, fresh_names) = {
                 let temp_tables = self.temp_tables.read().unwrap_or_else(|e| e.into_inner()).clone();
                 let policy = |info: &TableInfo| self.config.policy(&catalog, info);
                 let cx = Context { catalog: &catalog, policy: &policy, temp_tables: &temp_tables };
@@ -164,15 +242,17 @@ impl Shared {
                 let fresh: Vec<TableName> = unresolved.0.into_iter().filter(|n| !missing.contains(n)).collect();
                 (plan, fresh)
             };
-            if !fresh_names.is_empty() && !reloaded {
+            if !fresh_names.is_empty() && !reloaded && may_reload {
                 // A table created after the catalog was read: read it again, once.
                 self.reload(catalog.generation).await?;
                 reloaded = true;
                 continue;
             }
-            catalog.missing.lock().unwrap_or_else(|e| e.into_inner()).extend(fresh_names);
-            plan.ddl = analysis.ddl;
-            plan.temp_tables = analysis.temp_tables.clone();
+            if !may_reload && (!fresh_names.is_empty() || !self.schema_current()) {
+                // Made without the latest schema: used once, never memoized.
+                return Ok(Arc::new(plan));
+            }
+            self.note_missing(&catalog, fresh_names);
             let plan = Arc::new(plan);
             self.plans.insert(sql.to_owned(), plan.clone());
             return Ok(plan);
@@ -182,14 +262,13 @@ impl Shared {
     /// Reads the catalog again unless someone already did since `seen` was current.
     async fn reload(&self, seen: u64) -> Result<(), sqlx::Error> {
         let _guard = self.reload.lock().await;
-        if self.generation.load(Ordering::Acquire) != seen && !self.dirty.load(Ordering::Acquire) {
+        if self.generation.load(Ordering::Acquire) != seen && self.schema_current() {
             return Ok(());
         }
-        self.dirty.store(false, Ordering::Release);
+        // Changes after this point are not guaranteed to be in the catalog read below.
+        let epoch = self.schema_epoch.load(Ordering::Acquire);
         let old = self.catalog();
-        let catalog = Catalog::load(&self.pool, old.generation + 1).await.inspect_err(|_| {
-            self.dirty.store(true, Ordering::Release);
-        })?;
+        let catalog = Catalog::load(&self.pool, old.generation + 1).await?;
         {
             let old_missing = old.missing.lock().unwrap_or_else(|e| e.into_inner());
             let still = old_missing.iter().filter(|n| catalog.resolve(n).is_none()).cloned();
@@ -198,15 +277,22 @@ impl Shared {
         let generation = catalog.generation;
         *self.catalog.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(catalog);
         self.generation.store(generation, Ordering::Release);
+        self.loaded_epoch.fetch_max(epoch, Ordering::AcqRel);
         Ok(())
     }
 
-    /// Schema changed through the pool: plan again with a fresh catalog.
-    pub fn schema_changed(&self, temp_tables: &[String]) {
-        if !temp_tables.is_empty() {
-            self.temp_tables.write().unwrap_or_else(|e| e.into_inner()).extend(temp_tables.iter().cloned());
+    /// Remembers names that resolve to nothing, so they do not trigger a reload each time.
+    /// Bounded: past the cap the set starts over (costing reloads, never freshness).
+    fn note_missing(&self, catalog: &Catalog, names: Vec<TableName>) {
+        if names.is_empty() {
+            return;
         }
-        self.dirty.store(true, Ordering::Release);
+        let mut missing = catalog.missing.lock().unwrap_or_else(|e| e.into_inner());
+        if missing.len() + names.len() > MAX_NAMES {
+            missing.clear();
+            self.stats.widen();
+        }
+        missing.extend(names);
     }
 
     /// Applies an invalidation now.
@@ -227,6 +313,9 @@ impl Shared {
     }
 
     /// Answers a read from the cache or fills it: the freshness protocol in one place.
+    ///
+    /// A value is stored only if its stored form reads back as itself (the same bytes once
+    /// decoded and encoded again); otherwise the read counts as [`Uncached::Unstorable`].
     ///
     /// `fill` makes the future that reads the database and names the tags the value depends on
     /// (computed there, so a hit never pays for them). It is called only on a miss, after the
@@ -253,7 +342,6 @@ impl Shared {
                 }
             }
         }
-        self.stats.miss();
         let stamp = self.store.stamp();
         #[cfg(feature = "test-hooks")]
         if let Some(hook) = &self.fill_hook {
@@ -264,17 +352,31 @@ impl Shared {
         if let Some(hook) = &self.fill_hook {
             hook(FillPoint::Read).await;
         }
-        match postcard::to_allocvec(&value) {
-            Ok(bytes) => {
+        match postcard::to_allocvec(&value).ok().filter(|bytes| round_trips::<R>(bytes)) {
+            Some(bytes) => {
+                self.stats.miss();
                 if !self.store.put(key, deps.as_ref(), stamp, ttl, bytes) {
                     self.stats.fill_rejected();
                 }
             }
-            Err(error) => tracing::warn!(%error, "a value could not be serialized; not cached"),
+            None => self.stats.bypass(Uncached::Unstorable),
         }
         Ok(value)
     }
 }
+
+/// Whether bytes decode to a value that encodes to the same bytes. Types that postcard cannot
+/// read back (ones that ask the format what comes next, such as `serde_json::Value` or
+/// untagged enums) fail here instead of being stored and never served.
+fn round_trips<R: Serialize + DeserializeOwned>(bytes: &[u8]) -> bool {
+    match postcard::from_bytes::<R>(bytes) {
+        Ok(decoded) => postcard::to_allocvec(&decoded).is_ok_and(|again| again == bytes),
+        Err(_) => false,
+    }
+}
+
+/// Past this many remembered names (missing tables, temporary relations), a set starts over.
+const MAX_NAMES: usize = 1024;
 
 /// The row identity of `T`'s row with `key`, given the table a plan reads and its primary-key
 /// columns; `None` when `T`'s key is not that primary key or has no exact text form, so any
@@ -379,11 +481,15 @@ impl CachedPool {
     pub async fn get<T: Cacheable>(&self, key: T::Key) -> Result<Option<T>, sqlx::Error> {
         let model = &T::MODEL;
         let shared = &self.shared;
-        let plan = shared.plan(model.get_sql).await?;
-        let mut key_hash = KeyBuilder::new(model.fingerprint);
-        let keyable = key_hash.arg(&key).is_ok();
-        let read = plan.read.as_ref().filter(|r| keyable && r.allowed.contains(Ops::GET));
-        let cached = read.and_then(|read| Some((read, read.single.as_ref()?)));
+        let plan = shared.plan(model.get_sql, true).await?;
+        let mut key_hash = KeyBuilder::new(T::fingerprint());
+        let cached = shared.refusal(&plan).and_then(|read| {
+            key_hash.arg(&key)?;
+            if !read.allowed.contains(Ops::GET) {
+                return Err(Uncached::Disabled);
+            }
+            Ok((read, read.single.as_ref().ok_or(Uncached::NotARead)?))
+        });
         // The row identity is hashed only when a fill stores an entry; a hit does not need it.
         let deps = |single: &(u32, Option<Vec<String>>), key: &T::Key| match row_of::<T>(single, key) {
             Some(row) => [Tag::Row(row), Tag::Rows(single.0)],
@@ -398,7 +504,7 @@ impl CachedPool {
             sqlx::query_as_with::<_, T, _>(model.get_sql, args).fetch_optional(&shared.pool).await
         };
         match cached {
-            Some((read, single)) => {
+            Ok((read, single)) => {
                 let id = key_hash.finish(&read.sql, kind::GET);
                 let fill = || async {
                     let deps = deps(single, &key);
@@ -406,8 +512,8 @@ impl CachedPool {
                 };
                 shared.cached_read(id, read.ttl, fill).await
             }
-            None => {
-                shared.stats.bypass();
+            Err(reason) => {
+                shared.stats.bypass(reason);
                 Box::pin(fetch(key)).await
             }
         }
@@ -430,7 +536,7 @@ impl CachedPool {
     /// # Ok(()) }
     /// ```
     pub fn query_as<T: Cacheable>(&self, sql: impl sqlx::SqlSafeStr) -> crate::CachedQueryAs<'_, T> {
-        crate::query::CachedQueryAs::new(self, sql.into_sql_str(), T::MODEL.fingerprint)
+        crate::query::CachedQueryAs::new(self, sql.into_sql_str(), T::fingerprint())
     }
 
     /// Starts a cached query returning one column of type `O` (counts, existence checks, ids).
@@ -463,8 +569,8 @@ impl CachedPool {
     /// Invalidates cached reads of the rows of `T` with these keys (and every multi-row read of
     /// its table), for changes made where the cache cannot see them.
     pub async fn invalidate_rows<T: Cacheable>(&self, keys: &[T::Key]) -> Result<(), Error> {
-        let plan = self.shared.plan(T::MODEL.get_sql).await?;
-        let Some(single) = plan.read.as_ref().and_then(|r| r.single.as_ref()) else {
+        let plan = self.shared.plan(T::MODEL.get_sql, true).await?;
+        let Some(single) = plan.read.as_ref().ok().and_then(|r| r.single.as_ref()) else {
             return self.invalidate_table(T::MODEL.table).await;
         };
         let mut tags = vec![Tag::Table(single.0)];
@@ -507,7 +613,7 @@ impl CachedPool {
     /// Reads the schema again (tables, keys, foreign keys). Schema changes made through the
     /// pool are noticed by themselves; call this after changing the schema elsewhere.
     pub async fn refresh_catalog(&self) -> Result<(), Error> {
-        self.shared.dirty.store(true, Ordering::Release);
+        self.shared.schema_epoch.fetch_add(1, Ordering::AcqRel);
         self.shared.reload(self.shared.generation.load(Ordering::Acquire)).await?;
         Ok(())
     }
@@ -649,7 +755,10 @@ impl CachedPoolBuilder {
             },
             catalog: RwLock::new(Arc::new(catalog)),
             generation: AtomicU64::new(1),
-            dirty: AtomicBool::new(false),
+            schema_epoch: AtomicU64::new(0),
+            loaded_epoch: AtomicU64::new(0),
+            ddl_in_flight: AtomicUsize::new(0),
+            sessions_differ: AtomicBool::new(false),
             reload: tokio::sync::Mutex::new(()),
             plans: quick_cache::sync::Cache::new(4096),
             temp_tables: RwLock::new(HashSet::new()),

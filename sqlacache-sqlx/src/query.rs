@@ -5,7 +5,7 @@ use crate::{Cacheable, CachedPool};
 use serde::{de::DeserializeOwned, Serialize};
 use sqlacache_core::analyze::ReadOp;
 use sqlacache_core::key::KeyBuilder;
-use sqlacache_core::Ops;
+use sqlacache_core::{Ops, Uncached};
 use sqlx::error::BoxDynError;
 use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::{Arguments, Encode, Postgres, SqlStr, Type};
@@ -26,7 +26,7 @@ fn op_of(op: ReadOp) -> Ops {
 async fn read<R, F, Fut>(
     pool: &CachedPool,
     sql: &str,
-    key: Option<KeyBuilder>,
+    key: Result<KeyBuilder, Uncached>,
     kind: u8,
     fill: F,
 ) -> Result<R, sqlx::Error>
@@ -36,14 +36,20 @@ where
     Fut: Future<Output = Result<R, sqlx::Error>>,
 {
     let shared = &pool.shared;
-    let plan = shared.plan(sql).await?;
-    match (plan.read.as_ref().filter(|r| r.allowed.contains(op_of(r.op))), key) {
-        (Some(read), Some(key)) => {
+    let plan = shared.plan(sql, true).await?;
+    let cached = shared.refusal(&plan).and_then(|read| {
+        if !read.allowed.contains(op_of(read.op)) {
+            return Err(Uncached::Disabled);
+        }
+        Ok((read, key?))
+    });
+    match cached {
+        Ok((read, key)) => {
             let fill = || async { Ok((fill().await?, &read.deps)) };
             shared.cached_read(key.finish(&read.sql, kind), read.ttl, fill).await
         }
-        _ => {
-            shared.stats.bypass();
+        Err(reason) => {
+            shared.stats.bypass(reason);
             Box::pin(fill()).await
         }
     }
@@ -54,8 +60,8 @@ struct Bound<'p> {
     pool: &'p CachedPool,
     sql: SqlStr,
     args: PgArguments,
-    /// `None` when an argument could not be serialized: the read then bypasses the cache.
-    key: Option<KeyBuilder>,
+    /// Why not, when an argument cannot be part of a key: the read then bypasses the cache.
+    key: Result<KeyBuilder, Uncached>,
     error: Option<BoxDynError>,
     persistent: bool,
 }
@@ -63,25 +69,22 @@ struct Bound<'p> {
 impl<'p> Bound<'p> {
     fn new(pool: &'p CachedPool, sql: SqlStr, fingerprint: u64) -> Bound<'p> {
         let key = KeyBuilder::new(fingerprint);
-        Bound { pool, sql, args: PgArguments::default(), key: Some(key), error: None, persistent: true }
+        Bound { pool, sql, args: PgArguments::default(), key: Ok(key), error: None, persistent: true }
     }
 
     fn bind<'t, V: Encode<'t, Postgres> + Type<Postgres> + Serialize>(&mut self, value: V) {
         if self.error.is_some() {
             return;
         }
-        if let Some(key) = &mut self.key {
-            if key.arg(&value).is_err() {
-                self.key = None;
-            }
-        }
+        add_arg(&mut self.key, &value);
         let position = self.args.len() + 1;
         if let Err(error) = self.args.add(value) {
             self.error = Some(format!("Encoding argument ${position} failed: {error}").into());
         }
     }
 
-    fn take(self) -> Result<(&'p CachedPool, SqlStr, PgArguments, Option<KeyBuilder>, bool), sqlx::Error> {
+    #[allow(clippy::type_complexity)]
+    fn take(self) -> Result<(&'p CachedPool, SqlStr, PgArguments, Result<KeyBuilder, Uncached>, bool), sqlx::Error> {
         match self.error {
             Some(error) => Err(sqlx::Error::Encode(error)),
             None => Ok((self.pool, self.sql, self.args, self.key, self.persistent)),
@@ -92,6 +95,15 @@ impl<'p> Bound<'p> {
 impl fmt::Debug for Bound<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Bound").field("sql", &self.sql.as_str()).field("args", &self.args.len()).finish()
+    }
+}
+
+/// Adds an argument to a key under construction; the first argument that cannot be keyed
+/// decides why the read is not cached.
+#[doc(hidden)]
+pub fn add_arg<V: Serialize + ?Sized>(key: &mut Result<KeyBuilder, Uncached>, value: &V) {
+    if let Err(reason) = key.as_mut().map_or(Ok(()), |k| k.arg(value)) {
+        *key = Err(reason);
     }
 }
 
@@ -204,7 +216,7 @@ where
 pub struct CachedMap<'q, T, F> {
     sql: &'static str,
     map: sqlx::query::Map<'q, Postgres, F, PgArguments>,
-    key: Option<KeyBuilder>,
+    key: Result<KeyBuilder, Uncached>,
     row: PhantomData<fn() -> T>,
 }
 
@@ -223,10 +235,9 @@ where
     pub fn new(
         sql: &'static str,
         map: sqlx::query::Map<'q, Postgres, F, PgArguments>,
-        key: KeyBuilder,
-        keyable: bool,
+        key: Result<KeyBuilder, Uncached>,
     ) -> Self {
-        CachedMap { sql, map, key: keyable.then_some(key), row: PhantomData }
+        CachedMap { sql, map, key, row: PhantomData }
     }
 
     /// All rows.

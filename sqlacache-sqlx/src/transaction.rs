@@ -4,6 +4,7 @@ use crate::pool::Shared;
 use sqlacache_core::Tag;
 use sqlx::postgres::PgConnection;
 use sqlx::{Postgres, Transaction};
+use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
 use std::ops::{Deref, DerefMut};
@@ -42,13 +43,69 @@ pub struct CachedTransaction {
 /// ```
 pub struct CachedConnection {
     tx: Transaction<'static, Postgres>,
-    pending: Vec<Tag>,
+    state: TxState,
+}
+
+/// Beyond this many distinct pending tags a transaction invalidates everything at commit.
+const MAX_PENDING: usize = 16 * 1024;
+
+/// What a transaction's statements left to do at its end.
+pub(crate) struct TxState {
     shared: Arc<Shared>,
+    /// Tags to invalidate after `COMMIT`, without repeats.
+    pending: HashSet<Tag>,
+    /// A hand-written `COMMIT` or `ROLLBACK` ended the transaction: statements now run on
+    /// their own and invalidate at once.
+    pub escaped: bool,
+    /// Schema changes made in the transaction; they are in flight until it ends.
+    pub ddl: usize,
+    /// Temporary relations the transaction made.
+    pub temp_tables: Vec<String>,
+}
+
+impl TxState {
+    /// Adds tags to invalidate at commit; past the cap, the commit invalidates everything.
+    pub fn add(&mut self, shared: &Shared, tags: Vec<Tag>) {
+        if self.pending.contains(&Tag::All) {
+            return;
+        }
+        self.pending.extend(tags);
+        if self.pending.len() > MAX_PENDING || self.pending.contains(&Tag::All) {
+            if !self.pending.contains(&Tag::All) {
+                shared.stats.widen();
+            }
+            self.pending = HashSet::from([Tag::All]);
+        }
+    }
+
+    /// The transaction ended by a statement of the caller's: apply what it collected now.
+    pub fn escape(&mut self, shared: &Shared) {
+        self.escaped = true;
+        self.apply(shared);
+    }
+
+    fn apply(&mut self, shared: &Shared) {
+        let tags: Vec<Tag> = self.pending.drain().collect();
+        shared.invalidate(&tags);
+        for _ in 0..std::mem::take(&mut self.ddl) {
+            shared.ddl_done(&self.temp_tables);
+        }
+    }
+}
+
+impl Drop for TxState {
+    fn drop(&mut self) {
+        // Rolled back or dropped: the schema changes are over, whichever way they went.
+        for _ in 0..std::mem::take(&mut self.ddl) {
+            self.shared.ddl_done(&[]);
+        }
+    }
 }
 
 impl CachedConnection {
-    pub(crate) fn parts(&mut self) -> (&mut PgConnection, &mut Vec<Tag>, Arc<Shared>) {
-        (&mut self.tx, &mut self.pending, self.shared.clone())
+    pub(crate) fn parts(&mut self) -> (&mut PgConnection, &mut TxState, Arc<Shared>) {
+        let shared = self.state.shared.clone();
+        (&mut self.tx, &mut self.state, shared)
     }
 
     /// The underlying connection. Writes made on it directly are **not** invalidated.
@@ -59,7 +116,7 @@ impl CachedConnection {
 
 impl fmt::Debug for CachedConnection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CachedConnection").field("pending_tags", &self.pending.len()).finish_non_exhaustive()
+        f.debug_struct("CachedConnection").field("pending_tags", &self.state.pending.len()).finish_non_exhaustive()
     }
 }
 
@@ -82,16 +139,14 @@ impl DerefMut for CachedTransaction {
     }
 }
 
-/// Applies pending invalidations when dropped, unless disarmed: a commit that is cancelled
-/// after `COMMIT` was sent may have committed.
-struct ApplyOnDrop {
-    shared: Arc<Shared>,
-    tags: Vec<Tag>,
-}
+/// Applies pending invalidations (and schema changes) when dropped: a commit that is
+/// cancelled after `COMMIT` was sent may have committed.
+struct ApplyOnDrop(TxState);
 
 impl Drop for ApplyOnDrop {
     fn drop(&mut self) {
-        self.shared.invalidate(&self.tags);
+        let shared = self.0.shared.clone();
+        self.0.apply(&shared);
     }
 }
 
@@ -125,7 +180,8 @@ impl<F: Future<Output = Result<(), sqlx::Error>> + Send + 'static> Drop for Fini
 
 impl CachedTransaction {
     pub(crate) fn new(tx: Transaction<'static, Postgres>, shared: Arc<Shared>) -> CachedTransaction {
-        CachedTransaction { conn: CachedConnection { tx, pending: Vec::new(), shared } }
+        let state = TxState { shared, pending: HashSet::new(), escaped: false, ddl: 0, temp_tables: Vec::new() };
+        CachedTransaction { conn: CachedConnection { tx, state } }
     }
 
     /// Commits, then invalidates what the transaction's writes changed.
@@ -135,9 +191,9 @@ impl CachedTransaction {
     /// commit runs to its end even if this future is dropped: the rest of it moves to a task of
     /// its own.
     pub async fn commit(self) -> Result<(), sqlx::Error> {
-        let CachedConnection { tx, pending, shared } = self.conn;
+        let CachedConnection { tx, state } = self.conn;
         FinishOnDrop(Some(Box::pin(async move {
-            let _apply = ApplyOnDrop { shared, tags: pending };
+            let _apply = ApplyOnDrop(state);
             tx.commit().await
         })))
         .await
