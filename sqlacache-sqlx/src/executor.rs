@@ -149,17 +149,23 @@ impl futures_core::Stream for PoolWrite {
 impl Drop for PoolWrite {
     fn drop(&mut self) {
         if let Some(mut rest) = self.0.take().filter(|s| s.tracker.is_some()) {
-            finish_in_background(async move { while rest.next().await.is_some() {} });
+            let shared = rest.tracker.as_ref().map(|t| t.shared.clone()).expect("filtered");
+            finish_in_background(&shared, async move { while rest.next().await.is_some() {} });
         }
     }
 }
 
 /// Runs the unfinished rest of an abandoned write (a statement or a commit) on a task of its
 /// own. Without a runtime (sqlx needs one too, so one is shutting down) `rest` is dropped here
-/// instead, and the write's own drop invalidates at once, as for any abandoned write.
-pub(crate) fn finish_in_background(rest: impl Future<Output = ()> + Send + 'static) {
+/// instead, and the write's own drop invalidates at once, as for any abandoned write. Counted
+/// in the pool until it has invalidated.
+pub(crate) fn finish_in_background(shared: &Arc<Shared>, rest: impl Future<Output = ()> + Send + 'static) {
+    let running = shared.background_write();
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-        runtime.spawn(rest);
+        runtime.spawn(async move {
+            rest.await;
+            drop(running);
+        });
     }
 }
 

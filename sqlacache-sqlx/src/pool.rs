@@ -102,6 +102,8 @@ pub(crate) struct Shared {
     ddl_in_flight: AtomicUsize,
     /// Set once a statement through the pool changed its sessions (see [`Uncached::Session`]).
     sessions_differ: AtomicBool,
+    /// Abandoned writes and commits still running on tasks of their own.
+    background: Arc<AtomicUsize>,
     reload: tokio::sync::Mutex<()>,
     plans: quick_cache::sync::Cache<String, Arc<Plan>>,
     temp_tables: RwLock<HashSet<String>>,
@@ -172,6 +174,12 @@ impl Shared {
         }
         self.schema_epoch.fetch_add(1, Ordering::AcqRel);
         self.ddl_in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Counts an abandoned write as running until the returned guard is dropped.
+    pub fn background_write(&self) -> BackgroundWrite {
+        self.background.fetch_add(1, Ordering::AcqRel);
+        BackgroundWrite(self.background.clone())
     }
 
     /// Whether the pool's sessions may differ from one another.
@@ -362,6 +370,15 @@ impl Shared {
             None => self.stats.bypass(Uncached::Unstorable),
         }
         Ok(value)
+    }
+}
+
+/// Marks an abandoned write as finished when dropped.
+pub(crate) struct BackgroundWrite(Arc<AtomicUsize>);
+
+impl Drop for BackgroundWrite {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -618,6 +635,13 @@ impl CachedPool {
         Ok(())
     }
 
+    /// Test support: abandoned writes and commits that have not yet finished and invalidated.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn background_writes_for_tests(&self) -> usize {
+        self.shared.background.load(Ordering::Acquire)
+    }
+
     /// Test support: overwrites every cached value with bytes that do not decode.
     #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
@@ -759,6 +783,7 @@ impl CachedPoolBuilder {
             loaded_epoch: AtomicU64::new(0),
             ddl_in_flight: AtomicUsize::new(0),
             sessions_differ: AtomicBool::new(false),
+            background: Arc::default(),
             reload: tokio::sync::Mutex::new(()),
             plans: quick_cache::sync::Cache::new(4096),
             temp_tables: RwLock::new(HashSet::new()),

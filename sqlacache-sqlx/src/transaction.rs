@@ -151,7 +151,7 @@ impl Drop for ApplyOnDrop {
 }
 
 /// Polls a future in place; dropped before its end, hands the rest to a task of its own.
-struct FinishOnDrop<F: Future<Output = Result<(), sqlx::Error>> + Send + 'static>(Option<Pin<Box<F>>>);
+struct FinishOnDrop<F: Future<Output = Result<(), sqlx::Error>> + Send + 'static>(Option<Pin<Box<F>>>, Arc<Shared>);
 
 impl<F: Future<Output = Result<(), sqlx::Error>> + Send + 'static> Future for FinishOnDrop<F> {
     type Output = F::Output;
@@ -171,7 +171,7 @@ impl<F: Future<Output = Result<(), sqlx::Error>> + Send + 'static> Drop for Fini
     fn drop(&mut self) {
         // Only ever dropped unfinished after a first poll: `commit` awaits it at once.
         if let Some(rest) = self.0.take() {
-            crate::executor::finish_in_background(async move {
+            crate::executor::finish_in_background(&self.1, async move {
                 let _ = rest.await;
             });
         }
@@ -192,10 +192,14 @@ impl CachedTransaction {
     /// its own.
     pub async fn commit(self) -> Result<(), sqlx::Error> {
         let CachedConnection { tx, state } = self.conn;
-        FinishOnDrop(Some(Box::pin(async move {
-            let _apply = ApplyOnDrop(state);
-            tx.commit().await
-        })))
+        let shared = state.shared.clone();
+        FinishOnDrop(
+            Some(Box::pin(async move {
+                let _apply = ApplyOnDrop(state);
+                tx.commit().await
+            })),
+            shared,
+        )
         .await
     }
 

@@ -78,6 +78,8 @@ pub struct TestDb {
     pub pool: PgPool,
     /// The schema's name.
     pub schema: String,
+    /// Roles made with [`TestDb::role`], dropped with the schema.
+    roles: std::sync::Mutex<Vec<String>>,
 }
 
 impl TestDb {
@@ -111,7 +113,36 @@ impl TestDb {
             .await
             .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at {url}: {e}\n{HOW_TO_START}"));
         sqlx::raw_sql(AssertSqlSafe(ddl.to_owned())).execute(&pool).await.expect("create test tables");
-        TestDb { pool, schema }
+        TestDb { pool, schema, roles: Default::default() }
+    }
+
+    /// Options for a pool like this test's own: its schema on the search path, tagged with its
+    /// name so its connections are closed when it is dropped.
+    pub fn options(&self) -> PgConnectOptions {
+        let url = database_url();
+        PgConnectOptions::from_str(&url)
+            .unwrap_or_else(|e| panic!("DATABASE_URL {url:?} is not a PostgreSQL URL: {e}"))
+            .options([("search_path", self.schema.as_str())])
+            .application_name(&self.schema)
+    }
+
+    /// A pool of `size` connections with these options.
+    pub async fn pool_with(&self, size: u32, options: PgConnectOptions) -> PgPool {
+        PgPoolOptions::new()
+            .max_connections(size)
+            .connect_with(options)
+            .await
+            .unwrap_or_else(|e| panic!("cannot reach PostgreSQL: {e}\n{HOW_TO_START}"))
+    }
+
+    /// Creates a login role (not a superuser) that may use this schema, and returns its name
+    /// and options for connecting as it.
+    pub async fn role(&self, suffix: &str) -> (String, PgConnectOptions) {
+        let role = format!("{}_{suffix}", self.schema);
+        let setup = format!("CREATE ROLE {role} LOGIN; GRANT USAGE ON SCHEMA {} TO {role};", self.schema);
+        sqlx::raw_sql(AssertSqlSafe(setup)).execute(&self.pool).await.expect("create role");
+        self.roles.lock().unwrap_or_else(|e| e.into_inner()).push(role.clone());
+        (role.clone(), self.options().username(&role))
     }
 
     /// A builder over this schema's pool with the test row types configured.
@@ -137,6 +168,7 @@ fn fnv_hex(text: &str) -> String {
 impl Drop for TestDb {
     fn drop(&mut self) {
         let schema = self.schema.clone();
+        let roles = std::mem::take(&mut *self.roles.lock().unwrap_or_else(|e| e.into_inner()));
         let url = database_url();
         // Runs even when the test panicked; a fresh runtime because Drop cannot await.
         let _ = std::thread::spawn(move || {
@@ -150,6 +182,10 @@ impl Drop for TestDb {
                 sqlx::query(kill).bind(&schema).execute(&pool).await.ok()?;
                 let drop = format!("DROP SCHEMA IF EXISTS {schema} CASCADE");
                 sqlx::raw_sql(AssertSqlSafe(drop)).execute(&pool).await.ok()?;
+                for role in roles {
+                    let drop = format!("DROP OWNED BY {role}; DROP ROLE IF EXISTS {role}");
+                    sqlx::raw_sql(AssertSqlSafe(drop)).execute(&pool).await.ok()?;
+                }
                 pool.close().await;
                 Some(())
             })

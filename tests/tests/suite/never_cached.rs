@@ -64,3 +64,82 @@ async fn procedures_invalidate_everything() {
     sqlx::query("CALL rename_user($1, $2)").bind(2_i64).bind("robert").execute(&cache).await.unwrap();
     assert_eq!(cache.get::<User>(2_i64).await.unwrap().unwrap().name, "robert");
 }
+
+#[tokio::test]
+async fn function_volatility_comes_from_the_catalog() {
+    let db = TestDb::new().await;
+    let helpers = format!("{}_fn", db.schema);
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        r#"CREATE SCHEMA {helpers};
+           -- Reads a table the statement does not name: volatile by default.
+           CREATE FUNCTION {helpers}.lower(t text) RETURNS text LANGUAGE sql AS $$ SELECT name FROM users WHERE id = 2 $$;
+           CREATE FUNCTION "LOWER"(t text) RETURNS text LANGUAGE sql STABLE AS $$ SELECT name FROM users WHERE id = 3 $$;
+           CREATE FUNCTION twice(i bigint) RETURNS bigint LANGUAGE sql IMMUTABLE AS $$ SELECT i * 2 $$;"#
+    )))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let cache = db.cache().await;
+    let qualified = format!("SELECT {helpers}.lower(name) FROM users WHERE id = 1");
+    let read = |sql: String| {
+        let cache = cache.clone();
+        async move { cache.query_scalar::<String>(sqlx::AssertSqlSafe(sql)).fetch_one().await.unwrap() }
+    };
+    assert_eq!(read(qualified.clone()).await, "bob");
+    assert_eq!(read(r#"SELECT "LOWER"(name) FROM users WHERE id = 1"#.into()).await, "cy");
+    sqlx::raw_sql("UPDATE users SET name = 'bo' WHERE id = 2; UPDATE users SET name = 'c' WHERE id = 3")
+        .execute(cache.inner())
+        .await
+        .unwrap();
+    assert_eq!(read(qualified).await, "bo");
+    assert_eq!(read(r#"SELECT "LOWER"(name) FROM users WHERE id = 1"#.into()).await, "c");
+    assert_eq!(cache.stats().uncached(sqlacache_sqlx::Uncached::Volatile), 4);
+
+    // Immutable functions, built-in or not, and grammar such as COALESCE keep caching.
+    for sql in ["SELECT twice(id) FROM users WHERE id = 1", "SELECT lower(coalesce(name, 'x')) FROM users WHERE id = 1"]
+    {
+        for _ in 0..2 {
+            let _: Vec<String> =
+                cache.query_scalar(sqlx::AssertSqlSafe(format!("SELECT ({sql})::text"))).fetch_all().await.unwrap();
+        }
+    }
+    assert_eq!(cache.stats().hits, 2);
+}
+
+#[tokio::test]
+async fn clock_dependent_reads_are_not_cached() {
+    let db = TestDb::new().await;
+    let cache = db.cache().await;
+    for sql in [
+        "SELECT count(*) FROM users WHERE $$now$$::timestamptz > '2000-01-01'",
+        "SELECT count(*) FROM users WHERE E'now'::timestamptz > '2000-01-01'",
+        "SELECT count(*) FROM users WHERE ('no' || 'w')::timestamptz > '2000-01-01'",
+        "SELECT count(*) FROM users WHERE date 'today' > '2000-01-01'",
+        "SELECT count(*) FROM users WHERE now() > '2000-01-01'",
+        "SELECT count(*) FROM users TABLESAMPLE SYSTEM (100)",
+    ] {
+        for _ in 0..2 {
+            cache.query_scalar::<i64>(sqlx::AssertSqlSafe(sql)).fetch_one().await.unwrap();
+        }
+    }
+    let stats = cache.stats();
+    assert_eq!((stats.hits, stats.misses), (0, 0));
+    assert_eq!(stats.uncached(sqlacache_sqlx::Uncached::Clock), 8);
+    assert_eq!(stats.uncached(sqlacache_sqlx::Uncached::Volatile), 2);
+    assert_eq!(stats.uncached(sqlacache_sqlx::Uncached::Sample), 2);
+}
+
+#[tokio::test]
+async fn valid_locking_reads_do_not_flush_the_cache() {
+    let db = TestDb::new().await;
+    let cache = db.cache().await;
+    cache.get::<User>(1_i64).await.unwrap();
+    for sql in
+        ["SELECT * FROM users WHERE id = 1 FOR NO KEY UPDATE", "SELECT * FROM users FOR KEY SHARE", "TABLE users"]
+    {
+        sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&cache).await.unwrap();
+    }
+    cache.get::<User>(1_i64).await.unwrap();
+    assert_eq!(cache.stats().full_invalidations, 0);
+    assert_eq!(cache.stats().hits, 1);
+}

@@ -195,6 +195,11 @@ async fn cancelled_writes_and_commits_still_invalidate() {
             let _ = tokio::time::timeout(wait, tx.commit()).await;
         }
         tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        // The abandoned write may still be running on its own task: compare only once it has
+        // finished and invalidated (comparing earlier raced it, in either direction).
+        while cache.background_writes_for_tests() > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
         stop.store(true, Ordering::SeqCst);
         reader.await.unwrap();
         let truth: String =

@@ -1,0 +1,167 @@
+//! Keys and row types: arguments are keyed with their type, fingerprints tell types apart, a
+//! cached value reads back exactly or is not cached, and key columns are identities only when
+//! equal text means the same row.
+
+use serde::{Deserialize, Serialize};
+use sqlacache_sqlx::{Cacheable, CachedPool, Uncached};
+use sqlacache_tests::TestDb;
+
+#[tokio::test]
+async fn arguments_are_keyed_with_their_type_and_nullness() {
+    let db = TestDb::new().await;
+    let cache = db.cache().await;
+    let is_null = |sql: &'static str| cache.query_scalar::<bool>(sql);
+    for _ in 0..2 {
+        assert!(is_null("SELECT $1::text IS NULL FROM users WHERE id = 1")
+            .bind(None::<String>)
+            .fetch_one()
+            .await
+            .unwrap());
+        assert!(!is_null("SELECT $1::text IS NULL FROM users WHERE id = 1").bind("").fetch_one().await.unwrap());
+        assert!(is_null("SELECT $1::int8 IS NULL FROM users WHERE id = 1")
+            .bind(None::<i64>)
+            .fetch_one()
+            .await
+            .unwrap());
+        assert!(!is_null("SELECT $1::int8 IS NULL FROM users WHERE id = 1").bind(0_i64).fetch_one().await.unwrap());
+    }
+    assert_eq!(cache.stats().hits, 4, "each argument has its own entry");
+}
+
+#[tokio::test]
+async fn a_bound_clock_word_is_not_cached() {
+    let db = TestDb::new().await;
+    let cache = db.cache().await;
+    for word in ["now", "today", " Tomorrow "] {
+        let sql = "SELECT count(*) FROM users WHERE $1::timestamptz > '2000-01-01'";
+        for _ in 0..2 {
+            cache.query_scalar::<i64>(sql).bind(word).fetch_one().await.unwrap();
+        }
+    }
+    assert_eq!(cache.stats().hits, 0);
+    assert_eq!(cache.stats().uncached(Uncached::Clock), 6);
+}
+
+const PEOPLE: &str =
+    "CREATE TABLE people (id bigint PRIMARY KEY, n bigint NOT NULL); INSERT INTO people VALUES (1, 5);";
+
+mod a {
+    pub type Num = Option<i64>;
+    #[derive(Debug, PartialEq, sqlx::FromRow, serde::Serialize, serde::Deserialize, sqlacache_sqlx::Cacheable)]
+    #[cache(table = "people")]
+    pub struct Person {
+        #[cache(pk)]
+        pub id: i64,
+        pub n: Num,
+    }
+}
+
+mod b {
+    pub type Num = i64;
+    #[derive(Debug, PartialEq, sqlx::FromRow, serde::Serialize, serde::Deserialize, sqlacache_sqlx::Cacheable)]
+    #[cache(table = "people")]
+    pub struct Person {
+        #[cache(pk)]
+        pub id: i64,
+        pub n: Num,
+    }
+}
+
+#[tokio::test]
+async fn same_named_types_never_decode_each_others_bytes() {
+    let db = TestDb::with_schema(PEOPLE).await;
+    let cache = CachedPool::builder(db.pool.clone()).build().await.unwrap();
+    assert_ne!(a::Person::fingerprint(), b::Person::fingerprint(), "aliases resolve to other types");
+    assert_eq!(a::Person::MODEL.fingerprint, b::Person::MODEL.fingerprint, "the tokens alone are alike");
+    for _ in 0..2 {
+        assert_eq!(cache.get::<a::Person>(1_i64).await.unwrap(), Some(a::Person { id: 1, n: Some(5) }));
+        assert_eq!(cache.get::<b::Person>(1_i64).await.unwrap(), Some(b::Person { id: 1, n: 5 }));
+        let all: Vec<b::Person> = cache.query_as("SELECT * FROM people").fetch_all().await.unwrap();
+        assert_eq!(all, [b::Person { id: 1, n: 5 }]);
+        let all: Vec<a::Person> = cache.query_as("SELECT * FROM people").fetch_all().await.unwrap();
+        assert_eq!(all, [a::Person { id: 1, n: Some(5) }]);
+    }
+    assert_eq!(cache.stats().corrupt_entries, 0);
+    assert_eq!(cache.stats().hits, 4);
+}
+
+#[derive(Debug, PartialEq, sqlx::FromRow, Serialize, Deserialize, Cacheable)]
+#[cache(table = "settings")]
+struct Setting {
+    #[cache(pk)]
+    id: i64,
+    value: sqlx::types::JsonValue,
+}
+
+#[tokio::test]
+async fn row_types_that_do_not_round_trip_are_refused_not_corrupted() {
+    let db = TestDb::with_schema(
+        "CREATE TABLE settings (id bigint PRIMARY KEY, value jsonb NOT NULL); \
+         INSERT INTO settings VALUES (1, '{\"a\": [1, 2]}');",
+    )
+    .await;
+    let cache = CachedPool::builder(db.pool.clone()).build().await.unwrap();
+    for _ in 0..3 {
+        let setting = cache.get::<Setting>(1_i64).await.unwrap().unwrap();
+        assert_eq!(setting.value, serde_json::json!({"a": [1, 2]}));
+    }
+    let stats = cache.stats();
+    assert_eq!((stats.hits, stats.corrupt_entries), (0, 0));
+    assert_eq!(stats.uncached(Uncached::Unstorable), 3);
+}
+
+#[derive(Debug, PartialEq, sqlx::FromRow, Serialize, Deserialize, Cacheable)]
+#[sqlx(rename_all = "camelCase")]
+#[cache(table = "accounts")]
+struct Account {
+    #[cache(pk)]
+    account_id: i64,
+    display_name: String,
+}
+
+#[tokio::test]
+async fn get_honours_rename_all() {
+    let db = TestDb::with_schema(
+        r#"CREATE TABLE accounts ("accountId" bigint PRIMARY KEY, "displayName" text NOT NULL);
+           INSERT INTO accounts VALUES (7, 'seven');"#,
+    )
+    .await;
+    let cache = CachedPool::builder(db.pool.clone()).model::<Account>().build().await.unwrap();
+    assert_eq!(Account::MODEL.primary_key, ["accountId"]);
+    for _ in 0..2 {
+        let account = cache.get::<Account>(7_i64).await.unwrap().unwrap();
+        assert_eq!(account.display_name, "seven");
+    }
+    sqlx::query(r#"UPDATE accounts SET "displayName" = 'SEVEN' WHERE "accountId" = 7"#).execute(&cache).await.unwrap();
+    assert_eq!(cache.get::<Account>(7_i64).await.unwrap().unwrap().display_name, "SEVEN");
+}
+
+#[derive(Debug, PartialEq, sqlx::FromRow, Serialize, Deserialize, Cacheable)]
+#[cache(table = "logins")]
+struct Login {
+    #[cache(pk)]
+    name: String,
+    seen: i64,
+}
+
+#[tokio::test]
+async fn keys_that_compare_equal_in_other_spellings_are_not_row_identities() {
+    let db = TestDb::with_schema(
+        "CREATE COLLATION ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
+         CREATE TABLE logins (name text COLLATE ci PRIMARY KEY, seen bigint NOT NULL);
+         INSERT INTO logins VALUES ('Alice', 1);",
+    )
+    .await;
+    let cache = CachedPool::builder(db.pool.clone()).model::<Login>().build().await.unwrap();
+    let seen = |key: &'static str| {
+        let cache = cache.clone();
+        async move { cache.get::<Login>(key.to_owned()).await.unwrap().map(|l| l.seen) }
+    };
+    assert_eq!(seen("alice").await, Some(1), "equal under the collation");
+    assert_eq!(seen("alice").await, Some(1));
+    sqlx::query("UPDATE logins SET seen = 2 WHERE name = 'ALICE'").execute(&cache).await.unwrap();
+    let raw: i64 =
+        sqlx::query_scalar("SELECT seen FROM logins WHERE name = 'alice'").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(seen("alice").await, Some(raw));
+    assert_eq!(raw, 2);
+}
