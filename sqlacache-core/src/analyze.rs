@@ -212,10 +212,13 @@ pub struct Analysis {
     /// session-level `SET`, `RESET`, `SET ROLE`, `SET SESSION AUTHORIZATION`, `DISCARD`,
     /// `set_config(..)`, or a `BEGIN` that the string leaves open.
     pub session: bool,
-    /// Whether it contains transaction control (`BEGIN`, `COMMIT`, `ROLLBACK`, `END`, ..) or
-    /// runs code that may commit (`CALL`, `DO`): then part of it may have committed even when
-    /// it fails.
+    /// Whether it contains transaction control (`BEGIN`, `COMMIT`, `ROLLBACK`, `END`) or runs
+    /// code that may commit (`CALL`, `EXECUTE`): then part of it may have committed even when it
+    /// fails. (`DO` does not parse, and an unparsed string is assumed to.)
     pub transaction_control: bool,
+    /// Whether it contains a `COMMIT`, `END` or `ROLLBACK` (not to a savepoint): run inside a
+    /// transaction, it ends it.
+    pub ends_transaction: bool,
     /// Whether it contains a `BEGIN` / `START TRANSACTION`: if it fails, the session may be
     /// left inside an aborted transaction.
     pub begins: bool,
@@ -232,6 +235,7 @@ impl Analysis {
             temp_tables: Vec::new(),
             session: false,
             transaction_control: false,
+            ends_transaction: false,
             begins: false,
         }
     }
@@ -277,6 +281,41 @@ fn respell_locks(sql: &str) -> Option<String> {
     Some(out)
 }
 
+/// Whether a string that does not parse has a statement starting with `COMMIT`, `END`,
+/// `ABORT`, `ROLLBACK` (not `ROLLBACK TO`) or `PREPARE TRANSACTION`.
+fn ends_transaction_by_words(sql: &str) -> bool {
+    let Ok(tokens) = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize() else {
+        // Not even tokens: PostgreSQL rejects it before running anything.
+        return false;
+    };
+    let mut starts = vec![Vec::new()];
+    for token in tokens {
+        match token {
+            Token::SemiColon => starts.push(Vec::new()),
+            Token::Whitespace(_) => {}
+            Token::Word(w) => {
+                let statement = starts.last_mut().expect("never empty");
+                if statement.len() < 2 {
+                    statement.push(if w.quote_style.is_none() { w.value.to_lowercase() } else { String::new() });
+                }
+            }
+            _ => {
+                let statement = starts.last_mut().expect("never empty");
+                if statement.len() < 2 {
+                    statement.push(String::new());
+                }
+            }
+        }
+    }
+    starts.iter().any(|words| match words.as_slice() {
+        [first, ..] if matches!(first.as_str(), "commit" | "end" | "abort") => true,
+        [first, second, ..] if first == "rollback" => !matches!(second.as_str(), "to" | "prepared"),
+        [first] if first == "rollback" => true,
+        [first, second, ..] if first == "prepare" => second == "transaction",
+        _ => false,
+    })
+}
+
 /// The byte range of a token's span (lines and columns count characters from 1).
 fn byte_range(sql: &str, span: sqlparser::tokenizer::Span) -> Option<std::ops::Range<usize>> {
     let offset = |loc: sqlparser::tokenizer::Location| -> Option<usize> {
@@ -311,7 +350,12 @@ fn byte_range(sql: &str, span: sqlparser::tokenizer::Span) -> Option<std::ops::R
 pub fn analyze(sql: &str) -> Analysis {
     let parse = |text: &str| Parser::parse_sql(&PostgreSqlDialect {}, text).ok().filter(|s| !s.is_empty());
     let Some(statements) = parse(sql).or_else(|| parse(&respell_locks(sql)?)) else {
-        return Analysis::empty(Uncached::Unparsable, Effect::Everything { parsed: false }, 0);
+        let mut analysis = Analysis::empty(Uncached::Unparsable, Effect::Everything { parsed: false }, 0);
+        // What it runs is unknown, but whether it ends a transaction can still be read from
+        // the words that start its statements (a `DO` body is one string token).
+        analysis.ends_transaction = ends_transaction_by_words(sql);
+        analysis.transaction_control = true;
+        return analysis;
     };
     let mut analysis = Analysis::empty(Uncached::NotARead, Effect::None, statements.len());
     let mut writes = Vec::new();
@@ -332,10 +376,10 @@ pub fn analyze(sql: &str) -> Analysis {
             Statement::Commit { .. } | Statement::Rollback { savepoint: None, .. } => {
                 open = false;
                 analysis.transaction_control = true;
+                analysis.ends_transaction = true;
             }
-            Statement::Rollback { .. } | Statement::Call(_) | Statement::Execute { .. } => {
-                analysis.transaction_control = true
-            }
+            // `ROLLBACK TO SAVEPOINT` commits nothing and ends nothing.
+            Statement::Call(_) | Statement::Execute { .. } => analysis.transaction_control = true,
             _ => {}
         }
         for function in &scan.functions {
@@ -1115,7 +1159,18 @@ mod tests {
         for sql in ["UPDATE t SET a = 1; COMMIT; SELECT 1/0", "CALL p()", "ROLLBACK"] {
             assert!(analyze(sql).transaction_control, "{sql}");
         }
-        assert!(!analyze("UPDATE t SET a = 1; DELETE FROM u").transaction_control);
+        for sql in ["UPDATE t SET a = 1; DELETE FROM u", "SAVEPOINT a", "ROLLBACK TO SAVEPOINT a", "RELEASE a"] {
+            assert!(!analyze(sql).transaction_control, "{sql}");
+            assert!(!analyze(sql).ends_transaction, "{sql}");
+        }
+        for sql in ["COMMIT", "END", "ROLLBACK", "UPDATE t SET a = 1; COMMIT"] {
+            assert!(analyze(sql).ends_transaction, "{sql}");
+        }
+        assert!(!analyze("CALL p()").ends_transaction, "a procedure cannot commit inside a transaction block");
+        // Strings the parser cannot read are judged by the words that start their statements.
+        assert!(analyze("DO $$ BEGIN COMMIT; END $$; PREPARE TRANSACTION 'x'").ends_transaction);
+        assert!(analyze("SELEC 1; ABORT").ends_transaction);
+        assert!(!analyze("DO $$ BEGIN COMMIT; END $$").ends_transaction, "the body is one token");
     }
 
     #[test]

@@ -283,10 +283,12 @@ impl<'e> Tracker<'e> {
                     state.temp_tables.extend(plan.temp_tables.iter().cloned());
                 }
                 state.add(&shared, tags);
-                if plan.transaction_control {
+                if plan.ends_transaction {
                     // A hand-written COMMIT or ROLLBACK ended the transaction: what it wrote is
                     // now visible (widen: a rollback costs only misses), and later statements
-                    // on this connection run on their own.
+                    // on this connection run on their own. Only a statement that ends it may do
+                    // this: invalidating before the real commit would let a fill in between
+                    // cache the old rows.
                     state.escape(&shared);
                 }
             }

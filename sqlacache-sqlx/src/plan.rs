@@ -31,6 +31,8 @@ pub(crate) struct Plan {
     pub session: bool,
     /// Whether part of it may commit even when it fails (see `Analysis::transaction_control`).
     pub transaction_control: bool,
+    /// Whether it ends a transaction it runs in (see `Analysis::ends_transaction`).
+    pub ends_transaction: bool,
     /// Whether it begins a transaction.
     pub begins: bool,
 }
@@ -47,6 +49,7 @@ impl Plan {
             temp_tables: Vec::new(),
             session: false,
             transaction_control: true,
+            ends_transaction: false,
             begins: false,
         }
     }
@@ -147,6 +150,7 @@ pub(crate) fn plan(sql: &str, analysis: &Analysis, cx: &Context<'_>) -> (Plan, U
         temp_tables: analysis.temp_tables.clone(),
         session: analysis.session,
         transaction_control: analysis.transaction_control,
+        ends_transaction: analysis.ends_transaction,
         begins: analysis.begins,
     };
     (plan, Unresolved(unresolved))

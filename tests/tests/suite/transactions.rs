@@ -74,3 +74,23 @@ async fn unreadable_write_in_a_transaction_invalidates_everything_on_commit() {
     assert_eq!(cache.stats().full_invalidations, 1);
     assert_eq!(name_of(&cache, 1).await.as_deref(), Some("do"));
 }
+
+/// Statements that look like transaction control but do not end the transaction (savepoints,
+/// a procedure call) must not apply its invalidations before `COMMIT`: a read in between would
+/// cache the old row for good.
+#[tokio::test]
+async fn savepoints_and_calls_inside_a_transaction_wait_for_commit() {
+    for statement in ["SAVEPOINT a; ROLLBACK TO SAVEPOINT a", "SAVEPOINT a; RELEASE SAVEPOINT a", "CALL nothing()"] {
+        let db = TestDb::new().await;
+        sqlx::raw_sql("CREATE PROCEDURE nothing() LANGUAGE sql AS $$ SELECT 1 $$").execute(&db.pool).await.unwrap();
+        let cache = db.cache().await;
+        let mut tx = cache.begin().await.unwrap();
+        sqlx::query("UPDATE users SET name = 'new' WHERE id = 1").execute(&mut *tx).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(statement)).execute(&mut *tx).await.unwrap();
+        let before = cache.get::<User>(1_i64).await.unwrap().unwrap().name;
+        assert_eq!(before, "ada", "{statement}: not committed yet");
+        tx.commit().await.unwrap();
+        let after = cache.get::<User>(1_i64).await.unwrap().unwrap().name;
+        assert_eq!(after, "new", "{statement}: stale after the commit");
+    }
+}
