@@ -274,7 +274,29 @@ async fn read(shared: &Shared, rng: &mut Rng, client: u64, i: u64) {
     let (cache, raw) = (&shared.cache, &shared.raw);
     let id = 1 + rng.below(34);
     let what = |sql: &str| format!("client {client} op {i}: {sql} [{id}]");
-    match rng.below(12) {
+    match rng.below(13) {
+        12 => {
+            // One SQL text, bound through different Rust types: NULL and '' must never share
+            // an entry.
+            let sql = "SELECT * FROM accounts WHERE note IS NOT DISTINCT FROM $1 ORDER BY id";
+            match rng.below(3) {
+                0 => {
+                    let r = sqlx::query_as::<_, Account>(sql).bind(None::<String>).fetch_all(raw);
+                    let c = cache.query_as::<Account>(sql).bind(None::<String>).fetch_all();
+                    check(shared, &[ACCOUNTS], what("note IS NOT DISTINCT FROM NULL"), r, c).await
+                }
+                1 => {
+                    let r = sqlx::query_as::<_, Account>(sql).bind("").fetch_all(raw);
+                    let c = cache.query_as::<Account>(sql).bind("").fetch_all();
+                    check(shared, &[ACCOUNTS], what("note IS NOT DISTINCT FROM ''"), r, c).await
+                }
+                _ => {
+                    let r = sqlx::query_as::<_, Account>(sql).bind(Some("")).fetch_all(raw);
+                    let c = cache.query_as::<Account>(sql).bind(Some("")).fetch_all();
+                    check(shared, &[ACCOUNTS], what("note IS NOT DISTINCT FROM Some('')"), r, c).await
+                }
+            }
+        }
         0 => {
             let sql = "SELECT * FROM accounts WHERE id = $1";
             let r = sqlx::query_as::<_, Account>(sql).bind(id).fetch_optional(raw);
@@ -361,6 +383,7 @@ fn write_statement(rng: &mut Rng) -> (String, &'static [usize]) {
     let id = 1 + rng.below(34);
     let n = rng.below(500);
     match rng.below(14) {
+        0 if n % 2 == 0 => (format!("UPDATE accounts SET note = '' WHERE id = {id}"), ACCOUNT_WRITE),
         0 | 1 => (format!("UPDATE accounts SET balance = {n} WHERE id = {id}"), ACCOUNT_WRITE),
         2 => (
             format!(
@@ -441,6 +464,21 @@ fn expected(result: Result<(), sqlx::Error>, sql: &str) {
 async fn write(shared: &Shared, rng: &mut Rng, client: u64, i: u64) {
     let cache = &shared.cache;
     match rng.below(10) {
+        // Schema changes, only outside transactions: inside them their locks would wait on
+        // the readers of this very workload.
+        0 if rng.below(50) == 0 => {
+            let (sql, tables): (&str, &[usize]) = match rng.below(4) {
+                0 => ("ALTER TABLE accounts ALTER COLUMN note SET DEFAULT 'd'", ACCOUNT_WRITE),
+                1 => ("ALTER TABLE accounts ALTER COLUMN note DROP DEFAULT", ACCOUNT_WRITE),
+                2 => ("CREATE INDEX IF NOT EXISTS members_role ON members (role)", &[MEMBERS]),
+                _ => ("DROP INDEX IF EXISTS members_role", &[MEMBERS]),
+            };
+            shared.log(format!("client {client} op {i}: {sql}"));
+            shared.tables.begin(tables);
+            let result = sqlx::raw_sql(AssertSqlSafe(sql)).execute(cache).await.map(drop);
+            shared.tables.end(tables);
+            expected(result, sql);
+        }
         0..=6 => {
             let (sql, tables) = write_statement(rng);
             shared.log(format!("client {client} op {i}: {sql}"));
