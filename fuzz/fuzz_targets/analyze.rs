@@ -1,5 +1,7 @@
-//! The analyzer must not panic on any input, and the offset where it would append a
-//! `RETURNING` clause must always be a valid place to cut the string.
+//! The analyzer must not panic on any input; the offset where it would append a `RETURNING`
+//! clause must always be a valid place to cut the string; and its verdicts must agree with each
+//! other: a cacheable read writes nothing and leaves the session alone, a string that ends a
+//! transaction is transaction control, and a write is never a cacheable read.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -15,5 +17,17 @@ fuzz_target!(|data: &[u8]| {
                 assert!(!sql[..at].trim_end().ends_with(';'), "offset {at} after a semicolon in {sql:?}");
             }
         }
+    }
+    if analysis.read.is_ok() {
+        assert_eq!(analysis.effect, Effect::None, "a cacheable read that writes: {sql:?}");
+        assert!(!analysis.session, "a cacheable read that changes the session: {sql:?}");
+        assert!(!analysis.transaction_control && !analysis.ddl, "a cacheable read with control or DDL: {sql:?}");
+        assert_eq!(analysis.statements, 1, "a cacheable read of several statements: {sql:?}");
+    }
+    if analysis.ends_transaction {
+        assert!(analysis.transaction_control, "ends a transaction without being control: {sql:?}");
+    }
+    if analysis.begins {
+        assert!(analysis.transaction_control, "begins a transaction without being control: {sql:?}");
     }
 });

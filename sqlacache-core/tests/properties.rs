@@ -2,7 +2,7 @@
 //! tables a statement is said to write always include the tables it writes.
 
 use proptest::prelude::*;
-use sqlacache_core::analyze::{analyze, Effect};
+use sqlacache_core::analyze::{analyze, Effect, RowSource, Uncached};
 
 fn table() -> impl Strategy<Value = String> {
     "t_[a-z]{1,6}".prop_map(|s| s)
@@ -87,6 +87,64 @@ proptest! {
         if let Ok(read) = read {
             for t in [&a, &b] {
                 prop_assert!(read.tables.iter().any(|r| &r.name == t), "{sql}: {t} missing from {:?}", read.tables);
+            }
+        }
+    }
+
+    #[test]
+    fn session_changes_are_never_missed(name in "[a-z_]{1,10}", v in value(), body in predicate(), t in table()) {
+        for sql in [
+            format!("SET {name} = {v}"),
+            format!("SET SESSION {name} TO {v}"),
+            format!("RESET {name}"),
+            format!("SELECT set_config('{name}', 'x', false) FROM {t} WHERE {body}"),
+            format!("BEGIN; SELECT * FROM {t} WHERE {body}"),
+        ] {
+            let analysis = analyze(&sql);
+            prop_assert!(analysis.session || analysis.statements == 0, "{sql} was not seen to change the session");
+            prop_assert!(analysis.read.is_err(), "{sql} was classified as a cacheable read");
+        }
+        for sql in [format!("SET LOCAL {name} = {v}"), format!("SELECT * FROM {t} WHERE {body}")] {
+            prop_assert!(!analyze(&sql).session, "{sql} was said to change the session");
+        }
+    }
+
+    #[test]
+    fn locks_and_clock_words_are_never_cacheable(
+        t in table(),
+        p in predicate(),
+        lock in prop_oneof![Just("UPDATE"), Just("NO KEY UPDATE"), Just("SHARE"), Just("KEY SHARE")],
+        word in prop_oneof![Just("now"), Just("NOW"), Just("today"), Just(" tomorrow"), Just("yesterday ")],
+        quote in prop_oneof![Just(("'", "'")), Just(("E'", "'")), Just(("$$", "$$")), Just(("$q$", "$q$"))],
+    ) {
+        let locked = format!("SELECT * FROM {t} WHERE {p} FOR {lock}");
+        let analysis = analyze(&locked);
+        if analysis.statements > 0 {
+            prop_assert_eq!(analysis.read.clone().err(), Some(Uncached::Locking), "{}", locked);
+            prop_assert_eq!(analysis.effect, Effect::None, "{}: a lock writes nothing", locked);
+        }
+        let clock = format!("SELECT * FROM {t} WHERE {p} AND created < {}{word}{}::timestamptz", quote.0, quote.1);
+        prop_assert!(analyze(&clock).read.is_err(), "{clock} was classified as a cacheable read");
+    }
+
+    #[test]
+    fn table_statements_are_dependencies(a in table(), b in table(), c in column()) {
+        for sql in [format!("SELECT {c} FROM {a} UNION TABLE {b}"), format!("SELECT * FROM {a} WHERE {c} IN (TABLE {b})")] {
+            if let Ok(read) = analyze(&sql).read {
+                prop_assert!(read.tables.iter().any(|r| r.name == b), "{sql}: {b} missing from {:?}", read.tables);
+            }
+        }
+    }
+
+    #[test]
+    fn returning_of_another_instance_is_never_the_target_key(t in table(), c in column(), v in value(), alias in "[a-z]{1,3}") {
+        let sql = format!("UPDATE {t} AS {alias}_x SET {c} = {v} FROM {t} WHERE {alias}_x.{c} = {t}.{c} RETURNING {t}.{c}");
+        if let Effect::Writes(writes) = analyze(&sql).effect {
+            match &writes[0].rows {
+                RowSource::Returning { items, .. } => {
+                    prop_assert!(items.iter().all(|(_, source)| source.is_none()), "{sql}: {items:?}");
+                }
+                other => prop_assert!(matches!(other, RowSource::Unknown), "{sql}: {other:?}"),
             }
         }
     }
