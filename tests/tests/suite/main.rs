@@ -1,6 +1,7 @@
 //! Integration tests against real PostgreSQL, one module per concern.
 
 mod bad_input;
+mod bounded;
 mod config;
 mod dependencies;
 mod freshness;
