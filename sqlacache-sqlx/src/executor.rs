@@ -267,8 +267,8 @@ impl<'e> Tracker<'e> {
             }
             // A schema change since this statement was planned (or one still running) may have
             // added a cascade or family that its plan does not know: trust no plan.
-            let others_ddl = shared.schema_epoch() != self.epoch
-                || (shared.ddl_running() && !self.ddl && self.sink.as_ref().is_none_or(|s| s.ddl == 0));
+            let own = usize::from(self.ddl) + self.sink.as_ref().map_or(0, |s| s.ddl);
+            let others_ddl = shared.schema_epoch() != self.epoch || shared.ddl_running() > own;
             if !tags.is_empty() && !tags.contains(&Tag::All) && others_ddl {
                 shared.stats.widen();
                 tags = vec![Tag::All];

@@ -148,9 +148,9 @@ impl Shared {
         self.schema_epoch.load(Ordering::Acquire)
     }
 
-    /// Whether a schema change is running now.
-    pub fn ddl_running(&self) -> bool {
-        self.ddl_in_flight.load(Ordering::Acquire) > 0
+    /// How many schema changes are running now (in transactions: not yet ended).
+    pub fn ddl_running(&self) -> usize {
+        self.ddl_in_flight.load(Ordering::Acquire)
     }
 
     /// A schema change starts; pair with [`Shared::ddl_done`].

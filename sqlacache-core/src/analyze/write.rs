@@ -174,6 +174,22 @@ fn effect_into(statement: &Statement, sql: &str, single: bool, scan: &Scan, out:
         }
         Statement::AlterTable(alter) => {
             out.ddl = true;
+            // Joining or leaving a family changes what reads of the other members return, and
+            // the family is not known until the catalog is read again.
+            let regroups = alter.operations.iter().any(|op| {
+                matches!(
+                    op,
+                    ast::AlterTableOperation::AttachPartition { .. }
+                        | ast::AlterTableOperation::AttachPartitionOf { .. }
+                        | ast::AlterTableOperation::DetachPartition { .. }
+                        | ast::AlterTableOperation::DetachPartitionOf { .. }
+                        | ast::AlterTableOperation::Inherit { .. }
+                        | ast::AlterTableOperation::NoInherit { .. }
+                )
+            });
+            if regroups {
+                return true;
+            }
             match TableName::from_object(&alter.name) {
                 Some(table) => {
                     writes.push(unknown(table, WriteKind::Ddl));

@@ -142,3 +142,79 @@ async fn cascades_into_partitions_and_children_invalidate_the_family() {
     assert_eq!(count("SELECT count(*) FROM base").await.unwrap(), 0, "the child's ancestor");
     assert_eq!(cache.stats().uncached(Uncached::UnknownTable), 0);
 }
+
+#[tokio::test]
+async fn joining_or_leaving_a_family_invalidates_the_family() {
+    let db = TestDb::with_schema(
+        "CREATE TABLE base (id bigint PRIMARY KEY);
+         CREATE TABLE extra (id bigint PRIMARY KEY);
+         CREATE TABLE parts (id bigint PRIMARY KEY) PARTITION BY RANGE (id);
+         CREATE TABLE parts_low PARTITION OF parts FOR VALUES FROM (0) TO (100);
+         CREATE TABLE parts_high (id bigint PRIMARY KEY);
+         INSERT INTO base VALUES (1); INSERT INTO extra VALUES (2), (3);
+         INSERT INTO parts VALUES (1); INSERT INTO parts_high VALUES (100), (101);",
+    )
+    .await;
+    let cache = CachedPool::builder(db.pool.clone()).build().await.unwrap();
+    let count = |sql: &'static str| cache.query_scalar::<i64>(sql).fetch_one();
+    for (ddl, read, expected) in [
+        ("ALTER TABLE extra INHERIT base", "SELECT count(*) FROM base", 3),
+        ("ALTER TABLE extra NO INHERIT base", "SELECT count(*) FROM base", 1),
+        (
+            "ALTER TABLE parts ATTACH PARTITION parts_high FOR VALUES FROM (100) TO (200)",
+            "SELECT count(*) FROM parts",
+            3,
+        ),
+        ("ALTER TABLE parts DETACH PARTITION parts_high", "SELECT count(*) FROM parts", 1),
+    ] {
+        count(read).await.unwrap();
+        sqlx::raw_sql(AssertSqlSafe(ddl)).execute(&cache).await.unwrap();
+        assert_eq!(count(read).await.unwrap(), expected, "{ddl}");
+    }
+}
+
+/// A write planned before a schema change, and finished after it, may change what its plan
+/// does not know (here: a table that joined a family): it must invalidate everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_overlapping_a_schema_change_trusts_no_plan() {
+    let db = TestDb::with_schema(
+        "CREATE TABLE base (id bigint PRIMARY KEY);
+         CREATE TABLE extra (id bigint PRIMARY KEY);
+         INSERT INTO base VALUES (1);
+         -- Lets the test hold an insert between its start and its commit.
+         CREATE FUNCTION hold() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN PERFORM pg_advisory_xact_lock(4242); RETURN NEW; END $$;
+         CREATE TRIGGER hold BEFORE INSERT ON extra FOR EACH ROW EXECUTE FUNCTION hold();",
+    )
+    .await;
+    let cache = CachedPool::builder(db.pool.clone()).build().await.unwrap();
+    let base = || cache.query_scalar::<i64>("SELECT count(*) FROM base").fetch_one();
+    let mut holder = db.pool.acquire().await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock(4242)").execute(&mut *holder).await.unwrap();
+
+    let mut tx = cache.begin().await.unwrap();
+    sqlx::raw_sql("ALTER TABLE extra INHERIT base").execute(&mut *tx).await.unwrap();
+    let insert = {
+        let cache = cache.clone();
+        // Planned while the change is uncommitted: its plan cannot know `extra` joined `base`.
+        tokio::spawn(async move { sqlx::query("INSERT INTO extra VALUES (2)").execute(&cache).await.unwrap() })
+    };
+    let waiting = |event: &'static str| {
+        let (pool, schema) = (db.pool.clone(), db.schema.clone());
+        async move {
+            let sql = "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND wait_event = $2";
+            while sqlx::query_scalar::<_, i64>(sql).bind(&schema).bind(event).fetch_one(&pool).await.unwrap() == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    waiting("relation").await; // the insert waits for the schema change
+    tx.commit().await.unwrap();
+    waiting("advisory").await; // and now inside its trigger, not yet committed
+    assert_eq!(base().await.unwrap(), 1, "filled while the insert is uncommitted");
+    sqlx::query("SELECT pg_advisory_unlock(4242)").execute(&mut *holder).await.unwrap();
+    insert.await.unwrap();
+    let raw: i64 = sqlx::query_scalar("SELECT count(*) FROM base").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(raw, 2);
+    assert_eq!(base().await.unwrap(), raw, "the insert reached a family its plan did not know");
+}
