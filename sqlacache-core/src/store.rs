@@ -32,7 +32,7 @@
 use crate::key::Key;
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -94,6 +94,9 @@ impl RowShard {
 /// Table clocks held by a store. Tables past this many share the last clock, so a write to any
 /// of them invalidates the reads of all of them: more than needed, never less.
 const TABLE_CLOCKS: usize = 4096;
+
+/// Oids remembered with their clock; past this, new oids use the overflow clock unremembered.
+const MAX_REMEMBERED_TABLES: usize = 64 * 1024;
 
 /// A dependency resolved to the clock cell it reads (a table's index in the store's clocks), so
 /// a hit does no map lookups and takes no reference counts.
@@ -209,6 +212,8 @@ pub struct MemoryStore {
     all: AtomicU64,
     /// Table oid to its index in `clocks`.
     tables: RwLock<HashMap<u32, u32>>,
+    /// Tables given the shared overflow clock (or, past the map's cap, not remembered at all).
+    shared_clocks: AtomicU64,
     clocks: Box<[TableClock]>,
     rows: Box<[RowSlot]>,
 }
@@ -233,6 +238,7 @@ impl MemoryStore {
             seq: AtomicU64::new(0),
             all: AtomicU64::new(0),
             tables: RwLock::new(HashMap::new()),
+            shared_clocks: AtomicU64::new(0),
             clocks: (0..TABLE_CLOCKS).map(|_| TableClock::default()).collect(),
             rows: (0..ROW_SHARDS).map(|_| RowSlot::default()).collect(),
         }
@@ -373,8 +379,26 @@ impl MemoryStore {
             return index;
         }
         let mut tables = self.tables.write().unwrap_or_else(|e| e.into_inner());
-        let next = tables.len().min(TABLE_CLOCKS - 1) as u32;
-        *tables.entry(oid).or_insert(next)
+        if let Some(&index) = tables.get(&oid) {
+            return index;
+        }
+        let overflow = TABLE_CLOCKS as u32 - 1;
+        let next = (tables.len() as u32).min(overflow);
+        if next == overflow {
+            self.shared_clocks.fetch_add(1, Relaxed);
+        }
+        // The map itself is bounded too (tables dropped and made again get new oids): past the
+        // cap, new oids share the overflow clock without being remembered.
+        if tables.len() < MAX_REMEMBERED_TABLES {
+            tables.insert(oid, next);
+        }
+        next
+    }
+
+    /// How many tables were given the shared overflow clock: their reads are invalidated
+    /// together, more than needed.
+    pub fn tables_sharing_a_clock(&self) -> u64 {
+        self.shared_clocks.load(Relaxed)
     }
 }
 
@@ -458,6 +482,7 @@ mod tests {
         assert!(store.get(Key(last)).is_none(), "tables sharing the overflow clock are invalidated together");
         assert!(store.get(Key(u128::from(beyond))).is_none());
         assert!(store.get(Key(7)).is_some(), "tables with a clock of their own stay precise");
+        assert_eq!(store.tables_sharing_a_clock(), 11, "counted: the last own clock's table and ten beyond");
     }
 
     #[test]

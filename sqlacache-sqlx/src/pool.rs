@@ -473,7 +473,9 @@ impl CachedPool {
     /// # }
     /// ```
     pub fn stats(&self) -> StatsSnapshot {
-        self.shared.stats.snapshot()
+        let mut snapshot = self.shared.stats.snapshot();
+        snapshot.widened += self.shared.store.tables_sharing_a_clock();
+        snapshot
     }
 
     /// Bytes held by cached entries (by the store's weight formula) and the number of entries.

@@ -14,6 +14,9 @@ pub(super) fn session_effect(statement: &Statement) -> bool {
                 | Set::SetTransaction { session: false, .. }
         ),
         Statement::Reset(_) | Statement::Discard { .. } | Statement::Load { .. } => true,
+        // Settings of a role apply to its connections made from now on: new ones and old ones
+        // would differ.
+        Statement::AlterRole { .. } | Statement::AlterUser(_) => true,
         _ => false,
     }
 }

@@ -276,9 +276,13 @@ fn effect_into(statement: &Statement, sql: &str, single: bool, scan: &Scan, out:
         | Statement::Declare { .. }
         | Statement::Fetch { .. }
         | Statement::Close { .. }
-        | Statement::Lock(_)
-        | Statement::Grant(_)
-        | Statement::Revoke(_) => false,
+        | Statement::Lock(_) => false,
+        // Privileges decide what the pool's role may read (a revoked read must fail as on the
+        // raw pool) and whether an appended `RETURNING` is accepted.
+        Statement::Grant(_) | Statement::Revoke(_) => {
+            out.ddl = true;
+            true
+        }
         // CALL and EXECUTE: may write anywhere.
         Statement::Call(_) | Statement::Execute { .. } => true,
         // Anything not listed: may write anywhere and change the schema.

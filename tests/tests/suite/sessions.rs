@@ -229,3 +229,25 @@ async fn writes_the_raw_pool_accepts_are_never_refused() {
         sqlx::query(AssertSqlSafe(sql)).execute(&cache).await.unwrap_or_else(|e| panic!("cached {sql}: {e}"));
     }
 }
+
+#[tokio::test]
+async fn privileges_revoked_through_the_pool_are_seen() {
+    let db = TestDb::new().await;
+    let (role, options) = db.role("owner").await;
+    let grant = format!("GRANT CREATE ON SCHEMA {} TO {role}", db.schema);
+    sqlx::raw_sql(AssertSqlSafe(grant)).execute(&db.pool).await.unwrap();
+    let pool = db.pool_with(2, options).await;
+    let cache = CachedPool::builder(pool.clone()).build().await.unwrap();
+    sqlx::raw_sql("CREATE TABLE mine (id bigint PRIMARY KEY); INSERT INTO mine VALUES (1)")
+        .execute(&cache)
+        .await
+        .unwrap();
+    let count = || cache.query_scalar::<i64>("SELECT count(*) FROM mine").fetch_one();
+    assert_eq!(count().await.unwrap(), 1);
+    assert_eq!(count().await.unwrap(), 1);
+    let revoke = format!("REVOKE SELECT ON mine FROM {role}");
+    sqlx::raw_sql(AssertSqlSafe(revoke)).execute(&cache).await.unwrap();
+    let raw = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM mine").fetch_one(&pool).await;
+    assert!(raw.is_err(), "the owner revoked its own right to read");
+    assert!(count().await.is_err(), "served from the cache what the raw pool refuses");
+}
