@@ -367,7 +367,10 @@ impl Shared {
                     self.stats.fill_rejected();
                 }
             }
-            None => self.stats.bypass(Uncached::Unstorable),
+            None => {
+                self.stats.bypass(Uncached::Unstorable);
+                warn_unstorable(std::any::type_name::<R>());
+            }
         }
         Ok(value)
     }
@@ -389,6 +392,21 @@ fn round_trips<R: Serialize + DeserializeOwned>(bytes: &[u8]) -> bool {
     match postcard::from_bytes::<R>(bytes) {
         Ok(decoded) => postcard::to_allocvec(&decoded).is_ok_and(|again| again == bytes),
         Err(_) => false,
+    }
+}
+
+/// Says once per type, at `warn` level, that its values are not cached and why.
+fn warn_unstorable(type_name: &'static str) {
+    static WARNED: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
+    if !warned.contains(&type_name) && warned.len() < 256 {
+        warned.push(type_name);
+        tracing::warn!(
+            target: "sqlacache",
+            r#type = type_name,
+            "values of this type do not read back from their stored form (a field such as serde_json::Value or an \
+             untagged enum needs a self-describing format); its reads are not cached"
+        );
     }
 }
 

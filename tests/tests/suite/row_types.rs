@@ -146,22 +146,30 @@ struct Login {
 
 #[tokio::test]
 async fn keys_that_compare_equal_in_other_spellings_are_not_row_identities() {
+    // (A `citext` key cannot be a `get` key: sqlx decodes it only as `PgCiText`, which has no
+    // serde form. Its type is not a trusted key type either.)
     let db = TestDb::with_schema(
         "CREATE COLLATION ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
          CREATE TABLE logins (name text COLLATE ci PRIMARY KEY, seen bigint NOT NULL);
          INSERT INTO logins VALUES ('Alice', 1);",
     )
     .await;
+    equal_spellings_are_one_row(&db).await;
+}
+
+async fn equal_spellings_are_one_row(db: &TestDb) {
     let cache = CachedPool::builder(db.pool.clone()).model::<Login>().build().await.unwrap();
     let seen = |key: &'static str| {
         let cache = cache.clone();
         async move { cache.get::<Login>(key.to_owned()).await.unwrap().map(|l| l.seen) }
     };
-    assert_eq!(seen("alice").await, Some(1), "equal under the collation");
-    assert_eq!(seen("alice").await, Some(1));
+    // What `get` runs, on the raw pool.
+    let raw = |key: &'static str| {
+        sqlx::query_scalar::<_, i64>(r#"SELECT seen FROM logins WHERE "name" = $1"#).bind(key).fetch_optional(&db.pool)
+    };
+    assert_eq!(seen("alice").await, raw("alice").await.unwrap());
+    assert_eq!(seen("alice").await, raw("alice").await.unwrap());
     sqlx::query("UPDATE logins SET seen = 2 WHERE name = 'ALICE'").execute(&cache).await.unwrap();
-    let raw: i64 =
-        sqlx::query_scalar("SELECT seen FROM logins WHERE name = 'alice'").fetch_one(&db.pool).await.unwrap();
-    assert_eq!(seen("alice").await, Some(raw));
-    assert_eq!(raw, 2);
+    assert_eq!(seen("alice").await, raw("alice").await.unwrap(), "a write to another spelling of the key");
+    assert_eq!(seen("Alice").await, raw("Alice").await.unwrap());
 }

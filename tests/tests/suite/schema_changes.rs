@@ -218,3 +218,31 @@ async fn a_write_overlapping_a_schema_change_trusts_no_plan() {
     assert_eq!(raw, 2);
     assert_eq!(base().await.unwrap(), raw, "the insert reached a family its plan did not know");
 }
+
+/// A catalog reload abandoned midway (its caller gave up) leaves the schema change pending: the
+/// next statement reads the catalog again.
+#[tokio::test]
+async fn an_abandoned_reload_keeps_the_schema_change_pending() {
+    let db = TestDb::new().await;
+    let first = format!("{}_first", db.schema);
+    sqlx::raw_sql(AssertSqlSafe(format!("CREATE SCHEMA {first}"))).execute(&db.pool).await.unwrap();
+    let options = db.options().options([("search_path", format!("{first}, {}", db.schema).as_str())]);
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(120))
+        .connect_with(options)
+        .await
+        .unwrap();
+    let cache = CachedPool::builder(pool.clone()).build().await.unwrap();
+    assert_eq!(names(&cache).await, ["ada", "bob", "cy"]);
+    let create = format!("CREATE TABLE {first}.users AS SELECT 1::bigint AS id, 'shadow'::text AS name");
+    sqlx::raw_sql(AssertSqlSafe(create)).execute(&cache).await.unwrap();
+
+    // The next read must reload the catalog, but the pool's only connection is taken: give up.
+    let held = pool.acquire().await.unwrap();
+    let gave_up = tokio::time::timeout(Duration::from_millis(200), names(&cache)).await;
+    assert!(gave_up.is_err(), "the read waited for the connection");
+    drop(held);
+    assert_eq!(names(&cache).await, ["shadow"], "the reload was still due");
+    sqlx::raw_sql(AssertSqlSafe(format!("DROP SCHEMA {first} CASCADE"))).execute(&db.pool).await.unwrap();
+}
