@@ -12,7 +12,7 @@ use std::fmt;
 /// A read that touches several tables is cached only when every table allows its operation.
 ///
 /// ```
-/// use sqlacache_core::Ops;
+/// use sqlacache_sqlx::Ops;
 /// let ops = Ops::GET | Ops::COUNT;
 /// assert!(ops.contains(Ops::GET));
 /// assert!(!ops.contains(Ops::FETCH));

@@ -2,13 +2,13 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-/// A snapshot of the cache counters, from [`Stats::snapshot`].
+/// A snapshot of the cache counters, from `CachedPool::stats`.
 ///
-/// ```
-/// use sqlacache_core::Stats;
-/// let stats = Stats::default();
-/// stats.hit();
-/// assert_eq!(stats.snapshot().hits, 1);
+/// ```no_run
+/// # fn demo(cache: &sqlacache_sqlx::CachedPool) {
+/// let stats = cache.stats();
+/// println!("{} hits, {} misses, {} bypassed", stats.hits, stats.misses, stats.bypassed);
+/// # }
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -41,12 +41,14 @@ pub struct StatsSnapshot {
 impl StatsSnapshot {
     /// Reads that bypassed the cache for `reason`.
     ///
-    /// ```
-    /// use sqlacache_core::{Stats, Uncached};
-    /// let stats = Stats::default();
-    /// stats.bypass(Uncached::Locking);
-    /// assert_eq!(stats.snapshot().uncached(Uncached::Locking), 1);
-    /// assert_eq!(stats.snapshot().bypassed, 1);
+    /// ```no_run
+    /// use sqlacache_sqlx::Uncached;
+    /// # fn demo(cache: &sqlacache_sqlx::CachedPool) {
+    /// let stats = cache.stats();
+    /// let locking = stats.uncached(Uncached::Locking);
+    /// let total: u64 = Uncached::ALL.iter().map(|&reason| stats.uncached(reason)).sum();
+    /// assert_eq!(total, stats.bypassed);
+    /// # }
     /// ```
     pub fn uncached(&self, reason: Uncached) -> u64 {
         self.bypassed_by_reason[reason.index()]
@@ -95,11 +97,15 @@ pub enum Uncached {
     Arguments,
     /// The row type's stored form did not read back to the same value.
     Unstorable,
+    /// A read into a model (a `Cacheable` type) that was not registered with `.model::<T>()`:
+    /// its `ops` and `ttl` would not apply, so its reads are not cached (and a warning names
+    /// the type once).
+    Unregistered,
 }
 
 impl Uncached {
     /// How many reasons there are.
-    pub const COUNT: usize = 13;
+    pub const COUNT: usize = 14;
 
     /// Every reason, in index order.
     pub const ALL: [Uncached; Uncached::COUNT] = [
@@ -116,6 +122,7 @@ impl Uncached {
         Uncached::Session,
         Uncached::Arguments,
         Uncached::Unstorable,
+        Uncached::Unregistered,
     ];
 
     /// The position of this reason in [`StatsSnapshot::bypassed_by_reason`].

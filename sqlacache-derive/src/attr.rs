@@ -5,11 +5,17 @@ use syn::{Data, DeriveInput, Fields, LitInt, LitStr};
 /// Bits of each operation; must match `sqlacache_core::Ops`.
 const OPS: &[(&str, u8)] = &[("get", 1), ("fetch", 2), ("count", 4), ("exists", 8), ("all", 15)];
 
+/// What every cached row type must be: a struct whose stored form reads back as itself.
+pub struct Row<'a> {
+    pub fields: Vec<&'a syn::Field>,
+}
+
+/// A `#[derive(Cacheable)]` type: a row of one table, with its key and settings.
 pub struct Model<'a> {
+    pub row: Row<'a>,
     pub table: String,
     pub ops: u8,
     pub ttl: Option<u64>,
-    pub fields: Vec<&'a syn::Field>,
     pub pk: Vec<PkField<'a>>,
 }
 
@@ -29,21 +35,66 @@ impl Errors {
             None => self.0 = Some(error),
         }
     }
+
+    fn finish<T>(self, value: impl FnOnce() -> T) -> syn::Result<T> {
+        match self.0 {
+            Some(error) => Err(error),
+            None => Ok(value()),
+        }
+    }
+}
+
+impl<'a> Row<'a> {
+    /// Checks what `derive` (the macro's name) needs of any row type. `named` requires named
+    /// fields (a model's key columns are named).
+    fn check(input: &'a DeriveInput, derive: &str, named: bool, errors: &mut Errors) -> syn::Result<Row<'a>> {
+        let fields: Vec<&syn::Field> = match &input.data {
+            Data::Struct(data) => match &data.fields {
+                Fields::Named(fields) => fields.named.iter().collect(),
+                Fields::Unnamed(fields) if !named => fields.unnamed.iter().collect(),
+                _ if named => {
+                    return Err(syn::Error::new_spanned(
+                        &input.ident,
+                        format!("{derive} needs a struct with named fields"),
+                    ))
+                }
+                _ => return Err(syn::Error::new_spanned(&input.ident, format!("{derive} needs a struct with fields"))),
+            },
+            _ => {
+                return Err(syn::Error::new_spanned(&input.ident, format!("{derive} can only be derived for structs")))
+            }
+        };
+        if !input.generics.params.is_empty() {
+            errors.push(syn::Error::new_spanned(
+                &input.generics,
+                format!("{derive} cannot be derived for generic structs"),
+            ));
+        }
+        for field in &fields {
+            check_round_trip(field, errors);
+        }
+        Ok(Row { fields })
+    }
+
+    /// A `#[derive(CachedRow)]` type: any row, with no table and no key.
+    pub fn from_input(input: &'a DeriveInput) -> syn::Result<Row<'a>> {
+        let mut errors = Errors::default();
+        let row = Row::check(input, "CachedRow", false, &mut errors)?;
+        let cache_attrs = input.attrs.iter().chain(row.fields.iter().flat_map(|f| &f.attrs));
+        for attr in cache_attrs.filter(|a| a.path().is_ident("cache")) {
+            errors.push(syn::Error::new_spanned(
+                attr,
+                "`#[cache(..)]` belongs to `#[derive(Cacheable)]`: a `CachedRow` has no table, key or settings of its own",
+            ));
+        }
+        errors.finish(|| row)
+    }
 }
 
 impl<'a> Model<'a> {
     pub fn from_input(input: &'a DeriveInput) -> syn::Result<Model<'a>> {
         let mut errors = Errors::default();
-        let fields: Vec<&syn::Field> = match &input.data {
-            Data::Struct(data) => match &data.fields {
-                Fields::Named(named) => named.named.iter().collect(),
-                _ => return Err(syn::Error::new_spanned(&input.ident, "Cacheable needs a struct with named fields")),
-            },
-            _ => return Err(syn::Error::new_spanned(&input.ident, "Cacheable can only be derived for structs")),
-        };
-        if !input.generics.params.is_empty() {
-            errors.push(syn::Error::new_spanned(&input.generics, "Cacheable cannot be derived for generic structs"));
-        }
+        let row = Row::check(input, "Cacheable", true, &mut errors)?;
 
         let mut table = None;
         let mut ops = None;
@@ -92,8 +143,7 @@ impl<'a> Model<'a> {
 
         let rename_all = sqlx_rename_all(input, &mut errors);
         let mut pk = Vec::new();
-        for field in &fields {
-            check_round_trip(field, &mut errors);
+        for field in &row.fields {
             let mut is_pk = false;
             let mut column = None;
             for attr in field.attrs.iter().filter(|a| a.path().is_ident("cache")) {
@@ -131,14 +181,11 @@ impl<'a> Model<'a> {
         }
         if pk.is_empty() {
             errors.push(syn::Error::new(
-                fields.first().and_then(|f| f.ident.as_ref()).map_or(input.ident.span(), |i| i.span()),
+                row.fields.first().and_then(|f| f.ident.as_ref()).map_or(input.ident.span(), |i| i.span()),
                 "missing primary key: mark the key field(s) with `#[cache(pk)]`",
             ));
         }
-        match errors.0 {
-            Some(error) => Err(error),
-            None => Ok(Model { table: table.expect("checked"), ops: ops.unwrap_or(15), ttl, fields, pk }),
-        }
+        errors.finish(|| Model { row, table: table.expect("checked"), ops: ops.unwrap_or(15), ttl, pk })
     }
 }
 

@@ -1,11 +1,42 @@
-//! Code generation for `#[derive(Cacheable)]`.
+//! Code generation for `#[derive(Cacheable)]` and `#[derive(CachedRow)]`.
 
-use crate::attr::Model;
+use crate::attr::{Model, Row};
 use proc_macro2::TokenStream;
 use quote::{quote, ToTokens};
 use syn::DeriveInput;
 
-pub fn expand(input: &DeriveInput, model: &Model<'_>) -> TokenStream {
+/// `impl CachedRow`.
+pub fn expand_row(input: &DeriveInput, row: &Row<'_>) -> TokenStream {
+    let ident = &input.ident;
+    let fingerprint = fingerprint_fn(input, row, quote!(fingerprint));
+    quote! {
+        #[automatically_derived]
+        impl ::sqlacache_sqlx::CachedRow for #ident {
+            #fingerprint
+        }
+    }
+}
+
+/// `fn <name>() -> u64`: the fingerprint of the compile-time digest and the resolved names of the
+/// type and its fields, computed once.
+fn fingerprint_fn(input: &DeriveInput, row: &Row<'_>, name: TokenStream) -> TokenStream {
+    let fingerprint = fingerprint(input, row);
+    let field_types: Vec<&syn::Type> = row.fields.iter().map(|f| &f.ty).collect();
+    quote! {
+        fn #name() -> u64 {
+            static FINGERPRINT: ::std::sync::OnceLock<u64> = ::std::sync::OnceLock::new();
+            *FINGERPRINT.get_or_init(|| {
+                ::sqlacache_sqlx::__private::fingerprint(
+                    #fingerprint,
+                    &[::core::any::type_name::<Self>(), #(::core::any::type_name::<#field_types>()),*],
+                )
+            })
+        }
+    }
+}
+
+/// `impl Cacheable` (which makes the type a `CachedRow` too).
+pub fn expand_model(input: &DeriveInput, model: &Model<'_>) -> TokenStream {
     let ident = &input.ident;
     let table = &model.table;
     let ops = model.ops;
@@ -15,8 +46,7 @@ pub fn expand(input: &DeriveInput, model: &Model<'_>) -> TokenStream {
     };
     let columns: Vec<&str> = model.pk.iter().map(|p| p.column.as_str()).collect();
     let get_sql = get_sql(table, &columns);
-    let fingerprint = fingerprint(input, model);
-    let field_types: Vec<&syn::Type> = model.fields.iter().map(|f| &f.ty).collect();
+    let fingerprint = fingerprint(input, &model.row);
 
     let key_types: Vec<&syn::Type> = model.pk.iter().map(|p| &p.field.ty).collect();
     let (key_type, binds) = if let [single] = key_types.as_slice() {
@@ -26,6 +56,7 @@ pub fn expand(input: &DeriveInput, model: &Model<'_>) -> TokenStream {
         (quote!((#(#key_types),*)), quote!(#(__args.add(key.#indexes)?;)*))
     };
 
+    let fingerprint_fn = fingerprint_fn(input, &model.row, quote!(__fingerprint));
     quote! {
         #[automatically_derived]
         impl ::sqlacache_sqlx::Cacheable for #ident {
@@ -41,7 +72,7 @@ pub fn expand(input: &DeriveInput, model: &Model<'_>) -> TokenStream {
             };
 
             fn bind_key(
-                key: Self::Key,
+                key: #key_type,
                 __args: &mut ::sqlacache_sqlx::__private::PgArguments,
             ) -> ::core::result::Result<(), ::sqlacache_sqlx::__private::BoxDynError> {
                 use ::sqlacache_sqlx::__private::Arguments as _;
@@ -49,15 +80,7 @@ pub fn expand(input: &DeriveInput, model: &Model<'_>) -> TokenStream {
                 ::core::result::Result::Ok(())
             }
 
-            fn fingerprint() -> u64 {
-                static FINGERPRINT: ::std::sync::OnceLock<u64> = ::std::sync::OnceLock::new();
-                *FINGERPRINT.get_or_init(|| {
-                    ::sqlacache_sqlx::__private::fingerprint(
-                        <Self as ::sqlacache_sqlx::Cacheable>::MODEL.fingerprint,
-                        &[::core::any::type_name::<Self>(), #(::core::any::type_name::<#field_types>()),*],
-                    )
-                })
-            }
+            #fingerprint_fn
         }
     }
 }
@@ -72,18 +95,19 @@ fn get_sql(table: &str, columns: &[&str]) -> String {
 
 /// A digest of the type's name, its `serde` and `sqlx` attributes, and its fields' names, types
 /// and attributes as written: postcard is not self-describing, so a changed struct must never
-/// decode bytes written by the old one. (`Cacheable::fingerprint` adds the resolved types.)
-fn fingerprint(input: &DeriveInput, model: &Model<'_>) -> u64 {
+/// decode bytes written by the old one. (`CachedRow::fingerprint` adds the resolved types.)
+fn fingerprint(input: &DeriveInput, row: &Row<'_>) -> u64 {
     let mut hasher = blake3::Hasher::new();
     hasher.update(input.ident.to_string().as_bytes());
     for attr in input.attrs.iter().filter(|a| a.path().is_ident("serde") || a.path().is_ident("sqlx")) {
         hasher.update(attr.to_token_stream().to_string().as_bytes());
     }
-    for field in &model.fields {
+    for (index, field) in row.fields.iter().enumerate() {
         hasher.update(b"|");
-        if let Some(ident) = &field.ident {
-            hasher.update(ident.to_string().as_bytes());
-        }
+        match &field.ident {
+            Some(ident) => hasher.update(ident.to_string().as_bytes()),
+            None => hasher.update(index.to_string().as_bytes()),
+        };
         hasher.update(b":");
         hasher.update(field.ty.to_token_stream().to_string().as_bytes());
         for attr in field.attrs.iter().filter(|a| a.path().is_ident("serde") || a.path().is_ident("sqlx")) {

@@ -12,6 +12,8 @@ const TRUSTED_KEY_TYPES: &[&str] = &["int2", "int4", "int8", "text", "varchar", 
 #[derive(Debug)]
 pub(crate) struct TableInfo {
     pub oid: u32,
+    pub schema: String,
+    pub name: String,
     /// `pg_class.relkind`: `r` table, `p` partitioned table, `v` view, `m` materialized view, `f`
     /// foreign table.
     pub kind: char,
@@ -19,6 +21,8 @@ pub(crate) struct TableInfo {
     /// collation and is not generated: then equal text means the same row, and only an
     /// assignment to the column changes it.
     pub key: Option<Vec<String>>,
+    /// Primary-key columns in index order, whatever their types.
+    pub primary_key: Option<Vec<String>>,
     /// Whether the pool's role may read the key columns (so `RETURNING` them is accepted).
     pub key_readable: bool,
     /// Row-level security is enabled on the table or on one of its family.
@@ -36,6 +40,11 @@ pub(crate) struct TableInfo {
 }
 
 impl TableInfo {
+    /// `schema.name`, quoted where SQL needs quotes.
+    pub fn qualified(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+    }
+
     /// Whether reads of this relation may be cached (views, foreign tables and the like change
     /// without a write to their own name).
     pub fn is_plain_table(&self) -> bool {
@@ -132,24 +141,27 @@ impl Catalog {
             let names: Option<Vec<String>> = row.try_get("key_names")?;
             let types: Option<Vec<String>> = row.try_get("key_types")?;
             let exact: bool = row.try_get("key_exact")?;
-            let key = match (names, types) {
+            let key = match (&names, types) {
                 (Some(names), Some(types))
                     if exact && types.iter().all(|t| TRUSTED_KEY_TYPES.contains(&t.as_str())) =>
                 {
-                    Some(names)
+                    Some(names.clone())
                 }
                 _ => None,
             };
             if row.try_get::<bool, _>("visible")? {
                 catalog.visible.insert(name.clone(), oid);
             }
-            catalog.qualified.insert((schema, name), oid);
+            catalog.qualified.insert((schema.clone(), name.clone()), oid);
             catalog.tables.insert(
                 oid,
                 TableInfo {
                     oid,
+                    schema,
+                    name,
                     kind: kind.chars().next().unwrap_or('r'),
                     key,
+                    primary_key: names,
                     key_readable: row.try_get("key_readable")?,
                     row_security: row.try_get("row_security")?,
                     has_rules: row.try_get("has_rules")?,
@@ -207,6 +219,11 @@ impl Catalog {
         }
     }
 
+    /// The schemas an unqualified name is looked up in, as a user set them.
+    pub fn search_path(&self) -> Vec<&str> {
+        self.search_path.iter().map(String::as_str).filter(|s| !s.starts_with("pg_")).collect()
+    }
+
     /// Resolves a reference the way PostgreSQL would on a pool connection.
     pub fn resolve(&self, name: &TableName) -> Option<&TableInfo> {
         let oid = match &name.schema {
@@ -238,6 +255,17 @@ impl Catalog {
         let mut all = closure(first, |t| self.tables.get(&t).map(|i| i.referenced_by.clone()).unwrap_or_default());
         all.remove(&start);
         all.into_iter().collect()
+    }
+}
+
+/// An identifier as SQL would write it: quoted unless it is a plain lower-case name.
+fn quote_ident(ident: &str) -> String {
+    let plain = ident.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && ident.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if plain {
+        ident.to_owned()
+    } else {
+        format!("\"{}\"", ident.replace('"', "\"\""))
     }
 }
 

@@ -5,6 +5,10 @@
 //! ([`CachedPool::get`], [`CachedPool::query_as`], [`CachedPool::query_scalar`], [`query_as!`])
 //! are served from an in-process cache when it holds a fresh copy.
 //!
+//! Row types: [`Cacheable`] (`#[derive(Cacheable)]`) for a table's rows, read by primary key
+//! with `get`; [`CachedRow`] (`#[derive(CachedRow)]`) for any other row, such as a join
+//! result; tuples and scalars as they are.
+//!
 //! ```no_run
 //! use sqlacache_sqlx::{Cacheable, CachedPool};
 //!
@@ -32,86 +36,32 @@
 #![forbid(unsafe_code)]
 
 mod catalog;
+mod config;
 mod error;
 mod executor;
 mod macros;
+mod model;
 mod plan;
 mod pool;
 mod query;
+mod row;
 mod transaction;
 
 pub use error::Error;
+pub use model::{Cacheable, Model};
 #[cfg(feature = "test-hooks")]
 pub use pool::FillPoint;
 pub use pool::{CachedPool, CachedPoolBuilder};
 pub use query::{CachedMap, CachedQueryAs, CachedQueryScalar};
+pub use row::{CachedRow, Storable};
 pub use sqlacache_core::{Ops, StatsSnapshot, Uncached};
-pub use sqlacache_derive::Cacheable;
+pub use sqlacache_derive::{Cacheable, CachedRow};
 pub use transaction::{CachedConnection, CachedTransaction};
 
-/// What `#[derive(Cacheable)]` records about a row type.
-#[derive(Debug, Clone, Copy)]
-pub struct Model {
-    /// The table, as SQL (`users`, `app.users`).
-    pub table: &'static str,
-    /// Primary-key columns, in key order.
-    pub primary_key: &'static [&'static str],
-    /// Operations cached for the table when configured with `.model::<T>()`.
-    pub ops: Ops,
-    /// TTL in seconds, or `None` for the pool's default.
-    pub ttl_secs: Option<u64>,
-    /// A digest of the type's name and fields; part of every cache key for this type.
-    pub fingerprint: u64,
-    /// The statement `get` runs: `SELECT * FROM <table> WHERE <pk> = $1 ..`.
-    pub get_sql: &'static str,
-}
-
-/// A row type whose reads can be cached. Implement it with `#[derive(Cacheable)]`.
-///
-/// ```
-/// use sqlacache_sqlx::{Cacheable, Ops};
-///
-/// #[derive(sqlx::FromRow, serde::Serialize, serde::Deserialize, Cacheable)]
-/// #[cache(table = "memberships", ops(get, fetch), ttl = 60)]
-/// struct Membership {
-///     #[cache(pk)]
-///     org_id: i64,
-///     #[cache(pk)]
-///     user_id: i64,
-///     role: String,
-/// }
-///
-/// assert_eq!(Membership::MODEL.primary_key, ["org_id", "user_id"]);
-/// assert_eq!(Membership::MODEL.ops, Ops::GET | Ops::FETCH);
-/// assert_eq!(Membership::MODEL.ttl_secs, Some(60));
-/// assert_eq!(Membership::MODEL.get_sql, r#"SELECT * FROM memberships WHERE "org_id" = $1 AND "user_id" = $2"#);
-/// let key: <Membership as Cacheable>::Key = (1, 2);
-/// ```
-pub trait Cacheable:
-    for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
-    + serde::Serialize
-    + serde::de::DeserializeOwned
-    + Send
-    + Sync
-    + Unpin
-    + 'static
-{
-    /// The primary key: the key field's type, or a tuple of them for a composite key.
-    type Key: serde::Serialize + Send + Sync + 'static;
-
-    /// The table, key, ops, TTL and fingerprint.
-    const MODEL: Model;
-
-    /// Binds a key as the arguments of [`Model::get_sql`].
-    fn bind_key(key: Self::Key, args: &mut sqlx::postgres::PgArguments) -> Result<(), sqlx::error::BoxDynError>;
-
-    /// The fingerprint that keeps this type's cached bytes apart from every other type's: the
-    /// derive's [`Model::fingerprint`] (field names, types as written, `serde` and `sqlx`
-    /// attributes) combined with the full path of the type and of each field's type as the
-    /// compiler resolved it (so aliases and same-named types in other modules differ).
-    /// Computed once.
-    fn fingerprint() -> u64;
-}
+/// The README's Rust examples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
 
 #[doc(hidden)]
 pub mod __private {

@@ -1,9 +1,10 @@
 //! `CachedPool`, its builder, and the state every handle shares.
 
 use crate::catalog::{Catalog, TableInfo};
-use crate::plan::{self, Context, Plan, Policy};
-use crate::{Cacheable, Error};
-use serde::{de::DeserializeOwned, Serialize};
+use crate::config::{Config, TableConfig};
+use crate::plan::{self, Context, Plan};
+use crate::row::Stored;
+use crate::{Cacheable, CachedRow, Error};
 use sqlacache_core::analyze::{analyze, TableName};
 use sqlacache_core::key::{row_id_of, Key, KeyBuilder};
 use sqlacache_core::{MemoryStore, Ops, Stats, StatsSnapshot, Tag, Uncached};
@@ -107,31 +108,12 @@ pub(crate) struct Shared {
     reload: tokio::sync::Mutex<()>,
     plans: quick_cache::sync::Cache<String, Arc<Plan>>,
     temp_tables: RwLock<HashSet<String>>,
+    /// Fingerprints of the models given to `.model::<T>()`.
+    models: Vec<u64>,
     #[cfg(feature = "test-hooks")]
     fill_hook: Option<FillHook>,
     #[cfg(feature = "test-hooks")]
     invalidate_hook: Option<InvalidateHook>,
-}
-
-struct Config {
-    tables: Vec<(TableName, Ops, Option<Duration>)>,
-    disabled: Vec<TableName>,
-    default_ttl: Duration,
-    wildcard: Ops,
-}
-
-impl Config {
-    fn policy(&self, catalog: &Catalog, info: &TableInfo) -> Option<Policy> {
-        let is = |name: &TableName| catalog.resolve(name).is_some_and(|t| t.oid == info.oid);
-        if self.disabled.iter().any(is) {
-            return None;
-        }
-        let (ops, ttl) = match self.tables.iter().rev().find(|(name, _, _)| is(name)) {
-            Some((_, ops, ttl)) => (*ops, ttl.unwrap_or(self.default_ttl)),
-            None => (self.wildcard, self.default_ttl),
-        };
-        (ops != Ops::NONE).then_some(Policy { ops, ttl })
-    }
 }
 
 impl Shared {
@@ -198,6 +180,20 @@ impl Shared {
                  (configure sessions with PgConnectOptions or after_connect, or use SET LOCAL in a transaction)"
             );
         }
+    }
+
+    /// Whether reads into `T` may be cached as far as its model goes: a `Cacheable` type must
+    /// have been registered, or its `ops` and `ttl` would silently not apply.
+    pub fn registered<T: CachedRow>(&self) -> Result<(), Uncached> {
+        if T::__MODEL.is_none() || self.models.contains(&T::fingerprint()) {
+            return Ok(());
+        }
+        warn_once_per_type(
+            std::any::type_name::<T>(),
+            "reads into this model are not cached: it was not registered with `CachedPoolBuilder::model`, \
+             so its ops and ttl would not apply",
+        );
+        Err(Uncached::Unregistered)
     }
 
     /// Why a read with this plan is not served from the cache, if it is not.
@@ -332,18 +328,18 @@ impl Shared {
     /// carry one.
     pub async fn cached_read<R, D, F, Fut>(&self, key: Key, ttl: Duration, fill: F) -> Result<R, sqlx::Error>
     where
-        R: Serialize + DeserializeOwned,
+        R: Stored,
         D: AsRef<[Tag]>,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<(R, D), sqlx::Error>>,
     {
         if let Some(entry) = self.store.get(key) {
-            match postcard::take_from_bytes::<R>(entry.bytes()) {
-                Ok((value, [])) => {
+            match R::decode(entry.bytes()) {
+                Some(value) => {
                     self.stats.hit();
                     return Ok(value);
                 }
-                _ => {
+                None => {
                     tracing::warn!("a cached value did not decode; treating it as a miss");
                     self.stats.corrupt_entry();
                     self.store.remove(key);
@@ -360,7 +356,7 @@ impl Shared {
         if let Some(hook) = &self.fill_hook {
             hook(FillPoint::Read).await;
         }
-        match postcard::to_allocvec(&value).ok().filter(|bytes| round_trips::<R>(bytes)) {
+        match value.encode().filter(|bytes| round_trips::<R>(bytes)) {
             Some(bytes) => {
                 self.stats.miss();
                 if !self.store.put(key, deps.as_ref(), stamp, ttl, bytes) {
@@ -369,7 +365,11 @@ impl Shared {
             }
             None => {
                 self.stats.bypass(Uncached::Unstorable);
-                warn_unstorable(std::any::type_name::<R>());
+                warn_once_per_type(
+                    std::any::type_name::<R>(),
+                    "values of this type do not read back from their stored form (a field such as \
+                     serde_json::Value or an untagged enum needs a self-describing format); its reads are not cached",
+                );
             }
         }
         Ok(value)
@@ -388,25 +388,17 @@ impl Drop for BackgroundWrite {
 /// Whether bytes decode to a value that encodes to the same bytes. Types that postcard cannot
 /// read back (ones that ask the format what comes next, such as `serde_json::Value` or
 /// untagged enums) fail here instead of being stored and never served.
-fn round_trips<R: Serialize + DeserializeOwned>(bytes: &[u8]) -> bool {
-    match postcard::from_bytes::<R>(bytes) {
-        Ok(decoded) => postcard::to_allocvec(&decoded).is_ok_and(|again| again == bytes),
-        Err(_) => false,
-    }
+fn round_trips<R: Stored>(bytes: &[u8]) -> bool {
+    R::decode(bytes).and_then(|decoded| decoded.encode()).is_some_and(|again| again == bytes)
 }
 
-/// Says once per type, at `warn` level, that its values are not cached and why.
-fn warn_unstorable(type_name: &'static str) {
-    static WARNED: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+/// Says once per type and message, at `warn` level, why reads into it are not cached.
+fn warn_once_per_type(type_name: &'static str, message: &'static str) {
+    static WARNED: std::sync::Mutex<Vec<(&'static str, &'static str)>> = std::sync::Mutex::new(Vec::new());
     let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
-    if !warned.contains(&type_name) && warned.len() < 256 {
-        warned.push(type_name);
-        tracing::warn!(
-            target: "sqlacache",
-            r#type = type_name,
-            "values of this type do not read back from their stored form (a field such as serde_json::Value or an \
-             untagged enum needs a self-describing format); its reads are not cached"
-        );
+    if !warned.contains(&(type_name, message)) && warned.len() < 256 {
+        warned.push((type_name, message));
+        tracing::warn!(target: "sqlacache", r#type = type_name, "{message}");
     }
 }
 
@@ -463,6 +455,7 @@ impl CachedPool {
             pool,
             tables: Vec::new(),
             disabled: Vec::new(),
+            models: Vec::new(),
             default_ttl: Duration::from_secs(3600),
             wildcard: Ops::ALL,
             capacity: 64 * 1024 * 1024,
@@ -521,6 +514,7 @@ impl CachedPool {
         let plan = shared.plan(model.get_sql, true).await?;
         let mut key_hash = KeyBuilder::new(T::fingerprint());
         let cached = shared.refusal(&plan).and_then(|read| {
+            shared.registered::<T>()?;
             key_hash.arg(&key)?;
             if !read.allowed.contains(Ops::GET) {
                 return Err(Uncached::Disabled);
@@ -556,9 +550,11 @@ impl CachedPool {
         }
     }
 
-    /// Starts a cached query mapping rows to `T` (`T` must be [`Cacheable`]; its fingerprint
-    /// keeps the cached bytes of different row types apart). Bind arguments with
-    /// [`bind`](crate::CachedQueryAs::bind).
+    /// Starts a cached query mapping rows to `T`: any [`CachedRow`] (a `#[derive(CachedRow)]`
+    /// projection or join result, a [`Cacheable`] model, a tuple), whose fingerprint keeps the
+    /// cached bytes of different row types apart. Bind arguments with
+    /// [`bind`](crate::CachedQueryAs::bind). A write to any table the query reads invalidates
+    /// the result.
     ///
     /// ```no_run
     /// # #[derive(sqlx::FromRow, serde::Serialize, serde::Deserialize, sqlacache_sqlx::Cacheable)]
@@ -572,8 +568,11 @@ impl CachedPool {
     ///     .await?;
     /// # Ok(()) }
     /// ```
-    pub fn query_as<T: Cacheable>(&self, sql: impl sqlx::SqlSafeStr) -> crate::CachedQueryAs<'_, T> {
-        crate::query::CachedQueryAs::new(self, sql.into_sql_str(), T::fingerprint())
+    pub fn query_as<T>(&self, sql: impl sqlx::SqlSafeStr) -> crate::CachedQueryAs<'_, T>
+    where
+        T: CachedRow + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+    {
+        crate::query::CachedQueryAs::new(self, sql.into_sql_str())
     }
 
     /// Starts a cached query returning one column of type `O` (counts, existence checks, ids).
@@ -585,12 +584,7 @@ impl CachedPool {
     /// ```
     pub fn query_scalar<O>(&self, sql: impl sqlx::SqlSafeStr) -> crate::CachedQueryScalar<'_, O>
     where
-        O: Serialize
-            + DeserializeOwned
-            + Send
-            + Unpin
-            + for<'r> sqlx::Decode<'r, sqlx::Postgres>
-            + sqlx::Type<sqlx::Postgres>,
+        O: crate::Storable + Send + Unpin + for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
     {
         crate::query::CachedQueryScalar::new(self, sql.into_sql_str())
     }
@@ -692,8 +686,9 @@ impl CachedPool {
 #[must_use = "call build() to create the pool"]
 pub struct CachedPoolBuilder {
     pool: PgPool,
-    tables: Vec<(TableName, Ops, Option<Duration>)>,
-    disabled: Vec<TableName>,
+    tables: Vec<TableConfig>,
+    disabled: Vec<(TableName, String)>,
+    models: Vec<u64>,
     default_ttl: Duration,
     wildcard: Ops,
     capacity: u64,
@@ -716,22 +711,28 @@ impl fmt::Debug for CachedPoolBuilder {
 }
 
 impl CachedPoolBuilder {
-    /// Configures the table of `T` with the ops and TTL from its `#[cache(..)]` attribute.
+    /// Registers the model `T`: its table takes the ops and TTL of its `#[cache(..)]`
+    /// attribute, and reads into `T` may be cached. `build()` fails if the table does not exist
+    /// or `T`'s `#[cache(pk)]` fields are not its primary key, in order. Reads into a model that
+    /// was not registered are not cached ([`Uncached::Unregistered`]).
     pub fn model<T: Cacheable>(mut self) -> Self {
-        let model = &T::MODEL;
-        self.tables.push((TableName::parse(model.table), model.ops, model.ttl_secs.map(Duration::from_secs)));
+        self.tables.push(TableConfig::model::<T>());
+        self.models.push(T::fingerprint());
         self
     }
 
-    /// Configures a table by SQL name (`orders`, `app.orders`).
+    /// Configures a table by SQL name (`orders`, `app.orders`), overriding the settings of a
+    /// model of that table; the last call for a table wins. `build()` fails if no such table is
+    /// on the search path.
     pub fn table(mut self, name: &str, ops: Ops, ttl: Duration) -> Self {
-        self.tables.push((TableName::parse(name), ops, Some(ttl)));
+        self.tables.push(TableConfig::table(name, ops, ttl));
         self
     }
 
-    /// Never caches reads of this table (its writes still invalidate).
+    /// Never caches reads of this table, whatever else configures it (its writes still
+    /// invalidate). `build()` fails if no such table is on the search path.
     pub fn disable_table(mut self, name: &str) -> Self {
-        self.disabled.push(TableName::parse(name));
+        self.disabled.push((TableName::parse(name), name.to_owned()));
         self
     }
 
@@ -773,30 +774,30 @@ impl CachedPoolBuilder {
         self
     }
 
-    /// Reads the schema (tables, primary keys, foreign-key actions) and creates the pool.
+    /// Reads the schema (tables, primary keys, foreign-key actions), checks the configuration
+    /// against it, and creates the pool.
+    ///
+    /// Fails with [`Error::Config`], naming the mistake, when a table given to
+    /// [`table`](Self::table), [`disable_table`](Self::disable_table) or a model is not in the
+    /// database (or not on the search path of the pool's connections), when a model's key is not
+    /// its table's primary key, when two models of one table declare different settings, and
+    /// when a TTL is zero. Create the tables (run migrations) first.
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: sqlx::PgPool) {
+    /// let error = sqlacache_sqlx::CachedPool::builder(pool).disable_table("audti_log").build().await.unwrap_err();
+    /// assert!(error.to_string().contains("audti_log"));
+    /// # }
+    /// ```
     pub async fn build(self) -> Result<CachedPool, Error> {
-        if self.default_ttl.is_zero() {
-            return Err(Error::Config("default_ttl must be greater than zero".into()));
-        }
-        if let Some((name, _, _)) = self.tables.iter().find(|(_, _, ttl)| ttl.is_some_and(|t| t.is_zero())) {
-            return Err(Error::Config(format!("the TTL of `{}` must be greater than zero", name.name)));
-        }
+        let config = Config::new(self.tables, self.disabled, self.default_ttl, self.wildcard);
         let catalog = Catalog::load(&self.pool, 1).await?;
-        for (name, _, _) in &self.tables {
-            if catalog.resolve(name).is_none() {
-                tracing::warn!(table = %name.name, "configured table not found in the database (yet)");
-            }
-        }
+        config.check(&catalog, &self.pool).await?;
         let shared = Shared {
             id: NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed),
             store: MemoryStore::new(self.capacity),
             stats: Stats::default(),
-            config: Config {
-                tables: self.tables,
-                disabled: self.disabled,
-                default_ttl: self.default_ttl,
-                wildcard: self.wildcard,
-            },
+            config,
             catalog: RwLock::new(Arc::new(catalog)),
             generation: AtomicU64::new(1),
             schema_epoch: AtomicU64::new(0),
@@ -807,6 +808,7 @@ impl CachedPoolBuilder {
             reload: tokio::sync::Mutex::new(()),
             plans: quick_cache::sync::Cache::new(4096),
             temp_tables: RwLock::new(HashSet::new()),
+            models: self.models,
             pool: self.pool,
             #[cfg(feature = "test-hooks")]
             fill_hook: self.fill_hook,

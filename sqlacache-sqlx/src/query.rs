@@ -1,8 +1,9 @@
 //! The typed cached reads: [`CachedQueryAs`], [`CachedQueryScalar`] and the `query_as!` wrapper.
 
 use crate::pool::kind;
-use crate::{Cacheable, CachedPool};
-use serde::{de::DeserializeOwned, Serialize};
+use crate::row::{type_fingerprint, Stored};
+use crate::{CachedPool, CachedRow, Storable};
+use serde::Serialize;
 use sqlacache_core::analyze::ReadOp;
 use sqlacache_core::key::KeyBuilder;
 use sqlacache_core::{Ops, Uncached};
@@ -22,7 +23,8 @@ fn op_of(op: ReadOp) -> Ops {
 }
 
 /// Looks up `sql`'s plan and either answers from the cache or runs `fill` (through the
-/// `CachedPool` executor, so a statement that turns out to write still invalidates).
+/// `CachedPool` executor, so a statement that turns out to write still invalidates). `key` is
+/// `Err` when the arguments or the row type rule caching out.
 async fn read<R, F, Fut>(
     pool: &CachedPool,
     sql: &str,
@@ -31,7 +33,7 @@ async fn read<R, F, Fut>(
     fill: F,
 ) -> Result<R, sqlx::Error>
 where
-    R: Serialize + DeserializeOwned,
+    R: Stored,
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<R, sqlx::Error>>,
 {
@@ -67,9 +69,8 @@ struct Bound<'p> {
 }
 
 impl<'p> Bound<'p> {
-    fn new(pool: &'p CachedPool, sql: SqlStr, fingerprint: u64) -> Bound<'p> {
-        let key = KeyBuilder::new(fingerprint);
-        Bound { pool, sql, args: PgArguments::default(), key: Ok(key), error: None, persistent: true }
+    fn new(pool: &'p CachedPool, sql: SqlStr, key: Result<KeyBuilder, Uncached>) -> Bound<'p> {
+        Bound { pool, sql, args: PgArguments::default(), key, error: None, persistent: true }
     }
 
     fn bind<'t, V: Encode<'t, Postgres> + Type<Postgres> + Serialize>(&mut self, value: V) {
@@ -160,9 +161,13 @@ macro_rules! builder_methods {
     };
 }
 
-impl<'p, T: Cacheable> CachedQueryAs<'p, T> {
-    pub(crate) fn new(pool: &'p CachedPool, sql: SqlStr, fingerprint: u64) -> Self {
-        CachedQueryAs { bound: Bound::new(pool, sql, fingerprint), row: PhantomData }
+impl<'p, T> CachedQueryAs<'p, T>
+where
+    T: CachedRow + for<'r> sqlx::FromRow<'r, PgRow>,
+{
+    pub(crate) fn new(pool: &'p CachedPool, sql: SqlStr) -> Self {
+        let key = pool.shared.registered::<T>().map(|()| KeyBuilder::new(T::fingerprint()));
+        CachedQueryAs { bound: Bound::new(pool, sql, key), row: PhantomData }
     }
 
     builder_methods!(
@@ -187,19 +192,14 @@ impl<O> fmt::Debug for CachedQueryScalar<'_, O> {
     }
 }
 
-/// A fingerprint for scalar types, which have no derive: their name (FNV-1a).
-fn type_fingerprint<O>() -> u64 {
-    std::any::type_name::<O>()
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
-}
-
 impl<'p, O> CachedQueryScalar<'p, O>
 where
-    O: Serialize + DeserializeOwned + Send + Unpin + for<'r> sqlx::Decode<'r, Postgres> + Type<Postgres>,
+    O: Storable + Send + Unpin + for<'r> sqlx::Decode<'r, Postgres> + Type<Postgres>,
 {
     pub(crate) fn new(pool: &'p CachedPool, sql: SqlStr) -> Self {
-        CachedQueryScalar { bound: Bound::new(pool, sql, type_fingerprint::<O>()), output: PhantomData }
+        // Scalars have no derive: their type's name tells them apart.
+        let key = Ok(KeyBuilder::new(type_fingerprint::<O>()));
+        CachedQueryScalar { bound: Bound::new(pool, sql, key), output: PhantomData }
     }
 
     builder_methods!(
@@ -228,7 +228,7 @@ impl<T, F> fmt::Debug for CachedMap<'_, T, F> {
 
 impl<'q, T, F> CachedMap<'q, T, F>
 where
-    T: Cacheable,
+    T: CachedRow,
     F: FnMut(PgRow) -> Result<T, sqlx::Error> + Send,
 {
     #[doc(hidden)]
@@ -242,12 +242,14 @@ where
 
     /// All rows.
     pub async fn fetch_all(self, cache: &CachedPool) -> Result<Vec<T>, sqlx::Error> {
-        read(cache, self.sql, self.key, kind::ALL, || self.map.fetch_all(cache)).await
+        let key = cache.shared.registered::<T>().and(self.key);
+        read(cache, self.sql, key, kind::ALL, || self.map.fetch_all(cache)).await
     }
 
     /// The first row, if any.
     pub async fn fetch_optional(self, cache: &CachedPool) -> Result<Option<T>, sqlx::Error> {
-        read(cache, self.sql, self.key, kind::OPTIONAL, || self.map.fetch_optional(cache)).await
+        let key = cache.shared.registered::<T>().and(self.key);
+        read(cache, self.sql, key, kind::OPTIONAL, || self.map.fetch_optional(cache)).await
     }
 
     /// The first row; [`sqlx::Error::RowNotFound`] when there is none.

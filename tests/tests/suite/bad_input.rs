@@ -66,9 +66,10 @@ async fn corrupt_entries_are_misses_and_are_replaced() {
     assert_eq!(cache.stats().hits, stats.hits + 1, "the corrupt entry was replaced by a good one");
 }
 
-/// Same table and SQL as `User`, different shape.
+/// Same table and SQL as `User`, different shape (and the same settings, as models of one table
+/// must have).
 #[derive(Debug, PartialEq, sqlx::FromRow, Serialize, Deserialize, Cacheable)]
-#[cache(table = "users")]
+#[cache(table = "users", ops(get, fetch, count, exists), ttl = 900)]
 struct UserName {
     #[cache(pk)]
     id: i64,
@@ -78,7 +79,7 @@ struct UserName {
 #[tokio::test]
 async fn row_types_never_read_each_others_bytes() {
     let db = TestDb::new().await;
-    let cache = db.cache().await;
+    let cache = db.builder().model::<UserName>().build().await.unwrap();
     let sql = "SELECT * FROM users WHERE id = $1";
     for _ in 0..2 {
         let full = cache.query_as::<User>(sql).bind(1_i64).fetch_one().await.unwrap();

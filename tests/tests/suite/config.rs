@@ -105,7 +105,7 @@ async fn memory_stays_under_capacity() {
     )
     .await;
     let capacity = 256 * 1024;
-    let cache = CachedPool::builder(db.pool.clone()).memory_capacity(capacity).build().await.unwrap();
+    let cache = CachedPool::builder(db.pool.clone()).model::<User>().memory_capacity(capacity).build().await.unwrap();
     for start in 0..1500_i64 {
         cache
             .query_as::<User>("SELECT * FROM users WHERE id > $1 ORDER BY id")
@@ -124,8 +124,7 @@ async fn memory_stays_under_capacity() {
 #[tokio::test]
 async fn the_op_is_read_from_the_parsed_statement() {
     let db = TestDb::new().await;
-    let cache =
-        CachedPool::builder(db.pool.clone()).table("users", Ops::FETCH, Duration::from_secs(60)).build().await.unwrap();
+    let cache = db.builder().table("users", Ops::FETCH, Duration::from_secs(60)).build().await.unwrap();
     for _ in 0..2 {
         // A string that merely contains `count(` is a fetch, and cached.
         cache.query_as::<User>("SELECT * FROM users WHERE name <> 'count(*)'").fetch_all().await.unwrap();
@@ -151,4 +150,156 @@ async fn pools_on_one_thread_keep_their_own_plans() {
     let (on, off) = (caching.stats(), disabled.stats());
     assert_eq!((on.hits, on.bypassed), (2, 0));
     assert_eq!((off.hits, off.bypassed), (0, 4), "the disabled pool used the other pool's plans");
+}
+
+/// The error `build()` returns for a builder, as text.
+async fn build_error(builder: sqlacache_sqlx::CachedPoolBuilder) -> String {
+    match builder.build().await {
+        Ok(_) => panic!("build() accepted a mistaken configuration"),
+        Err(error) => {
+            assert!(matches!(error, sqlacache_sqlx::Error::Config(_)), "{error:?}");
+            error.to_string()
+        }
+    }
+}
+
+#[derive(Debug, sqlx::FromRow, serde::Serialize, serde::Deserialize, sqlacache_sqlx::Cacheable)]
+#[cache(table = "userz")]
+struct Misspelt {
+    #[cache(pk)]
+    id: i64,
+}
+
+#[tokio::test]
+async fn unknown_tables_fail_the_build_by_name() {
+    let db = TestDb::new().await;
+    let pool = || CachedPool::builder(db.pool.clone());
+    let error = build_error(pool().table("ordrs", Ops::ALL, Duration::from_secs(60))).await;
+    assert!(error.contains("`ordrs`") && error.contains(".table("), "{error}");
+    let error = build_error(pool().disable_table("audti_log")).await;
+    assert!(error.contains("`audti_log`") && error.contains(".disable_table("), "{error}");
+    let error = build_error(pool().model::<Misspelt>()).await;
+    assert!(error.contains("Misspelt") && error.contains("`userz`"), "{error}");
+    assert!(error.contains(&db.schema), "the message shows the search path: {error}");
+
+    // A table outside the search path is found only by its qualified name.
+    let other = format!("{}_other", db.schema);
+    let setup = format!("CREATE SCHEMA {other}; CREATE TABLE {other}.ledger (id bigint PRIMARY KEY)");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(setup)).execute(&db.pool).await.unwrap();
+    let error = build_error(pool().disable_table("ledger")).await;
+    assert!(error.contains("`ledger`"), "{error}");
+    let qualified = format!("{other}.ledger");
+    let cache = pool().disable_table(&qualified).build().await.unwrap();
+    for _ in 0..2 {
+        cache
+            .query_scalar::<i64>(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {qualified}")))
+            .fetch_one()
+            .await
+            .unwrap();
+    }
+    assert_eq!(cache.stats().uncached(sqlacache_sqlx::Uncached::Disabled), 2, "the qualified name disabled it");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP SCHEMA {other} CASCADE"))).execute(&db.pool).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_disabled_table_is_never_cached_whatever_else_configures_it() {
+    let db = TestDb::new().await;
+    let cache = db.builder().disable_table("USERS").build().await.unwrap();
+    for _ in 0..2 {
+        cache.get::<User>(1).await.unwrap();
+    }
+    assert_eq!(cache.stats().uncached(sqlacache_sqlx::Uncached::Disabled), 2, "folded like SQL: USERS is users");
+}
+
+mod keys {
+    use serde::{Deserialize, Serialize};
+    use sqlacache_sqlx::Cacheable;
+
+    /// The key columns of `memberships` in the wrong order.
+    #[derive(Debug, sqlx::FromRow, Serialize, Deserialize, Cacheable)]
+    #[cache(table = "memberships")]
+    pub struct Swapped {
+        #[cache(pk)]
+        pub user_id: i64,
+        #[cache(pk)]
+        pub org_id: i64,
+        pub role: String,
+    }
+
+    /// One column of a two-column key.
+    #[derive(Debug, sqlx::FromRow, Serialize, Deserialize, Cacheable)]
+    #[cache(table = "memberships")]
+    pub struct Partial {
+        #[cache(pk)]
+        pub user_id: i64,
+        pub org_id: i64,
+        pub role: String,
+    }
+
+    /// A key on a table without a primary key.
+    #[derive(Debug, sqlx::FromRow, Serialize, Deserialize, Cacheable)]
+    #[cache(table = "tags")]
+    pub struct Tag {
+        #[cache(pk)]
+        pub name: String,
+    }
+
+    /// A key on a view.
+    #[derive(Debug, sqlx::FromRow, Serialize, Deserialize, Cacheable)]
+    #[cache(table = "active_users")]
+    pub struct ActiveUser {
+        #[cache(pk)]
+        pub id: i64,
+    }
+
+    /// The `users` table with other settings than `sqlacache_tests::User`'s.
+    #[derive(Debug, sqlx::FromRow, Serialize, Deserialize, Cacheable)]
+    #[cache(table = "users", ops(get), ttl = 5)]
+    pub struct UserName {
+        #[cache(pk)]
+        pub id: i64,
+        pub name: String,
+    }
+}
+
+#[tokio::test]
+async fn a_model_key_that_is_not_the_primary_key_fails_the_build() {
+    let db = TestDb::new().await;
+    let pool = || CachedPool::builder(db.pool.clone());
+    let error = build_error(pool().model::<keys::Swapped>()).await;
+    let table = format!("{}.memberships", db.schema);
+    assert!(error.contains(&table), "{error}");
+    assert!(error.contains("(user_id, org_id)") && error.contains("(org_id, user_id)"), "{error}");
+    assert!(error.contains("order"), "{error}");
+    let error = build_error(pool().model::<keys::Partial>()).await;
+    assert!(error.contains("(user_id)") && error.contains("(org_id, user_id)"), "{error}");
+
+    sqlx::raw_sql("CREATE TABLE tags (name text NOT NULL, weight int); CREATE VIEW active_users AS SELECT * FROM users WHERE active")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let error = build_error(pool().model::<keys::Tag>()).await;
+    assert!(error.contains("tags") && error.contains("no primary key"), "{error}");
+    sqlx::raw_sql("INSERT INTO tags VALUES ('a', 1), ('a', 2)").execute(&db.pool).await.unwrap();
+    let error = build_error(pool().model::<keys::ActiveUser>()).await;
+    assert!(error.contains("active_users") && error.contains("view"), "{error}");
+
+    // A unique index on the key columns names one row, as a primary key does.
+    sqlx::raw_sql("DELETE FROM tags; CREATE UNIQUE INDEX ON tags (name)").execute(&db.pool).await.unwrap();
+    pool().model::<keys::Tag>().build().await.expect("a unique key is accepted");
+}
+
+#[tokio::test]
+async fn two_models_of_a_table_must_agree_and_ttl_errors_name_the_qualified_table() {
+    let db = TestDb::new().await;
+    let error = build_error(db.builder().model::<keys::UserName>()).await;
+    assert!(error.contains("User") && error.contains("UserName") && error.contains("users"), "{error}");
+    db.builder()
+        .model::<keys::UserName>()
+        .table("users", Ops::ALL, Duration::from_secs(60))
+        .build()
+        .await
+        .expect("a `.table(..)` setting decides for both models");
+    let error = build_error(db.builder().table("orders", Ops::ALL, Duration::ZERO)).await;
+    assert!(error.contains(&format!("`{}.orders`", db.schema)), "{error}");
 }

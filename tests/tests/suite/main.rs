@@ -9,6 +9,7 @@ mod interleavings;
 mod macros;
 mod never_cached;
 mod partial_commits;
+mod projections;
 mod races;
 mod read_after_write;
 mod row_types;

@@ -1,7 +1,7 @@
 //! The fill race and concurrent writers and readers.
 
 use serde::{Deserialize, Serialize};
-use sqlacache_sqlx::{Cacheable, FillPoint};
+use sqlacache_sqlx::{Cacheable, CachedPool, FillPoint};
 use sqlacache_tests::{TestDb, User};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
@@ -84,7 +84,7 @@ async fn reads_started_after_a_write_see_it() {
          INSERT INTO counters SELECT g, 0 FROM generate_series(0, 3) g;",
     )
     .await;
-    let cache = db.builder().model::<Counter>().build().await.unwrap();
+    let cache = CachedPool::builder(db.pool.clone()).model::<Counter>().build().await.unwrap();
     let published: Arc<Vec<AtomicI64>> = Arc::new((0..ROWS).map(|_| AtomicI64::new(0)).collect());
     let done = Arc::new(AtomicBool::new(false));
 

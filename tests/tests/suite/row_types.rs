@@ -3,7 +3,7 @@
 //! equal text means the same row.
 
 use serde::{Deserialize, Serialize};
-use sqlacache_sqlx::{Cacheable, CachedPool, Uncached};
+use sqlacache_sqlx::{Cacheable, CachedPool, CachedRow, Uncached};
 use sqlacache_tests::TestDb;
 
 #[tokio::test]
@@ -70,7 +70,7 @@ mod b {
 #[tokio::test]
 async fn same_named_types_never_decode_each_others_bytes() {
     let db = TestDb::with_schema(PEOPLE).await;
-    let cache = CachedPool::builder(db.pool.clone()).build().await.unwrap();
+    let cache = CachedPool::builder(db.pool.clone()).model::<a::Person>().model::<b::Person>().build().await.unwrap();
     assert_ne!(a::Person::fingerprint(), b::Person::fingerprint(), "aliases resolve to other types");
     assert_eq!(a::Person::MODEL.fingerprint, b::Person::MODEL.fingerprint, "the tokens alone are alike");
     for _ in 0..2 {
@@ -100,7 +100,7 @@ async fn row_types_that_do_not_round_trip_are_refused_not_corrupted() {
          INSERT INTO settings VALUES (1, '{\"a\": [1, 2]}');",
     )
     .await;
-    let cache = CachedPool::builder(db.pool.clone()).build().await.unwrap();
+    let cache = CachedPool::builder(db.pool.clone()).model::<Setting>().build().await.unwrap();
     for _ in 0..3 {
         let setting = cache.get::<Setting>(1_i64).await.unwrap().unwrap();
         assert_eq!(setting.value, serde_json::json!({"a": [1, 2]}));

@@ -1,4 +1,4 @@
-#[derive(serde::Serialize, serde::Deserialize, sqlx::FromRow, sqlacache_sqlx::Cacheable)]
+#[derive(serde::Serialize, serde::Deserialize, sqlacache_derive::Cacheable)]
 #[cache(table = "users", ops(get, fetch_all))]
 struct User {
     #[cache(pk)]

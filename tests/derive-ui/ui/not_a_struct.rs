@@ -1,4 +1,4 @@
-#[derive(sqlacache_sqlx::Cacheable)]
+#[derive(sqlacache_derive::Cacheable)]
 #[cache(table = "kinds")]
 enum Kind {
     A,

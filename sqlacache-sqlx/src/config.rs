@@ -1,0 +1,215 @@
+//! The builder's configuration, and its checks against the database at `build()`: every name
+//! must resolve to a table, every model's key must be its table's key, and two models of one
+//! table must agree.
+
+use crate::catalog::{Catalog, TableInfo};
+use crate::plan::Policy;
+use crate::Error;
+use sqlacache_core::analyze::TableName;
+use sqlacache_core::Ops;
+use sqlx::PgPool;
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// A table's settings, and where they were given (for error messages).
+#[derive(Debug)]
+pub(crate) struct TableConfig {
+    pub name: TableName,
+    /// The name as written.
+    pub written: String,
+    pub ops: Ops,
+    pub ttl: Option<Duration>,
+    /// `.table("orders", ..)`, or `.model::<User>()`.
+    pub source: String,
+    /// The declared key, for a model.
+    pub model_key: Option<&'static [&'static str]>,
+}
+
+impl TableConfig {
+    pub fn table(name: &str, ops: Ops, ttl: Duration) -> TableConfig {
+        let source = format!("`.table({name:?}, ..)`");
+        TableConfig {
+            name: TableName::parse(name),
+            written: name.to_owned(),
+            ops,
+            ttl: Some(ttl),
+            source,
+            model_key: None,
+        }
+    }
+
+    pub fn model<T: crate::Cacheable>() -> TableConfig {
+        let model = &T::MODEL;
+        TableConfig {
+            name: TableName::parse(model.table),
+            written: model.table.to_owned(),
+            ops: model.ops,
+            ttl: model.ttl_secs.map(Duration::from_secs),
+            source: format!("`.model::<{}>()` (table {:?})", short_name(std::any::type_name::<T>()), model.table),
+            model_key: Some(model.primary_key),
+        }
+    }
+}
+
+/// `app::models::User` as `User`: the name a user wrote.
+fn short_name(path: &str) -> &str {
+    path.rsplit("::").next().unwrap_or(path)
+}
+
+#[derive(Debug)]
+pub(crate) struct Config {
+    /// Models first, then `.table(..)` calls, each in call order: the last match wins.
+    pub tables: Vec<TableConfig>,
+    /// Disabled tables, with the name as written.
+    pub disabled: Vec<(TableName, String)>,
+    pub default_ttl: Duration,
+    pub wildcard: Ops,
+}
+
+impl Config {
+    pub fn new(
+        mut tables: Vec<TableConfig>,
+        disabled: Vec<(TableName, String)>,
+        default_ttl: Duration,
+        wildcard: Ops,
+    ) -> Config {
+        // `.table(..)` overrides the settings of a model of the same table.
+        tables.sort_by_key(|t| t.model_key.is_none());
+        Config { tables, disabled, default_ttl, wildcard }
+    }
+
+    /// The ops and TTL of a table; `None` when nothing of it is cached. A disabled table is
+    /// never cached; an explicit `.table(..)` overrides a model's settings.
+    pub fn policy(&self, catalog: &Catalog, info: &TableInfo) -> Option<Policy> {
+        let is = |name: &TableName| catalog.resolve(name).is_some_and(|t| t.oid == info.oid);
+        if self.disabled.iter().any(|(name, _)| is(name)) {
+            return None;
+        }
+        let (ops, ttl) = match self.tables.iter().rev().find(|t| is(&t.name)) {
+            Some(t) => (t.ops, t.ttl.unwrap_or(self.default_ttl)),
+            None => (self.wildcard, self.default_ttl),
+        };
+        (ops != Ops::NONE).then_some(Policy { ops, ttl })
+    }
+
+    /// Checks the configuration against the database. The first mistake is the error.
+    pub async fn check(&self, catalog: &Catalog, pool: &PgPool) -> Result<(), Error> {
+        if self.default_ttl.is_zero() {
+            return Err(Error::Config("default_ttl must be greater than zero".into()));
+        }
+        let resolve = |name: &TableName, written: &str, source: &str| {
+            catalog.resolve(name).ok_or_else(|| {
+                Error::Config(format!(
+                    "{source} names no table: `{written}` is not in the database, or not on the search path ({})",
+                    catalog.search_path().join(", ")
+                ))
+            })
+        };
+        // Each table's first model, by oid, to find a second one that disagrees (unless a
+        // `.table(..)` call sets the table's settings for both).
+        let mut models: HashMap<u32, &TableConfig> = HashMap::new();
+        let explicit: Vec<u32> = self
+            .tables
+            .iter()
+            .filter(|t| t.model_key.is_none())
+            .filter_map(|t| catalog.resolve(&t.name).map(|info| info.oid))
+            .collect();
+        for table in &self.tables {
+            let info = resolve(&table.name, &table.written, &table.source)?;
+            let qualified = info.qualified();
+            if table.ttl.is_some_and(|ttl| ttl.is_zero()) {
+                return Err(Error::Config(format!(
+                    "the TTL of `{qualified}` (from {}) must be greater than zero",
+                    table.source
+                )));
+            }
+            let Some(declared) = table.model_key else { continue };
+            check_key(info, declared, &table.source, pool).await?;
+            match models.get(&info.oid) {
+                Some(first) if (first.ops, first.ttl) != (table.ops, table.ttl) && !explicit.contains(&info.oid) => {
+                    return Err(Error::Config(format!(
+                        "two models of `{qualified}` declare different ops or TTL: {} ({:?}, TTL {}) and {} ({:?}, TTL \
+                         {}); make them agree, or set the table's with `.table(..)`",
+                        first.source,
+                        first.ops,
+                        ttl_text(first.ttl),
+                        table.source,
+                        table.ops,
+                        ttl_text(table.ttl)
+                    )));
+                }
+                Some(_) => {}
+                None => {
+                    models.insert(info.oid, table);
+                }
+            }
+        }
+        for (name, written) in &self.disabled {
+            resolve(name, written, &format!("`.disable_table({written:?})`"))?;
+        }
+        Ok(())
+    }
+}
+
+fn ttl_text(ttl: Option<Duration>) -> String {
+    ttl.map_or_else(|| "the default".to_owned(), |t| format!("{t:?}"))
+}
+
+/// Unique indexes without a predicate or expressions, each as its columns in index order.
+const UNIQUE_KEYS: &str = r#"
+SELECT array_agg(a.attname::text ORDER BY k.ord) AS columns
+  FROM pg_catalog.pg_index i
+ CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
+  JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+ WHERE i.indrelid = $1::int8::oid AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL
+ GROUP BY i.indexrelid
+"#;
+
+/// A model's `#[cache(pk)]` fields must be its table's primary key, in key order: `get` reads
+/// one row by them, and a write's row is matched to cached `get`s by the same columns. A table
+/// without a primary key must have a unique index on exactly those columns.
+async fn check_key(info: &TableInfo, declared: &[&str], source: &str, pool: &PgPool) -> Result<(), Error> {
+    let list = |columns: &[&str]| columns.join(", ");
+    let qualified = info.qualified();
+    if let Some(primary) = &info.primary_key {
+        let primary: Vec<&str> = primary.iter().map(String::as_str).collect();
+        if primary == declared {
+            return Ok(());
+        }
+        let mut sorted = (primary.clone(), declared.to_vec());
+        sorted.0.sort_unstable();
+        sorted.1.sort_unstable();
+        let hint = if sorted.0 == sorted.1 {
+            "declare the key fields in the order of the primary key"
+        } else {
+            "mark exactly the primary-key fields with `#[cache(pk)]`"
+        };
+        return Err(Error::Config(format!(
+            "{source}: the model's key ({}) is not the primary key of `{qualified}` ({}); {hint}",
+            list(declared),
+            list(&primary)
+        )));
+    }
+    let rows: Vec<(Vec<String>,)> = sqlx::query_as(UNIQUE_KEYS).bind(i64::from(info.oid)).fetch_all(pool).await?;
+    let mut wanted = declared.to_vec();
+    wanted.sort_unstable();
+    let unique = rows.iter().any(|(columns,)| {
+        let mut columns: Vec<&str> = columns.iter().map(String::as_str).collect();
+        columns.sort_unstable();
+        columns == wanted
+    });
+    if unique {
+        return Ok(());
+    }
+    let what = match info.kind {
+        'v' => "is a view and has no primary key",
+        'm' => "is a materialized view without a unique index on those columns",
+        'f' => "is a foreign table and has no primary key",
+        _ => "has no primary key and no unique index on those columns",
+    };
+    Err(Error::Config(format!(
+        "{source}: the model's key ({}) cannot be checked to name one row: `{qualified}` {what}, so `get` could \
+         return any of several rows",
+        list(declared)
+    )))
+}

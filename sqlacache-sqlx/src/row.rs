@@ -1,0 +1,217 @@
+//! Row types that can be cached: [`CachedRow`] (any decodable, storable row: a projection, a
+//! join, a tuple) and the stored form of a read's result.
+
+use crate::Model;
+use serde::de::{Deserialize, DeserializeOwned, Deserializer};
+use serde::ser::{Serialize, Serializer};
+
+/// A value that can be stored in the cache and read back: implemented for every type with
+/// `serde::Serialize` and `serde::Deserialize`.
+///
+/// A cached result is stored as bytes (postcard) and decoded on a hit. A type that serializes
+/// to something other than itself is refused at compile time where the derive can tell
+/// (`#[serde(skip)]` and the like) and otherwise not cached (see `Uncached::Unstorable`).
+///
+/// ```
+/// fn storable<T: sqlacache_sqlx::Storable>() {}
+/// storable::<(i64, String, Option<bool>)>();
+/// ```
+///
+/// A row type without serde's derives gets one error, "`Plain` cannot be cached: it needs
+/// `serde::Serialize` and `serde::Deserialize`", at its definition:
+///
+/// ```compile_fail,E0277
+/// #[derive(sqlx::FromRow, sqlacache_sqlx::CachedRow)]
+/// struct Plain {
+///     id: i64,
+/// }
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be cached: it needs `serde::Serialize` and `serde::Deserialize`",
+    label = "add `#[derive(serde::Serialize, serde::Deserialize)]` to `{Self}`",
+    note = "a cached result is stored as bytes with serde and decoded again on a hit"
+)]
+pub trait Storable: Sized {
+    #[doc(hidden)]
+    fn __serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error>;
+    #[doc(hidden)]
+    fn __deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error>;
+}
+
+// Not recommended in diagnostics: a type missing serde gets the one message above instead of
+// one error per missing serde trait.
+#[diagnostic::do_not_recommend]
+impl<T: Serialize + DeserializeOwned> Storable for T {
+    fn __serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.serialize(serializer)
+    }
+
+    fn __deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        T::deserialize(deserializer)
+    }
+}
+
+/// A row type whose reads [`query_as`](crate::CachedPool::query_as) and
+/// [`query_as!`](crate::query_as!) can cache: any struct with serde's derives and
+/// `#[derive(CachedRow)]` (a projection, a join result, an aggregate), every
+/// [`Cacheable`](crate::Cacheable) model, and tuples of column types.
+///
+/// It needs no table and no key: the tables a query reads come from its SQL, so a write to any
+/// of them invalidates the cached result. What it gives is a fingerprint, which keeps the cached
+/// bytes of different row types apart.
+///
+/// ```no_run
+/// use sqlacache_sqlx::CachedRow;
+///
+/// #[derive(sqlx::FromRow, serde::Serialize, serde::Deserialize, CachedRow)]
+/// struct PostWithAuthor {
+///     title: String,
+///     author: String,
+/// }
+///
+/// # async fn demo(cache: sqlacache_sqlx::CachedPool) -> Result<(), sqlx::Error> {
+/// let rows: Vec<PostWithAuthor> = cache
+///     .query_as::<PostWithAuthor>(
+///         "SELECT p.title, a.name AS author FROM posts p JOIN authors a ON a.id = p.author_id",
+///     )
+///     .fetch_all()
+///     .await?;
+/// let pairs: Vec<(i64, String)> = cache.query_as::<(i64, String)>("SELECT id, name FROM authors").fetch_all().await?;
+/// # Ok(()) }
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a row type the cache knows",
+    label = "add `#[derive(sqlacache_sqlx::CachedRow)]` to `{Self}` (or `Cacheable` for a table's rows)",
+    note = "`query_as` and `query_as!` cache rows of types that derive `CachedRow` or `Cacheable`, and tuples"
+)]
+pub trait CachedRow: Storable + Send + Sync + Unpin + 'static {
+    /// The fingerprint that keeps this type's cached bytes apart from every other type's: for a
+    /// derived type, a digest of its field names, types as written, `serde` and `sqlx`
+    /// attributes, and the full path of the type and of each field's type as the compiler
+    /// resolved it (so aliases and same-named types in other modules differ). Computed once.
+    fn fingerprint() -> u64;
+
+    /// The model of a [`Cacheable`](crate::Cacheable) type, whose `ops` and `ttl` apply only
+    /// once it is registered with `.model::<T>()`.
+    #[doc(hidden)]
+    const __MODEL: Option<Model> = None;
+}
+
+/// A fingerprint for types without a derive (scalars, tuples): the type's full name (FNV-1a).
+pub(crate) fn type_fingerprint<T: ?Sized>() -> u64 {
+    std::any::type_name::<T>()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+}
+
+macro_rules! tuple_rows {
+    ($($name:ident)+) => {
+        /// A tuple of column types, as sqlx decodes it.
+        impl<$($name),+> CachedRow for ($($name,)+)
+        where
+            $($name: Send + Sync + Unpin + 'static,)+
+            ($($name,)+): Storable,
+        {
+            fn fingerprint() -> u64 {
+                type_fingerprint::<Self>()
+            }
+        }
+    };
+}
+
+tuple_rows!(A);
+tuple_rows!(A B);
+tuple_rows!(A B C);
+tuple_rows!(A B C D);
+tuple_rows!(A B C D E);
+tuple_rows!(A B C D E F);
+tuple_rows!(A B C D E F G);
+tuple_rows!(A B C D E F G H);
+tuple_rows!(A B C D E F G H I);
+tuple_rows!(A B C D E F G H I J);
+tuple_rows!(A B C D E F G H I J K);
+tuple_rows!(A B C D E F G H I J K L);
+tuple_rows!(A B C D E F G H I J K L M);
+tuple_rows!(A B C D E F G H I J K L M N);
+tuple_rows!(A B C D E F G H I J K L M N O);
+tuple_rows!(A B C D E F G H I J K L M N O P);
+
+/// The result of a cached call, as the store keeps it: encoded with postcard through
+/// [`Storable`], decoded on a hit.
+pub(crate) trait Stored: Sized {
+    fn encode(&self) -> Option<Vec<u8>>;
+    /// The value, when `bytes` are exactly one encoded value.
+    fn decode(bytes: &[u8]) -> Option<Self>;
+}
+
+/// Serializes a [`Storable`] through its serde implementation.
+struct Ser<'a, T>(&'a T);
+
+impl<T: Storable> Serialize for Ser<'_, T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.__serialize(serializer)
+    }
+}
+
+/// Deserializes a [`Storable`] through its serde implementation.
+struct De<T>(T);
+
+impl<'de, T: Storable> Deserialize<'de> for De<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        T::__deserialize(deserializer).map(De)
+    }
+}
+
+fn decode_exact<'a, V: Deserialize<'a>>(bytes: &'a [u8]) -> Option<V> {
+    match postcard::take_from_bytes::<V>(bytes) {
+        Ok((value, [])) => Some(value),
+        _ => None,
+    }
+}
+
+impl<T: Storable> Stored for Option<T> {
+    fn encode(&self) -> Option<Vec<u8>> {
+        postcard::to_allocvec(&self.as_ref().map(Ser)).ok()
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        decode_exact::<Option<De<T>>>(bytes).map(|v| v.map(|De(t)| t))
+    }
+}
+
+impl<T: Storable> Stored for Vec<T> {
+    fn encode(&self) -> Option<Vec<u8>> {
+        let rows: Vec<Ser<'_, T>> = self.iter().map(Ser).collect();
+        postcard::to_allocvec(&rows).ok()
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        // `De<T>` has `T`'s layout, so this collect reuses the vector.
+        decode_exact::<Vec<De<T>>>(bytes).map(|rows| rows.into_iter().map(|De(t)| t).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_forms_read_back_and_reject_trailing_bytes() {
+        let rows = vec![(1_i64, "a".to_owned()), (2, String::new())];
+        let bytes = rows.encode().unwrap();
+        assert_eq!(bytes, postcard::to_allocvec(&rows).unwrap(), "the same bytes as serde's own form");
+        assert_eq!(Vec::<(i64, String)>::decode(&bytes), Some(rows));
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(Vec::<(i64, String)>::decode(&longer), None);
+        assert_eq!(Option::<i64>::decode(&Some(5_i64).encode().unwrap()), Some(Some(5)));
+        assert_eq!(Option::<i64>::decode(&None::<i64>.encode().unwrap()), Some(None));
+        assert_eq!(Option::<String>::decode(&[1, 200]), None, "a corrupt entry is a miss");
+    }
+
+    #[test]
+    fn tuples_have_distinct_fingerprints() {
+        assert_ne!(<(i64, String)>::fingerprint(), <(String, i64)>::fingerprint());
+        assert_eq!(<(i64,)>::fingerprint(), <(i64,)>::fingerprint());
+    }
+}

@@ -1,0 +1,1 @@
+//! Compile-error tests of the sqlacache derives; see `tests/ui.rs`.
