@@ -36,6 +36,9 @@ pub struct StatsSnapshot {
     /// Times the library chose a wider invalidation than a write needed, because a bound on its
     /// own state was reached (too many rows, tables or names to track one by one).
     pub widened: u64,
+    /// Misses that waited for a concurrent fill of the same read instead of querying the database,
+    /// and were then served from the cache (also counted in `hits`).
+    pub coalesced: u64,
 }
 
 impl StatsSnapshot {
@@ -141,7 +144,7 @@ pub struct Stats {
 
 const STRIPES: usize = 16;
 /// The named counters, then one per [`Uncached`] reason.
-const NAMED: usize = 9;
+const NAMED: usize = 10;
 const COUNTERS: usize = NAMED + Uncached::COUNT;
 
 /// One thread's share of the counters, alone on its cache lines.
@@ -201,6 +204,7 @@ counters! {
     6: corrupt_entry => corrupt_entries,
     7: statement_analyzed => statements_analyzed,
     8: widen => widened,
+    9: coalesce => coalesced,
 }
 
 impl Stats {

@@ -39,6 +39,7 @@ mod catalog;
 mod config;
 mod error;
 mod executor;
+mod flight;
 mod macros;
 mod model;
 mod plan;

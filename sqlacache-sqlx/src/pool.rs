@@ -2,6 +2,7 @@
 
 use crate::catalog::{Catalog, TableInfo};
 use crate::config::{Config, TableConfig};
+use crate::flight::{Flights, Role};
 use crate::plan::{self, Context, Plan};
 use crate::row::Stored;
 use crate::{Cacheable, CachedRow, Error};
@@ -110,6 +111,8 @@ pub(crate) struct Shared {
     temp_tables: RwLock<HashSet<String>>,
     /// Fingerprints of the models given to `.model::<T>()`.
     models: Vec<u64>,
+    /// Fills in progress, so concurrent misses of one read run one query.
+    flights: Flights,
     #[cfg(feature = "test-hooks")]
     fill_hook: Option<FillHook>,
     #[cfg(feature = "test-hooks")]
@@ -326,6 +329,9 @@ impl Shared {
     /// stamp is read, so a write that commits while it reads the database makes the store
     /// refuse the result. Its future is boxed: database futures are large, and a hit should not
     /// carry one.
+    ///
+    /// Concurrent misses of one key run one fill (see [`crate::flight`]): the others wait for it
+    /// and then look in the store, where they find its value only if it was accepted.
     pub async fn cached_read<R, D, F, Fut>(&self, key: Key, ttl: Duration, fill: F) -> Result<R, sqlx::Error>
     where
         R: Stored,
@@ -333,19 +339,37 @@ impl Shared {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<(R, D), sqlx::Error>>,
     {
-        if let Some(entry) = self.store.get(key) {
-            match R::decode(entry.bytes()) {
-                Some(value) => {
-                    self.stats.hit();
-                    return Ok(value);
-                }
-                None => {
-                    tracing::warn!("a cached value did not decode; treating it as a miss");
-                    self.stats.corrupt_entry();
-                    self.store.remove(key);
+        let mut waited = false;
+        let lead = loop {
+            if let Some(entry) = self.store.get(key) {
+                match R::decode(entry.bytes()) {
+                    Some(value) => {
+                        self.stats.hit();
+                        if waited {
+                            self.stats.coalesce();
+                        }
+                        return Ok(value);
+                    }
+                    None => {
+                        tracing::warn!("a cached value did not decode; treating it as a miss");
+                        self.stats.corrupt_entry();
+                        self.store.remove(key);
+                    }
                 }
             }
-        }
+            if waited {
+                // The fill waited for was not stored, or no longer holds: read for ourselves,
+                // without waiting again, so no read waits for more than one other.
+                break None;
+            }
+            match self.flights.join(key) {
+                Role::Leader(lead) => break Some(lead),
+                Role::Waiter(wait) => {
+                    wait.finished().await;
+                    waited = true;
+                }
+            }
+        };
         let stamp = self.store.stamp();
         #[cfg(feature = "test-hooks")]
         if let Some(hook) = &self.fill_hook {
@@ -372,6 +396,8 @@ impl Shared {
                 );
             }
         }
+        // Only now may the waiters look in the store.
+        drop(lead);
         Ok(value)
     }
 }
@@ -809,6 +835,7 @@ impl CachedPoolBuilder {
             plans: quick_cache::sync::Cache::new(4096),
             temp_tables: RwLock::new(HashSet::new()),
             models: self.models,
+            flights: Flights::default(),
             pool: self.pool,
             #[cfg(feature = "test-hooks")]
             fill_hook: self.fill_hook,

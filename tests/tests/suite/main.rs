@@ -15,5 +15,6 @@ mod read_after_write;
 mod row_types;
 mod schema_changes;
 mod sessions;
+mod single_flight;
 mod transactions;
 mod write_shapes;
