@@ -100,10 +100,11 @@ pub enum Uncached {
     Arguments,
     /// The row type's stored form did not read back to the same value.
     Unstorable,
-    /// A read into a model (a `Cacheable` type) that was not registered with `.model::<T>()`:
-    /// its `ops` and `ttl` would not apply, so its reads are not cached (and a warning names
-    /// the type once).
-    Unregistered,
+    /// A read into a model (a `Cacheable` type) whose settings could not be applied when it was
+    /// first used without `.model::<T>()`: its table is missing, its key is not the table's
+    /// primary key, or another model of the table declares other settings. One `warn` event
+    /// says which.
+    BadModel,
 }
 
 impl Uncached {
@@ -125,7 +126,7 @@ impl Uncached {
         Uncached::Session,
         Uncached::Arguments,
         Uncached::Unstorable,
-        Uncached::Unregistered,
+        Uncached::BadModel,
     ];
 
     /// The position of this reason in [`StatsSnapshot::bypassed_by_reason`].

@@ -4,15 +4,14 @@
 
 use crate::catalog::{Catalog, TableInfo};
 use crate::plan::Policy;
-use crate::Error;
+use crate::{Error, Model};
 use sqlacache_core::analyze::TableName;
 use sqlacache_core::Ops;
 use sqlx::PgPool;
-use std::collections::HashMap;
 use std::time::Duration;
 
 /// A table's settings, and where they were given (for error messages).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct TableConfig {
     pub name: TableName,
     /// The name as written.
@@ -38,16 +37,21 @@ impl TableConfig {
         }
     }
 
-    pub fn model<T: crate::Cacheable>() -> TableConfig {
-        let model = &T::MODEL;
+    /// The settings of a model, named for messages as `source` says where they came from.
+    pub fn model(model: &Model, source: String) -> TableConfig {
         TableConfig {
             name: TableName::parse(model.table),
             written: model.table.to_owned(),
             ops: model.ops,
             ttl: model.ttl_secs.map(Duration::from_secs),
-            source: format!("`.model::<{}>()` (table {:?})", short_name(std::any::type_name::<T>()), model.table),
+            source,
             model_key: Some(model.primary_key),
         }
+    }
+
+    /// A model given to `.model::<T>()`.
+    pub fn registered(model: &Model, type_name: &str) -> TableConfig {
+        TableConfig::model(model, format!("`.model::<{}>()` (table {:?})", short_name(type_name), model.table))
     }
 }
 
@@ -97,58 +101,73 @@ impl Config {
         if self.default_ttl.is_zero() {
             return Err(Error::Config("default_ttl must be greater than zero".into()));
         }
-        let resolve = |name: &TableName, written: &str, source: &str| {
-            catalog.resolve(name).ok_or_else(|| {
-                Error::Config(format!(
-                    "{source} names no table: `{written}` is not in the database, or not on the search path ({})",
-                    catalog.search_path().join(", ")
-                ))
-            })
-        };
-        // Each table's first model, by oid, to find a second one that disagrees (unless a
-        // `.table(..)` call sets the table's settings for both).
-        let mut models: HashMap<u32, &TableConfig> = HashMap::new();
-        let explicit: Vec<u32> = self
-            .tables
-            .iter()
-            .filter(|t| t.model_key.is_none())
-            .filter_map(|t| catalog.resolve(&t.name).map(|info| info.oid))
-            .collect();
         for table in &self.tables {
-            let info = resolve(&table.name, &table.written, &table.source)?;
-            let qualified = info.qualified();
-            if table.ttl.is_some_and(|ttl| ttl.is_zero()) {
-                return Err(Error::Config(format!(
-                    "the TTL of `{qualified}` (from {}) must be greater than zero",
-                    table.source
-                )));
-            }
-            let Some(declared) = table.model_key else { continue };
-            check_key(info, declared, &table.source, pool).await?;
-            match models.get(&info.oid) {
-                Some(first) if (first.ops, first.ttl) != (table.ops, table.ttl) && !explicit.contains(&info.oid) => {
-                    return Err(Error::Config(format!(
-                        "two models of `{qualified}` declare different ops or TTL: {} ({:?}, TTL {}) and {} ({:?}, TTL \
-                         {}); make them agree, or set the table's with `.table(..)`",
-                        first.source,
-                        first.ops,
-                        ttl_text(first.ttl),
-                        table.source,
-                        table.ops,
-                        ttl_text(table.ttl)
-                    )));
-                }
-                Some(_) => {}
-                None => {
-                    models.insert(info.oid, table);
-                }
-            }
+            Config::check_table(&self.tables, table, catalog, pool).await?;
         }
         for (name, written) in &self.disabled {
-            resolve(name, written, &format!("`.disable_table({written:?})`"))?;
+            resolve(catalog, name, written, &format!("`.disable_table({written:?})`"))?;
         }
         Ok(())
     }
+
+    /// Checks one table's settings: the table exists, a model's key is its primary key, and no
+    /// other model of the table declares other settings (unless a `.table(..)` call decides).
+    /// Returns the table's oid.
+    pub async fn check_table(
+        tables: &[TableConfig],
+        table: &TableConfig,
+        catalog: &Catalog,
+        pool: &PgPool,
+    ) -> Result<u32, Error> {
+        let info = resolve(catalog, &table.name, &table.written, &table.source)?;
+        let qualified = info.qualified();
+        if table.ttl.is_some_and(|ttl| ttl.is_zero()) {
+            return Err(Error::Config(format!(
+                "the TTL of `{qualified}` (from {}) must be greater than zero",
+                table.source
+            )));
+        }
+        let Some(declared) = table.model_key else { return Ok(info.oid) };
+        check_key(info, declared, &table.source, pool).await?;
+        let same_table = |other: &TableConfig| catalog.resolve(&other.name).is_some_and(|o| o.oid == info.oid);
+        if tables.iter().any(|t| t.model_key.is_none() && same_table(t)) {
+            return Ok(info.oid);
+        }
+        let disagrees = |other: &&TableConfig| {
+            !std::ptr::eq(*other, table)
+                && other.model_key.is_some()
+                && (other.ops, other.ttl) != (table.ops, table.ttl)
+                && same_table(other)
+        };
+        if let Some(other) = tables.iter().find(disagrees) {
+            return Err(Error::Config(format!(
+                "two models of `{qualified}` declare different ops or TTL: {} ({:?}, TTL {}) and {} ({:?}, TTL {}); \
+                 make them agree, or set the table's with `.table(..)`",
+                other.source,
+                other.ops,
+                ttl_text(other.ttl),
+                table.source,
+                table.ops,
+                ttl_text(table.ttl)
+            )));
+        }
+        Ok(info.oid)
+    }
+
+    /// Adds a model checked with [`Config::check_table`], before the `.table(..)` settings.
+    pub fn add_model(&mut self, table: TableConfig) {
+        let models = self.tables.iter().take_while(|t| t.model_key.is_some()).count();
+        self.tables.insert(models, table);
+    }
+}
+
+fn resolve<'c>(catalog: &'c Catalog, name: &TableName, written: &str, source: &str) -> Result<&'c TableInfo, Error> {
+    catalog.resolve(name).ok_or_else(|| {
+        Error::Config(format!(
+            "{source} names no table: `{written}` is not in the database, or not on the search path ({})",
+            catalog.search_path().join(", ")
+        ))
+    })
 }
 
 fn ttl_text(ttl: Option<Duration>) -> String {

@@ -25,8 +25,9 @@ pub struct Model {
 ///
 /// Register each model with [`model`](crate::CachedPoolBuilder::model): `build()` then checks
 /// that its table exists and that its `#[cache(pk)]` fields are the table's primary key, and the
-/// table takes the model's `ops` and `ttl`. Reads into a model that was not registered are not
-/// cached ([`Uncached::Unregistered`](crate::Uncached::Unregistered)).
+/// table takes the model's `ops` and `ttl`. A model used without registration is checked and
+/// registered at its first use; if it does not check out, reads into it are never cached
+/// ([`Uncached::BadModel`](crate::Uncached::BadModel)).
 ///
 /// ```
 /// use sqlacache_sqlx::{Cacheable, Ops};

@@ -5,7 +5,7 @@ use crate::config::{Config, TableConfig};
 use crate::flight::{Flights, Role};
 use crate::plan::{self, Context, Plan};
 use crate::row::Stored;
-use crate::{Cacheable, CachedRow, Error};
+use crate::{Cacheable, CachedRow, Error, Model};
 use sqlacache_core::analyze::{analyze, TableName};
 use sqlacache_core::key::{row_id_of, Key, KeyBuilder};
 use sqlacache_core::{MemoryStore, Ops, Stats, StatsSnapshot, Tag, Uncached};
@@ -90,7 +90,8 @@ pub(crate) struct Shared {
     pub pool: PgPool,
     pub store: MemoryStore,
     pub stats: Stats,
-    config: Config,
+    /// Behind a lock: a model first used without `.model::<T>()` adds its settings.
+    config: RwLock<Config>,
     catalog: RwLock<Arc<Catalog>>,
     generation: AtomicU64,
     /// Counts schema changes seen through the pool (and `refresh_catalog` calls).
@@ -109,8 +110,10 @@ pub(crate) struct Shared {
     reload: tokio::sync::Mutex<()>,
     plans: quick_cache::sync::Cache<String, Arc<Plan>>,
     temp_tables: RwLock<HashSet<String>>,
-    /// Fingerprints of the models given to `.model::<T>()`.
-    models: Vec<u64>,
+    /// Models whose settings apply, and models whose settings did not check out.
+    models: Models,
+    /// Serializes the registration of models at first use.
+    registering: tokio::sync::Mutex<()>,
     /// Fills in progress, so concurrent misses of one read run one query.
     flights: Flights,
     #[cfg(feature = "test-hooks")]
@@ -185,18 +188,65 @@ impl Shared {
         }
     }
 
-    /// Whether reads into `T` may be cached as far as its model goes: a `Cacheable` type must
-    /// have been registered, or its `ops` and `ttl` would silently not apply.
-    pub fn registered<T: CachedRow>(&self) -> Result<(), Uncached> {
-        if T::__MODEL.is_none() || self.models.contains(&T::fingerprint()) {
-            return Ok(());
+    /// Whether reads into `T` may be cached as far as its model goes. A `Cacheable` type's
+    /// settings apply from its first use: one that was not given to `.model::<T>()` is checked
+    /// and registered then, as `build()` would have (see [`Shared::register`]).
+    pub async fn admit<T: CachedRow>(&self) -> Result<(), Uncached> {
+        self.admit_model(ModelOf::of::<T>()).await
+    }
+
+    /// [`Shared::admit`] for a model taken apart by [`ModelOf::of`].
+    pub async fn admit_model(&self, model: Option<ModelOf>) -> Result<(), Uncached> {
+        let Some(ModelOf { fingerprint, model, type_name }) = model else { return Ok(()) };
+        match self.models.verdict(fingerprint) {
+            Some(true) => Ok(()),
+            Some(false) => Err(Uncached::BadModel),
+            None => Box::pin(self.register(fingerprint, model, type_name)).await,
         }
-        warn_once_per_type(
-            std::any::type_name::<T>(),
-            "reads into this model are not cached: it was not registered with `CachedPoolBuilder::model`, \
-             so its ops and ttl would not apply",
-        );
-        Err(Uncached::Unregistered)
+    }
+
+    /// Applies the settings of a model first used without `.model::<T>()`: checks them as
+    /// `build()` does, adds them, drops what is cached of the table (it may have been cached
+    /// under other settings), and plans again. A model that does not check out is never cached.
+    async fn register(&self, fingerprint: u64, model: Model, type_name: &'static str) -> Result<(), Uncached> {
+        let _one_at_a_time = self.registering.lock().await;
+        if let Some(verdict) = self.models.verdict(fingerprint) {
+            return if verdict { Ok(()) } else { Err(Uncached::BadModel) };
+        }
+        let table = TableConfig::model(&model, format!("the model `{type_name}` (table {:?})", model.table));
+        let mut catalog = self.catalog();
+        if catalog.resolve(&table.name).is_none() {
+            // Created after the catalog was read?
+            if self.reload(catalog.generation).await.is_ok() {
+                catalog = self.catalog();
+            }
+        }
+        let others = self.config.read().unwrap_or_else(|e| e.into_inner()).tables.clone();
+        // The check reads the database only for a table without a primary key.
+        let check = Config::check_table(&others, &table, &catalog, &self.pool).await;
+        let oid = match check {
+            Ok(oid) => oid,
+            // The database failed, not the model: decide at a later use.
+            Err(Error::Database(_)) => return Err(Uncached::BadModel),
+            Err(error) => {
+                tracing::warn!(target: "sqlacache", r#type = type_name, "reads into this model are not cached: {error}");
+                self.models.refuse(fingerprint);
+                return Err(Uncached::BadModel);
+            }
+        };
+        self.config.write().unwrap_or_else(|e| e.into_inner()).add_model(table);
+        let mut tags = vec![Tag::Table(oid), Tag::Rows(oid)];
+        for &member in catalog.tables.get(&oid).map(|t| t.family.as_slice()).unwrap_or_default() {
+            tags.extend([Tag::Table(member), Tag::Rows(member)]);
+        }
+        self.invalidate(&tags);
+        // Plans carry each table's ops and TTL: make them again (marked out of date first, so a
+        // failed reload is retried by the next plan).
+        self.schema_epoch.fetch_add(1, Ordering::AcqRel);
+        let reloaded = self.reload(self.generation.load(Ordering::Acquire)).await;
+        self.models.admit(fingerprint);
+        tracing::debug!(target: "sqlacache", r#type = type_name, "model registered at first use");
+        reloaded.map_err(|_| Uncached::BadModel)
     }
 
     /// Why a read with this plan is not served from the cache, if it is not.
@@ -242,7 +292,8 @@ impl Shared {
             let catalog = self.catalog();
             let (plan, fresh_names) = {
                 let temp_tables = self.temp_tables.read().unwrap_or_else(|e| e.into_inner()).clone();
-                let policy = |info: &TableInfo| self.config.policy(&catalog, info);
+                let config = self.config.read().unwrap_or_else(|e| e.into_inner());
+                let policy = |info: &TableInfo| config.policy(&catalog, info);
                 let cx = Context { catalog: &catalog, policy: &policy, temp_tables: &temp_tables };
                 let (plan, unresolved) = plan::plan(sql, &analysis, &cx);
                 let missing = catalog.missing.lock().unwrap_or_else(|e| e.into_inner());
@@ -402,6 +453,77 @@ impl Shared {
     }
 }
 
+/// What a read needs to know of its row type's model, if it has one.
+#[derive(Clone, Copy)]
+pub(crate) struct ModelOf {
+    fingerprint: u64,
+    model: Model,
+    type_name: &'static str,
+}
+
+impl ModelOf {
+    pub fn of<T: CachedRow>() -> Option<ModelOf> {
+        T::__MODEL.map(|model| ModelOf { fingerprint: T::fingerprint(), model, type_name: std::any::type_name::<T>() })
+    }
+}
+
+/// Which models' settings apply, and which did not check out, by fingerprint.
+///
+/// Every cached read of a model asks, so the first models admitted sit in atomics that readers
+/// only load: a lock's word, written by every reader, would be contended between threads.
+/// Models are added one at a time (under `Shared::registering`, or before the pool is shared).
+struct Models {
+    fast: [AtomicU64; FAST_MODELS],
+    fast_len: AtomicUsize,
+    /// Admitted past the fast slots, and refused.
+    slow: RwLock<(Vec<u64>, Vec<u64>)>,
+}
+
+const FAST_MODELS: usize = 64;
+
+impl Models {
+    fn new(admitted: &[u64]) -> Models {
+        let models = Models {
+            fast: std::array::from_fn(|_| AtomicU64::new(0)),
+            fast_len: AtomicUsize::new(0),
+            slow: RwLock::default(),
+        };
+        for &fingerprint in admitted {
+            models.admit(fingerprint);
+        }
+        models
+    }
+
+    fn verdict(&self, fingerprint: u64) -> Option<bool> {
+        let len = self.fast_len.load(Ordering::Acquire);
+        if self.fast[..len].iter().any(|f| f.load(Ordering::Relaxed) == fingerprint) {
+            return Some(true);
+        }
+        let slow = self.slow.read().unwrap_or_else(|e| e.into_inner());
+        if slow.0.contains(&fingerprint) {
+            Some(true)
+        } else if slow.1.contains(&fingerprint) {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
+    fn admit(&self, fingerprint: u64) {
+        let len = self.fast_len.load(Ordering::Acquire);
+        if len < FAST_MODELS {
+            self.fast[len].store(fingerprint, Ordering::Relaxed);
+            self.fast_len.store(len + 1, Ordering::Release);
+        } else {
+            self.slow.write().unwrap_or_else(|e| e.into_inner()).0.push(fingerprint);
+        }
+    }
+
+    fn refuse(&self, fingerprint: u64) {
+        self.slow.write().unwrap_or_else(|e| e.into_inner()).1.push(fingerprint);
+    }
+}
+
 /// Marks an abandoned write as finished when dropped.
 pub(crate) struct BackgroundWrite(Arc<AtomicUsize>);
 
@@ -537,10 +659,12 @@ impl CachedPool {
     pub async fn get<T: Cacheable>(&self, key: T::Key) -> Result<Option<T>, sqlx::Error> {
         let model = &T::MODEL;
         let shared = &self.shared;
+        // Before planning: a model used for the first time changes its table's settings.
+        let admitted = shared.admit::<T>().await;
         let plan = shared.plan(model.get_sql, true).await?;
         let mut key_hash = KeyBuilder::new(T::fingerprint());
         let cached = shared.refusal(&plan).and_then(|read| {
-            shared.registered::<T>()?;
+            admitted?;
             key_hash.arg(&key)?;
             if !read.allowed.contains(Ops::GET) {
                 return Err(Uncached::Disabled);
@@ -739,10 +863,10 @@ impl fmt::Debug for CachedPoolBuilder {
 impl CachedPoolBuilder {
     /// Registers the model `T`: its table takes the ops and TTL of its `#[cache(..)]`
     /// attribute, and reads into `T` may be cached. `build()` fails if the table does not exist
-    /// or `T`'s `#[cache(pk)]` fields are not its primary key, in order. Reads into a model that
-    /// was not registered are not cached ([`Uncached::Unregistered`]).
+    /// or `T`'s `#[cache(pk)]` fields are not its primary key, in order. (A model used without
+    /// this call is checked and registered at its first use; see [`Uncached::BadModel`].)
     pub fn model<T: Cacheable>(mut self) -> Self {
-        self.tables.push(TableConfig::model::<T>());
+        self.tables.push(TableConfig::registered(&T::MODEL, std::any::type_name::<T>()));
         self.models.push(T::fingerprint());
         self
     }
@@ -823,7 +947,7 @@ impl CachedPoolBuilder {
             id: NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed),
             store: MemoryStore::new(self.capacity),
             stats: Stats::default(),
-            config,
+            config: RwLock::new(config),
             catalog: RwLock::new(Arc::new(catalog)),
             generation: AtomicU64::new(1),
             schema_epoch: AtomicU64::new(0),
@@ -834,7 +958,8 @@ impl CachedPoolBuilder {
             reload: tokio::sync::Mutex::new(()),
             plans: quick_cache::sync::Cache::new(4096),
             temp_tables: RwLock::new(HashSet::new()),
-            models: self.models,
+            models: Models::new(&self.models),
+            registering: tokio::sync::Mutex::new(()),
             flights: Flights::default(),
             pool: self.pool,
             #[cfg(feature = "test-hooks")]

@@ -1,6 +1,6 @@
 //! The typed cached reads: [`CachedQueryAs`], [`CachedQueryScalar`] and the `query_as!` wrapper.
 
-use crate::pool::kind;
+use crate::pool::{kind, ModelOf};
 use crate::row::{type_fingerprint, Stored};
 use crate::{CachedPool, CachedRow, Storable};
 use serde::Serialize;
@@ -28,7 +28,7 @@ fn op_of(op: ReadOp) -> Ops {
 async fn read<R, F, Fut>(
     pool: &CachedPool,
     sql: &str,
-    key: Result<KeyBuilder, Uncached>,
+    (key, model): (Result<KeyBuilder, Uncached>, Option<ModelOf>),
     kind: u8,
     fill: F,
 ) -> Result<R, sqlx::Error>
@@ -38,11 +38,14 @@ where
     Fut: Future<Output = Result<R, sqlx::Error>>,
 {
     let shared = &pool.shared;
+    // Before planning: a model used for the first time changes its table's settings.
+    let admitted = shared.admit_model(model).await;
     let plan = shared.plan(sql, true).await?;
     let cached = shared.refusal(&plan).and_then(|read| {
         if !read.allowed.contains(op_of(read.op)) {
             return Err(Uncached::Disabled);
         }
+        admitted?;
         Ok((read, key?))
     });
     match cached {
@@ -64,13 +67,16 @@ struct Bound<'p> {
     args: PgArguments,
     /// Why not, when an argument cannot be part of a key: the read then bypasses the cache.
     key: Result<KeyBuilder, Uncached>,
+    /// The row type's model, if it has one.
+    model: Option<ModelOf>,
     error: Option<BoxDynError>,
     persistent: bool,
 }
 
 impl<'p> Bound<'p> {
-    fn new(pool: &'p CachedPool, sql: SqlStr, key: Result<KeyBuilder, Uncached>) -> Bound<'p> {
-        Bound { pool, sql, args: PgArguments::default(), key, error: None, persistent: true }
+    fn new(pool: &'p CachedPool, sql: SqlStr, fingerprint: u64, model: Option<ModelOf>) -> Bound<'p> {
+        let key = Ok(KeyBuilder::new(fingerprint));
+        Bound { pool, sql, args: PgArguments::default(), key, model, error: None, persistent: true }
     }
 
     fn bind<'t, V: Encode<'t, Postgres> + Type<Postgres> + Serialize>(&mut self, value: V) {
@@ -85,10 +91,13 @@ impl<'p> Bound<'p> {
     }
 
     #[allow(clippy::type_complexity)]
-    fn take(self) -> Result<(&'p CachedPool, SqlStr, PgArguments, Result<KeyBuilder, Uncached>, bool), sqlx::Error> {
+    fn take(
+        self,
+    ) -> Result<(&'p CachedPool, SqlStr, PgArguments, (Result<KeyBuilder, Uncached>, Option<ModelOf>), bool), sqlx::Error>
+    {
         match self.error {
             Some(error) => Err(sqlx::Error::Encode(error)),
-            None => Ok((self.pool, self.sql, self.args, self.key, self.persistent)),
+            None => Ok((self.pool, self.sql, self.args, (self.key, self.model), self.persistent)),
         }
     }
 }
@@ -166,8 +175,7 @@ where
     T: CachedRow + for<'r> sqlx::FromRow<'r, PgRow>,
 {
     pub(crate) fn new(pool: &'p CachedPool, sql: SqlStr) -> Self {
-        let key = pool.shared.registered::<T>().map(|()| KeyBuilder::new(T::fingerprint()));
-        CachedQueryAs { bound: Bound::new(pool, sql, key), row: PhantomData }
+        CachedQueryAs { bound: Bound::new(pool, sql, T::fingerprint(), ModelOf::of::<T>()), row: PhantomData }
     }
 
     builder_methods!(
@@ -198,8 +206,7 @@ where
 {
     pub(crate) fn new(pool: &'p CachedPool, sql: SqlStr) -> Self {
         // Scalars have no derive: their type's name tells them apart.
-        let key = Ok(KeyBuilder::new(type_fingerprint::<O>()));
-        CachedQueryScalar { bound: Bound::new(pool, sql, key), output: PhantomData }
+        CachedQueryScalar { bound: Bound::new(pool, sql, type_fingerprint::<O>(), None), output: PhantomData }
     }
 
     builder_methods!(
@@ -242,14 +249,13 @@ where
 
     /// All rows.
     pub async fn fetch_all(self, cache: &CachedPool) -> Result<Vec<T>, sqlx::Error> {
-        let key = cache.shared.registered::<T>().and(self.key);
-        read(cache, self.sql, key, kind::ALL, || self.map.fetch_all(cache)).await
+        read(cache, self.sql, (self.key, ModelOf::of::<T>()), kind::ALL, || self.map.fetch_all(cache)).await
     }
 
     /// The first row, if any.
     pub async fn fetch_optional(self, cache: &CachedPool) -> Result<Option<T>, sqlx::Error> {
-        let key = cache.shared.registered::<T>().and(self.key);
-        read(cache, self.sql, key, kind::OPTIONAL, || self.map.fetch_optional(cache)).await
+        let model = ModelOf::of::<T>();
+        read(cache, self.sql, (self.key, model), kind::OPTIONAL, || self.map.fetch_optional(cache)).await
     }
 
     /// The first row; [`sqlx::Error::RowNotFound`] when there is none.

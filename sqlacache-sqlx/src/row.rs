@@ -91,8 +91,8 @@ pub trait CachedRow: Storable + Send + Sync + Unpin + 'static {
     /// resolved it (so aliases and same-named types in other modules differ). Computed once.
     fn fingerprint() -> u64;
 
-    /// The model of a [`Cacheable`](crate::Cacheable) type, whose `ops` and `ttl` apply only
-    /// once it is registered with `.model::<T>()`.
+    /// The model of a [`Cacheable`](crate::Cacheable) type, registered at its first use when
+    /// `.model::<T>()` did not.
     #[doc(hidden)]
     const __MODEL: Option<Model> = None;
 }

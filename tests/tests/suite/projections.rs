@@ -118,39 +118,93 @@ struct AuthorName {
 }
 
 #[tokio::test]
-async fn a_model_is_cached_by_its_own_settings_only_once_registered() {
+async fn a_model_takes_its_own_settings_at_first_use_without_registration() {
     let db = TestDb::with_schema(BLOG).await;
+    let cache = CachedPool::builder(db.pool.clone()).build().await.unwrap();
     let list = "SELECT * FROM authors ORDER BY id";
-
-    // Not registered: reads into the model are not cached at all, and say why.
-    let unregistered = CachedPool::builder(db.pool.clone()).build().await.unwrap();
+    let names = "SELECT name FROM authors ORDER BY id";
+    // Before `Author` is used, the table follows the wildcard.
     for _ in 0..2 {
-        assert_eq!(unregistered.get::<Author>(1).await.unwrap().unwrap().name, "ada");
-        assert_eq!(unregistered.query_as::<Author>(list).fetch_all().await.unwrap().len(), 2);
+        cache.query_as::<AuthorName>(names).fetch_all().await.unwrap();
     }
-    let stats = unregistered.stats();
-    assert_eq!((stats.hits, stats.misses), (0, 0));
-    assert_eq!(stats.uncached(Uncached::Unregistered), 4);
-    // A projection of the same table follows the table's configuration (here the wildcard).
-    for _ in 0..2 {
-        unregistered.query_as::<AuthorName>("SELECT name FROM authors").fetch_all().await.unwrap();
-    }
-    assert_eq!(unregistered.stats().hits, 1);
+    assert_eq!(cache.stats().hits, 1);
 
-    // Registered: `ops(get)` caches `get` and not lists, whichever row type reads the table.
+    // First use: `ops(get)` caches `get` and not lists, whichever row type reads the table.
+    for _ in 0..2 {
+        assert_eq!(cache.get::<Author>(1).await.unwrap().unwrap().name, "ada");
+        assert_eq!(cache.query_as::<Author>(list).fetch_all().await.unwrap().len(), 2);
+        assert_eq!(cache.query_as::<AuthorName>(names).fetch_all().await.unwrap().len(), 2);
+    }
+    let stats = cache.stats();
+    assert_eq!(stats.hits, 2, "one more hit: the second get");
+    assert_eq!(stats.uncached(Uncached::Disabled), 4, "lists are no longer cached, in either row type");
+    // `ttl = 1`: the entry expires after a second.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    cache.get::<Author>(1).await.unwrap();
+    assert_eq!(cache.stats().misses - stats.misses, 1, "the model's one-second TTL applies");
+
+    // Registered up front, the same.
     let registered = CachedPool::builder(db.pool.clone()).model::<Author>().build().await.unwrap();
     for _ in 0..2 {
         registered.get::<Author>(1).await.unwrap();
-        registered.query_as::<Author>(list).fetch_all().await.unwrap();
-        registered.query_as::<AuthorName>("SELECT name FROM authors").fetch_all().await.unwrap();
+        registered.query_as::<AuthorName>(names).fetch_all().await.unwrap();
     }
-    let stats = registered.stats();
-    assert_eq!(stats.hits, 1, "only get is cached");
-    assert_eq!(stats.uncached(Uncached::Disabled), 4, "lists are not, in either row type");
-    // `ttl = 1`: the entry expires after a second.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    registered.get::<Author>(1).await.unwrap();
-    assert_eq!(registered.stats().misses, 2, "the model's one-second TTL applies");
+    assert_eq!((registered.stats().hits, registered.stats().uncached(Uncached::Disabled)), (1, 2));
+}
+
+/// Settings that differ from the wildcard's.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, Serialize, Deserialize, Cacheable)]
+#[cache(table = "posts", ops(get, fetch), ttl = 60)]
+struct Post {
+    #[cache(pk)]
+    id: i64,
+    author_id: i64,
+    title: String,
+}
+
+#[tokio::test]
+async fn what_was_cached_under_other_settings_is_dropped_at_first_use() {
+    let db = TestDb::with_schema(BLOG).await;
+    let cache = CachedPool::builder(db.pool.clone()).build().await.unwrap();
+    let titles = "SELECT title FROM posts ORDER BY id";
+    let before = cache.query_as::<TitleOnly>(titles).fetch_all().await.unwrap();
+    // A write the cache does not see: the TTL would be the only backstop.
+    sqlx::query("UPDATE posts SET title = 'unseen' WHERE id = 10").execute(cache.inner()).await.unwrap();
+    assert_eq!(cache.query_as::<TitleOnly>(titles).fetch_all().await.unwrap(), before, "served from the cache");
+    cache.get::<Post>(11).await.unwrap();
+    let after = cache.query_as::<TitleOnly>(titles).fetch_all().await.unwrap();
+    assert_eq!(after[0], TitleOnly("unseen".into()), "the first use of `Post` dropped the table's entries");
+}
+
+/// A key that is not the table's primary key.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, Serialize, Deserialize, Cacheable)]
+#[cache(table = "posts")]
+struct PostByTitle {
+    id: i64,
+    author_id: i64,
+    #[cache(pk)]
+    title: String,
+}
+
+#[tokio::test]
+async fn a_model_that_does_not_check_out_at_first_use_is_never_cached() {
+    let db = TestDb::with_schema(BLOG).await;
+    sqlx::query("INSERT INTO posts VALUES (13, 2, 'engines')").execute(&db.pool).await.unwrap();
+    let cache = CachedPool::builder(db.pool.clone()).build().await.unwrap();
+    for _ in 0..3 {
+        let post = cache.get::<PostByTitle>("engines".to_owned()).await.unwrap().unwrap();
+        assert_eq!(post.title, "engines");
+        let all = cache.query_as::<PostByTitle>("SELECT * FROM posts ORDER BY id").fetch_all().await.unwrap();
+        assert_eq!(all.len(), 4);
+    }
+    let stats = cache.stats();
+    assert_eq!((stats.hits, stats.misses), (0, 0));
+    assert_eq!(stats.uncached(Uncached::BadModel), 6);
+    // Other row types of the table still follow the wildcard.
+    for _ in 0..2 {
+        cache.query_as::<TitleOnly>("SELECT title FROM posts ORDER BY id").fetch_all().await.unwrap();
+    }
+    assert_eq!(cache.stats().hits, 1);
 }
 
 #[tokio::test]
