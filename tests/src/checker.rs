@@ -11,7 +11,7 @@
 use crate::TestDb;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlacache_sqlx::{Cacheable, CachedPool};
+use sqlacache_sqlx::{Cacheable, CachedPool, CachedRow};
 use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, PgPool};
 use std::collections::VecDeque;
@@ -90,6 +90,15 @@ pub struct Member {
     pub role: String,
     /// Timestamp.
     pub since: DateTime<Utc>,
+}
+
+/// A join result: no table or key of its own.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, Serialize, Deserialize, CachedRow)]
+pub struct OwnerTotal {
+    /// Account owner.
+    pub owner: String,
+    /// Sum of the owner's ledger amounts.
+    pub total: i64,
 }
 
 const ACCOUNTS: usize = 0;
@@ -208,7 +217,7 @@ pub async fn run(config: Config) -> Report {
     let cache = CachedPool::builder(db.pool.clone())
         .model::<Account>()
         .model::<Entry>()
-        .model::<Member>()
+        // `Member` is registered at its first use, while the other clients run.
         .memory_capacity(4 * 1024 * 1024)
         .build()
         .await
@@ -274,7 +283,21 @@ async fn read(shared: &Shared, rng: &mut Rng, client: u64, i: u64) {
     let (cache, raw) = (&shared.cache, &shared.raw);
     let id = 1 + rng.below(34);
     let what = |sql: &str| format!("client {client} op {i}: {sql} [{id}]");
-    match rng.below(13) {
+    match rng.below(15) {
+        13 => {
+            let sql = "SELECT a.owner, coalesce(sum(l.amount), 0)::int8 AS total FROM accounts a \
+                       LEFT JOIN ledger l ON l.account_id = a.id WHERE a.id <= $1 GROUP BY a.owner ORDER BY a.owner";
+            let r = sqlx::query_as::<_, OwnerTotal>(sql).bind(id).fetch_all(raw);
+            let c = cache.query_as::<OwnerTotal>(sql).bind(id).fetch_all();
+            check(shared, &[ACCOUNTS, LEDGER], what(sql), r, c).await
+        }
+        14 => {
+            let below = rng.below(300) as i32;
+            let sql = "SELECT id, balance FROM accounts WHERE balance < $1 ORDER BY id";
+            let r = sqlx::query_as::<_, (i64, i32)>(sql).bind(below).fetch_all(raw);
+            let c = cache.query_as::<(i64, i32)>(sql).bind(below).fetch_all();
+            check(shared, &[ACCOUNTS], what(sql), r, c).await
+        }
         12 => {
             // One SQL text, bound through different Rust types: NULL and '' must never share
             // an entry.
