@@ -20,14 +20,14 @@ fuzz_target!(|data: &[u8]| {
     }
     if analysis.read.is_ok() {
         assert_eq!(analysis.effect, Effect::None, "a cacheable read that writes: {sql:?}");
-        assert!(!analysis.session, "a cacheable read that changes the session: {sql:?}");
-        assert!(!analysis.transaction_control && !analysis.ddl, "a cacheable read with control or DDL: {sql:?}");
+        assert!(!analysis.reach.session, "a cacheable read that changes the session: {sql:?}");
+        assert!(!analysis.reach.transaction_control && !analysis.ddl, "a cacheable read with control or DDL: {sql:?}");
         assert_eq!(analysis.statements, 1, "a cacheable read of several statements: {sql:?}");
     }
-    if analysis.ends_transaction {
-        assert!(analysis.transaction_control, "ends a transaction without being control: {sql:?}");
+    if analysis.reach.ends_transaction {
+        assert!(analysis.reach.transaction_control, "ends a transaction without being control: {sql:?}");
     }
-    if analysis.begins {
-        assert!(analysis.transaction_control, "begins a transaction without being control: {sql:?}");
+    if analysis.reach.begins {
+        assert!(analysis.reach.transaction_control, "begins a transaction without being control: {sql:?}");
     }
 });

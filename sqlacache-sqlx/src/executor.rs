@@ -86,7 +86,7 @@ pub(crate) fn run<'e>(shared: Arc<Shared>, target: Target<'e>, prepared: Prepare
                 }
             };
             let mut prepared = prepared;
-            if plan.session {
+            if plan.reach.session {
                 // Before it runs: no read may be served from a cache that its session no
                 // longer matches.
                 shared.session_changed(prepared.sql.as_str());
@@ -107,7 +107,7 @@ pub(crate) fn run<'e>(shared: Arc<Shared>, target: Target<'e>, prepared: Prepare
                 }
             }
             let steps: BoxStream<'e, Step> = match target {
-                Target::Pool if matches!(plan.write, WritePlan::None) && !ddl && !plan.begins => {
+                Target::Pool if matches!(plan.write, WritePlan::None) && !ddl && !plan.reach.begins => {
                     Box::pin((&shared.pool).fetch_many(prepared))
                 }
                 Target::Pool => Box::pin(PoolWrite(Some(WriteStream {
@@ -244,7 +244,7 @@ impl<'e> Tracker<'e> {
             Outcome::Failed(error) => nothing_ran(&plan, error, in_transaction),
             _ => false,
         };
-        if self.sink.is_none() && plan.begins && !matches!(outcome, Outcome::Done) {
+        if self.sink.is_none() && plan.reach.begins && !matches!(outcome, Outcome::Done) {
             // A failed string that began a transaction leaves its connection inside it.
             shared.session_changed("a failed statement string with BEGIN");
         }
@@ -283,7 +283,7 @@ impl<'e> Tracker<'e> {
                     state.temp_tables.extend(plan.temp_tables.iter().cloned());
                 }
                 state.add(&shared, tags);
-                if plan.ends_transaction {
+                if plan.reach.ends_transaction {
                     // A hand-written COMMIT or ROLLBACK ended the transaction: what it wrote is
                     // now visible (widen: a rollback costs only misses), and later statements
                     // on this connection run on their own. Only a statement that ends it may do
@@ -316,7 +316,7 @@ fn nothing_ran(plan: &Plan, error: &sqlx::Error, in_transaction: bool) -> bool {
         e.code() == "42601" && matches!(e.position(), Some(sqlx::postgres::PgErrorPosition::Original(_)))
     });
     let parsed = plan.statements > 0;
-    syntax_in_text || (parsed && !plan.transaction_control && !in_transaction)
+    syntax_in_text || (parsed && !plan.reach.transaction_control && !in_transaction)
 }
 
 /// The key of a written row from the output columns that hold it.

@@ -2,7 +2,7 @@
 //! configuration. Plans are memoized per SQL string and catalog generation.
 
 use crate::catalog::{Catalog, TableInfo};
-use sqlacache_core::analyze::{Analysis, Effect, ReadOp, RowSource, TableName, WriteKind};
+use sqlacache_core::analyze::{Analysis, Effect, Reach, ReadOp, RowSource, TableName, WriteKind};
 use sqlacache_core::key::SqlDigest;
 use sqlacache_core::{Ops, Tag, Uncached};
 use std::collections::HashSet;
@@ -27,14 +27,8 @@ pub(crate) struct Plan {
     pub ddl: bool,
     /// Temporary relations running it creates.
     pub temp_tables: Vec<String>,
-    /// Whether it changes the session beyond itself (see `Analysis::session`).
-    pub session: bool,
-    /// Whether part of it may commit even when it fails (see `Analysis::transaction_control`).
-    pub transaction_control: bool,
-    /// Whether it ends a transaction it runs in (see `Analysis::ends_transaction`).
-    pub ends_transaction: bool,
-    /// Whether it begins a transaction.
-    pub begins: bool,
+    /// What it does to its session and its transaction.
+    pub reach: Reach,
 }
 
 impl Plan {
@@ -47,10 +41,7 @@ impl Plan {
             statements: 0,
             ddl: true,
             temp_tables: Vec::new(),
-            session: false,
-            transaction_control: true,
-            ends_transaction: false,
-            begins: false,
+            reach: Reach { transaction_control: true, ..Reach::default() },
         }
     }
 }
@@ -148,10 +139,7 @@ pub(crate) fn plan(sql: &str, analysis: &Analysis, cx: &Context<'_>) -> (Plan, U
         statements: analysis.statements,
         ddl: analysis.ddl,
         temp_tables: analysis.temp_tables.clone(),
-        session: analysis.session,
-        transaction_control: analysis.transaction_control,
-        ends_transaction: analysis.ends_transaction,
-        begins: analysis.begins,
+        reach: analysis.reach,
     };
     (plan, Unresolved(unresolved))
 }

@@ -211,6 +211,13 @@ pub struct Analysis {
     pub ddl: bool,
     /// Temporary relations (tables and views) it creates.
     pub temp_tables: Vec<String>,
+    /// What it does to its session and its transaction.
+    pub reach: Reach,
+}
+
+/// How a statement reaches beyond itself, into the session and the transaction that run it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reach {
     /// Whether it changes the state of the session that runs it beyond the statement: a
     /// session-level `SET`, `RESET`, `SET ROLE`, `SET SESSION AUTHORIZATION`, `DISCARD`,
     /// `set_config(..)`, or a `BEGIN` that the string leaves open.
@@ -236,10 +243,7 @@ impl Analysis {
             statements,
             ddl: false,
             temp_tables: Vec::new(),
-            session: false,
-            transaction_control: false,
-            ends_transaction: false,
-            begins: false,
+            reach: Reach::default(),
         }
     }
 }
@@ -267,8 +271,8 @@ pub fn analyze(sql: &str) -> Analysis {
         let mut analysis = Analysis::empty(Uncached::Unparsable, Effect::Everything { parsed: false }, 0);
         // What it runs is unknown, but whether it ends a transaction can still be read from
         // the words that start its statements (a `DO` body is one string token).
-        analysis.ends_transaction = parse::ends_transaction_by_words(sql);
-        analysis.transaction_control = true;
+        analysis.reach.ends_transaction = parse::ends_transaction_by_words(sql);
+        analysis.reach.transaction_control = true;
         return analysis;
     };
     let mut analysis = Analysis::empty(Uncached::NotARead, Effect::None, statements.len());
@@ -284,19 +288,19 @@ pub fn analyze(sql: &str) -> Analysis {
         writes.extend(effect.writes);
         analysis.ddl |= effect.ddl;
         analysis.temp_tables.extend(effect.temp_tables);
-        analysis.session |= scan.session || session::session_effect(statement);
+        analysis.reach.session |= scan.session || session::session_effect(statement);
         match session::transaction_control(statement) {
             Control::Begin => {
                 open = true;
-                analysis.begins = true;
-                analysis.transaction_control = true;
+                analysis.reach.begins = true;
+                analysis.reach.transaction_control = true;
             }
             Control::End => {
                 open = false;
-                analysis.transaction_control = true;
-                analysis.ends_transaction = true;
+                analysis.reach.transaction_control = true;
+                analysis.reach.ends_transaction = true;
             }
-            Control::MayCommit => analysis.transaction_control = true,
+            Control::MayCommit => analysis.reach.transaction_control = true,
             Control::None => {}
         }
         for function in &scan.functions {
@@ -310,7 +314,7 @@ pub fn analyze(sql: &str) -> Analysis {
             }
         }
     }
-    analysis.session |= open;
+    analysis.reach.session |= open;
     analysis.effect = if everything {
         Effect::Everything { parsed: true }
     } else if writes.is_empty() {
@@ -437,29 +441,29 @@ mod tests {
             "BEGIN",
             "BEGIN; UPDATE t SET a = 1",
         ] {
-            assert!(analyze(sql).session, "{sql} changes the session");
+            assert!(analyze(sql).reach.session, "{sql} changes the session");
         }
         for sql in
             ["SET LOCAL search_path TO x", "SET LOCAL ROLE alice", "BEGIN; UPDATE t SET a = 1; COMMIT", "SELECT 1"]
         {
-            assert!(!analyze(sql).session, "{sql} leaves the session as it was");
+            assert!(!analyze(sql).reach.session, "{sql} leaves the session as it was");
         }
-        assert!(analyze("BEGIN; UPDATE t SET a = 1; COMMIT").begins);
+        assert!(analyze("BEGIN; UPDATE t SET a = 1; COMMIT").reach.begins);
         for sql in ["UPDATE t SET a = 1; COMMIT; SELECT 1/0", "CALL p()", "ROLLBACK"] {
-            assert!(analyze(sql).transaction_control, "{sql}");
+            assert!(analyze(sql).reach.transaction_control, "{sql}");
         }
         for sql in ["UPDATE t SET a = 1; DELETE FROM u", "SAVEPOINT a", "ROLLBACK TO SAVEPOINT a", "RELEASE a"] {
-            assert!(!analyze(sql).transaction_control, "{sql}");
-            assert!(!analyze(sql).ends_transaction, "{sql}");
+            assert!(!analyze(sql).reach.transaction_control, "{sql}");
+            assert!(!analyze(sql).reach.ends_transaction, "{sql}");
         }
         for sql in ["COMMIT", "END", "ROLLBACK", "UPDATE t SET a = 1; COMMIT"] {
-            assert!(analyze(sql).ends_transaction, "{sql}");
+            assert!(analyze(sql).reach.ends_transaction, "{sql}");
         }
-        assert!(!analyze("CALL p()").ends_transaction, "a procedure cannot commit inside a transaction block");
+        assert!(!analyze("CALL p()").reach.ends_transaction, "a procedure cannot commit inside a transaction block");
         // Strings the parser cannot read are judged by the words that start their statements.
-        assert!(analyze("DO $$ BEGIN COMMIT; END $$; PREPARE TRANSACTION 'x'").ends_transaction);
-        assert!(analyze("SELEC 1; ABORT").ends_transaction);
-        assert!(!analyze("DO $$ BEGIN COMMIT; END $$").ends_transaction, "the body is one token");
+        assert!(analyze("DO $$ BEGIN COMMIT; END $$; PREPARE TRANSACTION 'x'").reach.ends_transaction);
+        assert!(analyze("SELEC 1; ABORT").reach.ends_transaction);
+        assert!(!analyze("DO $$ BEGIN COMMIT; END $$").reach.ends_transaction, "the body is one token");
     }
 
     #[test]
