@@ -8,6 +8,8 @@ pub mod analyze;
 mod error;
 pub mod key;
 mod ops;
+#[cfg(feature = "redis")]
+pub mod redis;
 mod stats;
 mod store;
 

@@ -12,6 +12,7 @@ mod partial_commits;
 mod projections;
 mod races;
 mod read_after_write;
+mod redis_store;
 mod row_types;
 mod schema_changes;
 mod sessions;

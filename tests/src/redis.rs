@@ -1,0 +1,116 @@
+//! Redis for the tests: the shared server named by `REDIS_URL` (each test under a key prefix of
+//! its own), and private `redis-server` processes on free ports that a test may kill, freeze and
+//! restart. The shared server is never stopped, frozen or flushed.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The shared Redis the tests use.
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+const HOW_TO_START: &str = "start it with: redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save \"\" \
+     --appendonly no (install it with: apt-get install redis-server), or set REDIS_URL";
+
+/// A key prefix no other test uses.
+pub fn unique_prefix(name: &str) -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("sqlacache_t_{name}_{}_{nanos}_{n}", std::process::id())
+}
+
+/// Whether a Redis answers `PING` at `port` within `wait`.
+fn answers(port: u16, wait: Duration) -> bool {
+    let Ok(mut stream) = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), wait) else { return false };
+    let _ = stream.set_read_timeout(Some(wait));
+    let mut reply = [0u8; 7];
+    stream.write_all(b"PING\r\n").is_ok() && stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
+}
+
+/// Fails the test, saying how to start Redis, unless the shared Redis answers.
+pub fn require_shared_redis() {
+    let url = redis_url();
+    let port = url.rsplit(':').next().and_then(|p| p.trim_end_matches('/').parse().ok()).unwrap_or(6379);
+    assert!(answers(port, Duration::from_secs(2)), "cannot reach Redis at {url}: {HOW_TO_START}");
+}
+
+/// A `redis-server` of the test's own, stopped by pid when dropped.
+pub struct RedisServer {
+    port: u16,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts a server on a free port with no persistence and these extra arguments
+    /// (`["--maxmemory", "1mb"]`).
+    pub fn start(args: &[&str]) -> RedisServer {
+        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        let mut server = RedisServer { port, args: args.iter().map(|a| a.to_string()).collect(), child: None };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run redis-server: {e} (install it with: apt-get install redis-server)"));
+        self.child = Some(child);
+        let start = Instant::now();
+        while !answers(self.port, Duration::from_millis(200)) {
+            assert!(start.elapsed() < Duration::from_secs(10), "redis-server on port {} did not come up", self.port);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn signal(&self, signal: &str) {
+        if let Some(child) = &self.child {
+            let status = Command::new("kill").args([signal, &child.id().to_string()]).status().expect("run kill");
+            assert!(status.success(), "kill {signal} failed");
+        }
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open and nothing answers.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Resumes a frozen server.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    /// Kills the server; its data is gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").args(["-CONT", &child.id().to_string()]).status();
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills the server and starts an empty one on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
