@@ -21,14 +21,22 @@
 //! databases. Nothing scans or flushes: [`RedisStore::invalidate_all`] deletes one key, the
 //! global tag that every value depends on.
 //!
+//! On one server, each call is one round trip (Lua scripts). On a Redis Cluster, where a
+//! value and its tags live in different slots, the same rule runs from the client: epochs are
+//! read and created with one pipeline of single-key commands, and a read fetches the value and
+//! then its tags. Freshness needs only equality of each tag with its stored epoch, not
+//! atomicity across keys, so the rule holds across slots.
+//!
 //! Each call has a command timeout. An error or a timeout leaves the outcome of the command
 //! unknown (the client resends commands that were in flight when a connection broke), so a
 //! caller must treat a failed [`RedisStore::invalidate`] as possibly not applied, and a failed
 //! [`RedisStore::get`] as a miss.
 
 use crate::Tag;
-use fred::prelude::{Builder, ClientLike, Config, Error as FredError, ReconnectPolicy};
+use fred::interfaces::KeysInterface;
+use fred::prelude::{Builder, ClientLike, Config, Error as FredError, ReconnectPolicy, Value};
 use fred::types::scripts::Script;
+use fred::types::{Expiration, ExpireOptions, SetOptions};
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -159,9 +167,25 @@ impl RedisStore {
     pub async fn epochs(&self, tags: &[Tag], ttl: Duration) -> Result<Epochs, RedisError> {
         let mut keys: Vec<String> = vec![self.tag_key(&Tag::All)];
         keys.extend(tags.iter().filter(|t| **t != Tag::All).map(|t| self.tag_key(t)));
-        let mut args: Vec<String> = vec![ttl.as_millis().max(1).to_string()];
-        args.extend(keys.iter().map(|_| fresh_epoch().to_string()));
-        let epochs: Vec<String> = self.epochs.evalsha_with_reload(&self.client, keys.clone(), args).await?;
+        let fresh: Vec<String> = keys.iter().map(|_| fresh_epoch().to_string()).collect();
+        let millis = ttl.as_millis().clamp(1, i64::MAX as u128) as i64;
+        let epochs: Vec<String> = if self.client.is_clustered() {
+            // SET NX GET and PEXPIRE GT for each tag, in one pipeline across the nodes.
+            let pipeline = self.client.pipeline();
+            for (key, epoch) in keys.iter().zip(&fresh) {
+                let () = pipeline
+                    .set(key.as_str(), epoch.as_str(), Some(Expiration::PX(millis)), Some(SetOptions::NX), true)
+                    .await?;
+                let () = pipeline.pexpire(key.as_str(), millis, Some(ExpireOptions::GT)).await?;
+            }
+            let replies: Vec<Value> = pipeline.all().await?;
+            let old = replies.into_iter().step_by(2).map(|reply| reply.into_string());
+            old.zip(&fresh).map(|(old, fresh)| old.unwrap_or_else(|| fresh.clone())).collect()
+        } else {
+            let mut args = vec![millis.to_string()];
+            args.extend(fresh);
+            self.epochs.evalsha_with_reload(&self.client, keys.clone(), args).await?
+        };
         Ok(Epochs(keys.into_iter().zip(epochs).collect()))
     }
 
@@ -182,17 +206,26 @@ impl RedisStore {
         }
         stored.push(b'\n');
         stored.extend_from_slice(bytes);
-        let expire = fred::types::Expiration::PX(ttl.as_millis().max(1) as i64);
-        let _: fred::prelude::Value =
-            fred::interfaces::KeysInterface::set(&self.client, self.value_key(key), stored, Some(expire), None, false)
-                .await?;
+        let expire = Expiration::PX(ttl.as_millis().clamp(1, i64::MAX as u128) as i64);
+        let _: Value = self.client.set(self.value_key(key), stored, Some(expire), None, false).await?;
         Ok(())
     }
 
     /// The value of `key`, if it is stored and every tag it depends on still holds its epoch.
     pub async fn get(&self, key: crate::key::Key) -> Result<Option<Vec<u8>>, RedisError> {
-        let value: Option<Vec<u8>> = self.get.evalsha_with_reload(&self.client, vec![self.value_key(key)], ()).await?;
-        Ok(value)
+        if !self.client.is_clustered() {
+            return Ok(self.get.evalsha_with_reload(&self.client, vec![self.value_key(key)], ()).await?);
+        }
+        let stored: Option<Vec<u8>> = self.client.get(self.value_key(key)).await?;
+        let Some((deps, payload)) = stored.as_deref().and_then(split_stored) else { return Ok(None) };
+        let pipeline = self.client.pipeline();
+        for (tag, _) in &deps {
+            let () = pipeline.get(*tag).await?;
+        }
+        let current: Vec<Value> = pipeline.all().await?;
+        let fresh = deps.len() == current.len()
+            && deps.iter().zip(current).all(|((_, epoch), now)| now.as_bytes() == Some(epoch.as_bytes()));
+        Ok(fresh.then(|| payload.to_vec()))
     }
 
     /// Makes every value that depends on one of `tags` stale, by deleting the tags.
@@ -201,7 +234,16 @@ impl RedisStore {
             return Ok(());
         }
         let keys: Vec<String> = tags.iter().map(|t| self.tag_key(t)).collect();
-        let _: i64 = fred::interfaces::KeysInterface::del(&self.client, keys).await?;
+        if self.client.is_clustered() {
+            // One DEL per key: a multi-key DEL must stay in one slot.
+            let pipeline = self.client.pipeline();
+            for key in keys {
+                let () = pipeline.del(key).await?;
+            }
+            let _: Vec<Value> = pipeline.all().await?;
+        } else {
+            let _: i64 = self.client.del(keys).await?;
+        }
         Ok(())
     }
 
@@ -215,6 +257,17 @@ impl RedisStore {
     pub async fn wait_connected(&self, timeout: Duration) -> bool {
         tokio::time::timeout(timeout, self.client.wait_for_connect()).await.is_ok_and(|r| r.is_ok())
     }
+}
+
+/// `(tag key, epoch)` pairs, as stored in front of a value.
+type Deps<'a> = Vec<(&'a str, &'a str)>;
+
+/// The `(tag key, epoch)` lines of a stored value, and its payload; `None` if malformed.
+fn split_stored(stored: &[u8]) -> Option<(Deps<'_>, &[u8])> {
+    let stop = stored.windows(2).position(|w| w == b"\n\n")?;
+    let header = std::str::from_utf8(&stored[..stop]).ok()?;
+    let deps = header.lines().map(|line| line.split_once(' ')).collect::<Option<Vec<_>>>()?;
+    Some((deps, &stored[stop + 2..]))
 }
 
 /// The epochs a fill read before it queried the database: `(tag key, epoch)`.

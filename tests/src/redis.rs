@@ -76,6 +76,11 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     fn signal(&self, signal: &str) {
         if let Some(child) = &self.child {
             let status = Command::new("kill").args([signal, &child.id().to_string()]).status().expect("run kill");
@@ -112,5 +117,75 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A Redis Cluster of three masters on loopback ports, stopped when dropped.
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+    dirs: Vec<std::path::PathBuf>,
+}
+
+impl RedisCluster {
+    /// Starts three cluster-enabled servers and joins them (`redis-cli --cluster create`).
+    pub fn start() -> RedisCluster {
+        let mut nodes = Vec::new();
+        let mut dirs = Vec::new();
+        for i in 0..3 {
+            let dir = std::env::temp_dir().join(unique_prefix(&format!("cluster{i}")));
+            std::fs::create_dir_all(&dir).expect("a directory for the node");
+            let dir_arg = dir.to_string_lossy().into_owned();
+            nodes.push(RedisServer::start(&[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "2000",
+                "--dir",
+                &dir_arg,
+            ]));
+            dirs.push(dir);
+        }
+        let addresses: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port())).collect();
+        let status = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run redis-cli: {e} (install it with: apt-get install redis-tools)"));
+        assert!(status.success(), "redis-cli --cluster create failed");
+        let cluster = RedisCluster { nodes, dirs };
+        let start = Instant::now();
+        while !cluster.nodes.iter().all(|n| cluster_ok(n.port())) {
+            assert!(start.elapsed() < Duration::from_secs(20), "the cluster did not come up");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cluster
+    }
+
+    /// `redis-cluster://127.0.0.1:<port of the first node>`.
+    pub fn url(&self) -> String {
+        format!("redis-cluster://127.0.0.1:{}", self.nodes[0].port())
+    }
+}
+
+fn cluster_ok(port: u16) -> bool {
+    Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "cluster", "info"])
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("cluster_state:ok"))
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            node.kill();
+        }
+        for dir in &self.dirs {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }

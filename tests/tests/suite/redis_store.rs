@@ -6,7 +6,7 @@
 use sqlacache_core::key::Key;
 use sqlacache_core::redis::RedisStore;
 use sqlacache_core::Tag;
-use sqlacache_tests::redis::{redis_url, require_shared_redis, unique_prefix, RedisServer};
+use sqlacache_tests::redis::{redis_url, require_shared_redis, unique_prefix, RedisCluster, RedisServer};
 use std::time::{Duration, Instant};
 
 const TIMEOUT: Duration = Duration::from_millis(200);
@@ -28,10 +28,8 @@ async fn get(store: &RedisStore, key: u128) -> Option<Vec<u8>> {
     store.get(Key(key)).await.unwrap()
 }
 
-#[tokio::test]
-async fn values_are_served_until_a_tag_they_depend_on_is_invalidated() {
-    require_shared_redis();
-    let store = store(&redis_url(), &unique_prefix("tags"), "db").await;
+async fn values_are_served_until_a_tag_they_depend_on_is_invalidated(url: &str) {
+    let store = store(url, &unique_prefix("tags"), "db").await;
     fill(&store, 1, &[Tag::Table(10)], b"list of 10").await;
     fill(&store, 2, &[Tag::Row(77), Tag::Rows(10)], b"row 77").await;
     fill(&store, 3, &[Tag::Table(11)], b"list of 11").await;
@@ -52,10 +50,8 @@ async fn values_are_served_until_a_tag_they_depend_on_is_invalidated() {
     assert_eq!(get(&store, 3).await.as_deref(), Some(&b"again"[..]));
 }
 
-#[tokio::test]
-async fn a_fill_that_straddles_an_invalidation_is_never_served() {
-    require_shared_redis();
-    let store = store(&redis_url(), &unique_prefix("straddle"), "db").await;
+async fn a_fill_that_straddles_an_invalidation_is_never_served(url: &str) {
+    let store = store(url, &unique_prefix("straddle"), "db").await;
     // The fill reads the epochs, then the database; a write invalidates meanwhile.
     let epochs = store.epochs(&[Tag::Table(10)], TTL).await.unwrap();
     store.invalidate(&[Tag::Table(10)]).await.unwrap();
@@ -68,13 +64,11 @@ async fn a_fill_that_straddles_an_invalidation_is_never_served() {
     assert_eq!(get(&store, 2).await.as_deref(), Some(&b"new"[..]));
 }
 
-#[tokio::test]
-async fn prefixes_and_scopes_never_share() {
-    require_shared_redis();
+async fn prefixes_and_scopes_never_share(url: &str) {
     let (one, two) = (unique_prefix("one"), unique_prefix("two"));
-    let a = store(&redis_url(), &one, "db").await;
-    let b = store(&redis_url(), &two, "db").await;
-    let c = store(&redis_url(), &one, "other_db").await;
+    let a = store(url, &one, "db").await;
+    let b = store(url, &two, "db").await;
+    let c = store(url, &one, "other_db").await;
     for (store, bytes) in [(&a, b"a"), (&b, b"b"), (&c, b"c")] {
         fill(store, 1, &[Tag::Table(10)], bytes).await;
     }
@@ -84,6 +78,35 @@ async fn prefixes_and_scopes_never_share() {
     assert_eq!(get(&c, 1).await.as_deref(), Some(&b"c"[..]), "another database is untouched");
     c.invalidate(&[Tag::Table(10)]).await.unwrap();
     assert_eq!(get(&b, 1).await.as_deref(), Some(&b"b"[..]));
+}
+
+#[tokio::test]
+async fn the_rule_holds_on_one_server() {
+    require_shared_redis();
+    let url = redis_url();
+    values_are_served_until_a_tag_they_depend_on_is_invalidated(&url).await;
+    a_fill_that_straddles_an_invalidation_is_never_served(&url).await;
+    prefixes_and_scopes_never_share(&url).await;
+}
+
+/// On a cluster, values and their tags live in different slots: the rule runs from the client.
+#[tokio::test]
+async fn the_rule_holds_on_a_cluster() {
+    let cluster = RedisCluster::start();
+    let url = cluster.url();
+    values_are_served_until_a_tag_they_depend_on_is_invalidated(&url).await;
+    a_fill_that_straddles_an_invalidation_is_never_served(&url).await;
+    prefixes_and_scopes_never_share(&url).await;
+    // Many keys, so every node holds values and tags.
+    let store = store(&url, &unique_prefix("spread"), "db").await;
+    for i in 0..200u128 {
+        fill(&store, i, &[Tag::Table((i % 5) as u32), Tag::Row(i)], format!("v{i}").as_bytes()).await;
+    }
+    store.invalidate(&[Tag::Table(2), Tag::Row(7)]).await.unwrap();
+    for i in 0..200u128 {
+        let expected = (i % 5 != 2 && i != 7).then(|| format!("v{i}").into_bytes());
+        assert_eq!(get(&store, i).await, expected, "value {i}");
+    }
 }
 
 #[tokio::test]
