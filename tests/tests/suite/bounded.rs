@@ -52,3 +52,28 @@ async fn too_many_temporary_names_make_every_unqualified_name_suspect() {
     assert_eq!(stats.uncached(Uncached::NotATable), 2, "any unqualified name may be a temporary table now");
     assert_eq!(stats.hits, 1, "schema-qualified names are still cached");
 }
+
+#[tokio::test]
+async fn too_many_missing_names_start_the_set_over() {
+    let db = TestDb::new().await;
+    let cache = db.cache().await;
+    // One statement naming 1,100 tables that do not exist: one catalog reload, then past the cap
+    // of remembered missing names.
+    let tables: Vec<String> = (0..1100).map(|i| format!("missing_{i}")).collect();
+    let sql = format!("SELECT count(*) FROM {}", tables.join(", "));
+    let raw = sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql.clone())).fetch_one(&db.pool).await.unwrap_err();
+    let cached = cache.query_scalar::<i64>(AssertSqlSafe(sql)).fetch_one().await.unwrap_err();
+    assert_eq!(cached.to_string(), raw.to_string(), "PostgreSQL's own error, unchanged");
+    assert_eq!(cache.stats().widened, 1, "the set of missing names started over");
+    // Caching goes on.
+    for _ in 0..2 {
+        cache.get::<User>(1_i64).await.unwrap();
+    }
+    assert_eq!(cache.stats().hits, 1);
+    // A table created under one of the names is found and read fresh.
+    sqlx::raw_sql("CREATE TABLE missing_7 (id int); INSERT INTO missing_7 VALUES (1)").execute(&cache).await.unwrap();
+    for _ in 0..2 {
+        let n = cache.query_scalar::<i64>("SELECT count(*) FROM missing_7").fetch_one().await.unwrap();
+        assert_eq!(n, 1);
+    }
+}
