@@ -19,9 +19,15 @@ use crate::Uncached;
 use serde::ser::{self, Serialize};
 use std::fmt;
 
-/// A digest of a Rust type's name (FNV-1a). The name is a constant of each instantiation, so
-/// the optimizer folds this to a number.
-fn type_id_of<V: ?Sized>() -> u64 {
+/// A digest of a Rust type's full name (FNV-1a). The name is a constant of each instantiation,
+/// so the optimizer folds this to a number.
+///
+/// ```
+/// use sqlacache_core::key::type_digest;
+/// assert_eq!(type_digest::<(i64, String)>(), type_digest::<(i64, String)>());
+/// assert_ne!(type_digest::<(i64, String)>(), type_digest::<(String, i64)>());
+/// ```
+pub fn type_digest<V: ?Sized>() -> u64 {
     std::any::type_name::<V>()
         .bytes()
         .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
@@ -168,7 +174,7 @@ impl KeyBuilder {
     /// ```
     pub fn arg<V: Serialize + ?Sized>(&mut self, value: &V) -> Result<(), Uncached> {
         let m = &mut self.material;
-        m.update(&type_id_of::<V>().to_le_bytes());
+        m.update(&type_digest::<V>().to_le_bytes());
         // Serialize straight into the buffer behind room for the length; only arguments that
         // do not fit there are serialized on the heap.
         let start = m.len + 8;
@@ -444,7 +450,7 @@ mod tests {
     fn reference_key(fingerprint: u64, args: &[String], sql: &str, kind: u8) -> Key {
         let mut all = fingerprint.to_le_bytes().to_vec();
         for arg in args {
-            all.extend(type_id_of::<String>().to_le_bytes());
+            all.extend(type_digest::<String>().to_le_bytes());
             let bytes = postcard::to_allocvec(arg).unwrap();
             all.extend((bytes.len() as u64).to_le_bytes());
             all.extend(bytes);

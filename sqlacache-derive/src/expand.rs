@@ -8,7 +8,7 @@ use syn::DeriveInput;
 /// `impl CachedRow`.
 pub fn expand_row(input: &DeriveInput, row: &Row<'_>) -> TokenStream {
     let ident = &input.ident;
-    let fingerprint = fingerprint_fn(input, row, quote!(fingerprint));
+    let fingerprint = fingerprint_fn(fingerprint(input, row), row, quote!(fingerprint));
     quote! {
         #[automatically_derived]
         impl ::sqlacache_sqlx::CachedRow for #ident {
@@ -17,10 +17,9 @@ pub fn expand_row(input: &DeriveInput, row: &Row<'_>) -> TokenStream {
     }
 }
 
-/// `fn <name>() -> u64`: the fingerprint of the compile-time digest and the resolved names of the
-/// type and its fields, computed once.
-fn fingerprint_fn(input: &DeriveInput, row: &Row<'_>, name: TokenStream) -> TokenStream {
-    let fingerprint = fingerprint(input, row);
+/// `fn <name>() -> u64`: the fingerprint of the compile-time digest `fingerprint` and the resolved
+/// names of the type and its fields, computed once.
+fn fingerprint_fn(fingerprint: u64, row: &Row<'_>, name: TokenStream) -> TokenStream {
     let field_types: Vec<&syn::Type> = row.fields.iter().map(|f| &f.ty).collect();
     quote! {
         fn #name() -> u64 {
@@ -56,7 +55,7 @@ pub fn expand_model(input: &DeriveInput, model: &Model<'_>) -> TokenStream {
         (quote!((#(#key_types),*)), quote!(#(__args.add(key.#indexes)?;)*))
     };
 
-    let fingerprint_fn = fingerprint_fn(input, &model.row, quote!(__fingerprint));
+    let fingerprint_fn = fingerprint_fn(fingerprint, &model.row, quote!(__fingerprint));
     quote! {
         #[automatically_derived]
         impl ::sqlacache_sqlx::Cacheable for #ident {

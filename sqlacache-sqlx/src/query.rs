@@ -1,7 +1,7 @@
 //! The typed cached reads: [`CachedQueryAs`], [`CachedQueryScalar`] and the `query_as!` wrapper.
 
 use crate::pool::{kind, ModelOf};
-use crate::row::{type_fingerprint, Stored};
+use crate::row::Stored;
 use crate::{CachedPool, CachedRow, Storable};
 use serde::Serialize;
 use sqlacache_core::analyze::ReadOp;
@@ -24,11 +24,12 @@ fn op_of(op: ReadOp) -> Ops {
 
 /// Looks up `sql`'s plan and either answers from the cache or runs `fill` (through the
 /// `CachedPool` executor, so a statement that turns out to write still invalidates). `key` is
-/// `Err` when the arguments or the row type rule caching out.
+/// `Err` when an argument rules caching out; `model` is the row type's model, if it has one.
 async fn read<R, F, Fut>(
     pool: &CachedPool,
     sql: &str,
-    (key, model): (Result<KeyBuilder, Uncached>, Option<ModelOf>),
+    key: Result<KeyBuilder, Uncached>,
+    model: Option<ModelOf>,
     kind: u8,
     fill: F,
 ) -> Result<R, sqlx::Error>
@@ -90,14 +91,11 @@ impl<'p> Bound<'p> {
         }
     }
 
-    #[allow(clippy::type_complexity)]
-    fn take(
-        self,
-    ) -> Result<(&'p CachedPool, SqlStr, PgArguments, (Result<KeyBuilder, Uncached>, Option<ModelOf>), bool), sqlx::Error>
-    {
-        match self.error {
+    /// The bound query, or the error of the first argument that failed to encode.
+    fn checked(mut self) -> Result<Bound<'p>, sqlx::Error> {
+        match self.error.take() {
             Some(error) => Err(sqlx::Error::Encode(error)),
-            None => Ok((self.pool, self.sql, self.args, (self.key, self.model), self.persistent)),
+            None => Ok(self),
         }
     }
 }
@@ -151,16 +149,16 @@ macro_rules! builder_methods {
 
         #[doc = $all]
         pub async fn fetch_all(self) -> Result<Vec<$out>, sqlx::Error> {
-            let (pool, sql, args, key, persistent) = self.bound.take()?;
+            let Bound { pool, sql, args, key, model, persistent, .. } = self.bound.checked()?;
             let fill = || $query(sql.clone(), args).persistent(persistent).fetch_all(pool);
-            read(pool, sql.as_str(), key, kind::ALL, fill).await
+            read(pool, sql.as_str(), key, model, kind::ALL, fill).await
         }
 
         #[doc = $optional]
         pub async fn fetch_optional(self) -> Result<Option<$out>, sqlx::Error> {
-            let (pool, sql, args, key, persistent) = self.bound.take()?;
+            let Bound { pool, sql, args, key, model, persistent, .. } = self.bound.checked()?;
             let fill = || $query(sql.clone(), args).persistent(persistent).fetch_optional(pool);
-            read(pool, sql.as_str(), key, kind::OPTIONAL, fill).await
+            read(pool, sql.as_str(), key, model, kind::OPTIONAL, fill).await
         }
 
         #[doc = $one]
@@ -206,7 +204,10 @@ where
 {
     pub(crate) fn new(pool: &'p CachedPool, sql: SqlStr) -> Self {
         // Scalars have no derive: their type's name tells them apart.
-        CachedQueryScalar { bound: Bound::new(pool, sql, type_fingerprint::<O>(), None), output: PhantomData }
+        CachedQueryScalar {
+            bound: Bound::new(pool, sql, sqlacache_core::key::type_digest::<O>(), None),
+            output: PhantomData,
+        }
     }
 
     builder_methods!(
@@ -249,13 +250,12 @@ where
 
     /// All rows.
     pub async fn fetch_all(self, cache: &CachedPool) -> Result<Vec<T>, sqlx::Error> {
-        read(cache, self.sql, (self.key, ModelOf::of::<T>()), kind::ALL, || self.map.fetch_all(cache)).await
+        read(cache, self.sql, self.key, ModelOf::of::<T>(), kind::ALL, || self.map.fetch_all(cache)).await
     }
 
     /// The first row, if any.
     pub async fn fetch_optional(self, cache: &CachedPool) -> Result<Option<T>, sqlx::Error> {
-        let model = ModelOf::of::<T>();
-        read(cache, self.sql, (self.key, model), kind::OPTIONAL, || self.map.fetch_optional(cache)).await
+        read(cache, self.sql, self.key, ModelOf::of::<T>(), kind::OPTIONAL, || self.map.fetch_optional(cache)).await
     }
 
     /// The first row; [`sqlx::Error::RowNotFound`] when there is none.

@@ -97,13 +97,6 @@ pub trait CachedRow: Storable + Send + Sync + Unpin + 'static {
     const __MODEL: Option<Model> = None;
 }
 
-/// A fingerprint for types without a derive (scalars, tuples): the type's full name (FNV-1a).
-pub(crate) fn type_fingerprint<T: ?Sized>() -> u64 {
-    std::any::type_name::<T>()
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
-}
-
 macro_rules! tuple_rows {
     ($($name:ident)+) => {
         /// A tuple of column types, as sqlx decodes it.
@@ -113,7 +106,8 @@ macro_rules! tuple_rows {
             ($($name,)+): Storable,
         {
             fn fingerprint() -> u64 {
-                type_fingerprint::<Self>()
+                // No derive: the type's full name tells it apart.
+                sqlacache_core::key::type_digest::<Self>()
             }
         }
     };
