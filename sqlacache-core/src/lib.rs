@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod analyze;
+pub mod bus;
 mod error;
 pub mod key;
 mod ops;

@@ -33,7 +33,7 @@
 //! [`RedisStore::get`] as a miss.
 
 use crate::Tag;
-use fred::interfaces::KeysInterface;
+use fred::interfaces::{EventInterface, KeysInterface, PubsubInterface};
 use fred::prelude::{Builder, ClientLike, Config, Error as FredError, ReconnectPolicy, Value};
 use fred::types::scripts::Script;
 use fred::types::{Expiration, ExpireOptions, SetOptions};
@@ -56,6 +56,11 @@ pub enum RedisError {
     #[error("invalid Redis URL `{0}`: {1}")]
     Url(String, &'static str),
 }
+
+/// The longest a client waits between two attempts to reconnect. A Redis that comes back is
+/// used by every client within this (plus a connection timeout), which bounds how long a
+/// process must wait, after Redis answers again, for the others to be back too.
+pub const RECONNECT_MAX: Duration = Duration::from_millis(250);
 
 /// Schemes of plain TCP connections to one server or a cluster.
 const SCHEMES: &[&str] = &["redis", "redis-cluster", "valkey", "valkey-cluster"];
@@ -90,6 +95,50 @@ end
 return string.sub(stored, stop + 2)
 "#;
 
+/// [`GET`]'s check, and on a miss [`EPOCHS`]'s work, in one round trip. KEYS[1]: the value;
+/// KEYS[2..]: its tags; ARGV as for `EPOCHS`. Returns `{1, payload}` or `{0, epoch, ...}`.
+const LOOKUP: &str = r#"
+local stored = redis.call('GET', KEYS[1])
+if stored then
+  local stop = string.find(stored, '\n\n', 1, true)
+  if stop then
+    local fresh = true
+    for tag, epoch in string.gmatch(string.sub(stored, 1, stop), '(%S+) (%S+)\n') do
+      if redis.call('GET', tag) ~= epoch then fresh = false break end
+    end
+    if fresh then return {1, string.sub(stored, stop + 2)} end
+  end
+end
+local epochs = {0}
+for i = 2, #KEYS do
+  local old = redis.call('SET', KEYS[i], ARGV[i], 'NX', 'GET', 'PX', ARGV[1])
+  if old then
+    redis.call('PEXPIRE', KEYS[i], ARGV[1], 'GT')
+    epochs[i] = old
+  else
+    epochs[i] = ARGV[i]
+  end
+end
+return epochs
+"#;
+
+/// Deletes the tags in KEYS and publishes ARGV[2] on channel ARGV[1] (if ARGV[2] is not empty),
+/// so that the shared tier is invalidated before other processes hear of it.
+const INVALIDATE: &str = r#"
+if #KEYS > 0 then redis.call('DEL', unpack(KEYS)) end
+if ARGV[2] ~= '' then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
+return 1
+"#;
+
+/// What [`RedisStore::lookup`] found.
+#[derive(Debug)]
+pub enum Lookup {
+    /// A fresh value.
+    Hit(Vec<u8>),
+    /// No fresh value; the epochs to fill against.
+    Miss(Epochs),
+}
+
 /// Values and tag epochs in Redis. Cheap to clone; clones share connections.
 #[derive(Clone)]
 pub struct RedisStore {
@@ -98,6 +147,8 @@ pub struct RedisStore {
     namespace: String,
     epochs: Script,
     get: Script,
+    lookup: Script,
+    invalidate: Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -133,8 +184,9 @@ impl RedisStore {
                 connection.connection_timeout = timeout.max(Duration::from_millis(100));
                 connection.internal_command_timeout = timeout.max(Duration::from_millis(100));
             })
-            // Keep trying, at most every two seconds: without a policy the client never reconnects.
-            .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
+            // Keep trying, at least every `RECONNECT_MAX`: without a policy the client never
+            // reconnects.
+            .set_policy(ReconnectPolicy::new_exponential(0, 20, RECONNECT_MAX.as_millis() as u32, 2))
             .build()?;
         // Drives the connection (and reconnections) in the background.
         drop(client.connect());
@@ -143,6 +195,8 @@ impl RedisStore {
             namespace: format!("{prefix}:{FORMAT}:{scope}:"),
             epochs: Script::from_lua(EPOCHS),
             get: Script::from_lua(GET),
+            lookup: Script::from_lua(LOOKUP),
+            invalidate: Script::from_lua(INVALIDATE),
         })
     }
 
@@ -165,10 +219,7 @@ impl RedisStore {
     /// before the database is read and passed to [`RedisStore::put`]. `ttl` is the longest the
     /// value will live.
     pub async fn epochs(&self, tags: &[Tag], ttl: Duration) -> Result<Epochs, RedisError> {
-        let mut keys: Vec<String> = vec![self.tag_key(&Tag::All)];
-        keys.extend(tags.iter().filter(|t| **t != Tag::All).map(|t| self.tag_key(t)));
-        let fresh: Vec<String> = keys.iter().map(|_| fresh_epoch().to_string()).collect();
-        let millis = ttl.as_millis().clamp(1, i64::MAX as u128) as i64;
+        let (keys, fresh, millis) = self.fill_args(tags, ttl);
         let epochs: Vec<String> = if self.client.is_clustered() {
             // SET NX GET and PEXPIRE GT for each tag, in one pipeline across the nodes.
             let pipeline = self.client.pipeline();
@@ -187,6 +238,45 @@ impl RedisStore {
             self.epochs.evalsha_with_reload(&self.client, keys.clone(), args).await?
         };
         Ok(Epochs(keys.into_iter().zip(epochs).collect()))
+    }
+
+    /// The tag keys of a fill (the global tag first), a fresh epoch for each, and the TTL in
+    /// milliseconds.
+    fn fill_args(&self, tags: &[Tag], ttl: Duration) -> (Vec<String>, Vec<String>, i64) {
+        let mut keys: Vec<String> = vec![self.tag_key(&Tag::All)];
+        keys.extend(tags.iter().filter(|t| **t != Tag::All).map(|t| self.tag_key(t)));
+        let fresh: Vec<String> = keys.iter().map(|_| fresh_epoch().to_string()).collect();
+        (keys, fresh, ttl.as_millis().clamp(1, i64::MAX as u128) as i64)
+    }
+
+    /// The value of `key` if it is fresh; otherwise the epochs of `tags` to fill it against
+    /// (as [`RedisStore::epochs`]). One round trip on one server.
+    pub async fn lookup(&self, key: crate::key::Key, tags: &[Tag], ttl: Duration) -> Result<Lookup, RedisError> {
+        if self.client.is_clustered() {
+            return Ok(match self.get(key).await? {
+                Some(bytes) => Lookup::Hit(bytes),
+                None => Lookup::Miss(self.epochs(tags, ttl).await?),
+            });
+        }
+        let (mut keys, fresh, millis) = self.fill_args(tags, ttl);
+        keys.insert(0, self.value_key(key));
+        let mut args = vec![millis.to_string()];
+        args.extend(fresh);
+        let reply: Vec<Value> = self.lookup.evalsha_with_reload(&self.client, keys.clone(), args).await?;
+        let mut reply = reply.into_iter();
+        match reply.next().and_then(|flag| flag.as_i64()) {
+            Some(1) => {
+                let payload = reply.next().and_then(|v| v.into_bytes()).unwrap_or_default().to_vec();
+                Ok(Lookup::Hit(payload))
+            }
+            _ => {
+                let epochs: Option<Vec<String>> = reply.map(|v| v.into_string()).collect();
+                let epochs = epochs.filter(|e| e.len() + 1 == keys.len()).ok_or_else(|| {
+                    RedisError::Command(FredError::new(fred::error::ErrorKind::Parse, "unexpected LOOKUP reply"))
+                })?;
+                Ok(Lookup::Miss(Epochs(keys.into_iter().skip(1).zip(epochs).collect())))
+            }
+        }
     }
 
     /// Stores `bytes` for `key` with the epochs read before the database was.
@@ -230,19 +320,26 @@ impl RedisStore {
 
     /// Makes every value that depends on one of `tags` stale, by deleting the tags.
     pub async fn invalidate(&self, tags: &[Tag]) -> Result<(), RedisError> {
-        if tags.is_empty() {
-            return Ok(());
-        }
+        self.invalidate_and_publish(tags, "").await
+    }
+
+    /// Deletes the tags, then publishes `message` on this store's channel (unless it is empty),
+    /// in one round trip on one server: other processes hear of a write only once the shared
+    /// tier no longer serves what it changed.
+    pub async fn invalidate_and_publish(&self, tags: &[Tag], message: &str) -> Result<(), RedisError> {
         let keys: Vec<String> = tags.iter().map(|t| self.tag_key(t)).collect();
         if self.client.is_clustered() {
-            // One DEL per key: a multi-key DEL must stay in one slot.
-            let pipeline = self.client.pipeline();
+            // One DEL per key (a multi-key DEL must stay in one slot), each answered before the
+            // message is published.
             for key in keys {
-                let () = pipeline.del(key).await?;
+                let _: i64 = self.client.del(key).await?;
             }
-            let _: Vec<Value> = pipeline.all().await?;
-        } else {
-            let _: i64 = self.client.del(keys).await?;
+            if !message.is_empty() {
+                self.publish(message).await?;
+            }
+        } else if !keys.is_empty() || !message.is_empty() {
+            let args = vec![self.channel(), message.to_owned()];
+            let _: Value = self.invalidate.evalsha_with_reload(&self.client, keys, args).await?;
         }
         Ok(())
     }
@@ -251,6 +348,31 @@ impl RedisStore {
     /// Redis is touched).
     pub async fn invalidate_all(&self) -> Result<(), RedisError> {
         self.invalidate(&[Tag::All]).await
+    }
+
+    /// The channel of this store's prefix and scope. On a cluster it is a shard channel (one
+    /// slot, so one order for every subscriber).
+    fn channel(&self) -> String {
+        format!("{{{}bus}}", self.namespace)
+    }
+
+    /// Publishes `message` on this store's channel.
+    pub async fn publish(&self, message: &str) -> Result<(), RedisError> {
+        if self.client.is_clustered() {
+            let _: Value = self.client.spublish(self.channel(), message).await?;
+        } else {
+            let _: Value = self.client.publish(self.channel(), message).await?;
+        }
+        Ok(())
+    }
+
+    /// Listens on this store's channel, on a connection of its own.
+    pub fn subscribe(&self) -> Result<Subscription, RedisError> {
+        let client = self.client.clone_new();
+        let messages = client.message_rx();
+        let reconnects = client.reconnect_rx();
+        drop(client.connect());
+        Ok(Subscription { client, channel: self.channel(), messages, reconnects, subscribed: false })
     }
 
     /// Waits until the client is connected, or `timeout` passes.
@@ -273,3 +395,78 @@ fn split_stored(stored: &[u8]) -> Option<(Deps<'_>, &[u8])> {
 /// The epochs a fill read before it queried the database: `(tag key, epoch)`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Epochs(Vec<(String, String)>);
+
+/// What a [`Subscription`] heard.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A message on the channel.
+    Message(String),
+    /// Messages may have been missed: the connection was made again (the subscription is
+    /// renewed before this returns, or on the next call), or this listener fell behind.
+    Lost,
+}
+
+/// A subscription to a store's channel; see [`RedisStore::subscribe`].
+pub struct Subscription {
+    client: fred::prelude::Client,
+    channel: String,
+    messages: tokio::sync::broadcast::Receiver<fred::types::Message>,
+    reconnects: tokio::sync::broadcast::Receiver<fred::types::config::Server>,
+    subscribed: bool,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription").field("channel", &self.channel).finish_non_exhaustive()
+    }
+}
+
+impl Subscription {
+    /// The next message, or [`Event::Lost`] when some may have been missed.
+    pub async fn next(&mut self) -> Event {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            if !self.subscribed {
+                let result = if self.client.is_clustered() {
+                    self.client.ssubscribe(self.channel.as_str()).await
+                } else {
+                    self.client.subscribe(self.channel.as_str()).await
+                };
+                match result {
+                    Ok(()) => self.subscribed = true,
+                    Err(error) => {
+                        tracing::debug!(%error, "could not subscribe to the invalidation channel");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                }
+            }
+            tokio::select! {
+                biased;
+                reconnect = self.reconnects.recv() => match reconnect {
+                    Ok(_) | Err(RecvError::Lagged(_)) => {
+                        self.subscribed = false;
+                        return Event::Lost;
+                    }
+                    Err(RecvError::Closed) => std::future::pending::<()>().await,
+                },
+                message = self.messages.recv() => match message {
+                    Ok(message) if *message.channel == *self.channel => {
+                        if let Some(text) = message.value.into_string() {
+                            return Event::Message(text);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(_)) => return Event::Lost,
+                    Err(RecvError::Closed) => std::future::pending::<()>().await,
+                },
+            }
+        }
+    }
+
+    /// Drops the connection and makes it again (for a connection that went silent).
+    pub async fn reconnect(&mut self) {
+        self.subscribed = false;
+        let _ = self.client.force_reconnection().await;
+    }
+}

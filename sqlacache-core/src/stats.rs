@@ -39,6 +39,20 @@ pub struct StatsSnapshot {
     /// Misses that waited for a concurrent fill of the same read instead of querying the database,
     /// and were then served from the cache (also counted in `hits`).
     pub coalesced: u64,
+    /// Hits served by the shared tier (Redis); `hits - redis_hits` were served in-process.
+    pub redis_hits: u64,
+    /// Redis commands that failed or timed out (their outcome is unknown).
+    pub redis_errors: u64,
+    /// Cacheable reads that skipped a tier they could not trust: Redis while its circuit
+    /// breaker was open, or the in-process tier while the bus was not heard within the lease.
+    pub degraded: u64,
+    /// Invalidations published to Redis and the other processes.
+    pub published: u64,
+    /// Invalidations received from other processes and applied here.
+    pub received: u64,
+    /// Times the in-process tier was dropped because invalidations may have been missed (a
+    /// reconnect, a gap in a publisher's messages, a lease that ran out).
+    pub tier_drops: u64,
 }
 
 impl StatsSnapshot {
@@ -145,7 +159,7 @@ pub struct Stats {
 
 const STRIPES: usize = 16;
 /// The named counters, then one per [`Uncached`] reason.
-const NAMED: usize = 10;
+const NAMED: usize = 16;
 const COUNTERS: usize = NAMED + Uncached::COUNT;
 
 /// One thread's share of the counters, alone on its cache lines.
@@ -206,6 +220,12 @@ counters! {
     7: statement_analyzed => statements_analyzed,
     8: widen => widened,
     9: coalesce => coalesced,
+    10: redis_hit => redis_hits,
+    11: redis_error => redis_errors,
+    12: degrade => degraded,
+    13: publish => published,
+    14: receive => received,
+    15: tier_drop => tier_drops,
 }
 
 impl Stats {

@@ -279,3 +279,19 @@ fn closure(start: impl IntoIterator<Item = u32>, next: impl Fn(u32) -> Vec<u32>)
     }
     seen
 }
+
+/// The identity of the database the pool reads: the cluster's system identifier and the
+/// database's oid (its name where the role may not read the system identifier). Two databases
+/// never share it; every connection to one database, whatever host name it used, has the same.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) async fn database_identity(pool: &PgPool) -> Result<String, sqlx::Error> {
+    const IDENTITY: &str = "SELECT (SELECT system_identifier FROM pg_control_system())::text || '-' || \
+        (SELECT oid FROM pg_database WHERE datname = current_database())::text";
+    match sqlx::query_scalar::<_, String>(IDENTITY).fetch_one(pool).await {
+        Ok(identity) => Ok(identity),
+        Err(sqlx::Error::Database(_)) => {
+            sqlx::query_scalar::<_, String>("SELECT 'db-' || md5(current_database())").fetch_one(pool).await
+        }
+        Err(error) => Err(error),
+    }
+}

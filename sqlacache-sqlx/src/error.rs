@@ -25,6 +25,10 @@ pub enum Error {
     /// The configuration is not valid.
     #[error("invalid cache configuration: {0}")]
     Config(String),
+    /// The Redis settings given to `CachedPoolBuilder::redis` are not valid (such as a URL
+    /// with an unknown scheme). An unreachable Redis is not an error.
+    #[error("invalid Redis configuration: {0}")]
+    Redis(String),
 }
 
 impl From<Error> for sqlx::Error {

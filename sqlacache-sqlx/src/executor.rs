@@ -113,6 +113,7 @@ pub(crate) fn run<'e>(shared: Arc<Shared>, target: Target<'e>, prepared: Prepare
                 Target::Pool => Box::pin(PoolWrite(Some(WriteStream {
                     inner: (&shared.pool).fetch_many(prepared),
                     tracker: Some(Tracker::new(&shared, &plan, None, track_rows, ddl)),
+                    publishing: None,
                 }))),
                 Target::Transaction(conn, state) => {
                     // Invalidations wait for COMMIT, which `CachedTransaction::commit` runs to its
@@ -120,6 +121,7 @@ pub(crate) fn run<'e>(shared: Arc<Shared>, target: Target<'e>, prepared: Prepare
                     Box::pin(WriteStream {
                         inner: conn.fetch_many(prepared),
                         tracker: Some(Tracker::new(&shared, &plan, Some(state), track_rows, ddl)),
+                        publishing: None,
                     })
                 }
             };
@@ -236,7 +238,9 @@ impl<'e> Tracker<'e> {
         rows.forward
     }
 
-    fn finish(mut self, outcome: Outcome<'_>) {
+    /// Applies the statement's invalidation (or, in a transaction, keeps it for COMMIT), and
+    /// returns what was applied, for the shared tier and the other processes.
+    fn finish(mut self, outcome: Outcome<'_>) -> Vec<Tag> {
         let plan = self.plan.clone();
         let shared = self.shared.clone();
         let in_transaction = self.sink.as_ref().is_some_and(|s| !s.escaped);
@@ -289,14 +293,16 @@ impl<'e> Tracker<'e> {
                     // on this connection run on their own. Only a statement that ends it may do
                     // this: invalidating before the real commit would let a fill in between
                     // cache the old rows.
-                    state.escape(&shared);
+                    return state.escape(&shared);
                 }
+                Vec::new()
             }
             _ => {
                 if self.ddl {
                     shared.ddl_done(&plan.temp_tables);
                 }
                 shared.invalidate(&tags);
+                tags
             }
         }
     }
@@ -376,10 +382,32 @@ fn value_text(row: &PgRow, index: usize) -> Option<String> {
     }
 }
 
-/// Passes the statement's results through, noting written rows, and invalidates before it ends.
+/// Passes the statement's results through, noting written rows, and invalidates before it ends
+/// (in the shared tier too: its last item waits for that).
 struct WriteStream<'e> {
     inner: BoxStream<'e, Step>,
     tracker: Option<Tracker<'e>>,
+    /// The invalidation being published, and the item to yield once it is.
+    publishing: Option<Publishing>,
+}
+
+struct Publishing {
+    publish: BoxFuture<'static, ()>,
+    last: Option<Step>,
+    shared: Arc<Shared>,
+}
+
+impl WriteStream<'_> {
+    /// Ends the statement: applies its invalidation, and starts publishing it if there is a
+    /// shared tier (returns whether it did; the last item is then held back until it is done).
+    fn finish(&mut self, outcome: Outcome<'_>) -> bool {
+        let Some(tracker) = self.tracker.take() else { return false };
+        let shared = tracker.shared.clone();
+        if let Some(publish) = shared.publish(tracker.finish(outcome)) {
+            self.publishing = Some(Publishing { publish, last: None, shared });
+        }
+        self.publishing.is_some()
+    }
 }
 
 impl futures_core::Stream for WriteStream<'_> {
@@ -388,6 +416,10 @@ impl futures_core::Stream for WriteStream<'_> {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Step>> {
         let this = self.get_mut();
         loop {
+            if let Some(publishing) = &mut this.publishing {
+                std::task::ready!(publishing.publish.as_mut().poll(cx));
+                return Poll::Ready(this.publishing.take().and_then(|p| p.last));
+            }
             let step = match this.inner.poll_next_unpin(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(step) => step,
@@ -402,14 +434,15 @@ impl futures_core::Stream for WriteStream<'_> {
                 }
                 Some(Ok(done)) => Some(Ok(done)),
                 Some(Err(error)) => {
-                    if let Some(tracker) = this.tracker.take() {
-                        tracker.finish(Outcome::Failed(&error));
+                    if let (true, Some(publishing)) = (this.finish(Outcome::Failed(&error)), &mut this.publishing) {
+                        publishing.last = Some(Err(error));
+                        continue;
                     }
                     Some(Err(error))
                 }
                 None => {
-                    if let Some(tracker) = this.tracker.take() {
-                        tracker.finish(Outcome::Done);
+                    if this.finish(Outcome::Done) {
+                        continue;
                     }
                     None
                 }
@@ -422,8 +455,10 @@ impl Drop for WriteStream<'_> {
     fn drop(&mut self) {
         // Dropped before the end (a cancelled future, `fetch_one` on a stream): the statement may
         // have run, so invalidate as if it did, without trusting a partial row list.
-        if let Some(tracker) = self.tracker.take() {
-            tracker.finish(Outcome::Abandoned);
+        self.finish(Outcome::Abandoned);
+        // The publishing is finished on its own.
+        if let Some(Publishing { publish, shared, .. }) = self.publishing.take() {
+            finish_in_background(&shared, publish);
         }
     }
 }

@@ -23,27 +23,29 @@ struct Flight {
     notify: Notify,
 }
 
+type Shards = [Mutex<HashMap<u128, Arc<Flight>>>; SHARDS];
+
 /// The fills in progress, by key.
 pub(crate) struct Flights {
-    shards: [Mutex<HashMap<u128, Arc<Flight>>>; SHARDS],
+    shards: Arc<Shards>,
 }
 
 impl Default for Flights {
     fn default() -> Self {
-        Flights { shards: std::array::from_fn(|_| Mutex::default()) }
+        Flights { shards: Arc::new(std::array::from_fn(|_| Mutex::default())) }
     }
 }
 
 /// What a miss does: lead the fill, or wait for the one in progress.
-pub(crate) enum Role<'a> {
-    Leader(Lead<'a>),
+pub(crate) enum Role {
+    Leader(Lead),
     Waiter(Wait),
 }
 
 /// Held by the leader while it fills; dropping it (also on error or cancellation) releases the
-/// waiters.
-pub(crate) struct Lead<'a> {
-    flights: &'a Flights,
+/// waiters. It owns what it needs, so a fill may finish storing on a task of its own.
+pub(crate) struct Lead {
+    shards: Arc<Shards>,
     key: u128,
     flight: Arc<Flight>,
 }
@@ -51,26 +53,26 @@ pub(crate) struct Lead<'a> {
 /// A fill in progress that a miss waits for.
 pub(crate) struct Wait(Arc<Flight>);
 
-impl Flights {
-    fn shard(&self, key: u128) -> &Mutex<HashMap<u128, Arc<Flight>>> {
-        &self.shards[(key as usize) % SHARDS]
-    }
+fn shard(shards: &Shards, key: u128) -> &Mutex<HashMap<u128, Arc<Flight>>> {
+    &shards[(key as usize) % SHARDS]
+}
 
+impl Flights {
     /// Leads the fill of `key`, or joins the one in progress.
-    pub fn join(&self, key: Key) -> Role<'_> {
-        let mut map = self.shard(key.0).lock().unwrap_or_else(|e| e.into_inner());
+    pub fn join(&self, key: Key) -> Role {
+        let mut map = shard(&self.shards, key.0).lock().unwrap_or_else(|e| e.into_inner());
         if let Some(flight) = map.get(&key.0) {
             return Role::Waiter(Wait(flight.clone()));
         }
         let flight = Arc::new(Flight::default());
         map.insert(key.0, flight.clone());
-        Role::Leader(Lead { flights: self, key: key.0, flight })
+        Role::Leader(Lead { shards: self.shards.clone(), key: key.0, flight })
     }
 }
 
-impl Drop for Lead<'_> {
+impl Drop for Lead {
     fn drop(&mut self) {
-        let mut map = self.flights.shard(self.key).lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = shard(&self.shards, self.key).lock().unwrap_or_else(|e| e.into_inner());
         if map.get(&self.key).is_some_and(|f| Arc::ptr_eq(f, &self.flight)) {
             map.remove(&self.key);
         }

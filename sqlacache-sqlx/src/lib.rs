@@ -45,6 +45,7 @@ mod model;
 mod plan;
 mod pool;
 mod query;
+mod remote;
 mod row;
 mod transaction;
 

@@ -4,6 +4,7 @@ use crate::catalog::{Catalog, TableInfo};
 use crate::config::{Config, TableConfig};
 use crate::flight::{Flights, Role};
 use crate::plan::{self, Context, Plan};
+use crate::remote::{RedisSettings, Remote};
 use crate::row::Stored;
 use crate::{Cacheable, CachedRow, Error, Model};
 use sqlacache_core::analyze::{analyze, TableName};
@@ -15,7 +16,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 /// Distinguishes the kinds of cached call in a key, since they store different shapes.
@@ -116,6 +117,11 @@ pub(crate) struct Shared {
     registering: tokio::sync::Mutex<()>,
     /// Fills in progress, so concurrent misses of one read run one query.
     flights: Flights,
+    /// The shared tier and the bus, when the pool has Redis.
+    pub remote: Option<Arc<Remote>>,
+    /// This state, for work that outlives a call (a Redis store finishing on its own task).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    this: Weak<Shared>,
     #[cfg(feature = "test-hooks")]
     fill_hook: Option<FillHook>,
     #[cfg(feature = "test-hooks")]
@@ -239,7 +245,7 @@ impl Shared {
         for &member in catalog.tables.get(&oid).map(|t| t.family.as_slice()).unwrap_or_default() {
             tags.extend([Tag::Table(member), Tag::Rows(member)]);
         }
-        self.invalidate(&tags);
+        self.invalidate_everywhere(&tags).await;
         // Plans carry each table's ops and TTL: make them again (marked out of date first, so a
         // failed reload is retried by the next plan).
         self.schema_epoch.fetch_add(1, Ordering::AcqRel);
@@ -370,29 +376,62 @@ impl Shared {
         tracing::trace!(tags = tags.len(), "invalidated");
     }
 
+    /// Tells the shared tier and the other processes of an invalidation already applied here;
+    /// `None` when there is nothing to tell. The write that caused it returns once this is done.
+    pub fn publish(&self, tags: Vec<Tag>) -> Option<futures_core::future::BoxFuture<'static, ()>> {
+        #[cfg(feature = "redis")]
+        if let (Some(remote), false, Some(shared)) = (&self.remote, tags.is_empty(), self.this.upgrade()) {
+            let remote = remote.clone();
+            return Some(Box::pin(async move { remote.publish(&tags, &shared.stats).await }));
+        }
+        let _ = tags;
+        None
+    }
+
+    /// Applies an invalidation here, then in the shared tier and the other processes.
+    pub async fn invalidate_everywhere(&self, tags: &[Tag]) {
+        self.invalidate(tags);
+        if let Some(publish) = self.publish(tags.to_vec()) {
+            publish.await;
+        }
+    }
+
+    /// Drops the in-process tier: invalidations may have been missed.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub fn drop_local(&self) {
+        self.store.invalidate(&[Tag::All]);
+        self.stats.tier_drop();
+        tracing::info!(target: "sqlacache", "in-process tier dropped: invalidations from other processes may have been missed");
+    }
+
     /// Answers a read from the cache or fills it: the freshness protocol in one place.
     ///
     /// A value is stored only if its stored form reads back as itself (the same bytes once
     /// decoded and encoded again); otherwise the read counts as [`Uncached::Unstorable`].
     ///
-    /// `fill` makes the future that reads the database and names the tags the value depends on
-    /// (computed there, so a hit never pays for them). It is called only on a miss, after the
-    /// stamp is read, so a write that commits while it reads the database makes the store
-    /// refuse the result. Its future is boxed: database futures are large, and a hit should not
-    /// carry one.
+    /// `fill` names the tags the value depends on and makes the future that reads the database
+    /// (computed there, so a hit never pays for them). It is called only on a miss of the
+    /// in-process tier, after the stamp is read, so a write that commits while it reads the
+    /// database makes the store refuse the result. Its future is boxed: database futures are
+    /// large, and a hit should not carry one.
+    ///
+    /// With Redis, a miss here looks there next (one round trip that also reads the epochs a
+    /// fill needs); a value found there is kept here too, stamped before the lookup. A filled
+    /// value is stored in Redis off the caller's path.
     ///
     /// Concurrent misses of one key run one fill (see [`crate::flight`]): the others wait for it
-    /// and then look in the store, where they find its value only if it was accepted.
+    /// and then look in the stores, where they find its value only if it was accepted.
     pub async fn cached_read<R, D, F, Fut>(&self, key: Key, ttl: Duration, fill: F) -> Result<R, sqlx::Error>
     where
         R: Stored,
         D: AsRef<[Tag]>,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<(R, D), sqlx::Error>>,
+        F: FnOnce() -> (D, Fut),
+        Fut: Future<Output = Result<R, sqlx::Error>>,
     {
+        let local = self.remote.as_ref().is_none_or(|r| r.local_trusted());
         let mut waited = false;
         let lead = loop {
-            if let Some(entry) = self.store.get(key) {
+            if let Some(entry) = self.store.get(key).filter(|_| local) {
                 match R::decode(entry.bytes()) {
                     Some(value) => {
                         self.stats.hit();
@@ -426,7 +465,40 @@ impl Shared {
         if let Some(hook) = &self.fill_hook {
             hook(FillPoint::Stamped).await;
         }
-        let (value, deps) = Box::pin(fill()).await?;
+        let (deps, fill) = fill();
+        #[cfg(feature = "redis")]
+        let mut epochs = None;
+        #[cfg(feature = "redis")]
+        if let Some(remote) = &self.remote {
+            use sqlacache_core::redis::Lookup;
+            if !local || !remote.usable() {
+                self.stats.degrade();
+            }
+            if remote.usable() {
+                match remote.lookup(key, deps.as_ref(), ttl, &self.stats).await {
+                    Some(Lookup::Hit(bytes)) => match R::decode(&bytes) {
+                        Some(value) => {
+                            self.stats.hit();
+                            self.stats.redis_hit();
+                            if waited {
+                                self.stats.coalesce();
+                            }
+                            if local {
+                                self.store.put(key, deps.as_ref(), stamp, ttl, bytes);
+                            }
+                            return Ok(value);
+                        }
+                        None => {
+                            tracing::warn!("a value cached in Redis did not decode; treating it as a miss");
+                            self.stats.corrupt_entry();
+                        }
+                    },
+                    Some(Lookup::Miss(found)) => epochs = Some(found),
+                    None => {}
+                }
+            }
+        }
+        let value = Box::pin(fill).await?;
         #[cfg(feature = "test-hooks")]
         if let Some(hook) = &self.fill_hook {
             hook(FillPoint::Read).await;
@@ -434,7 +506,16 @@ impl Shared {
         match value.encode().filter(|bytes| round_trips::<R>(bytes)) {
             Some(bytes) => {
                 self.stats.miss();
-                if !self.store.put(key, deps.as_ref(), stamp, ttl, bytes) {
+                #[cfg(feature = "redis")]
+                if let (Some(remote), Some(epochs)) = (&self.remote, epochs) {
+                    // Waiters look once it is stored there.
+                    remote.put(self.this.clone(), key, epochs, ttl, bytes.clone(), lead);
+                    if local && !self.store.put(key, deps.as_ref(), stamp, ttl, bytes) {
+                        self.stats.fill_rejected();
+                    }
+                    return Ok(value);
+                }
+                if local && !self.store.put(key, deps.as_ref(), stamp, ttl, bytes) {
                     self.stats.fill_rejected();
                 }
             }
@@ -607,6 +688,7 @@ impl CachedPool {
             default_ttl: Duration::from_secs(3600),
             wildcard: Ops::ALL,
             capacity: 64 * 1024 * 1024,
+            redis: None,
             #[cfg(feature = "test-hooks")]
             fill_hook: None,
             #[cfg(feature = "test-hooks")]
@@ -687,10 +769,7 @@ impl CachedPool {
         match cached {
             Ok((read, single)) => {
                 let id = key_hash.finish(&read.sql, kind::GET);
-                let fill = || async {
-                    let deps = deps(single, &key);
-                    Ok((fetch(key).await?, deps))
-                };
+                let fill = || (deps(single, &key), fetch(key));
                 shared.cached_read(id, read.ttl, fill).await
             }
             Err(reason) => {
@@ -764,7 +843,7 @@ impl CachedPool {
                 }
             }
         }
-        self.shared.invalidate(&tags);
+        self.shared.invalidate_everywhere(&tags).await;
         Ok(())
     }
 
@@ -781,13 +860,14 @@ impl CachedPool {
         for &other in info.family.iter() {
             tags.extend([Tag::Table(other), Tag::Rows(other)]);
         }
-        self.shared.invalidate(&tags);
+        self.shared.invalidate_everywhere(&tags).await;
         Ok(())
     }
 
-    /// Drops every cached read.
+    /// Drops every cached read (in Redis too, under this pool's key prefix and database, and in
+    /// the other processes).
     pub async fn invalidate_all(&self) -> Result<(), Error> {
-        self.shared.invalidate(&[Tag::All]);
+        self.shared.invalidate_everywhere(&[Tag::All]).await;
         Ok(())
     }
 
@@ -804,6 +884,18 @@ impl CachedPool {
     #[doc(hidden)]
     pub fn background_writes_for_tests(&self) -> usize {
         self.shared.background.load(Ordering::Acquire)
+    }
+
+    /// Test support: whether Redis answers and, with two tiers, the in-process tier is trusted
+    /// (the bus was heard within the lease). Always true without Redis.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn tiers_ready_for_tests(&self) -> bool {
+        #[cfg(feature = "redis")]
+        if let Some(remote) = &self.shared.remote {
+            return remote.ready();
+        }
+        true
     }
 
     /// Test support: overwrites every cached value with bytes that do not decode.
@@ -842,6 +934,8 @@ pub struct CachedPoolBuilder {
     default_ttl: Duration,
     wildcard: Ops,
     capacity: u64,
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    redis: Option<RedisSettings>,
     #[cfg(feature = "test-hooks")]
     fill_hook: Option<FillHook>,
     #[cfg(feature = "test-hooks")]
@@ -856,6 +950,7 @@ impl fmt::Debug for CachedPoolBuilder {
             .field("default_ttl", &self.default_ttl)
             .field("wildcard", &self.wildcard)
             .field("memory_capacity", &self.capacity)
+            .field("redis", &self.redis.as_ref().map(|r| (&r.prefix, r.timeout, r.lease)))
             .finish()
     }
 }
@@ -899,10 +994,68 @@ impl CachedPoolBuilder {
         self
     }
 
-    /// The most bytes the in-process store holds. Default: 64 MiB.
+    /// The most bytes the in-process store holds. Default: 64 MiB. With [`redis`](Self::redis),
+    /// `0` keeps values in Redis only.
     pub fn memory_capacity(mut self, bytes: u64) -> Self {
         self.capacity = bytes;
         self
+    }
+
+    /// Keeps cached values in Redis too, shared by every process that uses the same Redis, key
+    /// prefix and database, and keeps the in-process tiers of those processes fresh for each
+    /// other (see the crate's README for the guarantees).
+    ///
+    /// `url` is `redis://[user:password@]host:port[/db]`, or `redis-cluster://host:port` for a
+    /// Redis Cluster. `build()` fails on an invalid URL; an unreachable Redis is not an error:
+    /// the pool works on PostgreSQL alone and starts using Redis when it answers.
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: sqlx::PgPool) -> Result<(), sqlacache_sqlx::Error> {
+    /// let cache = sqlacache_sqlx::CachedPool::builder(pool)
+    ///     .redis("redis://127.0.0.1:6379/0")
+    ///     .key_prefix("myapp")
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "redis")]
+    pub fn redis(mut self, url: &str) -> Self {
+        self.redis_settings().url = url.to_owned();
+        self
+    }
+
+    /// The prefix of every Redis key and channel of this pool. Default: `sqlacache`.
+    #[cfg(feature = "redis")]
+    pub fn key_prefix(mut self, prefix: &str) -> Self {
+        self.redis_settings().prefix = prefix.to_owned();
+        self
+    }
+
+    /// How long a Redis command may take before it counts as failed (and reads go to
+    /// PostgreSQL). Default: 100 ms.
+    #[cfg(feature = "redis")]
+    pub fn redis_timeout(mut self, timeout: Duration) -> Self {
+        self.redis_settings().timeout = timeout;
+        self
+    }
+
+    /// How long after it last heard the invalidation channel a process may still serve its
+    /// in-process tier (with Redis). It bounds how late another process's write can be seen
+    /// when the channel goes silent. Default: 500 ms.
+    #[cfg(feature = "redis")]
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.redis_settings().lease = lease;
+        self
+    }
+
+    #[cfg(feature = "redis")]
+    fn redis_settings(&mut self) -> &mut RedisSettings {
+        self.redis.get_or_insert_with(|| RedisSettings {
+            url: String::new(),
+            prefix: "sqlacache".to_owned(),
+            timeout: Duration::from_millis(100),
+            lease: Duration::from_millis(500),
+        })
     }
 
     /// Test support: runs `hook` at each [`FillPoint`] of every cache fill.
@@ -943,7 +1096,8 @@ impl CachedPoolBuilder {
         let config = Config::new(self.tables, self.disabled, self.default_ttl, self.wildcard);
         let catalog = Catalog::load(&self.pool, 1).await?;
         config.check(&catalog, &self.pool).await?;
-        let shared = Shared {
+        let remote = connect_redis(self.redis.as_ref(), &self.pool, self.capacity).await?;
+        let shared = Arc::new_cyclic(|this| Shared {
             id: NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed),
             store: MemoryStore::new(self.capacity),
             stats: Stats::default(),
@@ -962,11 +1116,40 @@ impl CachedPoolBuilder {
             registering: tokio::sync::Mutex::new(()),
             flights: Flights::default(),
             pool: self.pool,
+            remote,
+            this: this.clone(),
             #[cfg(feature = "test-hooks")]
             fill_hook: self.fill_hook,
             #[cfg(feature = "test-hooks")]
             invalidate_hook: self.invalidate_hook,
-        };
-        Ok(CachedPool { shared: Arc::new(shared) })
+        });
+        #[cfg(feature = "redis")]
+        if let Some(remote) = &shared.remote {
+            remote.start(Arc::downgrade(&shared)).map_err(|e| Error::Redis(e.to_string()))?;
+        }
+        Ok(CachedPool { shared })
     }
+}
+
+/// Connects to Redis, if configured, under the identity of the database (so that two
+/// databases sharing one Redis never share entries), waiting for it at most its timeout.
+#[cfg_attr(not(feature = "redis"), allow(clippy::unused_async))]
+async fn connect_redis(
+    settings: Option<&RedisSettings>,
+    pool: &PgPool,
+    capacity: u64,
+) -> Result<Option<Arc<Remote>>, Error> {
+    #[cfg(feature = "redis")]
+    if let Some(settings) = settings {
+        if settings.url.is_empty() {
+            return Err(Error::Redis("a key prefix or timeout was set without a Redis URL".to_owned()));
+        }
+        let scope = crate::catalog::database_identity(pool).await?;
+        let remote = Remote::connect(settings, &scope, capacity > 0).map_err(|e| Error::Redis(e.to_string()))?;
+        remote.wait_connected(settings.timeout).await;
+        return Ok(Some(Arc::new(remote)));
+    }
+    #[cfg(not(feature = "redis"))]
+    let _ = (settings, pool, capacity);
+    Ok(None)
 }

@@ -51,7 +51,7 @@ where
     });
     match cached {
         Ok((read, key)) => {
-            let fill = || async { Ok((fill().await?, &read.deps)) };
+            let fill = || (&read.deps, fill());
             shared.cached_read(key.finish(&read.sql, kind), read.ttl, fill).await
         }
         Err(reason) => {

@@ -79,17 +79,20 @@ impl TxState {
     }
 
     /// The transaction ended by a statement of the caller's: apply what it collected now.
-    pub fn escape(&mut self, shared: &Shared) {
+    /// Returns what was applied, to be published.
+    pub fn escape(&mut self, shared: &Shared) -> Vec<Tag> {
         self.escaped = true;
-        self.apply(shared);
+        self.apply(shared)
     }
 
-    fn apply(&mut self, shared: &Shared) {
+    /// Applies what the transaction collected here; returns it, to be published.
+    fn apply(&mut self, shared: &Shared) -> Vec<Tag> {
         let tags: Vec<Tag> = self.pending.drain().collect();
         shared.invalidate(&tags);
         for _ in 0..std::mem::take(&mut self.ddl) {
             shared.ddl_done(&self.temp_tables);
         }
+        tags
     }
 }
 
@@ -140,13 +143,16 @@ impl DerefMut for CachedTransaction {
 }
 
 /// Applies pending invalidations (and schema changes) when dropped: a commit that is
-/// cancelled after `COMMIT` was sent may have committed.
+/// cancelled after `COMMIT` was sent may have committed. (A commit that completes applies them
+/// itself, and publishes them before it returns.)
 struct ApplyOnDrop(TxState);
 
 impl Drop for ApplyOnDrop {
     fn drop(&mut self) {
         let shared = self.0.shared.clone();
-        self.0.apply(&shared);
+        if let Some(publish) = shared.publish(self.0.apply(&shared)) {
+            crate::executor::finish_in_background(&shared, publish);
+        }
     }
 }
 
@@ -195,8 +201,13 @@ impl CachedTransaction {
         let shared = state.shared.clone();
         FinishOnDrop(
             Some(Box::pin(async move {
-                let _apply = ApplyOnDrop(state);
-                tx.commit().await
+                let mut apply = ApplyOnDrop(state);
+                let committed = tx.commit().await;
+                let applied = apply.0.apply(&apply.0.shared.clone());
+                if let Some(publish) = apply.0.shared.publish(applied) {
+                    publish.await;
+                }
+                committed
             })),
             shared,
         )

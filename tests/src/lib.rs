@@ -33,6 +33,22 @@ pub struct User {
     pub active: bool,
 }
 
+/// A counter row, for tests that write one value over and over and check every read against
+/// the writes that returned before it.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, Serialize, Deserialize, Cacheable)]
+#[cache(table = "counters")]
+pub struct Counter {
+    /// Primary key.
+    #[cache(pk)]
+    pub id: i32,
+    /// The value, bumped by each write.
+    pub v: i64,
+}
+
+/// The `counters` table with five rows at zero.
+pub const COUNTERS: &str = "CREATE TABLE counters (id int PRIMARY KEY, v bigint NOT NULL);
+    INSERT INTO counters SELECT g, 0 FROM generate_series(1, 5) g;";
+
 /// An order row (references `users` with `ON DELETE CASCADE`).
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow, Serialize, Deserialize, Cacheable)]
 #[cache(table = "orders")]

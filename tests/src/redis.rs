@@ -98,6 +98,16 @@ impl RedisServer {
         self.signal("-CONT");
     }
 
+    /// Closes every subscriber connection (`CLIENT KILL TYPE pubsub`); the server keeps running.
+    pub fn kill_subscribers(&self) {
+        let status = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "CLIENT", "KILL", "TYPE", "pubsub"])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run redis-cli: {e} (install it with: apt-get install redis-tools)"));
+        assert!(status.success(), "CLIENT KILL failed");
+    }
+
     /// Kills the server; its data is gone.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -17,5 +17,6 @@ mod row_types;
 mod schema_changes;
 mod sessions;
 mod single_flight;
+mod tiers;
 mod transactions;
 mod write_shapes;

@@ -1,0 +1,254 @@
+//! Invalidation messages between processes, and the rules that decide when a process may trust
+//! its in-process tier.
+//!
+//! Every process publishes its invalidations, and a heartbeat, on one channel. Messages carry
+//! the publisher's id and a sequence number that counts every message it tried to send, so a
+//! receiver sees a **gap** when one was lost (a publish whose outcome was unknown, a dropped
+//! connection). The channel itself is at-most-once; these rules make a loss visible:
+//!
+//! - a gap in a publisher's numbers, a reconnect of the subscriber, or a lagging receiver means
+//!   messages may be missing: the in-process tier is dropped before it serves again;
+//! - a process trusts its in-process tier only for a **lease** after it sent a heartbeat that it
+//!   has since received back: every message published before that heartbeat reached the server
+//!   has then been received, so a write returned more than a lease ago has been applied. A bus
+//!   that goes silent without an error (a frozen server, a half-open connection) therefore
+//!   stops the in-process tier within a lease.
+//!
+//! This module holds the wire form and the bookkeeping, without any I/O, so the rules are
+//! tested without a server.
+
+use crate::Tag;
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// A message on the bus.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    /// The process (pool) that sent it.
+    pub publisher: u64,
+    /// Counts every message the publisher tried to send, from 1.
+    pub seq: u64,
+    /// What it says.
+    pub body: Body,
+}
+
+/// What a [`Message`] says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Body {
+    /// These tags were invalidated.
+    Invalidate(Vec<Tag>),
+    /// The publisher is alive; sent at the publisher's `sent` (nanoseconds on its own clock),
+    /// so that it can tell, when it receives its own heartbeat, when the bus last carried it.
+    Heartbeat(u64),
+}
+
+impl Message {
+    /// The text form: `<publisher hex> <seq> i <tags>` or `<publisher hex> <seq> h <sent>`.
+    pub fn encode(&self) -> String {
+        let mut out = format!("{:x} {} ", self.publisher, self.seq);
+        match &self.body {
+            Body::Heartbeat(sent) => {
+                let _ = write!(out, "h {sent}");
+            }
+            Body::Invalidate(tags) => {
+                out.push('i');
+                for tag in tags {
+                    let _ = match tag {
+                        Tag::All => write!(out, " a"),
+                        Tag::Table(oid) => write!(out, " t{oid}"),
+                        Tag::Rows(oid) => write!(out, " r{oid}"),
+                        Tag::Row(id) => write!(out, " w{id:x}"),
+                    };
+                }
+            }
+        }
+        out
+    }
+
+    /// Reads the text form; `None` if it is not one.
+    pub fn decode(text: &str) -> Option<Message> {
+        let mut words = text.split(' ');
+        let publisher = u64::from_str_radix(words.next()?, 16).ok()?;
+        let seq = words.next()?.parse().ok()?;
+        let body = match words.next()? {
+            "h" => {
+                let sent = words.next()?.parse().ok()?;
+                if words.next().is_some() {
+                    return None;
+                }
+                Body::Heartbeat(sent)
+            }
+            "i" => Body::Invalidate(words.map(decode_tag).collect::<Option<Vec<_>>>()?),
+            _ => return None,
+        };
+        Some(Message { publisher, seq, body })
+    }
+}
+
+fn decode_tag(word: &str) -> Option<Tag> {
+    let (kind, rest) = word.split_at_checked(1)?;
+    Some(match kind {
+        "a" if rest.is_empty() => Tag::All,
+        "t" => Tag::Table(rest.parse().ok()?),
+        "r" => Tag::Rows(rest.parse().ok()?),
+        "w" => Tag::Row(u128::from_str_radix(rest, 16).ok()?),
+        _ => return None,
+    })
+}
+
+/// Publishers heard from, with the last sequence number of each.
+#[derive(Debug, Default)]
+pub struct Sequences {
+    last: HashMap<u64, u64>,
+}
+
+/// Publishers remembered; past this the map starts over (and the caller drops its tier).
+const MAX_PUBLISHERS: usize = 4096;
+
+impl Sequences {
+    /// Notes a message; returns `false` when messages of this publisher may have been lost in
+    /// between (a gap), or the bookkeeping had to start over.
+    pub fn note(&mut self, publisher: u64, seq: u64) -> bool {
+        if self.last.len() >= MAX_PUBLISHERS && !self.last.contains_key(&publisher) {
+            self.last.clear();
+            self.last.insert(publisher, seq);
+            return false;
+        }
+        match self.last.insert(publisher, seq) {
+            // First heard: what it sent before was sent before this process listened, or was
+            // covered by the tier being dropped when this process (re)subscribed.
+            None => true,
+            Some(last) => seq == last + 1,
+        }
+    }
+
+    /// Forgets everyone: after a reconnect, numbers restart from whatever arrives next.
+    pub fn clear(&mut self) {
+        self.last.clear();
+    }
+}
+
+/// When this process may serve its in-process tier.
+///
+/// The tier is trusted until `heard + lease`, where `heard` is when this process sent the last
+/// heartbeat it has received back. When it loses trust (the lease ran out, or a loss was seen),
+/// the next heartbeat received back first drops the tier, then trusts it again.
+#[derive(Debug)]
+pub struct Lease {
+    origin: Instant,
+    lease: Duration,
+    /// Nanoseconds since `origin` until which the tier is trusted; 0 while it is not.
+    until: AtomicU64,
+}
+
+impl Lease {
+    /// A lease of `lease`, not yet trusted.
+    pub fn new(lease: Duration) -> Lease {
+        Lease { origin: Instant::now(), lease, until: AtomicU64::new(0) }
+    }
+
+    /// Now, on this lease's clock, for a heartbeat's send time.
+    pub fn now(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether the tier may be served now.
+    pub fn trusted(&self) -> bool {
+        self.now() < self.until.load(Ordering::Acquire)
+    }
+
+    /// Messages may have been lost: trust nothing until a heartbeat comes back.
+    pub fn lose(&self) {
+        self.until.store(0, Ordering::Release);
+    }
+
+    /// Own heartbeat sent at `sent` came back: trusts the tier until `lease` after `sent`
+    /// (never moving back). Whoever calls this drops the tier first if it was not
+    /// [`trusted`](Lease::trusted): messages may have been missed while it was not.
+    pub fn renew(&self, sent: u64) {
+        let until = sent.saturating_add(u64::try_from(self.lease.as_nanos()).unwrap_or(u64::MAX));
+        self.until.fetch_max(until, Ordering::AcqRel);
+    }
+
+    /// The lease.
+    pub fn duration(&self) -> Duration {
+        self.lease
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_read_back_as_themselves() {
+        let messages = [
+            Message { publisher: u64::MAX, seq: 1, body: Body::Heartbeat(123) },
+            Message {
+                publisher: 7,
+                seq: 99,
+                body: Body::Invalidate(vec![Tag::All, Tag::Table(5), Tag::Rows(u32::MAX), Tag::Row(u128::MAX)]),
+            },
+            Message { publisher: 0, seq: 0, body: Body::Invalidate(vec![]) },
+        ];
+        for message in messages {
+            assert_eq!(Message::decode(&message.encode()), Some(message));
+        }
+    }
+
+    #[test]
+    fn malformed_messages_are_refused() {
+        for text in
+            ["", "x 1 h 2", "1 y h 2", "1 2 q", "1 2 h", "1 2 h 3 4", "1 2 i t", "1 2 i ax", "1 2 i z1", "1 2 i w-1"]
+        {
+            assert_eq!(Message::decode(text), None, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn a_gap_in_a_publishers_numbers_is_seen() {
+        let mut seen = Sequences::default();
+        assert!(seen.note(1, 5));
+        assert!(seen.note(1, 6));
+        assert!(seen.note(2, 1));
+        assert!(!seen.note(1, 8), "7 is missing");
+        assert!(seen.note(1, 9));
+        assert!(!seen.note(2, 1), "a repeat is not the next number either");
+    }
+
+    #[test]
+    fn too_many_publishers_start_the_bookkeeping_over() {
+        let mut seen = Sequences::default();
+        for publisher in 0..MAX_PUBLISHERS as u64 {
+            assert!(seen.note(publisher, 1));
+        }
+        assert!(!seen.note(u64::MAX, 1));
+        assert!(seen.note(u64::MAX, 2));
+    }
+
+    #[test]
+    fn trust_lasts_a_lease_after_the_heartbeat_was_sent() {
+        let lease = Lease::new(Duration::from_secs(3600));
+        assert!(!lease.trusted(), "not trusted before the first heartbeat");
+        let sent = lease.now();
+        lease.renew(sent);
+        assert!(lease.trusted());
+        lease.lose();
+        assert!(!lease.trusted(), "a loss ends trust at once");
+        lease.renew(lease.now());
+        assert!(lease.trusted());
+    }
+
+    #[test]
+    fn trust_ends_when_the_lease_runs_out() {
+        let lease = Lease::new(Duration::from_millis(1));
+        let sent = lease.now();
+        lease.renew(sent);
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(!lease.trusted());
+        lease.renew(sent);
+        assert!(!lease.trusted(), "an old heartbeat does not give trust back");
+    }
+}

@@ -1,0 +1,333 @@
+//! The shared tier (Redis) of a pool, and the bus that keeps the in-process tiers of several
+//! processes fresh for each other.
+//!
+//! - **Reads** look in the in-process tier (if it is trusted), then in Redis, then in
+//!   PostgreSQL. Redis values are fresh by the epoch rule of [`sqlacache_core::redis`].
+//! - **Writes** invalidate here, then delete the tags in Redis and publish the invalidation in
+//!   one round trip, before the write returns: a read that starts afterwards in any process
+//!   finds no stale value in Redis, and the other processes drop their in-process copies when
+//!   the message arrives.
+//! - **The in-process tier is served only while the bus is heard** (see
+//!   [`sqlacache_core::bus::Lease`]): each process publishes a heartbeat and trusts its tier
+//!   for a lease after one that came back. A reconnect, a gap in a publisher's numbers or a
+//!   failed Redis command ends the trust, and the tier is dropped before it is trusted again.
+//! - **A Redis that fails** (an error or a timeout) opens a circuit breaker: reads skip both
+//!   tiers and go to PostgreSQL. An invalidation that could not be delivered is remembered.
+//!   When Redis answers again, the heartbeat task invalidates everything in Redis (and tells the
+//!   other processes to drop their in-process tiers), then keeps the breaker open for a
+//!   **settling time**: long enough for every other process to reconnect (its client retries at
+//!   least every [`RECONNECT_MAX`](sqlacache_core::redis::RECONNECT_MAX)) and deliver, the same
+//!   way, what it could not. Then it drops its own in-process tier and closes the breaker. So
+//!   once Redis is back, no process serves a value older than a write that another process could
+//!   not deliver during the outage; only a process cut off from Redis for longer than that
+//!   (while others reach it) can leave the others stale until it reconnects.
+
+#[cfg(feature = "redis")]
+pub(crate) use imp::Remote;
+
+/// Without the `redis` feature there is no shared tier: this type has no values.
+#[cfg(not(feature = "redis"))]
+pub(crate) enum Remote {}
+
+#[cfg(not(feature = "redis"))]
+impl Remote {
+    pub fn local_trusted(&self) -> bool {
+        match *self {}
+    }
+}
+
+/// How a pool connects to Redis; see `CachedPoolBuilder::redis`.
+#[derive(Clone, Debug)]
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) struct RedisSettings {
+    pub url: String,
+    pub prefix: String,
+    pub timeout: std::time::Duration,
+    pub lease: std::time::Duration,
+}
+
+#[cfg(feature = "redis")]
+mod imp {
+    use super::RedisSettings;
+    use crate::pool::Shared;
+    use sqlacache_core::bus::{Body, Lease, Message, Sequences};
+    use sqlacache_core::key::Key;
+    use sqlacache_core::redis::{Epochs, Event, Lookup, RedisError, RedisStore};
+    use sqlacache_core::{Stats, Tag};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::{Arc, Weak};
+    use std::time::Duration;
+
+    /// The Redis tier of one pool.
+    pub(crate) struct Remote {
+        store: RedisStore,
+        /// This pool on the bus.
+        publisher: u64,
+        /// Numbers every message this pool tries to publish.
+        seq: AtomicU64,
+        lease: Lease,
+        /// Whether the pool has an in-process tier whose trust the bus decides.
+        two_tiers: bool,
+        /// The circuit breaker: while open, reads skip Redis.
+        open: AtomicBool,
+        /// An invalidation may not have reached Redis: everything there is invalidated before
+        /// the breaker closes.
+        undelivered: AtomicBool,
+        /// When (on the lease's clock) Redis first answered again after a failure; 0 if it has
+        /// not yet.
+        answering_since: AtomicU64,
+        /// How long the breaker stays open after Redis answers again.
+        settle: Duration,
+        tasks: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
+    }
+
+    impl Drop for Remote {
+        fn drop(&mut self) {
+            for task in self.tasks.get_mut().unwrap_or_else(|e| e.into_inner()).iter() {
+                task.abort();
+            }
+        }
+    }
+
+    impl Remote {
+        /// Connects (in the background: an unreachable Redis is not an error) under `scope`,
+        /// the identity of the database.
+        pub fn connect(settings: &RedisSettings, scope: &str, two_tiers: bool) -> Result<Remote, RedisError> {
+            let store = RedisStore::connect(&settings.url, &settings.prefix, scope, settings.timeout)?;
+            Ok(Remote {
+                store,
+                publisher: fresh_publisher(),
+                seq: AtomicU64::new(0),
+                lease: Lease::new(settings.lease),
+                two_tiers,
+                open: AtomicBool::new(false),
+                undelivered: AtomicBool::new(false),
+                answering_since: AtomicU64::new(0),
+                settle: settling_time(settings),
+                tasks: std::sync::Mutex::default(),
+            })
+        }
+
+        /// Waits up to `timeout` for the first connection.
+        pub async fn wait_connected(&self, timeout: Duration) -> bool {
+            self.store.wait_connected(timeout).await
+        }
+
+        /// Starts the heartbeat (and, with two tiers, the subscriber) of the pool `shared`.
+        pub fn start(&self, shared: Weak<Shared>) -> Result<(), RedisError> {
+            let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+            if self.two_tiers {
+                let subscription = self.store.subscribe()?;
+                tasks.push(tokio::spawn(listen(shared.clone(), subscription, self.lease.duration())).abort_handle());
+            }
+            let every = (self.lease.duration() / 5).max(Duration::from_millis(5));
+            tasks.push(tokio::spawn(heartbeats(shared, every)).abort_handle());
+            Ok(())
+        }
+
+        /// Whether the in-process tier may be served (and filled) now: the bus was heard within
+        /// the lease, and Redis is not failing (a failing Redis may hold invalidations that the
+        /// other processes could not deliver).
+        pub fn local_trusted(&self) -> bool {
+            !self.two_tiers || (self.lease.trusted() && self.usable())
+        }
+
+        /// Whether reads may use Redis now.
+        pub fn usable(&self) -> bool {
+            !self.open.load(Ordering::Acquire)
+        }
+
+        /// Whether the bus has been heard within the lease (for tests and diagnostics).
+        #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
+        pub fn ready(&self) -> bool {
+            self.usable() && self.local_trusted()
+        }
+
+        /// The value of `key` in Redis, or the epochs to fill it against; `None` when Redis
+        /// failed (the breaker is then open).
+        pub async fn lookup(&self, key: Key, deps: &[Tag], ttl: Duration, stats: &Stats) -> Option<Lookup> {
+            match self.store.lookup(key, deps, ttl).await {
+                Ok(found) => Some(found),
+                Err(error) => {
+                    self.failed(&error, stats);
+                    None
+                }
+            }
+        }
+
+        /// Stores a filled value in Redis on a task of its own (off the caller's path); `done`
+        /// is dropped once it is stored, or failed.
+        pub fn put<G: Send + 'static>(
+            self: &Arc<Self>,
+            shared: Weak<Shared>,
+            key: Key,
+            epochs: Epochs,
+            ttl: Duration,
+            bytes: Vec<u8>,
+            done: G,
+        ) {
+            let remote = self.clone();
+            tokio::spawn(async move {
+                if let Err(error) = remote.store.put(key, &epochs, ttl, &bytes).await {
+                    if let Some(shared) = shared.upgrade() {
+                        remote.failed(&error, &shared.stats);
+                    }
+                }
+                drop(done);
+            });
+        }
+
+        /// Deletes `tags` in Redis and tells the other processes, before the write returns. An
+        /// invalidation whose outcome is unknown is remembered and widened (see the module).
+        pub async fn publish(&self, tags: &[Tag], stats: &Stats) {
+            if tags.is_empty() {
+                return;
+            }
+            let message = self.message(Body::Invalidate(tags.to_vec()));
+            match self.store.invalidate_and_publish(tags, &message).await {
+                Ok(()) => stats.publish(),
+                Err(error) => {
+                    self.undelivered.store(true, Ordering::Release);
+                    self.failed(&error, stats);
+                }
+            }
+        }
+
+        fn message(&self, body: Body) -> String {
+            let seq = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
+            Message { publisher: self.publisher, seq, body }.encode()
+        }
+
+        /// A command failed: its outcome is unknown. Skip Redis until it answers again, and
+        /// trust the in-process tier only after the bus is heard again.
+        fn failed(&self, error: &RedisError, stats: &Stats) {
+            stats.redis_error();
+            self.lease.lose();
+            self.answering_since.store(0, Ordering::Release);
+            if !self.open.swap(true, Ordering::AcqRel) {
+                tracing::warn!(target: "sqlacache", %error, "Redis failed; reads go to PostgreSQL until it answers again");
+            } else {
+                tracing::debug!(target: "sqlacache", %error, "Redis failed");
+            }
+        }
+
+        /// One heartbeat: recovers from a failure first, then publishes the heartbeat.
+        async fn beat(&self, shared: &Shared) {
+            let open = self.open.load(Ordering::Acquire);
+            let first_answer = open && self.answering_since.load(Ordering::Acquire) == 0;
+            if first_answer || self.undelivered.swap(false, Ordering::AcqRel) {
+                // Widen: whatever this process could not deliver while Redis failed, nothing
+                // stored before now is served again.
+                let message = self.message(Body::Invalidate(vec![Tag::All]));
+                if let Err(error) = self.store.invalidate_and_publish(&[Tag::All], &message).await {
+                    self.undelivered.store(true, Ordering::Release);
+                    self.failed(&error, &shared.stats);
+                    return;
+                }
+                if first_answer {
+                    self.answering_since.store(self.lease.now().max(1), Ordering::Release);
+                }
+            }
+            let message = self.message(Body::Heartbeat(self.lease.now()));
+            if let Err(error) = self.store.publish(&message).await {
+                self.failed(&error, &shared.stats);
+                return;
+            }
+            let since = self.answering_since.load(Ordering::Acquire);
+            let settled = since != 0 && self.lease.now().saturating_sub(since) >= nanos(self.settle);
+            if open && settled {
+                // The others have had time to reconnect and deliver what they could not.
+                shared.drop_local();
+                self.answering_since.store(0, Ordering::Release);
+                self.open.store(false, Ordering::Release);
+                tracing::info!(target: "sqlacache", "Redis answers again; what it held before was invalidated");
+            }
+        }
+
+        /// Applies one message heard on the bus.
+        fn heard(&self, shared: &Shared, text: &str, seen: &mut Sequences) {
+            let Some(message) = Message::decode(text) else {
+                tracing::warn!(target: "sqlacache", "an unreadable message on the invalidation channel; dropping the in-process tier");
+                self.lease.lose();
+                return;
+            };
+            if message.publisher == self.publisher {
+                if let Body::Heartbeat(sent) = message.body {
+                    if !self.lease.trusted() {
+                        // Trust lapsed or messages may be missing: drop before trusting again.
+                        shared.drop_local();
+                    }
+                    self.lease.renew(sent);
+                }
+                // Own invalidations were applied before they were published.
+                return;
+            }
+            if !seen.note(message.publisher, message.seq) {
+                tracing::debug!(target: "sqlacache", publisher = message.publisher, "a gap in a publisher's messages");
+                self.lease.lose();
+            }
+            if let Body::Invalidate(tags) = message.body {
+                shared.store.invalidate(&tags);
+                shared.stats.receive();
+            }
+        }
+    }
+
+    /// Publishes heartbeats until the pool is dropped.
+    async fn heartbeats(shared: Weak<Shared>, every: Duration) {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let Some(shared) = shared.upgrade() else { return };
+            let Some(remote) = shared.remote.clone() else { return };
+            remote.beat(&shared).await;
+        }
+    }
+
+    /// Applies what the bus carries until the pool is dropped. A bus silent for several
+    /// leases while Redis answers is a connection that died without an error: make it again.
+    async fn listen(shared: Weak<Shared>, mut subscription: sqlacache_core::redis::Subscription, lease: Duration) {
+        let mut seen = Sequences::default();
+        loop {
+            let event = tokio::time::timeout(lease * 4, subscription.next()).await;
+            let Some(shared) = shared.upgrade() else { return };
+            let Some(remote) = shared.remote.clone() else { return };
+            match event {
+                Ok(Event::Message(text)) => remote.heard(&shared, &text, &mut seen),
+                Ok(Event::Lost) => {
+                    tracing::info!(target: "sqlacache", "the invalidation channel reconnected; the in-process tier will be dropped");
+                    remote.lease.lose();
+                    seen.clear();
+                }
+                Err(_) => {
+                    remote.lease.lose();
+                    if remote.usable() {
+                        tracing::info!(target: "sqlacache", "the invalidation channel is silent; reconnecting it");
+                        drop(shared);
+                        subscription.reconnect().await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// How long a process waits, after Redis answers again, before it trusts it: every other
+    /// process has then reconnected (within `RECONNECT_MAX` and a connection timeout) and
+    /// sent its own heartbeat, which first delivers what it could not.
+    fn settling_time(settings: &RedisSettings) -> Duration {
+        sqlacache_core::redis::RECONNECT_MAX + settings.lease / 5 + settings.timeout.max(Duration::from_millis(100)) * 2
+    }
+
+    fn nanos(duration: Duration) -> u64 {
+        u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// A random id for this pool on the bus.
+    fn fresh_publisher() -> u64 {
+        use std::hash::BuildHasher;
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        std::collections::hash_map::RandomState::new()
+            .hash_one((std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)))
+    }
+}

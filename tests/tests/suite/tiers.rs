@@ -1,0 +1,494 @@
+//! Redis as a shared tier of the pool: what one pool writes, another pool (standing for another
+//! process: its own in-process tier, its own Redis connections) reads fresh. With Redis only,
+//! at once; with two tiers, once the invalidation is delivered, and never later than the lease
+//! after the write returned, whatever happens to Redis.
+
+use sqlacache_sqlx::{CachedPool, Error};
+use sqlacache_tests::redis::{redis_url, require_shared_redis, unique_prefix, RedisCluster, RedisServer};
+use sqlacache_tests::{Counter, TestDb, COUNTERS};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const LEASE: Duration = Duration::from_millis(300);
+const TIMEOUT: Duration = Duration::from_millis(50);
+
+/// A pool on `url` under `prefix`; `memory` 0 keeps values in Redis only.
+async fn pool(db: &TestDb, url: &str, prefix: &str, memory: u64) -> CachedPool {
+    CachedPool::builder(db.pool.clone())
+        .model::<Counter>()
+        .redis(url)
+        .key_prefix(prefix)
+        .memory_capacity(memory)
+        .lease(LEASE)
+        .redis_timeout(TIMEOUT)
+        .build()
+        .await
+        .expect("build a pool with Redis")
+}
+
+/// Waits until every pool has Redis and (with two tiers) has heard the bus.
+async fn ready(pools: &[&CachedPool]) {
+    let start = Instant::now();
+    while !pools.iter().all(|p| p.tiers_ready_for_tests()) {
+        assert!(start.elapsed() < Duration::from_secs(20), "the pools did not connect to Redis");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn bump(cache: &CachedPool, id: i32) -> i64 {
+    sqlx::query_scalar("UPDATE counters SET v = v + 1 WHERE id = $1 RETURNING v")
+        .bind(id)
+        .fetch_one(cache)
+        .await
+        .unwrap()
+}
+
+async fn value(cache: &CachedPool, id: i32) -> i64 {
+    cache.get::<Counter>(id).await.unwrap().expect("the row exists").v
+}
+
+async fn total(cache: &CachedPool) -> i64 {
+    cache.query_scalar::<i64>("SELECT sum(v)::bigint FROM counters").fetch_one().await.unwrap()
+}
+
+async fn redis_only_is_fresh_across_processes(url: &str) {
+    let db = TestDb::with_schema(COUNTERS).await;
+    let prefix = unique_prefix("strict");
+    let (a, b) = (pool(&db, url, &prefix, 0).await, pool(&db, url, &prefix, 0).await);
+    ready(&[&a, &b]).await;
+    for i in 1..=60 {
+        // Both read (and fill Redis), then a write through A returns: B's next read is fresh.
+        let _ = (value(&b, 1).await, total(&b).await, value(&a, 1).await);
+        if i % 3 == 0 {
+            // A transaction invalidates when its commit returns.
+            let mut tx = a.begin().await.unwrap();
+            sqlx::query("UPDATE counters SET v = v + 1 WHERE id = 1").execute(&mut *tx).await.unwrap();
+            assert_eq!(value(&b, 1).await, i - 1, "not committed yet");
+            tx.commit().await.unwrap();
+        } else {
+            assert_eq!(bump(&a, 1).await, i);
+        }
+        assert_eq!(value(&b, 1).await, i, "point read after write {i}");
+        assert_eq!(total(&b).await, i, "aggregate after write {i}");
+        assert_eq!(value(&b, 1).await, i, "a hit after write {i}");
+    }
+    let (sa, sb) = (a.stats(), b.stats());
+    assert!(sb.redis_hits > 0 && sa.redis_hits > 0, "values are shared: {sa:?} {sb:?}");
+    assert!(sa.published >= 60, "every write is published: {sa:?}");
+    assert_eq!((sa.redis_errors, sb.redis_errors), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_only_a_write_in_one_process_is_seen_at_once_by_another() {
+    require_shared_redis();
+    redis_only_is_fresh_across_processes(&redis_url()).await;
+}
+
+async fn two_tiers_deliver_writes_to_other_processes(url: &str) -> Vec<Duration> {
+    let db = TestDb::with_schema(COUNTERS).await;
+    let prefix = unique_prefix("tiers");
+    let (a, b) = (pool(&db, url, &prefix, 1 << 20).await, pool(&db, url, &prefix, 1 << 20).await);
+    ready(&[&a, &b]).await;
+    let mut windows = Vec::new();
+    for i in 1..=60 {
+        let _ = (value(&b, 2).await, value(&b, 2).await, total(&b).await);
+        let received = b.stats().received;
+        assert_eq!(bump(&a, 2).await, i);
+        let returned = Instant::now();
+        // Delivered: B's copy is gone.
+        while b.stats().received == received {
+            assert!(returned.elapsed() < Duration::from_secs(10), "the invalidation of write {i} never arrived");
+            tokio::task::yield_now().await;
+        }
+        windows.push(returned.elapsed());
+        assert_eq!(value(&b, 2).await, i, "point read after delivery of write {i}");
+        assert_eq!(total(&b).await, i, "aggregate after delivery of write {i}");
+    }
+    let sb = b.stats();
+    assert!(sb.hits > sb.redis_hits, "B serves from its in-process tier: {sb:?}");
+    windows.sort();
+    windows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tiers_a_write_reaches_the_other_processes_in_process_tier() {
+    require_shared_redis();
+    let windows = two_tiers_deliver_writes_to_other_processes(&redis_url()).await;
+    eprintln!(
+        "delivery window: p50 {:?}, p99 {:?}, max {:?}",
+        windows[windows.len() / 2],
+        windows[windows.len() * 99 / 100],
+        windows[windows.len() - 1]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_shares_values_and_invalidations() {
+    let cluster = RedisCluster::start();
+    redis_only_is_fresh_across_processes(&cluster.url()).await;
+    two_tiers_deliver_writes_to_other_processes(&cluster.url()).await;
+}
+
+/// Writes through one pool and reads through both, checking every read against the writes
+/// that returned before it started: a read may miss a write only within the lease after it
+/// returned. Runs `fault` meanwhile; returns the number of stale reads.
+async fn under_load(
+    url: &str,
+    memory: u64,
+    fault: impl std::future::Future<Output = ()>,
+) -> (u64, CachedPool, CachedPool) {
+    let db = TestDb::with_schema(COUNTERS).await;
+    let prefix = unique_prefix("fault");
+    let (a, b) = (pool(&db, url, &prefix, memory).await, pool(&db, url, &prefix, memory).await);
+    ready(&[&a, &b]).await;
+    // (returned at, value) of every write, in order.
+    let written: Arc<Mutex<Vec<(Instant, i64)>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stale = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (a, written, stop) = (a.clone(), written.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let v = bump(&a, 3).await;
+                written.lock().unwrap().push((Instant::now(), v));
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    let began = Instant::now();
+    let readers: Vec<_> = [a.clone(), b.clone(), b.clone()]
+        .into_iter()
+        .enumerate()
+        .map(|(reader, cache)| {
+            let (written, stop, stale) = (written.clone(), stop.clone(), stale.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let start = Instant::now();
+                    let seen = value(&cache, 3).await;
+                    let must = written
+                        .lock()
+                        .unwrap()
+                        .iter()
+                        .rev()
+                        .find(|(at, _)| *at + LEASE <= start)
+                        .map_or(0, |(_, v)| *v);
+                    if seen < must {
+                        stale.fetch_add(1, Ordering::Relaxed);
+                        eprintln!(
+                            "stale: reader {reader} at {:?} saw {seen}, a write of {must} returned over a lease before the read; {:?}",
+                            began.elapsed(),
+                            cache.stats()
+                        );
+                    }
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    fault.await;
+    ready(&[&a, &b]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.expect("no write failed");
+    for reader in readers {
+        reader.await.expect("no read failed");
+    }
+    assert!(written.lock().unwrap().len() > 50, "the writer made progress");
+    (stale.load(Ordering::Relaxed), a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_mid_load_then_restarted_empty() {
+    let mut server = RedisServer::start(&[]);
+    let url = server.url();
+    let (stale, a, b) = under_load(&url, 1 << 20, async {
+        for _ in 0..3 {
+            server.kill();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            server.restart();
+            tokio::time::sleep(Duration::from_millis(700)).await;
+        }
+    })
+    .await;
+    assert_eq!(stale, 0);
+    assert!(a.stats().redis_errors + b.stats().redis_errors > 0, "the outage was seen");
+    assert!(b.stats().degraded > 0, "reads went around Redis while it was down");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_frozen_during_writes_then_resumed() {
+    let server = RedisServer::start(&[]);
+    let (stale, a, b) = under_load(&server.url(), 1 << 20, async {
+        server.freeze();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        server.resume();
+    })
+    .await;
+    assert_eq!(stale, 0);
+    assert!(a.stats().redis_errors > 0, "writes timed out against the frozen server");
+    assert!(b.stats().tier_drops > 0, "the in-process tier was dropped before it was trusted again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_frozen_with_values_in_redis_only() {
+    let server = RedisServer::start(&[]);
+    let (stale, a, _b) = under_load(&server.url(), 0, async {
+        server.freeze();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        server.resume();
+    })
+    .await;
+    assert_eq!(stale, 0);
+    assert!(a.stats().redis_errors > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriber_connections_killed() {
+    let server = RedisServer::start(&[]);
+    let (stale, _a, b) = under_load(&server.url(), 1 << 20, async {
+        for _ in 0..3 {
+            server.kill_subscribers();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    })
+    .await;
+    assert_eq!(stale, 0);
+    assert!(b.stats().tier_drops > 0, "a reconnected subscriber drops the in-process tier");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eviction_never_makes_a_value_look_fresh() {
+    // Tags and values are evicted at random; a missing tag is a miss, never a hit.
+    let server = RedisServer::start(&["--maxmemory", "2mb", "--maxmemory-policy", "allkeys-random"]);
+    let (stale, ..) = under_load(&server.url(), 0, async {
+        let filler = redis_filler(&server);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        drop(filler);
+    })
+    .await;
+    assert_eq!(stale, 0);
+}
+
+/// Fills the server's memory with unrelated keys from a thread, until dropped.
+fn redis_filler(server: &RedisServer) -> impl Drop {
+    struct Filler(Arc<AtomicBool>);
+    impl Drop for Filler {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let (port, done) = (server.port(), stop.clone());
+    std::thread::spawn(move || {
+        let mut i = 0u64;
+        while !done.load(Ordering::Relaxed) {
+            let _ = std::process::Command::new("redis-cli")
+                .args(["-p", &port.to_string(), "SET", &format!("filler{i}"), &"x".repeat(20_000)])
+                .stdout(std::process::Stdio::null())
+                .status();
+            i += 1;
+        }
+    });
+    Filler(stop)
+}
+
+#[tokio::test]
+async fn an_invalid_url_fails_build_and_an_unreachable_redis_does_not() {
+    let db = TestDb::with_schema(COUNTERS).await;
+    for url in ["http://127.0.0.1:6379", "127.0.0.1:6379", "redis://[::1"] {
+        let error = CachedPool::builder(db.pool.clone()).redis(url).build().await.unwrap_err();
+        assert!(matches!(error, Error::Redis(_)), "{url}: {error}");
+        assert!(error.to_string().contains("Redis"), "{error}");
+    }
+    // Nothing listens on this port: the pool builds, and works on PostgreSQL alone.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let cache = pool(&db, &format!("redis://127.0.0.1:{port}"), &unique_prefix("down"), 1 << 20).await;
+    for i in 1..=3 {
+        assert_eq!(bump(&cache, 4).await, i);
+        assert_eq!(value(&cache, 4).await, i);
+    }
+    assert!(!cache.tiers_ready_for_tests());
+    assert!(cache.stats().degraded > 0);
+}
+
+#[tokio::test]
+async fn invalidate_all_touches_only_its_own_prefix() {
+    require_shared_redis();
+    let db = TestDb::with_schema(COUNTERS).await;
+    let (one, two) = (unique_prefix("one"), unique_prefix("two"));
+    let (a, b) = (pool(&db, &redis_url(), &one, 0).await, pool(&db, &redis_url(), &two, 0).await);
+    ready(&[&a, &b]).await;
+    for cache in [&a, &b, &a, &b] {
+        value(cache, 5).await;
+    }
+    let hits = b.stats().redis_hits;
+    a.invalidate_all().await.unwrap();
+    value(&b, 5).await;
+    assert_eq!(b.stats().redis_hits, hits + 1, "another prefix keeps its values");
+    let misses = a.stats().misses;
+    value(&a, 5).await;
+    assert_eq!(a.stats().misses, misses + 1, "its own prefix lost them");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_published_while_the_subscriber_was_away_is_not_missed() {
+    let server = RedisServer::start(&[]);
+    let db = TestDb::with_schema(COUNTERS).await;
+    let prefix = unique_prefix("away");
+    let (a, b) = (pool(&db, &server.url(), &prefix, 1 << 20).await, pool(&db, &server.url(), &prefix, 1 << 20).await);
+    for id in 1..=5 {
+        ready(&[&a, &b]).await;
+        let before = value(&b, id).await;
+        assert_eq!(value(&b, id).await, before, "cached in B");
+        // B's subscription is gone: the message of this write reaches nobody.
+        server.kill_subscribers();
+        let written = bump(&a, id).await;
+        let returned = Instant::now();
+        // Whatever B reads from a lease after the write on is fresh: it dropped its tier when it
+        // subscribed again, before trusting it.
+        tokio::time::sleep_until((returned + LEASE).into()).await;
+        for _ in 0..20 {
+            assert_eq!(value(&b, id).await, written, "round {id}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    assert!(b.stats().tier_drops >= 5, "{:?}", b.stats());
+}
+
+#[tokio::test]
+async fn two_databases_sharing_one_redis_and_prefix_never_share_entries() {
+    require_shared_redis();
+    // The same schema and table name in two databases, holding different values.
+    let here = TestDb::with_schema(COUNTERS).await;
+    let url = sqlacache_tests::database_url();
+    let other_url = match url.rsplit_once('/') {
+        Some((server, _)) => format!("{server}/postgres"),
+        None => panic!("DATABASE_URL {url:?} names no database"),
+    };
+    let admin = sqlx::PgPool::connect(&other_url).await.expect("the postgres database");
+    let schema = here.schema.clone();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE SCHEMA {schema}; CREATE TABLE {schema}.counters (id int PRIMARY KEY, v bigint NOT NULL);
+         INSERT INTO {schema}.counters VALUES (1, 1000);"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+    let options: sqlx::postgres::PgConnectOptions = other_url.parse().unwrap();
+    let there_pool = sqlx::PgPool::connect_with(options.options([("search_path", schema.as_str())])).await.unwrap();
+    let prefix = unique_prefix("dbs");
+    let a = pool(&here, &redis_url(), &prefix, 0).await;
+    let b = CachedPool::builder(there_pool.clone())
+        .model::<Counter>()
+        .redis(&redis_url())
+        .key_prefix(&prefix)
+        .memory_capacity(0)
+        .build()
+        .await
+        .unwrap();
+    ready(&[&a, &b]).await;
+    for _ in 0..3 {
+        assert_eq!(value(&a, 1).await, 0);
+        assert_eq!(value(&b, 1).await, 1000);
+    }
+    assert!(a.stats().redis_hits > 0 && b.stats().redis_hits > 0);
+    there_pool.close().await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE"))).execute(&admin).await.unwrap();
+}
+
+/// Another process, running `peer` (a pool with Redis over this test's schema).
+struct Peer {
+    child: std::process::Child,
+    input: std::process::ChildStdin,
+    output: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Peer {
+    fn start(db: &TestDb, redis: &str, prefix: &str, memory: u64) -> Peer {
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_peer"))
+            .args([&sqlacache_tests::database_url(), &db.schema, redis, prefix, &memory.to_string()])
+            .arg(LEASE.as_millis().to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the peer process");
+        let input = child.stdin.take().expect("piped");
+        let output = std::io::BufReader::new(child.stdout.take().expect("piped"));
+        Peer { child, input, output }
+    }
+
+    /// Sends one command and returns its answer (blocking: the peer answers at once).
+    fn ask(&mut self, command: &str) -> String {
+        use std::io::{BufRead, Write};
+        writeln!(self.input, "{command}").expect("the peer is running");
+        let mut answer = String::new();
+        self.output.read_line(&mut answer).expect("the peer answers");
+        assert!(!answer.is_empty(), "the peer exited on {command:?}");
+        answer.trim().to_owned()
+    }
+
+    fn get(&mut self, id: i32) -> i64 {
+        self.ask(&format!("get {id}")).parse().expect("a number")
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_share_redis_and_stay_fresh_for_each_other() {
+    require_shared_redis();
+    let db = TestDb::with_schema(COUNTERS).await;
+    for memory in [0, 1 << 20] {
+        let prefix = unique_prefix("processes");
+        let here = pool(&db, &redis_url(), &prefix, memory).await;
+        let mut there = Peer::start(&db, &redis_url(), &prefix, memory);
+        assert_eq!(there.ask("ready"), "ready");
+        ready(&[&here]).await;
+        let mut windows = Vec::new();
+        for _ in 0..30 {
+            // The other process caches the row; this one writes it.
+            let before = there.get(1);
+            assert_eq!(there.get(1), before);
+            let received: u64 = there.ask("received").parse().unwrap();
+            let written = bump(&here, 1).await;
+            let returned = Instant::now();
+            if memory == 0 {
+                assert_eq!(there.get(1), written, "Redis only: fresh as soon as the write returned");
+            } else {
+                while there.ask("received").parse::<u64>().unwrap() == received {
+                    assert!(returned.elapsed() < Duration::from_secs(10), "the invalidation never arrived");
+                }
+                windows.push(returned.elapsed());
+                assert_eq!(there.get(1), written, "two tiers: fresh once delivered");
+            }
+            // And the other way round: the other process writes, this one reads.
+            let _ = value(&here, 2).await;
+            let received = here.stats().received;
+            let written: i64 = there.ask("bump 2").parse().unwrap();
+            if memory != 0 {
+                let asked = Instant::now();
+                while here.stats().received == received {
+                    assert!(asked.elapsed() < Duration::from_secs(10), "the invalidation never arrived");
+                    tokio::task::yield_now().await;
+                }
+            }
+            assert_eq!(value(&here, 2).await, written);
+        }
+        if !windows.is_empty() {
+            windows.sort();
+            eprintln!(
+                "two processes: delivery p50 {:?}, p99 {:?}",
+                windows[windows.len() / 2],
+                windows[windows.len() * 99 / 100]
+            );
+        }
+    }
+}
