@@ -898,6 +898,18 @@ impl CachedPool {
         true
     }
 
+    /// Test support: whether Redis answers this pool's heartbeats (its breaker may still be
+    /// open while it settles). Always true without Redis.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn redis_answering_for_tests(&self) -> bool {
+        #[cfg(feature = "redis")]
+        if let Some(remote) = &self.shared.remote {
+            return remote.answering();
+        }
+        true
+    }
+
     /// Test support: overwrites every cached value with bytes that do not decode.
     #[cfg(feature = "test-hooks")]
     #[doc(hidden)]

@@ -143,6 +143,12 @@ mod imp {
             self.usable() && self.local_trusted()
         }
 
+        /// Whether Redis answers (the breaker may still be open while it settles).
+        #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
+        pub fn answering(&self) -> bool {
+            self.usable() || self.answering_since.load(Ordering::Acquire) != 0
+        }
+
         /// The value of `key` in Redis, or the epochs to fill it against; `None` when Redis
         /// failed (the breaker is then open).
         pub async fn lookup(&self, key: Key, deps: &[Tag], ttl: Duration, stats: &Stats) -> Option<Lookup> {
@@ -215,7 +221,8 @@ mod imp {
         async fn beat(&self, shared: &Shared) {
             let open = self.open.load(Ordering::Acquire);
             let first_answer = open && self.answering_since.load(Ordering::Acquire) == 0;
-            if first_answer || self.undelivered.swap(false, Ordering::AcqRel) {
+            let undelivered = self.undelivered.swap(false, Ordering::AcqRel);
+            if first_answer || undelivered {
                 // Widen: whatever this process could not deliver while Redis failed, nothing
                 // stored before now is served again.
                 let message = self.message(Body::Invalidate(vec![Tag::All]));

@@ -4,7 +4,7 @@
 //! after the write returned, whatever happens to Redis.
 
 use sqlacache_sqlx::{CachedPool, Error};
-use sqlacache_tests::redis::{redis_url, require_shared_redis, unique_prefix, RedisCluster, RedisServer};
+use sqlacache_tests::redis::{redis_url, require_shared_redis, unique_prefix, Proxy, RedisCluster, RedisServer};
 use sqlacache_tests::{Counter, TestDb, COUNTERS};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -491,4 +491,48 @@ async fn two_processes_share_redis_and_stay_fresh_for_each_other() {
             );
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_a_late_reconnecting_process_could_not_deliver_is_not_missed() {
+    // Redis restarts; B is back at once, A reconnects a little later (its connections go
+    // through a proxy that the test holds closed), and writes meanwhile: its invalidation
+    // cannot be delivered. B must not serve, from Redis, a value older than that write.
+    let mut server = RedisServer::start(&[]);
+    let proxy = Proxy::start(server.port());
+    let db = TestDb::with_schema(COUNTERS).await;
+    let prefix = unique_prefix("late");
+    let a = pool(&db, &proxy.url(), &prefix, 0).await;
+    let b = pool(&db, &server.url(), &prefix, 0).await;
+    ready(&[&a, &b]).await;
+    for _ in 0..3 {
+        value(&b, 1).await;
+    }
+    proxy.block();
+    server.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.restart();
+    let start = Instant::now();
+    while !b.redis_answering_for_tests() {
+        assert!(start.elapsed() < Duration::from_secs(10), "B did not reconnect");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // B reads (filling Redis, if it trusted it already), then A writes and cannot deliver.
+    let before = value(&b, 1).await;
+    let written = bump(&a, 1).await;
+    assert_eq!(written, before + 1);
+    let returned = Instant::now();
+    // A stays cut off a little longer (its client would retry within `RECONNECT_MAX`).
+    let mut unblocked = false;
+    while returned.elapsed() < Duration::from_secs(2) {
+        if !unblocked && returned.elapsed() > Duration::from_millis(100) {
+            proxy.unblock();
+            unblocked = true;
+        }
+        assert_eq!(value(&b, 1).await, written, "B served a value older than A's write");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    ready(&[&a, &b]).await;
+    assert_eq!(value(&b, 1).await, written);
+    assert!(b.stats().redis_hits > 0);
 }
