@@ -8,6 +8,9 @@
 //! Each round runs the raw side and the cached side of every comparison once, alternating which
 //! goes first. Writes go to different rows on the two sides so neither updates a row the other
 //! just updated.
+//!
+//! The Redis rows need the Redis at `REDIS_URL` (default `redis://127.0.0.1:6379`); they compare
+//! with raw fred and raw sqlx in the same way, under a key prefix of their own.
 
 use sqlacache_benches::{
     connect, create_fixture, drop_fixture, entry_bytes, filled_store, one_row_write_tags, BenchUser, Samples, COUNT,
@@ -250,6 +253,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     for row in &rows {
         println!("| {:<24} | {:<44} | {:<4} |", row.name, row.target, if row.met { "yes" } else { "NO" });
     }
+    let redis_rows = redis::rows(&pool).await?;
+    println!("\n| {:<24} | {:<44} | {:<4} |", "target (Redis)", "", "met");
+    println!("|{:-<26}|{:-<46}|{:-<6}|", "", "", "");
+    for row in &redis_rows {
+        println!("| {:<24} | {:<44} | {:<4} |", row.name, row.target, if row.met { "yes" } else { "NO" });
+    }
     let stats = cache.stats();
     println!(
         "\ncache: {} hits, {} misses, {} invalidations; run took {:.0} s",
@@ -260,4 +269,151 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     );
     drop_fixture(&pool).await?;
     Ok(())
+}
+
+/// The Redis rows: a Redis-only hit against a raw fred `GET` of the same stored bytes, a miss and
+/// a write with Redis against raw sqlx, a hit of the in-process tier in front of Redis, and the
+/// delivery of an invalidation from one pool to another's in-process tier.
+mod redis {
+    use super::{pair, print_pair, us, Row, ROUNDS};
+    use fred::interfaces::{ClientLike, KeysInterface};
+    use sqlacache_benches::{BenchUser, Samples, POINT, USERS, WRITE};
+    use sqlacache_sqlx::CachedPool;
+    use sqlx::PgPool;
+    use std::hint::black_box;
+    use std::time::{Duration, Instant};
+
+    async fn pool(pg: &PgPool, url: &str, prefix: &str, memory: u64) -> Result<CachedPool, sqlacache_sqlx::Error> {
+        let cache = CachedPool::builder(pg.clone())
+            .model::<BenchUser>()
+            .redis(url)
+            .key_prefix(prefix)
+            .memory_capacity(memory)
+            .build()
+            .await?;
+        // Let the heartbeat come back, so the in-process tier is trusted.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Ok(cache)
+    }
+
+    pub async fn rows(pg: &PgPool) -> Result<Vec<Row>, Box<dyn std::error::Error + Send + Sync>> {
+        let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let prefix = format!("sqlacache_bench_{}", std::process::id());
+        let raw_redis = fred::prelude::Builder::from_config(fred::prelude::Config::from_url(&url)?).build()?;
+        raw_redis.init().await.map_err(|e| format!("cannot reach Redis at {url}: {e}"))?;
+        let shared = pool(pg, &url, &prefix, 0).await?;
+        let tiers = pool(pg, &url, &prefix, 64 << 20).await?;
+        let other = pool(pg, &url, &prefix, 64 << 20).await?;
+        let raw_point = |id: i64| sqlx::query_as::<_, BenchUser>(POINT).bind(id).fetch_one(pg);
+
+        // The bytes Redis holds for one cached row, under a key of the raw side's own.
+        shared.get::<BenchUser>(1).await?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let keys: Vec<String> = {
+            let (_, keys): (String, Vec<String>) = raw_redis
+                .custom(
+                    fred::cmd!("SCAN"),
+                    vec!["0".to_owned(), "MATCH".into(), format!("{prefix}:*:v:*"), "COUNT".into(), "100000".into()],
+                )
+                .await?;
+            keys
+        };
+        let stored: Vec<u8> = raw_redis.get(keys.first().ok_or("no value stored in Redis")?).await?;
+        let raw_key = format!("{prefix}:raw");
+        let () =
+            raw_redis.set(&raw_key, stored.as_slice(), Some(fred::types::Expiration::EX(600)), None, false).await?;
+
+        let [mut raw_get, mut redis_hit, mut raw_miss, mut redis_miss, mut raw_hot, mut local_hit, mut raw_write, mut redis_write] =
+            std::array::from_fn(|_| Samples::default());
+        for id in 1..=100 {
+            tiers.get::<BenchUser>(id).await?;
+        }
+        for round in 0..ROUNDS {
+            let raw_once = async {
+                let bytes: Vec<u8> = raw_redis.get(&raw_key).await.unwrap();
+                black_box(bytes);
+            };
+            let hit_once = async {
+                black_box(shared.get::<BenchUser>(1).await.unwrap());
+            };
+            pair(round, (&mut raw_get, raw_once), (&mut redis_hit, hit_once)).await;
+            let cold = USERS / 2 + round % (USERS / 2);
+            let raw_once = async {
+                black_box(raw_point(cold).await.unwrap());
+            };
+            let miss_once = async {
+                black_box(shared.get::<BenchUser>(cold).await.unwrap());
+            };
+            pair(round, (&mut raw_miss, raw_once), (&mut redis_miss, miss_once)).await;
+            let hot = 1 + round % 100;
+            let raw_once = async {
+                black_box(raw_point(hot).await.unwrap());
+            };
+            let hit_once = async {
+                black_box(tiers.get::<BenchUser>(hot).await.unwrap());
+            };
+            pair(round, (&mut raw_hot, raw_once), (&mut local_hit, hit_once)).await;
+        }
+        for round in 0..ROUNDS {
+            let raw_once = async {
+                black_box(sqlx::query(WRITE).bind(USERS - 1000 - round % 500).execute(pg).await.unwrap());
+            };
+            let write_once = async {
+                black_box(sqlx::query(WRITE).bind(USERS - 1500 - round % 500).execute(&shared).await.unwrap());
+            };
+            pair(round, (&mut raw_write, raw_once), (&mut redis_write, write_once)).await;
+        }
+        // Delivery: a write through one two-tier pool returns; the other pool has applied it.
+        let mut delivery = Samples::default();
+        for round in 0..1_000 {
+            let id = 2 + round % 50;
+            other.get::<BenchUser>(id).await?;
+            let received = other.stats().received;
+            sqlx::query(WRITE).bind(id).execute(&tiers).await?;
+            let returned = Instant::now();
+            while other.stats().received == received {
+                if returned.elapsed() > Duration::from_secs(5) {
+                    return Err("an invalidation was not delivered within 5 s".into());
+                }
+                tokio::task::yield_now().await;
+            }
+            delivery.push(returned.elapsed());
+        }
+
+        println!("\nWith Redis ({url}), {ROUNDS} rounds as above; microseconds\n");
+        println!(
+            "| {:<24} | {:>9} | {:>9} | {:>9} | {:>9} | {:>9} | {:>8} |",
+            "operation", "raw p50", "raw p99", "cache p50", "cache p99", "ratio", "speed-up"
+        );
+        println!("|{:-<26}|{:->11}|{:->11}|{:->11}|{:->11}|{:->11}|{:->10}|", "", "", "", "", "", "", "");
+        let rows = vec![
+            print_pair(
+                "Redis-only hit (vs GET)",
+                &mut raw_get,
+                &mut redis_hit,
+                "Redis hit <= 1.3x a raw fred GET",
+                &|_, r| r <= 1.3,
+            ),
+            print_pair("miss with Redis", &mut raw_miss, &mut redis_miss, "miss <= 1.45x raw", &|_, r| r <= 1.45),
+            print_pair(
+                "two tiers, local hit",
+                &mut raw_hot,
+                &mut local_hit,
+                "in-process hit median < 2 us",
+                &|c, _| c < 2.0,
+            ),
+            print_pair("write with Redis", &mut raw_write, &mut redis_write, "write <= 1.25x raw", &|_, r| r <= 1.25),
+        ];
+        let (p50, p99) = (delivery.quantile(0.5), delivery.quantile(0.99));
+        println!(
+            "\ndelivery to another pool's in-process tier after a write returned: p50 {:.0} us, p99 {:.0} us",
+            us(p50),
+            us(p99)
+        );
+        let mut rows = rows;
+        rows.push(Row { name: "cross-process delivery", target: "p99 < 2 ms", met: p99 < Duration::from_millis(2) });
+        let () = raw_redis.del(&raw_key).await?;
+        shared.invalidate_all().await?;
+        Ok(rows)
+    }
 }
