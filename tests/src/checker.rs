@@ -116,6 +116,11 @@ pub struct Config {
     pub ops: u64,
     /// Concurrent clients.
     pub clients: u64,
+    /// With `Some((url, memory capacity))`, two pools share the Redis at `url` (each with an
+    /// in-process tier of that many bytes; 0 for Redis only), and the clients take turns: a
+    /// write through one pool is followed, before its tables count as quiet again, by the
+    /// delivery of its invalidation to the other.
+    pub redis: Option<(&'static str, u64)>,
 }
 
 /// What a run found.
@@ -186,7 +191,10 @@ impl Rng {
 }
 
 struct Shared {
-    cache: CachedPool,
+    /// One pool, or two sharing Redis; client `c` uses `caches[c % len]`.
+    caches: Vec<CachedPool>,
+    /// Two pools with in-process tiers: a write counts as done once the other pool heard it.
+    deliver: bool,
     raw: PgPool,
     tables: Tables,
     history: Mutex<VecDeque<String>>,
@@ -196,6 +204,25 @@ struct Shared {
 }
 
 impl Shared {
+    fn cache(&self, client: u64) -> &CachedPool {
+        &self.caches[client as usize % self.caches.len()]
+    }
+
+    /// A write through `client`'s pool returned: once the other pool has applied its
+    /// invalidation (two tiers deliver it over Redis pub/sub), its tables are quiet again.
+    async fn end(&self, client: u64, tables: &[usize]) {
+        if self.deliver {
+            let (mine, other) = (self.cache(client), self.cache(client + 1));
+            let published = mine.stats().published;
+            let start = Instant::now();
+            while other.stats().received < published {
+                assert!(start.elapsed() < Duration::from_secs(10), "an invalidation was not delivered");
+                tokio::task::yield_now().await;
+            }
+        }
+        self.tables.end(tables);
+    }
+
     fn log(&self, line: String) {
         let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
         if history.len() == 40 {
@@ -214,16 +241,28 @@ impl Shared {
 /// Runs the workload and returns what it found. Panics if PostgreSQL is unreachable.
 pub async fn run(config: Config) -> Report {
     let db = TestDb::with_schema(SCHEMA).await;
-    let cache = CachedPool::builder(db.pool.clone())
-        .model::<Account>()
-        .model::<Entry>()
-        // `Member` is registered at its first use, while the other clients run.
-        .memory_capacity(4 * 1024 * 1024)
-        .build()
-        .await
-        .expect("build the cache");
+    let prefix = crate::redis::unique_prefix("checker");
+    let mut caches = Vec::new();
+    for _ in 0..if config.redis.is_some() { 2 } else { 1 } {
+        let builder = CachedPool::builder(db.pool.clone())
+            .model::<Account>()
+            .model::<Entry>()
+            // `Member` is registered at its first use, while the other clients run.
+            .memory_capacity(4 * 1024 * 1024);
+        let builder = match config.redis {
+            Some((url, memory)) => builder.redis(url).key_prefix(&prefix).memory_capacity(memory),
+            None => builder,
+        };
+        caches.push(builder.build().await.expect("build the cache"));
+    }
+    let start = Instant::now();
+    while !caches.iter().all(|c| c.tiers_ready_for_tests()) {
+        assert!(start.elapsed() < Duration::from_secs(20), "the pools did not connect to Redis");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let shared = Arc::new(Shared {
-        cache,
+        caches,
+        deliver: config.redis.is_some_and(|(_, memory)| memory > 0),
         raw: db.pool.clone(),
         tables: Tables::default(),
         history: Mutex::new(VecDeque::new()),
@@ -254,7 +293,7 @@ pub async fn run(config: Config) -> Report {
     Report {
         ops: per_client * config.clients,
         reads_checked: shared.checked.load(SeqCst),
-        cache_hits: shared.cache.stats().hits,
+        cache_hits: shared.caches.iter().map(|c| c.stats().hits).sum(),
         stale,
         elapsed: start.elapsed(),
     }
@@ -280,7 +319,7 @@ where
 }
 
 async fn read(shared: &Shared, rng: &mut Rng, client: u64, i: u64) {
-    let (cache, raw) = (&shared.cache, &shared.raw);
+    let (cache, raw) = (shared.cache(client), &shared.raw);
     let id = 1 + rng.below(34);
     let what = |sql: &str| format!("client {client} op {i}: {sql} [{id}]");
     match rng.below(15) {
@@ -485,7 +524,7 @@ fn expected(result: Result<(), sqlx::Error>, sql: &str) {
 }
 
 async fn write(shared: &Shared, rng: &mut Rng, client: u64, i: u64) {
-    let cache = &shared.cache;
+    let cache = shared.cache(client);
     match rng.below(10) {
         // Schema changes, only outside transactions: inside them their locks would wait on
         // the readers of this very workload.
@@ -499,7 +538,7 @@ async fn write(shared: &Shared, rng: &mut Rng, client: u64, i: u64) {
             shared.log(format!("client {client} op {i}: {sql}"));
             shared.tables.begin(tables);
             let result = sqlx::raw_sql(AssertSqlSafe(sql)).execute(cache).await.map(drop);
-            shared.tables.end(tables);
+            shared.end(client, tables).await;
             expected(result, sql);
         }
         0..=6 => {
@@ -511,7 +550,7 @@ async fn write(shared: &Shared, rng: &mut Rng, client: u64, i: u64) {
             } else {
                 sqlx::query(AssertSqlSafe(sql.clone())).execute(cache).await.map(drop)
             };
-            shared.tables.end(tables);
+            shared.end(client, tables).await;
             expected(result, &sql);
         }
         _ => {
@@ -554,7 +593,7 @@ async fn write(shared: &Shared, rng: &mut Rng, client: u64, i: u64) {
                 0..=7 => expected(tx.rollback().await, "ROLLBACK"),
                 _ => drop(tx),
             }
-            shared.tables.end(&tables);
+            shared.end(client, &tables).await;
         }
     }
 }

@@ -1,8 +1,12 @@
 //! Long runs of the freshness checker.
 //!
 //! ```sh
-//! cargo run --release -p sqlacache-tests --bin freshness -- --ops 1000000 --seed 7 [--clients 8]
+//! cargo run --release -p sqlacache-tests --bin freshness -- --ops 1000000 --seed 7 [--clients 8] \
+//!     [--redis [--memory-capacity 0]]
 //! ```
+//!
+//! `--redis` runs two pools sharing the Redis at `REDIS_URL` (two tiers each, or Redis only with
+//! `--memory-capacity 0`), the clients taking turns between them.
 //!
 //! Prints operations per second, reads served from the cache, reads compared, and stale reads
 //! found; exits non-zero if any read was stale.
@@ -19,10 +23,18 @@ fn arg(name: &str, default: u64) -> u64 {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    let config = Config { seed: arg("--seed", 1), ops: arg("--ops", 100_000), clients: arg("--clients", 8) };
+    let redis = std::env::args().any(|a| a == "--redis").then(|| {
+        let url: &'static str = Box::leak(sqlacache_tests::redis::redis_url().into_boxed_str());
+        sqlacache_tests::redis::require_shared_redis();
+        (url, arg("--memory-capacity", 4 * 1024 * 1024))
+    });
+    let config = Config { seed: arg("--seed", 1), ops: arg("--ops", 100_000), clients: arg("--clients", 8), redis };
     let report = run(config).await;
     let secs = report.elapsed.as_secs_f64();
     println!("seed:            {}", config.seed);
+    if let Some((url, memory)) = config.redis {
+        println!("redis:           two pools on {url}, in-process tier {memory} bytes each");
+    }
     println!("operations:      {} in {secs:.1}s ({:.0} ops/s)", report.ops, report.ops as f64 / secs);
     println!("cache hits:      {}", report.cache_hits);
     println!("reads compared:  {}", report.reads_checked);
