@@ -1,0 +1,106 @@
+//! A small REST API served from a `CachedPool` that shares Redis with every other instance.
+//!
+//! ```sh
+//! cargo run --features redis --example rest_api -- 3000 &   # uses DATABASE_URL and REDIS_URL
+//! cargo run --features redis --example rest_api -- 3001 &
+//! curl localhost:3000/users/1                                # cached in the instance on 3000
+//! curl -X PUT localhost:3001/users/1 -H 'content-type: application/json' -d '{"name":"Grace"}'
+//! curl localhost:3000/users/1                                # fresh: {"id":1,"name":"Grace",..}
+//! curl localhost:3000/stats                                  # hits, Redis hits, invalidations received
+//! ```
+//!
+//! Routes: `GET /users/{id}`, `PUT /users/{id}` (JSON `{"name": ..}`), `GET /users?active=true`,
+//! `GET /stats`.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use sqlacache_sqlx::{Cacheable, CachedPool};
+
+#[derive(Debug, sqlx::FromRow, serde::Serialize, serde::Deserialize, Cacheable)]
+#[cache(table = "sqlacache_example_users", ops(all), ttl = 600)]
+struct User {
+    #[cache(pk)]
+    id: i64,
+    name: String,
+    active: bool,
+}
+
+#[derive(serde::Deserialize)]
+struct Rename {
+    name: String,
+}
+
+#[derive(serde::Deserialize)]
+struct Filter {
+    active: Option<bool>,
+}
+
+type Reply<T> = Result<Json<T>, (StatusCode, String)>;
+
+fn server_error(error: sqlx::Error) -> (StatusCode, String) {
+    (StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
+}
+
+async fn get_user(State(cache): State<CachedPool>, Path(id): Path<i64>) -> Reply<User> {
+    match cache.get::<User>(id).await.map_err(server_error)? {
+        Some(user) => Ok(Json(user)),
+        None => Err((StatusCode::NOT_FOUND, format!("no user {id}"))),
+    }
+}
+
+async fn rename_user(State(cache): State<CachedPool>, Path(id): Path<i64>, Json(body): Json<Rename>) -> Reply<User> {
+    // A plain sqlx write through the pool: it invalidates this row here, in Redis, and in every
+    // other instance before it returns.
+    let user = sqlx::query_as::<_, User>("UPDATE sqlacache_example_users SET name = $1 WHERE id = $2 RETURNING *")
+        .bind(&body.name)
+        .bind(id)
+        .fetch_optional(&cache)
+        .await
+        .map_err(server_error)?;
+    user.map(Json).ok_or((StatusCode::NOT_FOUND, format!("no user {id}")))
+}
+
+async fn list_users(State(cache): State<CachedPool>, Query(filter): Query<Filter>) -> Reply<Vec<User>> {
+    let users = cache
+        .query_as::<User>("SELECT * FROM sqlacache_example_users WHERE active = $1 ORDER BY id")
+        .bind(filter.active.unwrap_or(true))
+        .fetch_all()
+        .await
+        .map_err(server_error)?;
+    Ok(Json(users))
+}
+
+async fn stats(State(cache): State<CachedPool>) -> String {
+    let s = cache.stats();
+    format!(
+        "hits {} (from Redis {}), misses {}, invalidations received from other instances {}\n",
+        s.hits, s.redis_hits, s.misses, s.received
+    )
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let port: u16 = std::env::args().nth(1).map_or(Ok(3000), |p| p.parse())?;
+    let database = std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let redis = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let pool = sqlx::PgPool::connect(&database).await?;
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS sqlacache_example_users (id bigint PRIMARY KEY, name text NOT NULL, active boolean NOT NULL);
+         INSERT INTO sqlacache_example_users VALUES (1, 'Ada', true), (2, 'Alan', true), (3, 'Edsger', false)
+         ON CONFLICT DO NOTHING;",
+    )
+    .execute(&pool)
+    .await?;
+    let cache = CachedPool::builder(pool).model::<User>().redis(&redis).key_prefix("sqlacache_example").build().await?;
+    let app = Router::new()
+        .route("/users", get(list_users))
+        .route("/users/{id}", get(get_user).put(rename_user))
+        .route("/stats", get(stats))
+        .with_state(cache);
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    println!("listening on http://127.0.0.1:{port}");
+    axum::serve(listener, app).await?;
+    Ok(())
+}
