@@ -64,6 +64,9 @@ pub const RECONNECT_MAX: Duration = Duration::from_millis(250);
 
 /// Schemes of plain TCP connections to one server or a cluster.
 const SCHEMES: &[&str] = &["redis", "redis-cluster", "valkey", "valkey-cluster"];
+/// Schemes of TLS connections (feature `redis-tls`), which trust the system's root
+/// certificates (and those named by `SSL_CERT_FILE` or `SSL_CERT_DIR`).
+const TLS_SCHEMES: &[&str] = &["rediss", "rediss-cluster", "valkeys", "valkeys-cluster"];
 
 /// Creates the missing tags and returns every tag's epoch. KEYS: the tags; ARGV[1]: a TTL in
 /// milliseconds; ARGV[2..]: a fresh epoch for each tag. A tag key lives at least as long as the
@@ -166,16 +169,24 @@ fn fresh_epoch() -> u64 {
 }
 
 impl RedisStore {
-    /// A store on the Redis at `url` (`redis://` or `redis-cluster://`, with `user:password@`
-    /// and a database number as Redis URLs allow), its keys under `prefix` and `scope`. Fails only on an invalid URL: an unreachable Redis is connected to in the
+    /// A store on the Redis at `url` (`redis://` or `redis-cluster://`, `rediss://` and
+    /// `rediss-cluster://` for TLS with the `redis-tls` feature, with `user:password@` and a
+    /// database number as Redis URLs allow), its keys under `prefix` and `scope`. Fails only on an invalid URL: an unreachable Redis is connected to in the
     /// background, and calls fail within `timeout` until it answers.
     pub fn connect(url: &str, prefix: &str, scope: &str, timeout: Duration) -> Result<RedisStore, RedisError> {
         match url.split_once("://") {
             Some((scheme, _)) if SCHEMES.contains(&scheme) => {}
-            Some((scheme, _)) if scheme.starts_with("rediss") || scheme.starts_with("valkeys") => {
-                return Err(RedisError::Url(url.to_owned(), "TLS connections are not supported yet"));
+            Some((scheme, _)) if TLS_SCHEMES.contains(&scheme) => {
+                if !cfg!(feature = "redis-tls") {
+                    return Err(RedisError::Url(url.to_owned(), "TLS needs the `redis-tls` feature"));
+                }
             }
-            _ => return Err(RedisError::Url(url.to_owned(), "expected redis://host:port[/db] or redis-cluster://")),
+            _ => {
+                return Err(RedisError::Url(
+                    url.to_owned(),
+                    "expected redis://host:port[/db], rediss:// (TLS) or redis-cluster://",
+                ))
+            }
         }
         let config = Config::from_url(url)?;
         let client = Builder::from_config(config)

@@ -1018,7 +1018,9 @@ impl CachedPoolBuilder {
     /// other (see the crate's README for the guarantees).
     ///
     /// `url` is `redis://[user:password@]host:port[/db]`, or `redis-cluster://host:port` for a
-    /// Redis Cluster. `build()` fails on an invalid URL; an unreachable Redis is not an error:
+    /// Redis Cluster; with the `redis-tls` feature also `rediss://` and `rediss-cluster://`
+    /// (trusting the system's root certificates, and those named by `SSL_CERT_FILE` or
+    /// `SSL_CERT_DIR`). `build()` fails on an invalid URL; an unreachable Redis is not an error:
     /// the pool works on PostgreSQL alone and starts using Redis when it answers.
     ///
     /// ```no_run

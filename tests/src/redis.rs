@@ -268,3 +268,109 @@ impl Drop for Proxy {
         self.block();
     }
 }
+
+/// A certificate authority and a server certificate for `localhost` and `127.0.0.1`, made with
+/// the `openssl` command in a directory of their own (removed when dropped).
+pub struct TlsFiles {
+    /// The directory holding `ca.crt`, `server.crt` and `server.key`.
+    pub dir: std::path::PathBuf,
+}
+
+impl TlsFiles {
+    /// Makes the files.
+    pub fn create() -> TlsFiles {
+        let dir = std::env::temp_dir().join(unique_prefix("tls"));
+        std::fs::create_dir_all(&dir).expect("a directory for the certificates");
+        std::fs::write(dir.join("ext.cnf"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").expect("write ext.cnf");
+        let steps: [&[&str]; 3] = [
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=sqlacache test CA",
+            ],
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=localhost",
+            ],
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "server.crt",
+                "-days",
+                "2",
+                "-extfile",
+                "ext.cnf",
+            ],
+        ];
+        for args in steps {
+            let status = Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .unwrap_or_else(|e| panic!("cannot run openssl: {e} (install it with: apt-get install openssl)"));
+            assert!(status.success(), "openssl {args:?} failed");
+        }
+        TlsFiles { dir }
+    }
+
+    /// Arguments that make a `redis-server` also listen with TLS on `port`.
+    pub fn server_args(&self, port: u16) -> Vec<String> {
+        let file = |name: &str| self.dir.join(name).to_string_lossy().into_owned();
+        vec![
+            "--tls-port".into(),
+            port.to_string(),
+            "--tls-cert-file".into(),
+            file("server.crt"),
+            "--tls-key-file".into(),
+            file("server.key"),
+            "--tls-ca-cert-file".into(),
+            file("ca.crt"),
+            "--tls-auth-clients".into(),
+            "no".into(),
+        ]
+    }
+
+    /// The CA certificate, for `SSL_CERT_FILE`.
+    pub fn ca(&self) -> std::path::PathBuf {
+        self.dir.join("ca.crt")
+    }
+}
+
+impl Drop for TlsFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A free port on loopback.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
+}

@@ -4,7 +4,9 @@
 //! after the write returned, whatever happens to Redis.
 
 use sqlacache_sqlx::{CachedPool, Error};
-use sqlacache_tests::redis::{redis_url, require_shared_redis, unique_prefix, Proxy, RedisCluster, RedisServer};
+use sqlacache_tests::redis::{
+    free_port, redis_url, require_shared_redis, unique_prefix, Proxy, RedisCluster, RedisServer, TlsFiles,
+};
 use sqlacache_tests::{Counter, TestDb, COUNTERS};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -407,8 +409,13 @@ struct Peer {
 
 impl Peer {
     fn start(db: &TestDb, redis: &str, prefix: &str, memory: u64) -> Peer {
+        Peer::start_with(db, redis, prefix, memory, &[])
+    }
+
+    fn start_with(db: &TestDb, redis: &str, prefix: &str, memory: u64, env: &[(&str, &std::path::Path)]) -> Peer {
         use std::process::{Command, Stdio};
         let mut child = Command::new(env!("CARGO_BIN_EXE_peer"))
+            .envs(env.iter().copied())
             .args([&sqlacache_tests::database_url(), &db.schema, redis, prefix, &memory.to_string()])
             .arg(LEASE.as_millis().to_string())
             .stdin(Stdio::piped())
@@ -535,4 +542,41 @@ async fn a_write_a_late_reconnecting_process_could_not_deliver_is_not_missed() {
     ready(&[&a, &b]).await;
     assert_eq!(value(&b, 1).await, written);
     assert!(b.stats().redis_hits > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_connections_share_values_and_invalidations() {
+    // A server that also listens with TLS, its certificate signed by a CA of the test's own,
+    // which the two processes trust through SSL_CERT_FILE.
+    let tls = TlsFiles::create();
+    let tls_port = free_port();
+    let args = tls.server_args(tls_port);
+    let server = RedisServer::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let url = format!("rediss://localhost:{tls_port}");
+    let db = TestDb::with_schema(COUNTERS).await;
+    for memory in [0, 1 << 20] {
+        let prefix = unique_prefix("tls");
+        let ca = tls.ca();
+        let env = [("SSL_CERT_FILE", ca.as_path())];
+        let mut one = Peer::start_with(&db, &url, &prefix, memory, &env);
+        let mut two = Peer::start_with(&db, &url, &prefix, memory, &env);
+        assert_eq!(one.ask("ready"), "ready", "the first process connected over TLS");
+        assert_eq!(two.ask("ready"), "ready");
+        for _ in 0..10 {
+            let before = two.get(1);
+            assert_eq!(two.get(1), before);
+            let received: u64 = two.ask("received").parse().unwrap();
+            let written: i64 = one.ask("bump 1").parse().unwrap();
+            let asked = Instant::now();
+            while memory > 0 && two.ask("received").parse::<u64>().unwrap() == received {
+                assert!(asked.elapsed() < Duration::from_secs(10), "the invalidation never arrived");
+            }
+            assert_eq!(two.get(1), written);
+        }
+    }
+    // Without the CA, the certificate is not trusted: the pool works on PostgreSQL alone.
+    let untrusted = pool(&db, &url, &unique_prefix("tls"), 0).await;
+    assert_eq!(value(&untrusted, 2).await, 0);
+    assert!(!untrusted.tiers_ready_for_tests());
+    drop(server);
 }
