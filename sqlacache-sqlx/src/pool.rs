@@ -381,8 +381,9 @@ impl Shared {
     pub fn publish(&self, tags: Vec<Tag>) -> Option<futures_core::future::BoxFuture<'static, ()>> {
         #[cfg(feature = "redis")]
         if let (Some(remote), false, Some(shared)) = (&self.remote, tags.is_empty(), self.this.upgrade()) {
-            let remote = remote.clone();
-            return Some(Box::pin(async move { remote.publish(&tags, &shared.stats).await }));
+            // Dropped unfinished (no runtime left to finish it), it counts as not delivered.
+            let pending = remote.pending();
+            return Some(Box::pin(async move { pending.publish(&tags, &shared.stats).await }));
         }
         let _ = tags;
         None

@@ -183,21 +183,12 @@ mod imp {
             });
         }
 
-        /// Deletes `tags` in Redis and tells the other processes, before the write returns. An
-        /// invalidation whose outcome is unknown is remembered and widened (see the module).
-        pub async fn publish(&self, tags: &[Tag], stats: &Stats) {
-            if tags.is_empty() {
-                return;
-            }
-            let message = self.message(Body::Invalidate(tags.to_vec()));
-            match self.store.invalidate_and_publish(tags, &message).await {
-                Ok(()) => stats.publish(),
-                Err(error) => {
-                    self.undelivered.store(true, Ordering::Release);
-                    self.failed(&error, stats);
-                }
-            }
+        /// An invalidation to publish; if it is dropped before it is delivered, it counts as
+        /// not delivered (and is widened when Redis answers).
+        pub fn pending(self: &Arc<Self>) -> Pending {
+            Pending(self.clone(), false)
         }
+
 
         fn message(&self, body: Body) -> String {
             let seq = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
@@ -276,6 +267,34 @@ mod imp {
             if let Body::Invalidate(tags) = message.body {
                 shared.store.invalidate(&tags);
                 shared.stats.receive();
+            }
+        }
+    }
+
+    /// An invalidation on its way to Redis; see [`Remote::pending`].
+    pub(crate) struct Pending(Arc<Remote>, bool);
+
+    impl Pending {
+        /// Deletes `tags` in Redis and tells the other processes, before the write returns. An
+        /// invalidation whose outcome is unknown is remembered and widened (see the module).
+        pub async fn publish(mut self, tags: &[Tag], stats: &Stats) {
+            let remote = &self.0;
+            let message = remote.message(Body::Invalidate(tags.to_vec()));
+            match remote.store.invalidate_and_publish(tags, &message).await {
+                Ok(()) => stats.publish(),
+                Err(error) => {
+                    remote.undelivered.store(true, Ordering::Release);
+                    remote.failed(&error, stats);
+                }
+            }
+            self.1 = true;
+        }
+    }
+
+    impl Drop for Pending {
+        fn drop(&mut self) {
+            if !self.1 {
+                self.0.undelivered.store(true, Ordering::Release);
             }
         }
     }
