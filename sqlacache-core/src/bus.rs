@@ -124,6 +124,11 @@ impl Sequences {
         }
     }
 
+    /// The last number heard from `publisher`, if any since the bookkeeping last started over.
+    pub fn last(&self, publisher: u64) -> Option<u64> {
+        self.last.get(&publisher).copied()
+    }
+
     /// Forgets everyone: after a reconnect, numbers restart from whatever arrives next.
     pub fn clear(&mut self) {
         self.last.clear();

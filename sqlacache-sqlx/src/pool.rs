@@ -899,6 +899,30 @@ impl CachedPool {
         true
     }
 
+    /// Test support: this pool on the bus (its publisher id and the number of the last message
+    /// it tried to publish); `None` without Redis.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn bus_position_for_tests(&self) -> Option<(u64, u64)> {
+        #[cfg(feature = "redis")]
+        if let Some(remote) = &self.shared.remote {
+            return Some(remote.position());
+        }
+        None
+    }
+
+    /// Test support: the number of the last message this pool heard from `publisher`.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn heard_from_for_tests(&self, publisher: u64) -> u64 {
+        #[cfg(feature = "redis")]
+        if let Some(remote) = &self.shared.remote {
+            return remote.heard_from(publisher);
+        }
+        let _ = publisher;
+        0
+    }
+
     /// Test support: whether Redis answers this pool's heartbeats (its breaker may still be
     /// open while it settles). Always true without Redis.
     #[cfg(feature = "test-hooks")]

@@ -79,6 +79,8 @@ mod imp {
         /// How long the breaker stays open after Redis answers again.
         settle: Duration,
         tasks: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
+        /// The last message number heard from each publisher (written by the listener only).
+        seen: std::sync::Mutex<Sequences>,
     }
 
     impl Drop for Remote {
@@ -105,6 +107,7 @@ mod imp {
                 answering_since: AtomicU64::new(0),
                 settle: settling_time(settings),
                 tasks: std::sync::Mutex::default(),
+                seen: std::sync::Mutex::default(),
             })
         }
 
@@ -189,6 +192,22 @@ mod imp {
             Pending(self.clone(), false)
         }
 
+        fn seen(&self) -> std::sync::MutexGuard<'_, Sequences> {
+            self.seen.lock().unwrap_or_else(|e| e.into_inner())
+        }
+
+        /// This pool on the bus, and the number of the last message it tried to publish.
+        #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
+        pub fn position(&self) -> (u64, u64) {
+            (self.publisher, self.seq.load(Ordering::Acquire))
+        }
+
+        /// The number of the last message heard from `publisher` (0 if none since this pool last
+        /// started its bookkeeping over).
+        #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
+        pub fn heard_from(&self, publisher: u64) -> u64 {
+            self.seen().last(publisher).unwrap_or(0)
+        }
 
         fn message(&self, body: Body) -> String {
             let seq = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
@@ -243,7 +262,7 @@ mod imp {
         }
 
         /// Applies one message heard on the bus.
-        fn heard(&self, shared: &Shared, text: &str, seen: &mut Sequences) {
+        fn heard(&self, shared: &Shared, text: &str) {
             let Some(message) = Message::decode(text) else {
                 tracing::warn!(target: "sqlacache", "an unreadable message on the invalidation channel; dropping the in-process tier");
                 self.lease.lose();
@@ -260,7 +279,7 @@ mod imp {
                 // Own invalidations were applied before they were published.
                 return;
             }
-            if !seen.note(message.publisher, message.seq) {
+            if !self.seen().note(message.publisher, message.seq) {
                 tracing::debug!(target: "sqlacache", publisher = message.publisher, "a gap in a publisher's messages");
                 self.lease.lose();
             }
@@ -314,17 +333,16 @@ mod imp {
     /// Applies what the bus carries until the pool is dropped. A bus silent for several
     /// leases while Redis answers is a connection that died without an error: make it again.
     async fn listen(shared: Weak<Shared>, mut subscription: sqlacache_core::redis::Subscription, lease: Duration) {
-        let mut seen = Sequences::default();
         loop {
             let event = tokio::time::timeout(lease * 4, subscription.next()).await;
             let Some(shared) = shared.upgrade() else { return };
             let Some(remote) = shared.remote.clone() else { return };
             match event {
-                Ok(Event::Message(text)) => remote.heard(&shared, &text, &mut seen),
+                Ok(Event::Message(text)) => remote.heard(&shared, &text),
                 Ok(Event::Lost) => {
                     tracing::info!(target: "sqlacache", "the invalidation channel reconnected; the in-process tier will be dropped");
                     remote.lease.lose();
-                    seen.clear();
+                    remote.seen().clear();
                 }
                 Err(_) => {
                     remote.lease.lose();

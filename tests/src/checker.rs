@@ -136,6 +136,9 @@ pub struct Report {
     pub stale: Vec<String>,
     /// Wall time.
     pub elapsed: Duration,
+    /// With Redis: hits from Redis, Redis errors, tier drops, invalidations published and
+    /// received, summed over the pools.
+    pub redis_stats: Option<String>,
 }
 
 #[derive(Default)]
@@ -210,12 +213,15 @@ impl Shared {
 
     /// A write through `client`'s pool returned: once the other pool has applied its
     /// invalidation (two tiers deliver it over Redis pub/sub), its tables are quiet again.
+    /// (Counting messages would not do: a recovery after a Redis timeout publishes one more.)
     async fn end(&self, client: u64, tables: &[usize]) {
         if self.deliver {
             let (mine, other) = (self.cache(client), self.cache(client + 1));
-            let published = mine.stats().published;
+            // The other pool has heard this pool's messages up to the write's (or a later one:
+            // a publisher's messages arrive in order, or the gap drops the other's tier).
+            let (publisher, sent) = mine.bus_position_for_tests().expect("a pool with Redis");
             let start = Instant::now();
-            while other.stats().received < published {
+            while other.heard_from_for_tests(publisher) < sent {
                 assert!(start.elapsed() < Duration::from_secs(10), "an invalidation was not delivered");
                 tokio::task::yield_now().await;
             }
@@ -294,6 +300,19 @@ pub async fn run(config: Config) -> Report {
         ops: per_client * config.clients,
         reads_checked: shared.checked.load(SeqCst),
         cache_hits: shared.caches.iter().map(|c| c.stats().hits).sum(),
+        redis_stats: config.redis.map(|_| {
+            let sum =
+                |f: fn(&sqlacache_sqlx::StatsSnapshot) -> u64| shared.caches.iter().map(|c| f(&c.stats())).sum::<u64>();
+            format!(
+                "{} hits from Redis, {} errors, {} degraded reads, {} tier drops, {} published, {} received",
+                sum(|s| s.redis_hits),
+                sum(|s| s.redis_errors),
+                sum(|s| s.degraded),
+                sum(|s| s.tier_drops),
+                sum(|s| s.published),
+                sum(|s| s.received)
+            )
+        }),
         stale,
         elapsed: start.elapsed(),
     }

@@ -39,6 +39,9 @@ async fn main() {
     println!("cache hits:      {}", report.cache_hits);
     println!("reads compared:  {}", report.reads_checked);
     println!("stale reads:     {}", report.stale.len());
+    if let Some(stats) = &report.redis_stats {
+        println!("redis:           {stats}");
+    }
     for stale in report.stale.iter().take(3) {
         println!("\n{stale}");
     }
