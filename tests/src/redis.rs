@@ -176,6 +176,11 @@ impl RedisCluster {
         cluster
     }
 
+    /// Node `i` (0 to 2), to freeze or kill.
+    pub fn node(&mut self, i: usize) -> &mut RedisServer {
+        &mut self.nodes[i]
+    }
+
     /// `redis-cluster://127.0.0.1:<port of the first node>`.
     pub fn url(&self) -> String {
         format!("redis-cluster://127.0.0.1:{}", self.nodes[0].port())

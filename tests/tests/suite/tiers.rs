@@ -134,7 +134,8 @@ async fn redis_cluster_shares_values_and_invalidations() {
 
 /// Writes through one pool and reads through both, checking every read against the writes
 /// that returned before it started: a read may miss a write only within the lease after it
-/// returned. Runs `fault` meanwhile; returns the number of stale reads.
+/// returned, and with Redis only, not at all once both pools are back. Runs `fault` meanwhile;
+/// returns the number of stale reads.
 async fn under_load(
     url: &str,
     memory: u64,
@@ -148,6 +149,8 @@ async fn under_load(
     let written: Arc<Mutex<Vec<(Instant, i64)>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let stale = Arc::new(AtomicU64::new(0));
+    // Set once every pool has Redis again.
+    let back = Arc::new(AtomicBool::new(false));
     let writer = {
         let (a, written, stop) = (a.clone(), written.clone(), stop.clone());
         tokio::spawn(async move {
@@ -163,9 +166,10 @@ async fn under_load(
         .into_iter()
         .enumerate()
         .map(|(reader, cache)| {
-            let (written, stop, stale) = (written.clone(), stop.clone(), stale.clone());
+            let (written, stop, stale, back) = (written.clone(), stop.clone(), stale.clone(), back.clone());
             tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
+                    let margin = if memory == 0 && back.load(Ordering::SeqCst) { Duration::ZERO } else { LEASE };
                     let start = Instant::now();
                     let seen = value(&cache, 3).await;
                     let must = written
@@ -173,7 +177,7 @@ async fn under_load(
                         .unwrap()
                         .iter()
                         .rev()
-                        .find(|(at, _)| *at + LEASE <= start)
+                        .find(|(at, _)| *at + margin <= start)
                         .map_or(0, |(_, v)| *v);
                     if seen < must {
                         stale.fetch_add(1, Ordering::Relaxed);
@@ -191,6 +195,7 @@ async fn under_load(
     tokio::time::sleep(Duration::from_millis(300)).await;
     fault.await;
     ready(&[&a, &b]).await;
+    back.store(true, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
     writer.await.expect("no write failed");
@@ -579,4 +584,25 @@ async fn tls_connections_share_values_and_invalidations() {
     assert_eq!(value(&untrusted, 2).await, 0);
     assert!(!untrusted.tiers_ready_for_tests());
     drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_frozen_under_load() {
+    // One node, then every node (the one holding the channel among them), frozen for 2 s.
+    let mut cluster = RedisCluster::start();
+    let url = cluster.url();
+    for (memory, nodes) in [(1 << 20, 1..2), (1 << 20, 0..3), (0, 0..3)] {
+        let (stale, a, b) = under_load(&url, memory, async {
+            for i in nodes.clone() {
+                cluster.node(i).freeze();
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            for i in nodes.clone() {
+                cluster.node(i).resume();
+            }
+        })
+        .await;
+        assert_eq!(stale, 0, "memory {memory}, nodes {nodes:?}");
+        assert!(a.stats().redis_errors + b.stats().redis_errors > 0, "the frozen nodes were seen");
+    }
 }
