@@ -151,11 +151,15 @@ async fn under_load(
     let stale = Arc::new(AtomicU64::new(0));
     // Set once every pool has Redis again.
     let back = Arc::new(AtomicBool::new(false));
+    // The slowest read and write, in microseconds.
+    let slowest: Arc<[AtomicU64; 2]> = Arc::default();
     let writer = {
-        let (a, written, stop) = (a.clone(), written.clone(), stop.clone());
+        let (a, written, stop, slowest) = (a.clone(), written.clone(), stop.clone(), slowest.clone());
         tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
+                let began = Instant::now();
                 let v = bump(&a, 3).await;
+                slowest[1].fetch_max(began.elapsed().as_micros() as u64, Ordering::Relaxed);
                 written.lock().unwrap().push((Instant::now(), v));
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
@@ -167,11 +171,13 @@ async fn under_load(
         .enumerate()
         .map(|(reader, cache)| {
             let (written, stop, stale, back) = (written.clone(), stop.clone(), stale.clone(), back.clone());
+            let slowest = slowest.clone();
             tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
                     let margin = if memory == 0 && back.load(Ordering::SeqCst) { Duration::ZERO } else { LEASE };
                     let start = Instant::now();
                     let seen = value(&cache, 3).await;
+                    slowest[0].fetch_max(start.elapsed().as_micros() as u64, Ordering::Relaxed);
                     let must = written
                         .lock()
                         .unwrap()
@@ -203,6 +209,13 @@ async fn under_load(
         reader.await.expect("no read failed");
     }
     assert!(written.lock().unwrap().len() > 50, "the writer made progress");
+    // How long a call waited at most, for the record (the bound is the command timeout plus
+    // PostgreSQL's own time; not asserted, since a loaded machine stretches both).
+    eprintln!(
+        "slowest read {} us, slowest write {} us",
+        slowest[0].load(Ordering::Relaxed),
+        slowest[1].load(Ordering::Relaxed)
+    );
     (stale.load(Ordering::Relaxed), a, b)
 }
 
