@@ -616,6 +616,9 @@ async fn a_cluster_frozen_under_load() {
         })
         .await;
         assert_eq!(stale, 0, "memory {memory}, nodes {nodes:?}");
-        assert!(a.stats().redis_errors + b.stats().redis_errors > 0, "the frozen nodes were seen");
+        // One node may hold none of the keys or the channel this load touches; all of them do.
+        if nodes.len() == 3 {
+            assert!(a.stats().redis_errors + b.stats().redis_errors > 0, "the frozen nodes were seen");
+        }
     }
 }
