@@ -192,6 +192,8 @@ impl RedisStore {
         let client = Builder::from_config(config)
             .with_performance_config(|performance| performance.default_command_timeout = timeout)
             .with_connection_config(|connection| {
+                // Requests are small and answered one by one: do not hold them back (Nagle).
+                connection.tcp = fred::types::config::TcpConfig { nodelay: Some(true), ..Default::default() };
                 connection.connection_timeout = timeout.max(Duration::from_millis(100));
                 connection.internal_command_timeout = timeout.max(Duration::from_millis(100));
             })

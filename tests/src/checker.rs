@@ -256,7 +256,10 @@ pub async fn run(config: Config) -> Report {
             // `Member` is registered at its first use, while the other clients run.
             .memory_capacity(4 * 1024 * 1024);
         let builder = match config.redis {
-            Some((url, memory)) => builder.redis(url).key_prefix(&prefix).memory_capacity(memory),
+            // In the shared Redis, its keys expire within a minute.
+            Some((url, memory)) => {
+                builder.redis(url).key_prefix(&prefix).memory_capacity(memory).default_ttl(Duration::from_secs(60))
+            }
             None => builder,
         };
         caches.push(builder.build().await.expect("build the cache"));

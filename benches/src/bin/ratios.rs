@@ -286,6 +286,7 @@ mod redis {
     async fn pool(pg: &PgPool, url: &str, prefix: &str, memory: u64) -> Result<CachedPool, sqlacache_sqlx::Error> {
         let cache = CachedPool::builder(pg.clone())
             .model::<BenchUser>()
+            .default_ttl(Duration::from_secs(120))
             .redis(url)
             .key_prefix(prefix)
             .memory_capacity(memory)
@@ -299,35 +300,39 @@ mod redis {
     pub async fn rows(pg: &PgPool) -> Result<Vec<Row>, Box<dyn std::error::Error + Send + Sync>> {
         let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
         let prefix = format!("sqlacache_bench_{}", std::process::id());
-        let raw_redis = fred::prelude::Builder::from_config(fred::prelude::Config::from_url(&url)?).build()?;
+        // The raw side connects as the cache's store does (TCP_NODELAY).
+        let raw_redis = fred::prelude::Builder::from_config(fred::prelude::Config::from_url(&url)?)
+            .with_connection_config(|c| {
+                c.tcp = fred::types::config::TcpConfig { nodelay: Some(true), ..Default::default() }
+            })
+            .build()?;
         raw_redis.init().await.map_err(|e| format!("cannot reach Redis at {url}: {e}"))?;
+        // Redis only first, with no other pool in this process: the two-tier pools' listeners
+        // would otherwise share its two threads, as other processes' do not.
         let shared = pool(pg, &url, &prefix, 0).await?;
-        let tiers = pool(pg, &url, &prefix, 64 << 20).await?;
-        let other = pool(pg, &url, &prefix, 64 << 20).await?;
         let raw_point = |id: i64| sqlx::query_as::<_, BenchUser>(POINT).bind(id).fetch_one(pg);
 
         // The bytes Redis holds for one cached row, under a key of the raw side's own.
         shared.get::<BenchUser>(1).await?;
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let keys: Vec<String> = {
-            let (_, keys): (String, Vec<String>) = raw_redis
-                .custom(
-                    fred::cmd!("SCAN"),
-                    vec!["0".to_owned(), "MATCH".into(), format!("{prefix}:*:v:*"), "COUNT".into(), "100000".into()],
-                )
-                .await?;
-            keys
-        };
-        let stored: Vec<u8> = raw_redis.get(keys.first().ok_or("no value stored in Redis")?).await?;
+        // (A scan, once, outside the timed part.)
+        let (mut cursor, mut found) = ("0".to_owned(), None);
+        loop {
+            let args = vec![cursor, "MATCH".into(), format!("{prefix}:*:v:*"), "COUNT".into(), "10000".into()];
+            let (next, keys): (String, Vec<String>) = raw_redis.custom(fred::cmd!("SCAN"), args).await?;
+            found = found.or(keys.into_iter().next());
+            if found.is_some() || next == "0" {
+                break;
+            }
+            cursor = next;
+        }
+        let stored: Vec<u8> = raw_redis.get(found.ok_or("no value stored in Redis")?).await?;
         let raw_key = format!("{prefix}:raw");
         let () =
             raw_redis.set(&raw_key, stored.as_slice(), Some(fred::types::Expiration::EX(600)), None, false).await?;
 
         let [mut raw_get, mut redis_hit, mut raw_miss, mut redis_miss, mut raw_hot, mut local_hit, mut raw_write, mut redis_write] =
             std::array::from_fn(|_| Samples::default());
-        for id in 1..=100 {
-            tiers.get::<BenchUser>(id).await?;
-        }
         for round in 0..ROUNDS {
             let raw_once = async {
                 let bytes: Vec<u8> = raw_redis.get(&raw_key).await.unwrap();
@@ -345,14 +350,6 @@ mod redis {
                 black_box(shared.get::<BenchUser>(cold).await.unwrap());
             };
             pair(round, (&mut raw_miss, raw_once), (&mut redis_miss, miss_once)).await;
-            let hot = 1 + round % 100;
-            let raw_once = async {
-                black_box(raw_point(hot).await.unwrap());
-            };
-            let hit_once = async {
-                black_box(tiers.get::<BenchUser>(hot).await.unwrap());
-            };
-            pair(round, (&mut raw_hot, raw_once), (&mut local_hit, hit_once)).await;
         }
         for round in 0..ROUNDS {
             let raw_once = async {
@@ -362,6 +359,22 @@ mod redis {
                 black_box(sqlx::query(WRITE).bind(USERS - 1500 - round % 500).execute(&shared).await.unwrap());
             };
             pair(round, (&mut raw_write, raw_once), (&mut redis_write, write_once)).await;
+        }
+        // Two tiers: two pools, standing for two processes.
+        let tiers = pool(pg, &url, &prefix, 64 << 20).await?;
+        let other = pool(pg, &url, &prefix, 64 << 20).await?;
+        for id in 1..=100 {
+            tiers.get::<BenchUser>(id).await?;
+        }
+        for round in 0..ROUNDS {
+            let hot = 1 + round % 100;
+            let raw_once = async {
+                black_box(raw_point(hot).await.unwrap());
+            };
+            let hit_once = async {
+                black_box(tiers.get::<BenchUser>(hot).await.unwrap());
+            };
+            pair(round, (&mut raw_hot, raw_once), (&mut local_hit, hit_once)).await;
         }
         // Delivery: a write through one two-tier pool returns; the other pool has applied it.
         let mut delivery = Samples::default();

@@ -28,6 +28,7 @@ async fn main() {
         .expect("connect to PostgreSQL");
     let cache = CachedPool::builder(pool)
         .model::<Counter>()
+        .default_ttl(Duration::from_secs(60))
         .redis(redis)
         .key_prefix(prefix)
         .memory_capacity(memory.parse().expect("a capacity"))

@@ -19,6 +19,8 @@ const TIMEOUT: Duration = Duration::from_millis(50);
 async fn pool(db: &TestDb, url: &str, prefix: &str, memory: u64) -> CachedPool {
     CachedPool::builder(db.pool.clone())
         .model::<Counter>()
+        // Its keys in the shared Redis expire within a minute.
+        .default_ttl(Duration::from_secs(60))
         .redis(url)
         .key_prefix(prefix)
         .memory_capacity(memory)
@@ -402,6 +404,7 @@ async fn two_databases_sharing_one_redis_and_prefix_never_share_entries() {
     let a = pool(&here, &redis_url(), &prefix, 0).await;
     let b = CachedPool::builder(there_pool.clone())
         .model::<Counter>()
+        .default_ttl(Duration::from_secs(60))
         .redis(&redis_url())
         .key_prefix(&prefix)
         .memory_capacity(0)
