@@ -625,3 +625,33 @@ async fn a_cluster_frozen_under_load() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_and_password_in_the_url_are_used() {
+    let server = RedisServer::start(&["--user", "alice", "on", ">secret", "~*", "&*", "+@all"]);
+    let port = server.port();
+    let db = TestDb::with_schema(COUNTERS).await;
+    let prefix = unique_prefix("acl");
+    let url = format!("redis://alice:secret@127.0.0.1:{port}");
+    let (a, b) = (pool(&db, &url, &prefix, 0).await, pool(&db, &url, &prefix, 0).await);
+    ready(&[&a, &b]).await;
+    for _ in 0..3 {
+        value(&b, 1).await;
+        let written = bump(&a, 1).await;
+        assert_eq!(value(&b, 1).await, written);
+    }
+    // B stores the row (on a task of its own); A then reads it from Redis.
+    value(&b, 1).await;
+    let start = Instant::now();
+    while a.stats().redis_hits == 0 {
+        assert!(start.elapsed() < Duration::from_secs(10), "A never read what B stored: {:?}", a.stats());
+        value(&a, 1).await;
+    }
+    assert!(a.stats().published >= 3, "A's writes reached Redis: {:?}", a.stats());
+    assert_eq!(a.stats().redis_errors + b.stats().redis_errors, 0);
+    // A wrong password: the pool builds and works on PostgreSQL alone.
+    let wrong = pool(&db, &format!("redis://alice:wrong@127.0.0.1:{port}"), &prefix, 0).await;
+    let written = bump(&wrong, 2).await;
+    assert_eq!(value(&wrong, 2).await, written);
+    assert!(!wrong.tiers_ready_for_tests());
+}
