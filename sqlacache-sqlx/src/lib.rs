@@ -32,6 +32,10 @@
 //! # Ok(()) }
 //! ```
 //!
+//! With the `redis` feature (`redis-tls` for `rediss://`), `CachedPoolBuilder::redis` shares
+//! cached values through Redis and keeps the in-process tiers of several processes fresh for
+//! each other.
+//!
 //! See the README for the consistency guarantees and their limits.
 #![forbid(unsafe_code)]
 
