@@ -1031,7 +1031,7 @@ impl CachedPoolBuilder {
         self
     }
 
-    /// The most bytes the in-process store holds. Default: 64 MiB. With [`redis`](Self::redis),
+    /// The most bytes the in-process store holds. Default: 64 MiB. With `redis` (feature `redis`),
     /// `0` keeps values in Redis only.
     pub fn memory_capacity(mut self, bytes: u64) -> Self {
         self.capacity = bytes;
