@@ -210,6 +210,9 @@ impl Drop for RedisCluster {
 pub struct Proxy {
     port: u16,
     blocked: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// While set, nothing reaches subscriber connections, and nothing says so (a half-open
+    /// connection).
+    silenced: std::sync::Arc<std::sync::atomic::AtomicBool>,
     open: std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>>,
 }
 
@@ -219,8 +222,8 @@ impl Proxy {
         use std::sync::atomic::Ordering;
         let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
         let port = listener.local_addr().expect("bound").port();
-        let proxy = Proxy { port, blocked: Default::default(), open: Default::default() };
-        let (blocked, open) = (proxy.blocked.clone(), proxy.open.clone());
+        let proxy = Proxy { port, blocked: Default::default(), silenced: Default::default(), open: Default::default() };
+        let (blocked, silenced, open) = (proxy.blocked.clone(), proxy.silenced.clone(), proxy.open.clone());
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
                 if blocked.load(Ordering::SeqCst) {
@@ -233,13 +236,27 @@ impl Proxy {
                         list.push(clone);
                     }
                 }
-                for (mut from, mut to) in
-                    [(client.try_clone(), server.try_clone()), (server.try_clone(), client.try_clone())]
-                        .into_iter()
-                        .filter_map(|(a, b)| Some((a.ok()?, b.ok()?)))
-                {
+                // Whether this client subscribed (it sent SUBSCRIBE or SSUBSCRIBE).
+                let subscriber = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let directions =
+                    [(true, client.try_clone(), server.try_clone()), (false, server.try_clone(), client.try_clone())];
+                for (upstream, from, to) in directions {
+                    let (Ok(mut from), Ok(mut to)) = (from, to) else { continue };
+                    let (subscriber, silenced) = (subscriber.clone(), silenced.clone());
                     std::thread::spawn(move || {
-                        let _ = std::io::copy(&mut from, &mut to);
+                        let mut buffer = [0u8; 16 * 1024];
+                        while let Ok(n @ 1..) = from.read(&mut buffer) {
+                            let chunk = &buffer[..n];
+                            if upstream && chunk.windows(9).any(|w| w.eq_ignore_ascii_case(b"SUBSCRIBE")) {
+                                subscriber.store(true, Ordering::SeqCst);
+                            }
+                            while !upstream && subscriber.load(Ordering::SeqCst) && silenced.load(Ordering::SeqCst) {
+                                std::thread::sleep(Duration::from_millis(2));
+                            }
+                            if to.write_all(chunk).is_err() {
+                                break;
+                            }
+                        }
                         let _ = to.shutdown(std::net::Shutdown::Both);
                         let _ = from.shutdown(std::net::Shutdown::Both);
                     });
@@ -260,6 +277,17 @@ impl Proxy {
         for stream in self.open.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
             let _ = stream.shutdown(std::net::Shutdown::Both);
         }
+    }
+
+    /// Holds back everything the server sends to subscriber connections, without closing them
+    /// or saying anything: they look alive and hear nothing.
+    pub fn silence_subscribers(&self) {
+        self.silenced.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Delivers to subscriber connections again (what was held back arrives first).
+    pub fn unsilence_subscribers(&self) {
+        self.silenced.store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Lets connections through again.

@@ -655,3 +655,32 @@ async fn a_user_and_password_in_the_url_are_used() {
     assert_eq!(value(&wrong, 2).await, written);
     assert!(!wrong.tiers_ready_for_tests());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_subscription_stops_the_in_process_tier_within_the_lease() {
+    // B's connections go through a proxy that stops delivering to its subscription without an
+    // error (a half-open connection): B's commands still work, so only the lease can tell.
+    let server = RedisServer::start(&[]);
+    let proxy = Proxy::start(server.port());
+    let db = TestDb::with_schema(COUNTERS).await;
+    let prefix = unique_prefix("silent");
+    let a = pool(&db, &server.url(), &prefix, 1 << 20).await;
+    let b = pool(&db, &proxy.url(), &prefix, 1 << 20).await;
+    for id in 1..=3 {
+        ready(&[&a, &b]).await;
+        let before = value(&b, id).await;
+        assert_eq!(value(&b, id).await, before, "cached in B");
+        proxy.silence_subscribers();
+        let written = bump(&a, id).await;
+        let returned = Instant::now();
+        tokio::time::sleep_until((returned + LEASE).into()).await;
+        for _ in 0..20 {
+            assert_eq!(value(&b, id).await, written, "round {id}: B served its copy past the lease");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(b.stats().redis_errors, 0, "B's commands kept working");
+        proxy.unsilence_subscribers();
+    }
+    ready(&[&a, &b]).await;
+    assert!(b.stats().degraded > 0);
+}
