@@ -492,6 +492,8 @@ impl Shared {
                         None => {
                             tracing::warn!("a value cached in Redis did not decode; treating it as a miss");
                             self.stats.corrupt_entry();
+                            // Fill against fresh epochs, so the value read now replaces it.
+                            epochs = remote.epochs(deps.as_ref(), ttl, &self.stats).await;
                         }
                     },
                     Some(Lookup::Miss(found)) => epochs = Some(found),

@@ -164,6 +164,18 @@ mod imp {
             }
         }
 
+        /// The epochs of `tags` (created where missing), to fill against; `None` when Redis
+        /// failed (the breaker is then open).
+        pub async fn epochs(&self, tags: &[Tag], ttl: Duration, stats: &Stats) -> Option<Epochs> {
+            match self.store.epochs(tags, ttl).await {
+                Ok(epochs) => Some(epochs),
+                Err(error) => {
+                    self.failed(&error, stats);
+                    None
+                }
+            }
+        }
+
         /// Stores a filled value in Redis on a task of its own (off the caller's path); `done`
         /// is dropped once it is stored, or failed.
         pub fn put<G: Send + 'static>(

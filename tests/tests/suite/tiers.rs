@@ -684,3 +684,49 @@ async fn a_silent_subscription_stops_the_in_process_tier_within_the_lease() {
     ready(&[&a, &b]).await;
     assert!(b.stats().degraded > 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_in_redis_that_does_not_decode_is_a_miss_and_is_replaced() {
+    use fred::interfaces::{ClientLike, KeysInterface};
+    require_shared_redis();
+    let db = TestDb::with_schema(COUNTERS).await;
+    let prefix = unique_prefix("corrupt");
+    let (a, b) = (pool(&db, &redis_url(), &prefix, 0).await, pool(&db, &redis_url(), &prefix, 0).await);
+    ready(&[&a, &b]).await;
+    let written = bump(&a, 1).await;
+    assert_eq!(value(&a, 1).await, written);
+    // Damage the stored value's payload, keeping its header (so its epochs still hold).
+    let raw =
+        fred::prelude::Builder::from_config(fred::prelude::Config::from_url(&redis_url()).unwrap()).build().unwrap();
+    raw.init().await.unwrap();
+    let start = Instant::now();
+    let key = loop {
+        let (_, keys): (String, Vec<String>) = raw
+            .custom(
+                fred::cmd!("SCAN"),
+                vec!["0".to_owned(), "MATCH".into(), format!("{prefix}:*:v:*"), "COUNT".into(), "1000000".into()],
+            )
+            .await
+            .unwrap();
+        if let Some(key) = keys.into_iter().next() {
+            break key;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "the value was never stored");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let stored: Vec<u8> = raw.get(&key).await.unwrap();
+    let header_end = stored.windows(2).position(|w| w == b"\n\n").expect("a header") + 2;
+    let mut damaged = stored[..header_end].to_vec();
+    damaged.extend_from_slice(&[0xff; 3]);
+    let () = raw.set(&key, damaged, Some(fred::types::Expiration::KEEPTTL), None, false).await.unwrap();
+
+    assert_eq!(value(&b, 1).await, written, "read from PostgreSQL");
+    assert_eq!(b.stats().corrupt_entries, 1);
+    let start = Instant::now();
+    while b.stats().redis_hits == 0 {
+        assert!(start.elapsed() < Duration::from_secs(10), "the damaged value was never replaced");
+        assert_eq!(value(&b, 1).await, written);
+    }
+    assert_eq!(b.stats().corrupt_entries, 1, "replaced, not read again");
+    let _: i64 = raw.del(&key).await.unwrap();
+}
