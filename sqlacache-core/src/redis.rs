@@ -85,21 +85,10 @@ end
 return epochs
 "#;
 
-/// Returns the value of KEYS[1] if every epoch stored in its header still holds, else nil. The
-/// header is text, `<tag> <epoch>` lines ended by an empty line; the payload follows.
-const GET: &str = r#"
-local stored = redis.call('GET', KEYS[1])
-if not stored then return false end
-local stop = string.find(stored, '\n\n', 1, true)
-if not stop then return false end
-for tag, epoch in string.gmatch(string.sub(stored, 1, stop), '(%S+) (%S+)\n') do
-  if redis.call('GET', tag) ~= epoch then return false end
-end
-return string.sub(stored, stop + 2)
-"#;
-
-/// [`GET`]'s check, and on a miss [`EPOCHS`]'s work, in one round trip. KEYS[1]: the value;
-/// KEYS[2..]: its tags; ARGV as for `EPOCHS`. Returns `{1, payload}` or `{0, epoch, ...}`.
+/// Returns the value of KEYS[1] if every epoch stored in its header still holds (the header is
+/// text, `<tag> <epoch>` lines ended by an empty line; the payload follows), and otherwise does
+/// [`EPOCHS`]'s work for KEYS[2..], all in one round trip. ARGV as for `EPOCHS`. Returns
+/// `{1, payload}` or `{0, epoch, ...}` (just `{0}` without tags).
 const LOOKUP: &str = r#"
 local stored = redis.call('GET', KEYS[1])
 if stored then
@@ -149,7 +138,6 @@ pub struct RedisStore {
     /// `<prefix>:<format>:<scope>:`.
     namespace: String,
     epochs: Script,
-    get: Script,
     lookup: Script,
     invalidate: Script,
 }
@@ -158,6 +146,16 @@ impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore").field("namespace", &self.namespace).finish_non_exhaustive()
     }
+}
+
+/// `n` fresh epochs.
+fn fresh_epochs(n: usize) -> Vec<String> {
+    (0..n).map(|_| fresh_epoch().to_string()).collect()
+}
+
+/// A TTL in milliseconds, at least 1.
+fn ttl_millis(ttl: Duration) -> i64 {
+    ttl.as_millis().clamp(1, i64::MAX as u128) as i64
 }
 
 /// Fresh epochs: unique per process and call, so no two fills create the same one.
@@ -207,7 +205,6 @@ impl RedisStore {
             client,
             namespace: format!("{prefix}:{FORMAT}:{scope}:"),
             epochs: Script::from_lua(EPOCHS),
-            get: Script::from_lua(GET),
             lookup: Script::from_lua(LOOKUP),
             invalidate: Script::from_lua(INVALIDATE),
         })
@@ -232,7 +229,8 @@ impl RedisStore {
     /// before the database is read and passed to [`RedisStore::put`]. `ttl` is the longest the
     /// value will live.
     pub async fn epochs(&self, tags: &[Tag], ttl: Duration) -> Result<Epochs, RedisError> {
-        let (keys, fresh, millis) = self.fill_args(tags, ttl);
+        let keys = self.tag_keys(tags);
+        let (fresh, millis) = (fresh_epochs(keys.len()), ttl_millis(ttl));
         let epochs: Vec<String> = if self.client.is_clustered() {
             // SET NX GET and PEXPIRE GT for each tag, in one pipeline across the nodes.
             let pipeline = self.client.pipeline();
@@ -253,13 +251,11 @@ impl RedisStore {
         Ok(Epochs(keys.into_iter().zip(epochs).collect()))
     }
 
-    /// The tag keys of a fill (the global tag first), a fresh epoch for each, and the TTL in
-    /// milliseconds.
-    fn fill_args(&self, tags: &[Tag], ttl: Duration) -> (Vec<String>, Vec<String>, i64) {
+    /// The tag keys of a fill: the global tag first, then `tags`.
+    fn tag_keys(&self, tags: &[Tag]) -> Vec<String> {
         let mut keys: Vec<String> = vec![self.tag_key(&Tag::All)];
         keys.extend(tags.iter().filter(|t| **t != Tag::All).map(|t| self.tag_key(t)));
-        let fresh: Vec<String> = keys.iter().map(|_| fresh_epoch().to_string()).collect();
-        (keys, fresh, ttl.as_millis().clamp(1, i64::MAX as u128) as i64)
+        keys
     }
 
     /// The value of `key` if it is fresh; otherwise the epochs of `tags` to fill it against
@@ -271,25 +267,35 @@ impl RedisStore {
                 None => Lookup::Miss(self.epochs(tags, ttl).await?),
             });
         }
-        let (mut keys, fresh, millis) = self.fill_args(tags, ttl);
-        keys.insert(0, self.value_key(key));
-        let mut args = vec![millis.to_string()];
-        args.extend(fresh);
-        let reply: Vec<Value> = self.lookup.evalsha_with_reload(&self.client, keys.clone(), args).await?;
+        self.lookup_script(key, Some(tags), ttl).await
+    }
+
+    /// [`RedisStore::lookup`] on one server: the `LOOKUP` script. Without `tags` it only checks
+    /// (and a miss carries no epochs).
+    async fn lookup_script(
+        &self,
+        key: crate::key::Key,
+        tags: Option<&[Tag]>,
+        ttl: Duration,
+    ) -> Result<Lookup, RedisError> {
+        let tags_keys = tags.map(|tags| self.tag_keys(tags)).unwrap_or_default();
+        let mut args = vec![ttl_millis(ttl).to_string()];
+        args.extend(fresh_epochs(tags_keys.len()));
+        let mut keys = Vec::with_capacity(tags_keys.len() + 1);
+        keys.push(self.value_key(key));
+        keys.extend(tags_keys);
+        let reply: Vec<Value> = self.lookup.evalsha_with_reload(&self.client, keys, args).await?;
         let mut reply = reply.into_iter();
-        match reply.next().and_then(|flag| flag.as_i64()) {
-            Some(1) => {
-                let payload = reply.next().and_then(|v| v.into_bytes()).unwrap_or_default().to_vec();
-                Ok(Lookup::Hit(payload))
-            }
-            _ => {
-                let epochs: Option<Vec<String>> = reply.map(|v| v.into_string()).collect();
-                let epochs = epochs.filter(|e| e.len() + 1 == keys.len()).ok_or_else(|| {
-                    RedisError::Command(FredError::new(fred::error::ErrorKind::Parse, "unexpected LOOKUP reply"))
-                })?;
-                Ok(Lookup::Miss(Epochs(keys.into_iter().skip(1).zip(epochs).collect())))
-            }
+        if reply.next().and_then(|flag| flag.as_i64()) == Some(1) {
+            return Ok(Lookup::Hit(reply.next().and_then(|v| v.into_bytes()).unwrap_or_default().to_vec()));
         }
+        // A miss: name the tags again (cheaper than keeping a copy on every hit).
+        let keys = tags.map(|tags| self.tag_keys(tags)).unwrap_or_default();
+        let epochs: Option<Vec<String>> = reply.map(|v| v.into_string()).collect();
+        let epochs = epochs.filter(|e| e.len() == keys.len()).ok_or_else(|| {
+            RedisError::Command(FredError::new(fred::error::ErrorKind::Parse, "unexpected LOOKUP reply"))
+        })?;
+        Ok(Lookup::Miss(Epochs(keys.into_iter().zip(epochs).collect())))
     }
 
     /// Stores `bytes` for `key` with the epochs read before the database was.
@@ -317,7 +323,11 @@ impl RedisStore {
     /// The value of `key`, if it is stored and every tag it depends on still holds its epoch.
     pub async fn get(&self, key: crate::key::Key) -> Result<Option<Vec<u8>>, RedisError> {
         if !self.client.is_clustered() {
-            return Ok(self.get.evalsha_with_reload(&self.client, vec![self.value_key(key)], ()).await?);
+            // The lookup script without tags: it only checks.
+            return Ok(match self.lookup_script(key, None, Duration::from_millis(1)).await? {
+                Lookup::Hit(bytes) => Some(bytes),
+                Lookup::Miss(_) => None,
+            });
         }
         let stored: Option<Vec<u8>> = self.client.get(self.value_key(key)).await?;
         let Some((deps, payload)) = stored.as_deref().and_then(split_stored) else { return Ok(None) };

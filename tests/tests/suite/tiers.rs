@@ -354,6 +354,22 @@ async fn invalidate_all_touches_only_its_own_prefix() {
     assert_eq!(a.stats().misses, misses + 1, "its own prefix lost them");
 }
 
+/// B caches row `id`, `cut` keeps B from hearing the bus, and A writes the row: whatever B reads
+/// from a lease after the write returned on is fresh.
+async fn unheard_write_is_not_served_past_the_lease(a: &CachedPool, b: &CachedPool, id: i32, cut: impl FnOnce()) {
+    ready(&[a, b]).await;
+    let before = value(b, id).await;
+    assert_eq!(value(b, id).await, before, "cached in B");
+    cut();
+    let written = bump(a, id).await;
+    let returned = Instant::now();
+    tokio::time::sleep_until((returned + LEASE).into()).await;
+    for _ in 0..20 {
+        assert_eq!(value(b, id).await, written, "round {id}: B served its copy past the lease");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_published_while_the_subscriber_was_away_is_not_missed() {
     let server = RedisServer::start(&[]);
@@ -361,20 +377,9 @@ async fn a_write_published_while_the_subscriber_was_away_is_not_missed() {
     let prefix = unique_prefix("away");
     let (a, b) = (pool(&db, &server.url(), &prefix, 1 << 20).await, pool(&db, &server.url(), &prefix, 1 << 20).await);
     for id in 1..=5 {
-        ready(&[&a, &b]).await;
-        let before = value(&b, id).await;
-        assert_eq!(value(&b, id).await, before, "cached in B");
-        // B's subscription is gone: the message of this write reaches nobody.
-        server.kill_subscribers();
-        let written = bump(&a, id).await;
-        let returned = Instant::now();
-        // Whatever B reads from a lease after the write on is fresh: it dropped its tier when it
-        // subscribed again, before trusting it.
-        tokio::time::sleep_until((returned + LEASE).into()).await;
-        for _ in 0..20 {
-            assert_eq!(value(&b, id).await, written, "round {id}");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        // B's subscription is gone: the message of this write reaches nobody. B drops its tier
+        // when it subscribes again, before trusting it.
+        unheard_write_is_not_served_past_the_lease(&a, &b, id, || server.kill_subscribers()).await;
     }
     assert!(b.stats().tier_drops >= 5, "{:?}", b.stats());
 }
@@ -667,17 +672,7 @@ async fn a_silent_subscription_stops_the_in_process_tier_within_the_lease() {
     let a = pool(&db, &server.url(), &prefix, 1 << 20).await;
     let b = pool(&db, &proxy.url(), &prefix, 1 << 20).await;
     for id in 1..=3 {
-        ready(&[&a, &b]).await;
-        let before = value(&b, id).await;
-        assert_eq!(value(&b, id).await, before, "cached in B");
-        proxy.silence_subscribers();
-        let written = bump(&a, id).await;
-        let returned = Instant::now();
-        tokio::time::sleep_until((returned + LEASE).into()).await;
-        for _ in 0..20 {
-            assert_eq!(value(&b, id).await, written, "round {id}: B served its copy past the lease");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        unheard_write_is_not_served_past_the_lease(&a, &b, id, || proxy.silence_subscribers()).await;
         assert_eq!(b.stats().redis_errors, 0, "B's commands kept working");
         proxy.unsilence_subscribers();
     }
