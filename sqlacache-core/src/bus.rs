@@ -117,9 +117,11 @@ impl Sequences {
             return false;
         }
         match self.last.insert(publisher, seq) {
-            // First heard: what it sent before was sent before this process listened, or was
-            // covered by the tier being dropped when this process (re)subscribed.
-            None => true,
+            // First heard: only its first message proves nothing was missed. Anything it sent
+            // before may have been sent after this process started listening (and lost), so a
+            // later first number counts as a gap: a process that starts among running ones, or
+            // reconnects, drops its tier once per publisher (it holds little by then).
+            None => seq == 1,
             Some(last) => seq == last + 1,
         }
     }
@@ -215,9 +217,9 @@ mod tests {
     #[test]
     fn a_gap_in_a_publishers_numbers_is_seen() {
         let mut seen = Sequences::default();
-        assert!(seen.note(1, 5));
+        assert!(!seen.note(1, 5), "1 to 4 may have been lost before this process heard any");
         assert!(seen.note(1, 6));
-        assert!(seen.note(2, 1));
+        assert!(seen.note(2, 1), "a publisher's first message");
         assert!(!seen.note(1, 8), "7 is missing");
         assert!(seen.note(1, 9));
         assert!(!seen.note(2, 1), "a repeat is not the next number either");
@@ -231,6 +233,7 @@ mod tests {
         }
         assert!(!seen.note(u64::MAX, 1));
         assert!(seen.note(u64::MAX, 2));
+        assert!(!seen.note(0, 2), "forgotten: the next number is a first heard after 1");
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod ops;
 pub mod redis;
 mod stats;
 mod store;
+pub mod tier;
 
 pub use error::Error;
 pub use ops::Ops;

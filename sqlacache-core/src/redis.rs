@@ -32,6 +32,8 @@
 //! caller must treat a failed [`RedisStore::invalidate`] as possibly not applied, and a failed
 //! [`RedisStore::get`] as a miss.
 
+use crate::tier::{BoxFuture, Bus, Store, TierError};
+pub use crate::tier::{Epochs, Event};
 use crate::Tag;
 use fred::interfaces::{EventInterface, KeysInterface, PubsubInterface};
 use fred::prelude::{Builder, ClientLike, Config, Error as FredError, ReconnectPolicy, Value};
@@ -123,13 +125,7 @@ return 1
 "#;
 
 /// What [`RedisStore::lookup`] found.
-#[derive(Debug)]
-pub enum Lookup {
-    /// A fresh value.
-    Hit(Vec<u8>),
-    /// No fresh value; the epochs to fill against.
-    Miss(Epochs),
-}
+pub type Lookup = crate::tier::Lookup<Epochs>;
 
 /// Values and tag epochs in Redis. Cheap to clone; clones share connections.
 #[derive(Clone)]
@@ -248,7 +244,7 @@ impl RedisStore {
             args.extend(fresh);
             self.epochs.evalsha_with_reload(&self.client, keys.clone(), args).await?
         };
-        Ok(Epochs(keys.into_iter().zip(epochs).collect()))
+        Ok(Epochs::new(keys.into_iter().zip(epochs).collect()))
     }
 
     /// The tag keys of a fill: the global tag first, then `tags`.
@@ -295,7 +291,7 @@ impl RedisStore {
         let epochs = epochs.filter(|e| e.len() == keys.len()).ok_or_else(|| {
             RedisError::Command(FredError::new(fred::error::ErrorKind::Parse, "unexpected LOOKUP reply"))
         })?;
-        Ok(Lookup::Miss(Epochs(keys.into_iter().zip(epochs).collect())))
+        Ok(Lookup::Miss(Epochs::new(keys.into_iter().zip(epochs).collect())))
     }
 
     /// Stores `bytes` for `key` with the epochs read before the database was.
@@ -306,8 +302,8 @@ impl RedisStore {
         ttl: Duration,
         bytes: &[u8],
     ) -> Result<(), RedisError> {
-        let mut stored = Vec::with_capacity(bytes.len() + 64 * epochs.0.len() + 1);
-        for (tag, epoch) in &epochs.0 {
+        let mut stored = Vec::with_capacity(bytes.len() + 64 * epochs.pairs().len() + 1);
+        for (tag, epoch) in epochs.pairs() {
             stored.extend_from_slice(tag.as_bytes());
             stored.push(b' ');
             stored.extend_from_slice(epoch.as_bytes());
@@ -415,20 +411,6 @@ fn split_stored(stored: &[u8]) -> Option<(Deps<'_>, &[u8])> {
     Some((deps, &stored[stop + 2..]))
 }
 
-/// The epochs a fill read before it queried the database: `(tag key, epoch)`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Epochs(Vec<(String, String)>);
-
-/// What a [`Subscription`] heard.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Event {
-    /// A message on the channel.
-    Message(String),
-    /// Messages may have been missed: the connection was made again (the subscription is
-    /// renewed before this returns, or on the next call), or this listener fell behind.
-    Lost,
-}
-
 /// A subscription to a store's channel; see [`RedisStore::subscribe`].
 pub struct Subscription {
     client: fred::prelude::Client,
@@ -491,5 +473,70 @@ impl Subscription {
     pub async fn reconnect(&mut self) {
         self.subscribed = false;
         let _ = self.client.force_reconnection().await;
+    }
+}
+
+impl From<RedisError> for TierError {
+    fn from(error: RedisError) -> TierError {
+        TierError(Box::new(error))
+    }
+}
+
+impl Store for RedisStore {
+    type Ticket = Epochs;
+
+    fn lookup<'a>(
+        &'a self,
+        key: crate::key::Key,
+        tags: &'a [Tag],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Lookup, TierError>> {
+        Box::pin(async move { Ok(RedisStore::lookup(self, key, tags, ttl).await?) })
+    }
+
+    fn ticket<'a>(&'a self, tags: &'a [Tag], ttl: Duration) -> BoxFuture<'a, Result<Epochs, TierError>> {
+        Box::pin(async move { Ok(self.epochs(tags, ttl).await?) })
+    }
+
+    fn put<'a>(
+        &'a self,
+        key: crate::key::Key,
+        ticket: &'a Epochs,
+        ttl: Duration,
+        bytes: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), TierError>> {
+        Box::pin(async move { Ok(RedisStore::put(self, key, ticket, ttl, bytes).await?) })
+    }
+
+    fn invalidate<'a>(&'a self, tags: &'a [Tag]) -> BoxFuture<'a, Result<(), TierError>> {
+        Box::pin(async move { Ok(RedisStore::invalidate(self, tags).await?) })
+    }
+}
+
+impl Bus for RedisStore {
+    fn invalidate_and_publish<'a>(&'a self, tags: &'a [Tag], message: &'a str) -> BoxFuture<'a, Result<(), TierError>> {
+        Box::pin(async move { Ok(RedisStore::invalidate_and_publish(self, tags, message).await?) })
+    }
+
+    fn publish<'a>(&'a self, message: &'a str) -> BoxFuture<'a, Result<(), TierError>> {
+        Box::pin(async move { Ok(RedisStore::publish(self, message).await?) })
+    }
+
+    fn subscribe(&self) -> Result<Box<dyn crate::tier::Subscription>, TierError> {
+        Ok(Box::new(RedisStore::subscribe(self)?))
+    }
+
+    fn wait_connected(&self, timeout: Duration) -> BoxFuture<'_, bool> {
+        Box::pin(RedisStore::wait_connected(self, timeout))
+    }
+}
+
+impl crate::tier::Subscription for Subscription {
+    fn next(&mut self) -> BoxFuture<'_, Event> {
+        Box::pin(Subscription::next(self))
+    }
+
+    fn reconnect(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(Subscription::reconnect(self))
     }
 }

@@ -1089,9 +1089,30 @@ impl CachedPoolBuilder {
         self
     }
 
+    /// Uses `tier` as the shared tier instead of a Redis connection: any store that keeps the
+    /// freshness contract of [`sqlacache_core::tier`], with the bus of the processes sharing
+    /// it. The key prefix is then the tier's business; the timeout and the lease apply as with
+    /// Redis. It also lets an application test how its replicas behave when the shared tier
+    /// fails, without a server.
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: sqlx::PgPool, url: &str) -> Result<(), Box<dyn std::error::Error>> {
+    /// use sqlacache_core::redis::RedisStore;
+    /// use std::{sync::Arc, time::Duration};
+    /// let tier = RedisStore::connect(url, "myapp", "db1", Duration::from_millis(100))?;
+    /// let cache = sqlacache_sqlx::CachedPool::builder(pool).shared_tier(Arc::new(tier)).build().await?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "redis")]
+    pub fn shared_tier(mut self, tier: Arc<dyn sqlacache_core::tier::SharedTier>) -> Self {
+        self.redis_settings().tier = Some(tier);
+        self
+    }
+
     #[cfg(feature = "redis")]
     fn redis_settings(&mut self) -> &mut RedisSettings {
         self.redis.get_or_insert_with(|| RedisSettings {
+            tier: None,
             url: String::new(),
             prefix: "sqlacache".to_owned(),
             timeout: Duration::from_millis(100),
@@ -1182,11 +1203,17 @@ async fn connect_redis(
 ) -> Result<Option<Arc<Remote>>, Error> {
     #[cfg(feature = "redis")]
     if let Some(settings) = settings {
-        if settings.url.is_empty() {
-            return Err(Error::Redis("a key prefix or timeout was set without a Redis URL".to_owned()));
-        }
-        let scope = crate::catalog::database_identity(pool).await?;
-        let remote = Remote::connect(settings, &scope, capacity > 0).map_err(|e| Error::Redis(e.to_string()))?;
+        let remote = match &settings.tier {
+            Some(tier) if settings.url.is_empty() => Remote::new(tier.clone(), settings, capacity > 0),
+            Some(_) => return Err(Error::Redis("both a Redis URL and a shared tier were given".to_owned())),
+            None if settings.url.is_empty() => {
+                return Err(Error::Redis("a key prefix, timeout or lease was set without a Redis URL".to_owned()));
+            }
+            None => {
+                let scope = crate::catalog::database_identity(pool).await?;
+                Remote::connect(settings, &scope, capacity > 0).map_err(|e| Error::Redis(e.to_string()))?
+            }
+        };
         remote.wait_connected(settings.timeout).await;
         return Ok(Some(Arc::new(remote)));
     }

@@ -37,10 +37,13 @@ impl Remote {
 }
 
 /// How a pool connects to Redis; see `CachedPoolBuilder::redis`.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) struct RedisSettings {
     pub url: String,
+    /// A shared tier given instead of a URL.
+    #[cfg(feature = "redis")]
+    pub tier: Option<std::sync::Arc<dyn sqlacache_core::tier::SharedTier>>,
     pub prefix: String,
     pub timeout: std::time::Duration,
     pub lease: std::time::Duration,
@@ -52,7 +55,8 @@ mod imp {
     use crate::pool::Shared;
     use sqlacache_core::bus::{Body, Lease, Message, Sequences};
     use sqlacache_core::key::Key;
-    use sqlacache_core::redis::{Epochs, Event, Lookup, RedisError, RedisStore};
+    use sqlacache_core::redis::{Lookup, RedisError, RedisStore};
+    use sqlacache_core::tier::{Epochs, Event, SharedTier, Subscription, TierError};
     use sqlacache_core::{Stats, Tag};
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::{Arc, Weak};
@@ -60,7 +64,7 @@ mod imp {
 
     /// The Redis tier of one pool.
     pub(crate) struct Remote {
-        store: RedisStore,
+        store: Arc<dyn SharedTier>,
         /// This pool on the bus.
         publisher: u64,
         /// Numbers every message this pool tries to publish.
@@ -96,7 +100,12 @@ mod imp {
         /// the identity of the database.
         pub fn connect(settings: &RedisSettings, scope: &str, two_tiers: bool) -> Result<Remote, RedisError> {
             let store = RedisStore::connect(&settings.url, &settings.prefix, scope, settings.timeout)?;
-            Ok(Remote {
+            Ok(Remote::new(Arc::new(store), settings, two_tiers))
+        }
+
+        /// The tier `store` (Redis, or another [`SharedTier`]) with the timing of `settings`.
+        pub fn new(store: Arc<dyn SharedTier>, settings: &RedisSettings, two_tiers: bool) -> Remote {
+            Remote {
                 store,
                 publisher: fresh_publisher(),
                 seq: AtomicU64::new(0),
@@ -108,7 +117,7 @@ mod imp {
                 settle: settling_time(settings),
                 tasks: std::sync::Mutex::default(),
                 seen: std::sync::Mutex::default(),
-            })
+            }
         }
 
         /// Waits up to `timeout` for the first connection.
@@ -117,7 +126,7 @@ mod imp {
         }
 
         /// Starts the heartbeat (and, with two tiers, the subscriber) of the pool `shared`.
-        pub fn start(&self, shared: Weak<Shared>) -> Result<(), RedisError> {
+        pub fn start(&self, shared: Weak<Shared>) -> Result<(), TierError> {
             let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
             if self.two_tiers {
                 let subscription = self.store.subscribe()?;
@@ -167,7 +176,7 @@ mod imp {
         /// The epochs of `tags` (created where missing), to fill against; `None` when Redis
         /// failed (the breaker is then open).
         pub async fn epochs(&self, tags: &[Tag], ttl: Duration, stats: &Stats) -> Option<Epochs> {
-            match self.store.epochs(tags, ttl).await {
+            match self.store.ticket(tags, ttl).await {
                 Ok(epochs) => Some(epochs),
                 Err(error) => {
                     self.failed(&error, stats);
@@ -228,7 +237,7 @@ mod imp {
 
         /// A command failed: its outcome is unknown. Skip Redis until it answers again, and
         /// trust the in-process tier only after the bus is heard again.
-        fn failed(&self, error: &RedisError, stats: &Stats) {
+        fn failed(&self, error: &TierError, stats: &Stats) {
             stats.redis_error();
             self.lease.lose();
             self.answering_since.store(0, Ordering::Release);
@@ -291,7 +300,9 @@ mod imp {
                 // Own invalidations were applied before they were published.
                 return;
             }
-            if !self.seen().note(message.publisher, message.seq) {
+            // Under the lock, so that whoever learns this message was heard finds it applied.
+            let mut seen = self.seen();
+            if !seen.note(message.publisher, message.seq) {
                 tracing::debug!(target: "sqlacache", publisher = message.publisher, "a gap in a publisher's messages");
                 self.lease.lose();
             }
@@ -299,6 +310,7 @@ mod imp {
                 shared.store.invalidate(&tags);
                 shared.stats.receive();
             }
+            drop(seen);
         }
     }
 
@@ -344,7 +356,7 @@ mod imp {
 
     /// Applies what the bus carries until the pool is dropped. A bus silent for several
     /// leases while Redis answers is a connection that died without an error: make it again.
-    async fn listen(shared: Weak<Shared>, mut subscription: sqlacache_core::redis::Subscription, lease: Duration) {
+    async fn listen(shared: Weak<Shared>, mut subscription: Box<dyn Subscription>, lease: Duration) {
         loop {
             let event = tokio::time::timeout(lease * 4, subscription.next()).await;
             let Some(shared) = shared.upgrade() else { return };

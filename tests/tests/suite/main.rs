@@ -17,6 +17,7 @@ mod row_types;
 mod schema_changes;
 mod sessions;
 mod single_flight;
+mod tier_rules;
 mod tiers;
 mod transactions;
 mod write_shapes;

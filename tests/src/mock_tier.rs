@@ -1,0 +1,215 @@
+//! A shared tier in memory that fails on purpose: the rules a pool builds on its shared tier
+//! (the breaker, widening what was not delivered, gaps, leases) are tested with it exactly, one
+//! fault at a time, without a server.
+//!
+//! A [`MockServer`] stands for one Redis; each [`MockClient`] for one process's connection to
+//! it, with faults of its own (a command that fails, messages it does not hear), so that one
+//! process can be cut off while the others are not.
+
+use sqlacache_core::bus::{Body, Message};
+use sqlacache_core::key::Key;
+use sqlacache_core::tier::{BoxFuture, Bus, Epochs, Event, Lookup, Store, Subscription, TierError};
+use sqlacache_core::Tag;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+#[derive(Default)]
+struct State {
+    tags: HashMap<String, String>,
+    values: HashMap<u128, (Epochs, Vec<u8>)>,
+    subscribers: Vec<(Arc<Faults>, mpsc::UnboundedSender<Event>)>,
+    next_epoch: u64,
+}
+
+/// One shared tier; see [`MockServer::client`].
+#[derive(Clone, Default)]
+pub struct MockServer(Arc<Mutex<State>>);
+
+/// The faults of one client.
+#[derive(Default)]
+struct Faults {
+    /// Invalidations still to fail (not applied, not published).
+    fail: AtomicUsize,
+    /// Invalidation messages still to be lost on their way to this client's subscriptions.
+    lose: AtomicUsize,
+    /// This client's subscriptions hear nothing, and say nothing of it.
+    deaf: AtomicBool,
+    /// Commands this client ran (failed or not).
+    calls: AtomicU64,
+}
+
+/// One process's connection to a [`MockServer`].
+pub struct MockClient {
+    server: MockServer,
+    faults: Arc<Faults>,
+}
+
+impl MockServer {
+    /// A new, empty tier.
+    pub fn new() -> MockServer {
+        MockServer::default()
+    }
+
+    /// A connection of its own to this tier.
+    pub fn client(&self) -> Arc<MockClient> {
+        Arc::new(MockClient { server: self.clone(), faults: Arc::default() })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How many values it holds.
+    pub fn values(&self) -> usize {
+        self.state().values.len()
+    }
+}
+
+impl MockClient {
+    /// The next `n` invalidations this client sends fail, neither applied nor published.
+    pub fn fail_invalidations(&self, n: usize) {
+        self.faults.fail.store(n, Ordering::SeqCst);
+    }
+
+    /// The next `n` invalidation messages (not heartbeats) this client's subscriptions would
+    /// hear are lost, without an error.
+    pub fn lose_invalidations(&self, n: usize) {
+        self.faults.lose.store(n, Ordering::SeqCst);
+    }
+
+    /// Whether this client's subscriptions hear nothing (without an error).
+    pub fn deafen(&self, deaf: bool) {
+        self.faults.deaf.store(deaf, Ordering::SeqCst);
+    }
+
+    /// How many commands this client has run.
+    pub fn calls(&self) -> u64 {
+        self.faults.calls.load(Ordering::SeqCst)
+    }
+
+    /// Runs one command; an invalidation fails if one is due to.
+    fn run<T: Send + 'static>(
+        &self,
+        invalidation: bool,
+        command: impl FnOnce(&mut State) -> T,
+    ) -> BoxFuture<'static, Result<T, TierError>> {
+        self.faults.calls.fetch_add(1, Ordering::SeqCst);
+        let result = if invalidation && take(&self.faults.fail) {
+            Err(TierError::msg("mock: the command failed"))
+        } else {
+            Ok(command(&mut self.server.state()))
+        };
+        Box::pin(std::future::ready(result))
+    }
+}
+
+/// Takes one from `count`, if it is not 0.
+fn take(count: &AtomicUsize) -> bool {
+    count.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
+}
+
+fn tag_key(tag: &Tag) -> String {
+    format!("{tag:?}")
+}
+
+fn epochs(state: &mut State, tags: &[Tag]) -> Epochs {
+    let keys = std::iter::once(Tag::All).chain(tags.iter().copied().filter(|t| *t != Tag::All));
+    let pairs = keys
+        .map(|tag| {
+            let key = tag_key(&tag);
+            state.next_epoch += 1;
+            let fresh = state.next_epoch.to_string();
+            let epoch = state.tags.entry(key.clone()).or_insert(fresh).clone();
+            (key, epoch)
+        })
+        .collect();
+    Epochs::new(pairs)
+}
+
+fn fresh(state: &State, epochs: &Epochs) -> bool {
+    epochs.pairs().iter().all(|(key, epoch)| state.tags.get(key) == Some(epoch))
+}
+
+fn publish(state: &mut State, message: &str) {
+    let invalidation = Message::decode(message).is_some_and(|m| matches!(m.body, Body::Invalidate(_)));
+    state.subscribers.retain(|(faults, to)| {
+        let lost = faults.deaf.load(Ordering::SeqCst) || (invalidation && take(&faults.lose));
+        lost || to.send(Event::Message(message.to_owned())).is_ok()
+    });
+}
+
+impl Store for MockClient {
+    type Ticket = Epochs;
+
+    fn lookup<'a>(
+        &'a self,
+        key: Key,
+        tags: &'a [Tag],
+        _: Duration,
+    ) -> BoxFuture<'a, Result<Lookup<Epochs>, TierError>> {
+        self.run(false, move |state| match state.values.get(&key.0) {
+            Some((stored, bytes)) if fresh(state, stored) => Lookup::Hit(bytes.clone()),
+            _ => Lookup::Miss(epochs(state, tags)),
+        })
+    }
+
+    fn ticket<'a>(&'a self, tags: &'a [Tag], _: Duration) -> BoxFuture<'a, Result<Epochs, TierError>> {
+        self.run(false, move |state| epochs(state, tags))
+    }
+
+    fn put<'a>(
+        &'a self,
+        key: Key,
+        ticket: &'a Epochs,
+        _: Duration,
+        bytes: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), TierError>> {
+        self.run(false, move |state| {
+            state.values.insert(key.0, (ticket.clone(), bytes.to_vec()));
+        })
+    }
+
+    fn invalidate<'a>(&'a self, tags: &'a [Tag]) -> BoxFuture<'a, Result<(), TierError>> {
+        self.run(true, move |state| tags.iter().for_each(|t| drop(state.tags.remove(&tag_key(t)))))
+    }
+}
+
+impl Bus for MockClient {
+    fn invalidate_and_publish<'a>(&'a self, tags: &'a [Tag], message: &'a str) -> BoxFuture<'a, Result<(), TierError>> {
+        self.run(true, move |state| {
+            tags.iter().for_each(|t| drop(state.tags.remove(&tag_key(t))));
+            if !message.is_empty() {
+                publish(state, message);
+            }
+        })
+    }
+
+    fn publish<'a>(&'a self, message: &'a str) -> BoxFuture<'a, Result<(), TierError>> {
+        self.run(false, move |state| publish(state, message))
+    }
+
+    fn subscribe(&self) -> Result<Box<dyn Subscription>, TierError> {
+        let (to, from) = mpsc::unbounded_channel();
+        self.server.state().subscribers.push((self.faults.clone(), to));
+        Ok(Box::new(MockSubscription(from)))
+    }
+
+    fn wait_connected(&self, _: Duration) -> BoxFuture<'_, bool> {
+        Box::pin(std::future::ready(true))
+    }
+}
+
+struct MockSubscription(mpsc::UnboundedReceiver<Event>);
+
+impl Subscription for MockSubscription {
+    fn next(&mut self) -> BoxFuture<'_, Event> {
+        Box::pin(async move { self.0.recv().await.unwrap_or(Event::Lost) })
+    }
+
+    fn reconnect(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::ready(()))
+    }
+}

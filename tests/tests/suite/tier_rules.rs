@@ -1,0 +1,205 @@
+//! The contract every store keeps, and the rules a pool builds on its shared tier, each tested
+//! against a tier that fails on purpose ([`MockServer`]): one fault at a time, exactly where it
+//! matters, without a server.
+
+use sqlacache_core::key::Key;
+use sqlacache_core::redis::RedisStore;
+use sqlacache_core::tier::{Lookup, SharedTier, Store};
+use sqlacache_core::{MemoryStore, Tag};
+use sqlacache_sqlx::CachedPool;
+use sqlacache_tests::mock_tier::{MockClient, MockServer};
+use sqlacache_tests::redis::{redis_url, require_shared_redis, unique_prefix};
+use sqlacache_tests::{Counter, TestDb, COUNTERS};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const TTL: Duration = Duration::from_secs(60);
+
+async fn is_miss<S: Store>(store: &S, key: Key, tags: &[Tag]) -> bool {
+    matches!(store.lookup(key, tags, TTL).await.expect("lookup"), Lookup::Miss(_))
+}
+
+async fn hit<S: Store>(store: &S, key: Key, tags: &[Tag]) -> Option<Vec<u8>> {
+    match store.lookup(key, tags, TTL).await.expect("lookup") {
+        Lookup::Hit(bytes) => Some(bytes),
+        Lookup::Miss(_) => None,
+    }
+}
+
+/// Fills `key` against a ticket taken now.
+async fn fill<S: Store>(store: &S, key: Key, tags: &[Tag], bytes: &[u8]) {
+    let ticket = store.ticket(tags, TTL).await.expect("ticket");
+    store.put(key, &ticket, TTL, bytes).await.expect("put");
+}
+
+/// The freshness contract of `sqlacache_core::tier`, for one store.
+async fn keeps_the_contract<S: Store>(store: &S, name: &str) {
+    let (key, other) = (Key(1), Key(2));
+    let tags = [Tag::Table(7), Tag::Row(42)];
+    let Lookup::Miss(ticket) = store.lookup(key, &tags, TTL).await.expect("lookup") else {
+        panic!("{name}: a hit in an empty store");
+    };
+    // A write commits (and invalidates) while the fill reads the database.
+    store.invalidate(&[Tag::Row(42)]).await.unwrap();
+    store.put(key, &ticket, TTL, b"old").await.unwrap();
+    assert!(is_miss(store, key, &tags).await, "{name}: a fill older than an invalidation of its tags was served");
+
+    // A ticket taken after the invalidation fills for good.
+    fill(store, key, &tags, b"new").await;
+    assert_eq!(hit(store, key, &tags).await.as_deref(), Some(&b"new"[..]), "{name}: a fresh fill");
+    // A straddling fill of one key does not spoil another whose tags were not touched.
+    let ticket = store.ticket(&[Tag::Table(9)], TTL).await.unwrap();
+    store.invalidate(&[Tag::Row(43), Tag::Table(8), Tag::Rows(7)]).await.unwrap();
+    store.put(other, &ticket, TTL, b"other").await.unwrap();
+    assert_eq!(hit(store, key, &tags).await.as_deref(), Some(&b"new"[..]), "{name}: other tags leave it");
+    assert_eq!(hit(store, other, &[Tag::Table(9)]).await.as_deref(), Some(&b"other"[..]), "{name}: other key");
+
+    // Any of its tags ends it; so does invalidating everything.
+    store.invalidate(&[Tag::Table(7)]).await.unwrap();
+    assert!(is_miss(store, key, &tags).await, "{name}: served after its table was invalidated");
+    fill(store, key, &tags, b"newer").await;
+    assert_eq!(hit(store, key, &tags).await.as_deref(), Some(&b"newer"[..]), "{name}: refilled");
+    store.invalidate(&[Tag::All]).await.unwrap();
+    assert!(is_miss(store, key, &tags).await, "{name}: served after everything was invalidated");
+    assert!(is_miss(store, other, &[Tag::Table(9)]).await, "{name}: the other key after everything");
+}
+
+#[tokio::test]
+async fn every_store_keeps_the_freshness_contract() {
+    keeps_the_contract(&MemoryStore::new(1 << 20), "in-process").await;
+    keeps_the_contract(MockServer::new().client().as_ref(), "mock").await;
+    require_shared_redis();
+    let redis = RedisStore::connect(&redis_url(), &unique_prefix("contract"), "db", Duration::from_secs(2)).unwrap();
+    assert!(redis.wait_connected(Duration::from_secs(5)).await, "connect to the shared Redis");
+    keeps_the_contract(&redis, "redis").await;
+    redis.invalidate_all().await.unwrap();
+}
+
+const LEASE: Duration = Duration::from_millis(300);
+
+async fn pool(db: &TestDb, tier: &Arc<MockClient>) -> CachedPool {
+    CachedPool::builder(db.pool.clone())
+        .model::<Counter>()
+        .default_ttl(TTL)
+        .shared_tier(tier.clone() as Arc<dyn SharedTier>)
+        .lease(LEASE)
+        .build()
+        .await
+        .expect("build a pool on the mock tier")
+}
+
+/// Two pools (two processes) on one mock tier, each trusting its in-process tier, with row 1
+/// cached in B's.
+async fn two_processes(db: &TestDb) -> (Arc<MockClient>, CachedPool, Arc<MockClient>, CachedPool) {
+    let server = MockServer::new();
+    let (ca, cb) = (server.client(), server.client());
+    let (a, b) = (pool(db, &ca).await, pool(db, &cb).await);
+    until("both pools trust their tiers", || a.tiers_ready_for_tests() && b.tiers_ready_for_tests()).await;
+    assert_eq!(value(&b, 1).await, 0);
+    let local = local_hits(&b);
+    assert_eq!(value(&b, 1).await, 0);
+    assert_eq!(local_hits(&b), local + 1, "row 1 is served from B's in-process tier");
+    (ca, a, cb, b)
+}
+
+/// Hits served from the in-process tier.
+fn local_hits(cache: &CachedPool) -> u64 {
+    let stats = cache.stats();
+    stats.hits - stats.redis_hits
+}
+
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < Duration::from_secs(20), "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+async fn value(cache: &CachedPool, id: i32) -> i64 {
+    cache.get::<Counter>(id).await.unwrap().expect("the row exists").v
+}
+
+async fn bump(cache: &CachedPool) -> i64 {
+    sqlx::query_scalar("UPDATE counters SET v = v + 1 WHERE id = 1 RETURNING v").fetch_one(cache).await.unwrap()
+}
+
+/// Reads row 1 through `b` until it shows `expected`; every read on the way is counted.
+async fn read_until(b: &CachedPool, expected: i64, what: &str) -> usize {
+    let (start, mut stale) = (Instant::now(), 0);
+    while value(b, 1).await != expected {
+        stale += 1;
+        assert!(start.elapsed() < Duration::from_secs(10), "{what}: B still serves a value older than {expected}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    stale
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_invalidation_is_caught_by_the_gap_in_its_publishers_numbers() {
+    let db = TestDb::with_schema(COUNTERS).await;
+    let (_ca, a, cb, b) = two_processes(&db).await;
+    // B's copy of A's next invalidation is lost without an error.
+    cb.lose_invalidations(1);
+    assert_eq!(bump(&a).await, 1);
+    let (publisher, seq) = a.bus_position_for_tests().unwrap();
+    // B hears A's next message (a heartbeat) and sees the gap.
+    until("B hears A again", || b.heard_from_for_tests(publisher) > seq).await;
+    assert_eq!(value(&b, 1).await, 1, "the gap did not stop B serving its in-process copy");
+    assert!(b.stats().tier_drops >= 1, "B dropped its in-process tier");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_that_failed_is_widened_once_the_tier_answers() {
+    let db = TestDb::with_schema(COUNTERS).await;
+    let (ca, a, _cb, b) = two_processes(&db).await;
+    // A's invalidation fails: neither applied to the shared tier nor published.
+    ca.fail_invalidations(1);
+    assert_eq!(bump(&a).await, 1, "the write itself succeeds");
+    assert_eq!(a.stats().redis_errors, 1);
+    // A reads PostgreSQL while its breaker is open.
+    assert_eq!(value(&a, 1).await, 1);
+    // When the tier answers, A invalidates everything and tells B: B is fresh again without
+    // ever having heard of the write itself.
+    read_until(&b, 1, "after A's widened invalidation").await;
+    assert!(b.stats().received >= 1, "B heard A's widened invalidation");
+    until("A closes its breaker", || a.tiers_ready_for_tests()).await;
+    assert_eq!(value(&a, 1).await, 1);
+    assert!(a.stats().degraded >= 1, "A read PostgreSQL while its breaker was open");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bus_silent_without_an_error_stops_the_in_process_tier_within_the_lease() {
+    let db = TestDb::with_schema(COUNTERS).await;
+    let (_ca, a, cb, b) = two_processes(&db).await;
+    cb.deafen(true);
+    let returned = Instant::now();
+    assert_eq!(bump(&a).await, 1);
+    read_until(&b, 1, "B hears nothing").await;
+    let seen_at = returned.elapsed();
+    assert!(!b.tiers_ready_for_tests(), "B no longer trusts its in-process tier");
+    // Every read of B is now a shared-tier read, and fresh.
+    let local = local_hits(&b);
+    for _ in 0..5 {
+        assert_eq!(value(&b, 1).await, 1);
+    }
+    assert_eq!(local_hits(&b), local, "B served its in-process tier while deaf");
+    cb.deafen(false);
+    until("B trusts its tier again", || b.tiers_ready_for_tests()).await;
+    assert_eq!(bump(&a).await, 2);
+    read_until(&b, 2, "B hears again").await;
+    eprintln!("a deaf process served the old value for {seen_at:?} (lease {LEASE:?})");
+}
+
+#[tokio::test]
+async fn a_url_and_a_shared_tier_together_fail_build() {
+    let db = TestDb::with_schema(COUNTERS).await;
+    let tier: Arc<dyn SharedTier> = MockServer::new().client();
+    let error = CachedPool::builder(db.pool.clone())
+        .redis("redis://127.0.0.1:1")
+        .shared_tier(tier)
+        .build()
+        .await
+        .expect_err("two shared tiers");
+    assert!(error.to_string().contains("both a Redis URL and a shared tier"), "{error}");
+}
