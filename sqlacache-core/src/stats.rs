@@ -119,11 +119,14 @@ pub enum Uncached {
     /// primary key, or another model of the table declares other settings. One `warn` event
     /// says which.
     BadModel,
+    /// The pool has a change feed, and a table the read depends on (or a member of its
+    /// family) does not have the feed's triggers: writes to it made elsewhere would not be seen.
+    NotInFeed,
 }
 
 impl Uncached {
     /// How many reasons there are.
-    pub const COUNT: usize = 14;
+    pub const COUNT: usize = 15;
 
     /// Every reason, in index order.
     pub const ALL: [Uncached; Uncached::COUNT] = [
@@ -141,6 +144,7 @@ impl Uncached {
         Uncached::Arguments,
         Uncached::Unstorable,
         Uncached::BadModel,
+        Uncached::NotInFeed,
     ];
 
     /// The position of this reason in [`StatsSnapshot::bypassed_by_reason`].

@@ -21,6 +21,8 @@ pub(crate) struct TableInfo {
     /// collation and is not generated: then equal text means the same row, and only an
     /// assignment to the column changes it.
     pub key: Option<Vec<String>>,
+    /// The types of the `key` columns (`pg_type.typname`), when there is a `key`.
+    pub key_types: Option<Vec<String>>,
     /// Primary-key columns in index order, whatever their types.
     pub primary_key: Option<Vec<String>>,
     /// Whether the pool's role may read the key columns (so `RETURNING` them is accepted).
@@ -37,6 +39,8 @@ pub(crate) struct TableInfo {
     pub referenced_by: Vec<u32>,
     /// Ancestors and descendants by inheritance or partitioning.
     pub family: Vec<u32>,
+    /// The table has every trigger of the change feed.
+    pub fed: bool,
 }
 
 impl TableInfo {
@@ -64,6 +68,8 @@ pub(crate) struct Catalog {
     functions: HashMap<(String, String), bool>,
     /// The schemas an unqualified name is looked up in, in order (`pg_catalog` included).
     search_path: Vec<String>,
+    /// Every schema a change to may change what names resolve to (see `SEARCH_PATH`).
+    searched: HashSet<String>,
 }
 
 const TABLES: &str = r#"
@@ -73,7 +79,10 @@ SELECT c.oid::int8 AS oid, n.nspname::text AS schema, c.relname::text AS name,
        coalesce(pg_catalog.pg_table_is_visible(c.oid), false) AS visible,
        c.relrowsecurity AS row_security, c.relhasrules AS has_rules,
        pk.key_names, pk.key_types, coalesce(pk.key_exact, false) AS key_exact,
-       coalesce(pk.key_readable, false) AS key_readable
+       coalesce(pk.key_readable, false) AS key_readable,
+       (SELECT count(*) FROM pg_catalog.pg_trigger tg
+         WHERE tg.tgrelid = c.oid AND NOT tg.tgisinternal
+           AND tg.tgname IN ('sqlacache_feed_i', 'sqlacache_feed_u', 'sqlacache_feed_d', 'sqlacache_feed_t')) = 4 AS fed
   FROM pg_catalog.pg_class c
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
   LEFT JOIN LATERAL (
@@ -111,7 +120,10 @@ SELECT n.nspname::text AS schema, p.proname::text AS name, bool_and(p.provolatil
  GROUP BY 1, 2
 "#;
 
-const SEARCH_PATH: &str = "SELECT pg_catalog.current_schemas(true)::text[] AS path";
+/// The schemas names are looked up in: those that exist, and every one the setting names
+/// (`$user` as the user), since creating one of those changes what names resolve to.
+const SEARCH_PATH: &str = "SELECT pg_catalog.current_schemas(true)::text[] AS path, \
+     pg_catalog.current_setting('search_path') AS setting, current_user::text AS user_name";
 
 fn oid(value: i64) -> u32 {
     u32::try_from(value).unwrap_or_default()
@@ -125,10 +137,21 @@ impl Catalog {
         let fks = sqlx::query(FOREIGN_KEYS).fetch_all(&mut *conn).await?;
         let inherits = sqlx::query(INHERITS).fetch_all(&mut *conn).await?;
         let functions = sqlx::query(FUNCTIONS).fetch_all(&mut *conn).await?;
-        let search_path: Vec<String> = sqlx::query(SEARCH_PATH).fetch_one(&mut *conn).await?.try_get("path")?;
+        let path = sqlx::query(SEARCH_PATH).fetch_one(&mut *conn).await?;
+        let search_path: Vec<String> = path.try_get("path")?;
+        let (setting, user): (String, String) = (path.try_get("setting")?, path.try_get("user_name")?);
+        let named = setting.split(',').map(|s| s.trim().trim_matches('"').replace("\"\"", "\"")).map(|s| {
+            if s == "$user" {
+                user.clone()
+            } else {
+                s
+            }
+        });
         drop(conn);
 
-        let mut catalog = Catalog { generation, search_path, ..Catalog::default() };
+        let mut catalog = Catalog { generation, ..Catalog::default() };
+        catalog.searched = search_path.iter().cloned().chain(named).collect();
+        catalog.search_path = search_path;
         for row in functions {
             let immutable: Option<bool> = row.try_get("immutable")?;
             catalog.functions.insert((row.try_get("schema")?, row.try_get("name")?), immutable.unwrap_or(false));
@@ -141,13 +164,13 @@ impl Catalog {
             let names: Option<Vec<String>> = row.try_get("key_names")?;
             let types: Option<Vec<String>> = row.try_get("key_types")?;
             let exact: bool = row.try_get("key_exact")?;
-            let key = match (&names, types) {
+            let (key, key_types) = match (&names, types) {
                 (Some(names), Some(types))
                     if exact && types.iter().all(|t| TRUSTED_KEY_TYPES.contains(&t.as_str())) =>
                 {
-                    Some(names.clone())
+                    (Some(names.clone()), Some(types))
                 }
-                _ => None,
+                _ => (None, None),
             };
             if row.try_get::<bool, _>("visible")? {
                 catalog.visible.insert(name.clone(), oid);
@@ -161,6 +184,7 @@ impl Catalog {
                     name,
                     kind: kind.chars().next().unwrap_or('r'),
                     key,
+                    key_types,
                     primary_key: names,
                     key_readable: row.try_get("key_readable")?,
                     row_security: row.try_get("row_security")?,
@@ -169,6 +193,7 @@ impl Catalog {
                     on_update: Vec::new(),
                     referenced_by: Vec::new(),
                     family: Vec::new(),
+                    fed: row.try_get("fed")?,
                 },
             );
         }
@@ -206,6 +231,12 @@ impl Catalog {
         Ok(catalog)
     }
 
+    /// Whether the change feed covers `info`: it and every member of its family have the
+    /// feed's triggers.
+    pub fn fed(&self, info: &TableInfo) -> bool {
+        info.fed && info.family.iter().all(|t| self.tables.get(t).is_some_and(|m| m.fed))
+    }
+
     /// Whether a called function is immutable in every overload the name may resolve to.
     /// Unknown names are not.
     pub fn is_immutable(&self, function: &FunctionName) -> bool {
@@ -217,6 +248,16 @@ impl Catalog {
                 !found.is_empty() && found.iter().all(|&immutable| immutable)
             }
         }
+    }
+
+    /// Whether a change in `schema` may change what names resolve to.
+    pub fn searched(&self, schema: &str) -> bool {
+        self.searched.contains(schema)
+    }
+
+    /// Whether reads may call `schema.name` (it is immutable), so a change to it matters.
+    pub fn calls(&self, schema: &str, name: &str) -> bool {
+        self.functions.get(&(schema.to_owned(), name.to_owned())).copied().unwrap_or(false)
     }
 
     /// The schemas an unqualified name is looked up in, as a user set them.
@@ -259,7 +300,7 @@ impl Catalog {
 }
 
 /// An identifier as SQL would write it: quoted unless it is a plain lower-case name.
-fn quote_ident(ident: &str) -> String {
+pub(crate) fn quote_ident(ident: &str) -> String {
     let plain = ident.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
         && ident.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
     if plain {

@@ -29,6 +29,9 @@ pub enum Error {
     /// with an unknown scheme). An unreachable Redis is not an error.
     #[error("invalid Redis configuration: {0}")]
     Redis(String),
+    /// The change feed could not be installed, or is not installed where it must be.
+    #[error("change feed: {0}")]
+    Feed(String),
 }
 
 impl From<Error> for sqlx::Error {

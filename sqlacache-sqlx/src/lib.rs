@@ -43,6 +43,7 @@ mod catalog;
 mod config;
 mod error;
 mod executor;
+mod feed;
 mod flight;
 mod macros;
 mod model;
@@ -54,6 +55,7 @@ mod row;
 mod transaction;
 
 pub use error::Error;
+pub use feed::FeedSql;
 pub use model::{Cacheable, Model};
 #[cfg(feature = "test-hooks")]
 pub use pool::FillPoint;

@@ -112,6 +112,8 @@ pub(crate) struct Context<'a> {
     pub catalog: &'a Catalog,
     pub policy: &'a dyn Fn(&TableInfo) -> Option<Policy>,
     pub temp_tables: &'a HashSet<String>,
+    /// The pool has a change feed: reads of tables it does not cover are not cached.
+    pub feed: bool,
 }
 
 impl Context<'_> {
@@ -164,6 +166,7 @@ fn plan_read(
             Some(_) if cx.maybe_temp(name) => Err(Uncached::NotATable),
             Some(info) if !info.is_plain_table() => Err(Uncached::NotATable),
             Some(info) if info.row_security => Err(Uncached::RowSecurity),
+            Some(info) if cx.feed && !cx.catalog.fed(info) => Err(Uncached::NotInFeed),
             Some(info) => match (cx.policy)(info) {
                 Some(policy) => {
                     allowed = Ops::from_bits(allowed.bits() & policy.ops.bits());

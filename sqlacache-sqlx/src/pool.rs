@@ -2,6 +2,7 @@
 
 use crate::catalog::{Catalog, TableInfo};
 use crate::config::{Config, TableConfig};
+use crate::feed::{Feed, FeedSql};
 use crate::flight::{Flights, Role};
 use crate::plan::{self, Context, Plan};
 use crate::remote::{RedisSettings, Remote};
@@ -119,6 +120,8 @@ pub(crate) struct Shared {
     flights: Flights,
     /// The shared tier and the bus, when the pool has Redis.
     pub remote: Option<Arc<Remote>>,
+    /// The change feed, when the pool listens to one.
+    pub feed: Option<Feed>,
     /// This state, for work that outlives a call (a Redis store finishing on its own task).
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     this: Weak<Shared>,
@@ -131,6 +134,68 @@ pub(crate) struct Shared {
 impl Shared {
     fn catalog(&self) -> Arc<Catalog> {
         self.catalog.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The catalog as it is now.
+    pub fn catalog_now(&self) -> Arc<Catalog> {
+        self.catalog()
+    }
+
+    /// Applies a write made outside the pool (heard on the change feed): here, and in the
+    /// shared tier. Every process hears the feed itself, so nothing is published.
+    pub async fn apply_outside(&self, tags: &[Tag]) {
+        self.invalidate(tags);
+        #[cfg(feature = "redis")]
+        if let Some(remote) = &self.remote {
+            remote.invalidate_shared(tags, &self.stats).await;
+        }
+    }
+
+    /// Drops both tiers: writes made elsewhere may have been missed.
+    pub async fn drop_everywhere(&self) {
+        self.drop_local();
+        #[cfg(feature = "redis")]
+        if let Some(remote) = &self.remote {
+            remote.invalidate_shared(&[Tag::All], &self.stats).await;
+        }
+    }
+
+    /// The schemas of the configured tables and their families: a schema change elsewhere
+    /// matters to this pool if it touches one of them (or the search path).
+    pub fn cached_schemas(&self) -> Vec<String> {
+        let catalog = self.catalog();
+        let oids = configured(&self.config.read().unwrap_or_else(|e| e.into_inner()), &catalog);
+        let mut schemas: Vec<String> =
+            crate::feed::fed_tables(&catalog, &oids).iter().map(|t| t.schema.clone()).collect();
+        schemas.sort();
+        schemas.dedup();
+        schemas
+    }
+
+    /// Installs the change feed on the configured tables that lack it (created anew since).
+    pub async fn reinstall_feed(&self) {
+        let result = async {
+            let catalog = Catalog::load(&self.pool, 0).await?;
+            let oids = configured(&self.config.read().unwrap_or_else(|e| e.into_inner()), &catalog);
+            let tables = crate::feed::fed_tables(&catalog, &oids);
+            let missing = crate::feed::missing(&self.pool, &tables).await?;
+            let lacking: Vec<&TableInfo> = tables.into_iter().filter(|t| missing.contains(&t.qualified())).collect();
+            if !lacking.is_empty() {
+                crate::feed::install(&self.pool, &lacking).await?;
+                self.schema_epoch.fetch_add(1, Ordering::AcqRel);
+            }
+            Ok::<(), Error>(())
+        };
+        if let Err(error) = result.await {
+            tracing::warn!(target: "sqlacache", %error, "the change feed could not be installed on a table created anew; its reads are not cached");
+        }
+    }
+
+    /// The schema was changed elsewhere: plans are made again from a new catalog, and nothing
+    /// cached before is served.
+    pub async fn schema_changed_elsewhere(&self) {
+        self.schema_epoch.fetch_add(1, Ordering::AcqRel);
+        self.apply_outside(&[Tag::All]).await;
     }
 
     fn schema_current(&self) -> bool {
@@ -300,7 +365,12 @@ impl Shared {
                 let temp_tables = self.temp_tables.read().unwrap_or_else(|e| e.into_inner()).clone();
                 let config = self.config.read().unwrap_or_else(|e| e.into_inner());
                 let policy = |info: &TableInfo| config.policy(&catalog, info);
-                let cx = Context { catalog: &catalog, policy: &policy, temp_tables: &temp_tables };
+                let cx = Context {
+                    catalog: &catalog,
+                    policy: &policy,
+                    temp_tables: &temp_tables,
+                    feed: self.feed.is_some(),
+                };
                 let (plan, unresolved) = plan::plan(sql, &analysis, &cx);
                 let missing = catalog.missing.lock().unwrap_or_else(|e| e.into_inner());
                 let fresh: Vec<TableName> = unresolved.0.into_iter().filter(|n| !missing.contains(n)).collect();
@@ -398,7 +468,6 @@ impl Shared {
     }
 
     /// Drops the in-process tier: invalidations may have been missed.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub fn drop_local(&self) {
         self.store.invalidate(&[Tag::All]);
         self.stats.tier_drop();
@@ -429,6 +498,11 @@ impl Shared {
         F: FnOnce() -> (D, Fut),
         Fut: Future<Output = Result<R, sqlx::Error>>,
     {
+        if self.feed.as_ref().is_some_and(|feed| !feed.trusted()) {
+            // Writes made elsewhere may not have been heard: neither tier can be trusted.
+            self.stats.degrade();
+            return Box::pin(fill().1).await;
+        }
         let local = self.remote.as_ref().is_none_or(|r| r.local_trusted());
         let mut waited = false;
         let lead = loop {
@@ -692,6 +766,8 @@ impl CachedPool {
             wildcard: Ops::ALL,
             capacity: 64 * 1024 * 1024,
             redis: None,
+            lease: Duration::from_millis(500),
+            feed: FeedMode::Off,
             #[cfg(feature = "test-hooks")]
             fill_hook: None,
             #[cfg(feature = "test-hooks")]
@@ -889,6 +965,32 @@ impl CachedPool {
         self.shared.background.load(Ordering::Acquire)
     }
 
+    /// Test support: the backend process id of the change feed's listener (0 while it has none
+    /// or without a feed).
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn feed_listener_pid_for_tests(&self) -> u32 {
+        self.shared.feed.as_ref().map_or(0, |f| f.listener_pid())
+    }
+
+    /// Test support: waits until every write committed before this call has come through the
+    /// change feed and been applied (at once without a feed).
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub async fn feed_sync_for_tests(&self) -> Result<(), sqlx::Error> {
+        match &self.shared.feed {
+            Some(feed) => feed.sync(&self.shared.pool).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Test support: whether the change feed has been heard within the lease (true without one).
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn feed_trusted_for_tests(&self) -> bool {
+        self.shared.feed.as_ref().is_none_or(|f| f.trusted())
+    }
+
     /// Test support: whether Redis answers and, with two tiers, the in-process tier is trusted
     /// (the bus was heard within the lease). Always true without Redis.
     #[cfg(feature = "test-hooks")]
@@ -975,6 +1077,8 @@ pub struct CachedPoolBuilder {
     capacity: u64,
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     redis: Option<RedisSettings>,
+    lease: Duration,
+    feed: FeedMode,
     #[cfg(feature = "test-hooks")]
     fill_hook: Option<FillHook>,
     #[cfg(feature = "test-hooks")]
@@ -989,7 +1093,9 @@ impl fmt::Debug for CachedPoolBuilder {
             .field("default_ttl", &self.default_ttl)
             .field("wildcard", &self.wildcard)
             .field("memory_capacity", &self.capacity)
-            .field("redis", &self.redis.as_ref().map(|r| (&r.prefix, r.timeout, r.lease)))
+            .field("redis", &self.redis.as_ref().map(|r| (&r.prefix, r.timeout)))
+            .field("lease", &self.lease)
+            .field("feed", &self.feed)
             .finish()
     }
 }
@@ -1080,13 +1186,60 @@ impl CachedPoolBuilder {
         self
     }
 
-    /// How long after it last heard the invalidation channel a process may still serve its
-    /// in-process tier (with Redis). It bounds how late another process's write can be seen
-    /// when the channel goes silent. Default: 500 ms.
-    #[cfg(feature = "redis")]
+    /// How long after it last heard its own heartbeat a process may still trust what it has not
+    /// heard: with Redis, how long it serves its in-process tier after the invalidation channel
+    /// went silent; with the change feed, how long it serves cached reads after the feed went
+    /// silent. It bounds how late a write made elsewhere can be seen when a channel fails
+    /// without an error. Default: 500 ms.
     pub fn lease(mut self, lease: Duration) -> Self {
-        self.redis_settings().lease = lease;
+        self.lease = lease;
         self
+    }
+
+    /// Listens to a change feed in PostgreSQL, so that writes made outside this pool (other
+    /// services, `psql`, migrations, `cache.inner()`) invalidate what they change, and installs
+    /// it on the configured tables (those of `.table(..)` and `.model::<T>()`, with their
+    /// partitions) if it is not there. Idempotent; replicas starting together take turns.
+    ///
+    /// With the feed, reads of tables it does not cover are not cached
+    /// ([`Uncached::NotInFeed`]), and cached reads are served only while the pool has heard
+    /// its own heartbeat through the feed within the [lease](Self::lease). Installing needs
+    /// CREATE on the database (for the schema `sqlacache`) and ownership of (or TRIGGER on)
+    /// each table; `build()` fails with [`Error::Feed`] without them. Reporting schema
+    /// changes made elsewhere needs a superuser (an event trigger); without one, `build()`
+    /// logs a warning and [`CachedPool::refresh_catalog`] is the way. See the README.
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: sqlx::PgPool) -> Result<(), sqlacache_sqlx::Error> {
+    /// use sqlacache_sqlx::{CachedPool, Ops};
+    /// let cache = CachedPool::builder(pool)
+    ///     .table("orders", Ops::ALL, std::time::Duration::from_secs(60))
+    ///     .change_feed()
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn change_feed(mut self) -> Self {
+        self.feed = FeedMode::Install;
+        self
+    }
+
+    /// Listens to a change feed installed beforehand (from a migration, with the SQL of
+    /// [`change_feed_sql`](Self::change_feed_sql)), without installing anything: for roles that
+    /// may not create triggers. `build()` fails with [`Error::Feed`], naming the tables, if a
+    /// configured table does not have the feed.
+    pub fn change_feed_installed(mut self) -> Self {
+        self.feed = FeedMode::Installed;
+        self
+    }
+
+    /// The SQL that installs (and removes) the change feed on the tables configured so far,
+    /// for a migration tool; see [`FeedSql`]. Fails if a configured table does not exist.
+    pub async fn change_feed_sql(&self) -> Result<FeedSql, Error> {
+        let config = Config::new(self.tables.clone(), self.disabled.clone(), self.default_ttl, self.wildcard);
+        let catalog = Catalog::load(&self.pool, 1).await?;
+        config.check(&catalog, &self.pool).await?;
+        Ok(crate::feed::sql(&crate::feed::fed_tables(&catalog, &configured(&config, &catalog))))
     }
 
     /// Uses `tier` as the shared tier instead of a Redis connection: any store that keeps the
@@ -1111,12 +1264,13 @@ impl CachedPoolBuilder {
 
     #[cfg(feature = "redis")]
     fn redis_settings(&mut self) -> &mut RedisSettings {
+        let lease = self.lease;
         self.redis.get_or_insert_with(|| RedisSettings {
             tier: None,
             url: String::new(),
             prefix: "sqlacache".to_owned(),
             timeout: Duration::from_millis(100),
-            lease: Duration::from_millis(500),
+            lease,
         })
     }
 
@@ -1154,10 +1308,34 @@ impl CachedPoolBuilder {
     /// assert!(error.to_string().contains("audti_log"));
     /// # }
     /// ```
-    pub async fn build(self) -> Result<CachedPool, Error> {
+    pub async fn build(mut self) -> Result<CachedPool, Error> {
         let config = Config::new(self.tables, self.disabled, self.default_ttl, self.wildcard);
-        let catalog = Catalog::load(&self.pool, 1).await?;
+        let mut catalog = Catalog::load(&self.pool, 1).await?;
         config.check(&catalog, &self.pool).await?;
+        let feed = match self.feed {
+            FeedMode::Off => None,
+            mode => {
+                let tables = crate::feed::fed_tables(&catalog, &configured(&config, &catalog));
+                if mode == FeedMode::Install {
+                    crate::feed::install(&self.pool, &tables).await?;
+                } else {
+                    let missing = crate::feed::missing(&self.pool, &tables).await?;
+                    if !missing.is_empty() {
+                        return Err(Error::Feed(format!(
+                            "the change feed is not installed on {}: run the `install` SQL of \
+                             `change_feed_sql()` (from a migration), or use `change_feed()`",
+                            missing.join(", ")
+                        )));
+                    }
+                }
+                // Read again, with the triggers.
+                catalog = Catalog::load(&self.pool, 1).await?;
+                Some(Feed::new(self.lease, mode == FeedMode::Install))
+            }
+        };
+        if let Some(redis) = self.redis.as_mut() {
+            redis.lease = self.lease;
+        }
         let remote = connect_redis(self.redis.as_ref(), &self.pool, self.capacity).await?;
         let shared = Arc::new_cyclic(|this| Shared {
             id: NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed),
@@ -1179,6 +1357,7 @@ impl CachedPoolBuilder {
             flights: Flights::default(),
             pool: self.pool,
             remote,
+            feed,
             this: this.clone(),
             #[cfg(feature = "test-hooks")]
             fill_hook: self.fill_hook,
@@ -1189,8 +1368,29 @@ impl CachedPoolBuilder {
         if let Some(remote) = &shared.remote {
             remote.start(Arc::downgrade(&shared)).map_err(|e| Error::Redis(e.to_string()))?;
         }
+        if let Some(feed) = &shared.feed {
+            feed.start(Arc::downgrade(&shared), &shared.pool);
+            // Cached reads wait for the feed's first heartbeat; a while at most.
+            let start = std::time::Instant::now();
+            while !feed.trusted() && start.elapsed() < self.lease {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
         Ok(CachedPool { shared })
     }
+}
+
+/// Whether and how a pool uses the change feed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FeedMode {
+    Off,
+    Install,
+    Installed,
+}
+
+/// The tables the configuration names (by `.table(..)` or a model), that exist.
+fn configured(config: &Config, catalog: &Catalog) -> Vec<u32> {
+    config.tables.iter().filter_map(|t| catalog.resolve(&t.name)).map(|t| t.oid).collect()
 }
 
 /// Connects to Redis, if configured, under the identity of the database (so that two
@@ -1207,7 +1407,7 @@ async fn connect_redis(
             Some(tier) if settings.url.is_empty() => Remote::new(tier.clone(), settings, capacity > 0),
             Some(_) => return Err(Error::Redis("both a Redis URL and a shared tier were given".to_owned())),
             None if settings.url.is_empty() => {
-                return Err(Error::Redis("a key prefix, timeout or lease was set without a Redis URL".to_owned()));
+                return Err(Error::Redis("a key prefix or timeout was set without a Redis URL".to_owned()));
             }
             None => {
                 let scope = crate::catalog::database_identity(pool).await?;

@@ -51,6 +51,7 @@ pub(crate) struct RedisSettings {
 
 #[cfg(feature = "redis")]
 mod imp {
+    use super::fresh_publisher;
     use super::RedisSettings;
     use crate::pool::Shared;
     use sqlacache_core::bus::{Body, Lease, Message, Sequences};
@@ -205,6 +206,15 @@ mod imp {
                 }
                 drop(done);
             });
+        }
+
+        /// Applies an invalidation to Redis alone (one every process hears by itself); one that
+        /// failed is widened when Redis answers.
+        pub async fn invalidate_shared(&self, tags: &[Tag], stats: &Stats) {
+            if let Err(error) = self.store.invalidate(tags).await {
+                self.undelivered.store(true, Ordering::Release);
+                self.failed(&error, stats);
+            }
         }
 
         /// An invalidation to publish; if it is dropped before it is delivered, it counts as
@@ -390,12 +400,13 @@ mod imp {
     fn nanos(duration: Duration) -> u64 {
         u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
     }
+}
 
-    /// A random id for this pool on the bus.
-    fn fresh_publisher() -> u64 {
-        use std::hash::BuildHasher;
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        std::collections::hash_map::RandomState::new()
-            .hash_one((std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)))
-    }
+/// A random id for a pool on a bus.
+pub(crate) fn fresh_publisher() -> u64 {
+    use std::hash::BuildHasher;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    std::collections::hash_map::RandomState::new()
+        .hash_one((std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)))
 }

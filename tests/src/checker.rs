@@ -121,6 +121,9 @@ pub struct Config {
     /// write through one pool is followed, before its tables count as quiet again, by the
     /// delivery of its invalidation to the other.
     pub redis: Option<(&'static str, u64)>,
+    /// With the change feed: the pools listen to it, and a third of the writes go straight to
+    /// PostgreSQL, around the pools; such a write counts as done once the feed has delivered it.
+    pub feed: bool,
 }
 
 /// What a run found.
@@ -198,6 +201,8 @@ struct Shared {
     caches: Vec<CachedPool>,
     /// Two pools with in-process tiers: a write counts as done once the other pool heard it.
     deliver: bool,
+    /// The pools listen to the change feed, and some writes go around them.
+    feed: bool,
     raw: PgPool,
     tables: Tables,
     history: Mutex<VecDeque<String>>,
@@ -215,6 +220,13 @@ impl Shared {
     /// invalidation (two tiers deliver it over Redis pub/sub), its tables are quiet again.
     /// (Counting messages would not do: a recovery after a Redis timeout publishes one more.)
     async fn end(&self, client: u64, tables: &[usize]) {
+        if self.feed {
+            // Every pool has applied what the feed carried up to now (writes around the pools
+            // reach them that way only).
+            for cache in &self.caches {
+                cache.feed_sync_for_tests().await.expect("a heartbeat through the feed");
+            }
+        }
         if self.deliver {
             let (mine, other) = (self.cache(client), self.cache(client + 1));
             // The other pool has heard this pool's messages up to the write's (or a later one:
@@ -253,8 +265,10 @@ pub async fn run(config: Config) -> Report {
         let builder = CachedPool::builder(db.pool.clone())
             .model::<Account>()
             .model::<Entry>()
-            // `Member` is registered at its first use, while the other clients run.
+            // `Member` is registered at its first use, while the other clients run (with the
+            // feed, at build: a table the feed does not cover is not cached).
             .memory_capacity(4 * 1024 * 1024);
+        let builder = if config.feed { builder.model::<Member>().change_feed() } else { builder };
         let builder = match config.redis {
             // In the shared Redis, its keys expire within a minute.
             Some((url, memory)) => {
@@ -265,13 +279,14 @@ pub async fn run(config: Config) -> Report {
         caches.push(builder.build().await.expect("build the cache"));
     }
     let start = Instant::now();
-    while !caches.iter().all(|c| c.tiers_ready_for_tests()) {
+    while !caches.iter().all(|c| c.tiers_ready_for_tests() && c.feed_trusted_for_tests()) {
         assert!(start.elapsed() < Duration::from_secs(20), "the pools did not connect to Redis");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let shared = Arc::new(Shared {
         caches,
         deliver: config.redis.is_some_and(|(_, memory)| memory > 0),
+        feed: config.feed,
         raw: db.pool.clone(),
         tables: Tables::default(),
         history: Mutex::new(VecDeque::new()),
@@ -545,8 +560,24 @@ fn expected(result: Result<(), sqlx::Error>, sql: &str) {
     }
 }
 
+/// A write around the pools, straight to PostgreSQL: one statement, or several in one implicit
+/// transaction (a simple query).
+async fn write_around(shared: &Shared, rng: &mut Rng, client: u64, i: u64) {
+    let statements: Vec<(String, &'static [usize])> = (0..1 + rng.below(3)).map(|_| write_statement(rng)).collect();
+    let tables = union(&statements.iter().map(|(_, t)| *t).collect::<Vec<_>>());
+    let sql = statements.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>().join("; ");
+    shared.log(format!("client {client} op {i}: around the pool: {sql}"));
+    shared.tables.begin(&tables);
+    let result = sqlx::raw_sql(AssertSqlSafe(sql.clone())).execute(&shared.raw).await.map(drop);
+    shared.end(client, &tables).await;
+    expected(result, &sql);
+}
+
 async fn write(shared: &Shared, rng: &mut Rng, client: u64, i: u64) {
     let cache = shared.cache(client);
+    if shared.feed && rng.below(3) == 0 {
+        return write_around(shared, rng, client, i).await;
+    }
     match rng.below(10) {
         // Schema changes, only outside transactions: inside them their locks would wait on
         // the readers of this very workload.

@@ -3,6 +3,7 @@
 //!
 //! ```sh
 //! cargo run --release -p sqlacache-benches --bin ratios
+//! cargo run --release -p sqlacache-benches --bin ratios -- feed   # the change feed's rows alone
 //! ```
 //!
 //! Each round runs the raw side and the cached side of every comparison once, alternating which
@@ -111,6 +112,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         eprintln!("{error}");
         std::process::exit(2);
     });
+    if std::env::args().nth(1).as_deref() == Some("feed") {
+        // Only the change feed's rows.
+        for row in feed::rows(&pool).await? {
+            println!("| {:<24} | {:<44} | {:<4} |", row.name, row.target, if row.met { "yes" } else { "NO" });
+        }
+        return Ok(());
+    }
     create_fixture(&pool).await?;
     let cache = CachedPool::builder(pool.clone()).model::<BenchUser>().build().await?;
     let raw_point = |id: i64| sqlx::query_as::<_, BenchUser>(POINT).bind(id).fetch_one(&pool);
@@ -257,6 +265,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     println!("\n| {:<24} | {:<44} | {:<4} |", "target (Redis)", "", "met");
     println!("|{:-<26}|{:-<46}|{:-<6}|", "", "", "");
     for row in &redis_rows {
+        println!("| {:<24} | {:<44} | {:<4} |", row.name, row.target, if row.met { "yes" } else { "NO" });
+    }
+    let feed_rows = feed::rows(&pool).await?;
+    println!("\n| {:<24} | {:<44} | {:<4} |", "target (change feed)", "", "met");
+    println!("|{:-<26}|{:-<46}|{:-<6}|", "", "", "");
+    for row in &feed_rows {
         println!("| {:<24} | {:<44} | {:<4} |", row.name, row.target, if row.met { "yes" } else { "NO" });
     }
     let stats = cache.stats();
@@ -427,6 +441,79 @@ mod redis {
         rows.push(Row { name: "cross-process delivery", target: "p99 < 2 ms", met: p99 < Duration::from_millis(2) });
         let () = raw_redis.del(&raw_key).await?;
         shared.invalidate_all().await?;
+        Ok(rows)
+    }
+}
+
+/// The change feed's rows: a raw write to a table with the feed's triggers against the same
+/// write to an identical table without them, and the delay from an outside write's commit to
+/// the pool's invalidation.
+mod feed {
+    use super::{pair, print_pair, us, Row, ROUNDS};
+    use sqlacache_benches::Samples;
+    use sqlacache_sqlx::{CachedPool, Ops};
+    use sqlx::{AssertSqlSafe, PgPool};
+    use std::hint::black_box;
+    use std::time::{Duration, Instant};
+
+    pub async fn rows(pg: &PgPool) -> Result<Vec<Row>, Box<dyn std::error::Error + Send + Sync>> {
+        for table in ["bench_plain", "bench_fed"] {
+            let ddl = format!(
+                "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id bigint PRIMARY KEY, score int NOT NULL); \
+                 INSERT INTO {table} SELECT g, 0 FROM generate_series(1, 10000) g; ANALYZE {table};"
+            );
+            sqlx::raw_sql(AssertSqlSafe(ddl)).execute(pg).await?;
+        }
+        let cache = CachedPool::builder(pg.clone())
+            .table("bench_fed", Ops::ALL, Duration::from_secs(120))
+            .change_feed()
+            .build()
+            .await?;
+        let write = |table: &str| format!("UPDATE {table} SET score = score + 1 WHERE id = $1");
+        let (plain, fed) = (write("bench_plain"), write("bench_fed"));
+        let [mut raw, mut triggered] = std::array::from_fn(|_| Samples::default());
+        for round in 0..ROUNDS {
+            let id = 1 + round % 10_000;
+            let raw_once = async {
+                black_box(sqlx::query(AssertSqlSafe(plain.as_str())).bind(id).execute(pg).await.unwrap());
+            };
+            let fed_once = async {
+                black_box(sqlx::query(AssertSqlSafe(fed.as_str())).bind(id).execute(pg).await.unwrap());
+            };
+            pair(round, (&mut raw, raw_once), (&mut triggered, fed_once)).await;
+        }
+        // Delivery: an outside write returns; the pool has applied its message.
+        let mut delivery = Samples::default();
+        for round in 0..1_000_i64 {
+            let before = cache.stats().invalidations;
+            sqlx::query(AssertSqlSafe(fed.as_str())).bind(1 + round % 100).execute(pg).await?;
+            let returned = Instant::now();
+            while cache.stats().invalidations == before {
+                if returned.elapsed() > Duration::from_secs(5) {
+                    return Err("an outside write was not delivered within 5 s".into());
+                }
+                tokio::task::yield_now().await;
+            }
+            delivery.push(returned.elapsed());
+        }
+        println!("\nChange feed, {ROUNDS} rounds as above; microseconds\n");
+        println!(
+            "| {:<24} | {:>9} | {:>9} | {:>9} | {:>9} | {:>9} | {:>8} |",
+            "operation", "raw p50", "raw p99", "feed p50", "feed p99", "ratio", "speed-up"
+        );
+        println!("|{:-<26}|{:->11}|{:->11}|{:->11}|{:->11}|{:->11}|{:->10}|", "", "", "", "", "", "", "");
+        let mut rows = vec![print_pair(
+            "write with triggers",
+            &mut raw,
+            &mut triggered,
+            "raw write with the triggers <= 1.15x without",
+            &|_, r| r <= 1.15,
+        )];
+        let (p50, p99) = (delivery.quantile(0.5), delivery.quantile(0.99));
+        println!("\noutside write returned -> the pool invalidated: p50 {:.0} us, p99 {:.0} us", us(p50), us(p99));
+        rows.push(Row { name: "outside-write delivery", target: "p99 < 10 ms", met: p99 < Duration::from_millis(10) });
+        drop(cache);
+        sqlx::raw_sql("DROP TABLE bench_plain; DROP TABLE bench_fed;").execute(pg).await?;
         Ok(rows)
     }
 }

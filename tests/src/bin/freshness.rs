@@ -2,11 +2,12 @@
 //!
 //! ```sh
 //! cargo run --release -p sqlacache-tests --bin freshness -- --ops 1000000 --seed 7 [--clients 8] \
-//!     [--redis [--memory-capacity 0]]
+//!     [--redis [--memory-capacity 0]] [--feed]
 //! ```
 //!
 //! `--redis` runs two pools sharing the Redis at `REDIS_URL` (two tiers each, or Redis only with
-//! `--memory-capacity 0`), the clients taking turns between them.
+//! `--memory-capacity 0`), the clients taking turns between them. `--feed` turns the change feed
+//! on and sends a third of the writes straight to PostgreSQL, around the pools.
 //!
 //! Prints operations per second, reads served from the cache, reads compared, and stale reads
 //! found; exits non-zero if any read was stale.
@@ -28,12 +29,17 @@ async fn main() {
         sqlacache_tests::redis::require_shared_redis();
         (url, arg("--memory-capacity", 4 * 1024 * 1024))
     });
-    let config = Config { seed: arg("--seed", 1), ops: arg("--ops", 100_000), clients: arg("--clients", 8), redis };
+    let feed = std::env::args().any(|a| a == "--feed");
+    let config =
+        Config { seed: arg("--seed", 1), ops: arg("--ops", 100_000), clients: arg("--clients", 8), redis, feed };
     let report = run(config).await;
     let secs = report.elapsed.as_secs_f64();
     println!("seed:            {}", config.seed);
     if let Some((url, memory)) = config.redis {
         println!("redis:           two pools on {url}, in-process tier {memory} bytes each");
+    }
+    if config.feed {
+        println!("feed:            on; a third of the writes go around the pools");
     }
     println!("operations:      {} in {secs:.1}s ({:.0} ops/s)", report.ops, report.ops as f64 / secs);
     println!("cache hits:      {}", report.cache_hits);

@@ -1,13 +1,14 @@
-//! Another process for the multi-process tests: a `CachedPool` with Redis over a test's schema,
+//! Another process for the multi-process tests: a `CachedPool` with Redis (unless its URL is
+//! `-`) and, with a last argument `feed`, the change feed, over a test's schema,
 //! driven by commands on standard input, one per line, each answered by one line:
 //!
 //! - `get <id>`: the counter's value, read through the cache;
 //! - `bump <id>`: adds one to the counter through the cache, and prints the new value;
-//! - `ready`: waits until Redis answers and the bus is heard, then prints `ready`;
+//! - `ready`: waits until Redis answers and the bus (and the feed) is heard, then prints `ready`;
 //! - `received`: how many invalidations this process received from others.
 //!
 //! ```sh
-//! peer <database url> <schema> <redis url> <key prefix> <memory capacity> <lease ms>
+//! peer <database url> <schema> <redis url|-> <key prefix> <memory capacity> <lease ms> [feed]
 //! ```
 
 use sqlacache_sqlx::CachedPool;
@@ -19,23 +20,29 @@ use std::time::Duration;
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let [_, database, schema, redis, prefix, memory, lease] = args.as_slice() else {
-        panic!("usage: peer <database url> <schema> <redis url> <key prefix> <memory capacity> <lease ms>");
+    let (feed, args) = match args.split_last() {
+        Some((last, rest)) if last == "feed" => (true, rest),
+        _ => (false, args.as_slice()),
+    };
+    let [_, database, schema, redis, prefix, memory, lease] = args else {
+        panic!("usage: peer <database url> <schema> <redis url|-> <key prefix> <memory capacity> <lease ms> [feed]");
     };
     let options: PgConnectOptions = database.parse().expect("a PostgreSQL URL");
     let pool = sqlx::PgPool::connect_with(options.options([("search_path", schema.as_str())]))
         .await
         .expect("connect to PostgreSQL");
-    let cache = CachedPool::builder(pool)
+    let mut builder = CachedPool::builder(pool)
         .model::<Counter>()
         .default_ttl(Duration::from_secs(60))
-        .redis(redis)
-        .key_prefix(prefix)
         .memory_capacity(memory.parse().expect("a capacity"))
-        .lease(Duration::from_millis(lease.parse().expect("a lease in ms")))
-        .build()
-        .await
-        .expect("build the pool");
+        .lease(Duration::from_millis(lease.parse().expect("a lease in ms")));
+    if redis != "-" {
+        builder = builder.redis(redis).key_prefix(prefix);
+    }
+    if feed {
+        builder = builder.change_feed();
+    }
+    let cache = builder.build().await.expect("build the pool");
     let (commands, mut replies) = (std::io::stdin().lock().lines(), std::io::stdout().lock());
     for line in commands {
         let line = line.expect("read a command");
@@ -54,7 +61,7 @@ async fn main() {
                 v.to_string()
             }
             None if line == "ready" => {
-                while !cache.tiers_ready_for_tests() {
+                while !cache.tiers_ready_for_tests() || !cache.feed_trusted_for_tests() {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
                 "ready".to_owned()

@@ -6,7 +6,7 @@ use sqlacache_tests::checker::{run, Config};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_workloads_never_read_stale_data() {
     for seed in [1, 2, 3] {
-        let report = run(Config { seed, ops: 7_000, clients: 8, redis: None }).await;
+        let report = run(Config { seed, ops: 7_000, clients: 8, redis: None, feed: false }).await;
         assert!(report.stale.is_empty(), "{} stale reads; first:\n{}", report.stale.len(), report.stale[0]);
         assert!(report.reads_checked > 500, "seed {seed}: only {} reads were compared", report.reads_checked);
         // Only that the cache took part: how many reads it answers depends on how writes, schema
@@ -21,9 +21,19 @@ async fn random_workloads_on_two_pools_sharing_redis_never_read_stale_data() {
     sqlacache_tests::redis::require_shared_redis();
     let url: &'static str = Box::leak(sqlacache_tests::redis::redis_url().into_boxed_str());
     for (seed, memory) in [(4, 4 << 20), (5, 0)] {
-        let report = run(Config { seed, ops: 5_000, clients: 8, redis: Some((url, memory)) }).await;
+        let report = run(Config { seed, ops: 5_000, clients: 8, redis: Some((url, memory)), feed: false }).await;
         assert!(report.stale.is_empty(), "{} stale reads; first:\n{}", report.stale.len(), report.stale[0]);
         assert!(report.reads_checked > 300, "seed {seed}: only {} reads were compared", report.reads_checked);
         assert!(report.cache_hits > 100, "seed {seed}: only {} cache hits", report.cache_hits);
     }
+}
+
+/// The same workload with the change feed on, a third of the writes going straight to
+/// PostgreSQL around the pool: once the feed has delivered them, no cached read is stale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_workloads_with_writes_around_the_pool_never_read_stale_data_through_the_feed() {
+    let report = run(Config { seed: 6, ops: 5_000, clients: 8, redis: None, feed: true }).await;
+    assert!(report.stale.is_empty(), "{} stale reads; first:\n{}", report.stale.len(), report.stale[0]);
+    assert!(report.reads_checked > 300, "only {} reads were compared", report.reads_checked);
+    assert!(report.cache_hits > 100, "only {} cache hits", report.cache_hits);
 }

@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod bounded;
+mod change_feed;
 mod config;
 mod dependencies;
 mod freshness;

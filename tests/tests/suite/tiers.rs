@@ -427,7 +427,7 @@ async fn two_databases_sharing_one_redis_and_prefix_never_share_entries() {
 }
 
 /// Another process, running `peer` (a pool with Redis over this test's schema).
-struct Peer {
+pub(crate) struct Peer {
     child: std::process::Child,
     input: std::process::ChildStdin,
     output: std::io::BufReader<std::process::ChildStdout>,
@@ -439,11 +439,29 @@ impl Peer {
     }
 
     fn start_with(db: &TestDb, redis: &str, prefix: &str, memory: u64, env: &[(&str, &std::path::Path)]) -> Peer {
+        Peer::spawn(db, redis, prefix, memory, LEASE, env, &[])
+    }
+
+    /// A peer with the change feed and no Redis.
+    pub(crate) fn with_feed(db: &TestDb, lease: Duration) -> Peer {
+        Peer::spawn(db, "-", "-", 1 << 20, lease, &[], &["feed"])
+    }
+
+    fn spawn(
+        db: &TestDb,
+        redis: &str,
+        prefix: &str,
+        memory: u64,
+        lease: Duration,
+        env: &[(&str, &std::path::Path)],
+        extra: &[&str],
+    ) -> Peer {
         use std::process::{Command, Stdio};
         let mut child = Command::new(env!("CARGO_BIN_EXE_peer"))
             .envs(env.iter().copied())
             .args([&sqlacache_tests::database_url(), &db.schema, redis, prefix, &memory.to_string()])
-            .arg(LEASE.as_millis().to_string())
+            .arg(lease.as_millis().to_string())
+            .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -454,7 +472,7 @@ impl Peer {
     }
 
     /// Sends one command and returns its answer (blocking: the peer answers at once).
-    fn ask(&mut self, command: &str) -> String {
+    pub(crate) fn ask(&mut self, command: &str) -> String {
         use std::io::{BufRead, Write};
         writeln!(self.input, "{command}").expect("the peer is running");
         let mut answer = String::new();
@@ -463,7 +481,7 @@ impl Peer {
         answer.trim().to_owned()
     }
 
-    fn get(&mut self, id: i32) -> i64 {
+    pub(crate) fn get(&mut self, id: i32) -> i64 {
         self.ask(&format!("get {id}")).parse().expect("a number")
     }
 }

@@ -1,0 +1,453 @@
+//! The change feed: writes made outside the pool (a raw pool, `psql`, `cache.inner()`, a
+//! function called from a SELECT, a rolled-back transaction, TRUNCATE, a bulk update, schema
+//! changes) reach the cache through PostgreSQL's triggers and LISTEN/NOTIFY, and a listener that
+//! lost its connection or went silent stops cached reads until it is heard again.
+
+use sqlacache_sqlx::{CachedPool, Error, Uncached};
+use sqlacache_tests::{database_url, Counter, TestDb, COUNTERS};
+use sqlx::postgres::PgListener;
+use sqlx::AssertSqlSafe;
+use std::time::{Duration, Instant};
+
+/// The lease of most tests: long, so that a loaded machine does not end it (which would only
+/// cost misses, but the tests count hits).
+const LEASE: Duration = Duration::from_secs(3);
+
+/// The lease of the test of a silent listener.
+const SHORT_LEASE: Duration = Duration::from_millis(300);
+
+async fn fed(db: &TestDb) -> CachedPool {
+    fed_with(db, LEASE).await
+}
+
+async fn fed_with(db: &TestDb, lease: Duration) -> CachedPool {
+    CachedPool::builder(db.pool.clone())
+        .model::<Counter>()
+        .default_ttl(Duration::from_secs(60))
+        .lease(lease)
+        .change_feed()
+        .build()
+        .await
+        .expect("build a pool with the change feed")
+}
+
+async fn value(cache: &CachedPool, id: i32) -> i64 {
+    cache.get::<Counter>(id).await.unwrap().expect("the row exists").v
+}
+
+async fn total(cache: &CachedPool) -> i64 {
+    cache.query_scalar::<i64>("SELECT coalesce(sum(v), 0)::bigint FROM counters").fetch_one().await.unwrap()
+}
+
+/// Hits served so far.
+fn hits(cache: &CachedPool) -> u64 {
+    cache.stats().hits
+}
+
+/// Polls `read` until it returns `expected`; how long that took after `since`.
+async fn seen_within<F, Fut>(since: Instant, expected: i64, what: &str, mut read: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = i64>,
+{
+    loop {
+        let got = read().await;
+        if got == expected {
+            return since.elapsed();
+        }
+        assert!(since.elapsed() < Duration::from_secs(10), "{what}: still {got}, expected {expected}");
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+}
+
+/// Caches row 1 and the total, and checks that both are hits now.
+async fn warm(cache: &CachedPool) {
+    let _ = (value(cache, 1).await, total(cache).await);
+    let before = hits(cache);
+    let _ = (value(cache, 1).await, total(cache).await);
+    assert_eq!(hits(cache), before + 2, "row 1 and the total are cached");
+}
+
+fn quantile(samples: &mut [Duration], q: f64) -> Duration {
+    samples.sort();
+    samples[((samples.len() - 1) as f64 * q).round() as usize]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outside_writes_of_every_kind_are_seen() {
+    let db = TestDb::with_schema(COUNTERS).await;
+    sqlx::raw_sql(
+        "CREATE FUNCTION bump_counter(i int) RETURNS bigint LANGUAGE sql AS \
+         'UPDATE counters SET v = v + 1 WHERE id = i RETURNING v'",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let cache = fed(&db).await;
+    let raw = &db.pool;
+    let mut latencies = Vec::new();
+    let mut expected = 0;
+    for round in 0..8 {
+        warm(&cache).await;
+        expected += 1;
+        let kind = round % 8;
+        match kind {
+            0 => {
+                sqlx::query("UPDATE counters SET v = v + 1 WHERE id = 1").execute(raw).await.unwrap();
+            }
+            1 => {
+                sqlx::query("UPDATE counters SET v = v + 1 WHERE id = 1").execute(cache.inner()).await.unwrap();
+            }
+            // A function called from a SELECT writes.
+            2 => {
+                sqlx::query("SELECT bump_counter(1)").execute(raw).await.unwrap();
+            }
+            3 => {
+                let mut tx = raw.begin().await.unwrap();
+                sqlx::query("UPDATE counters SET v = v + 1 WHERE id = 1").execute(&mut *tx).await.unwrap();
+                sqlx::query("UPDATE counters SET v = v WHERE id = 2").execute(&mut *tx).await.unwrap();
+                tx.commit().await.unwrap();
+            }
+            // Delete and insert the row again, one more.
+            4 => {
+                let mut tx = raw.begin().await.unwrap();
+                let v: i64 = sqlx::query_scalar("DELETE FROM counters WHERE id = 1 RETURNING v")
+                    .fetch_one(&mut *tx)
+                    .await
+                    .unwrap();
+                sqlx::query("INSERT INTO counters VALUES (1, $1 + 1)").bind(v).execute(&mut *tx).await.unwrap();
+                tx.commit().await.unwrap();
+            }
+            // Another process: psql.
+            5 => {
+                let status = std::process::Command::new("psql")
+                    .args([database_url().as_str(), "-qc"])
+                    .arg(format!("UPDATE {}.counters SET v = v + 1 WHERE id = 1", db.schema))
+                    .status()
+                    .expect("run psql");
+                assert!(status.success());
+            }
+            // Every row at once.
+            6 => {
+                {
+                    sqlx::query("UPDATE counters SET v = v + 1").execute(raw).await.unwrap();
+                };
+                expected = value_raw(raw, 1).await;
+            }
+            _ => {
+                sqlx::query("INSERT INTO counters VALUES (100, 1)").execute(raw).await.unwrap();
+            }
+        }
+        let returned = Instant::now();
+        let (expected_total, expected_one) = (total_raw(raw).await, value_raw(raw, 1).await);
+        if kind != 7 {
+            assert_eq!(expected_one, expected, "round {round}");
+        }
+        latencies.push(
+            seen_within(returned, expected_one, &format!("row 1 after write kind {kind}"), || value(&cache, 1)).await,
+        );
+        seen_within(returned, expected_total, &format!("the total after write kind {kind}"), || total(&cache)).await;
+        expected = expected_one;
+    }
+    // TRUNCATE.
+    warm(&cache).await;
+    sqlx::query("TRUNCATE counters").execute(raw).await.unwrap();
+    seen_within(Instant::now(), 0, "the total after TRUNCATE", || total(&cache)).await;
+    assert_eq!(cache.get::<Counter>(1).await.unwrap(), None, "row 1 after TRUNCATE");
+    let p50 = quantile(&mut latencies, 0.5);
+    eprintln!("outside write to a fresh cached read: p50 {p50:?}, max {:?}", latencies.last().unwrap());
+}
+
+async fn value_raw(raw: &sqlx::PgPool, id: i32) -> i64 {
+    sqlx::query_scalar("SELECT v FROM counters WHERE id = $1").bind(id).fetch_one(raw).await.unwrap()
+}
+
+async fn total_raw(raw: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar("SELECT coalesce(sum(v), 0)::bigint FROM counters").fetch_one(raw).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_name_the_rows_so_other_rows_stay_cached() {
+    let db = TestDb::with_schema(COUNTERS).await;
+    let cache = fed(&db).await;
+    warm(&cache).await;
+    sqlx::query("UPDATE counters SET v = 7 WHERE id = 2").execute(&db.pool).await.unwrap();
+    seen_within(Instant::now(), 7, "row 2", || value(&cache, 2)).await;
+    let before = hits(&cache);
+    assert_eq!(value(&cache, 1).await, 0);
+    assert_eq!(hits(&cache), before + 1, "a write to row 2 elsewhere left row 1 cached");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolled_back_write_sends_nothing() {
+    let db = TestDb::with_schema(COUNTERS).await;
+    let cache = fed(&db).await;
+    warm(&cache).await;
+    let mut tx = db.pool.begin().await.unwrap();
+    sqlx::query("UPDATE counters SET v = 50 WHERE id = 1").execute(&mut *tx).await.unwrap();
+    tx.rollback().await.unwrap();
+    // A later commit is delivered after anything the rollback could have sent.
+    sqlx::query("UPDATE counters SET v = 9 WHERE id = 3").execute(&db.pool).await.unwrap();
+    seen_within(Instant::now(), 9, "row 3", || value(&cache, 3)).await;
+    let before = hits(&cache);
+    assert_eq!(value(&cache, 1).await, 0);
+    assert_eq!(hits(&cache), before + 1, "the rolled-back write invalidated row 1: {:?}", cache.stats());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_update_too_large_for_one_message_invalidates_the_table() {
+    let db = TestDb::with_schema(
+        "CREATE TABLE counters (id int PRIMARY KEY, v bigint NOT NULL);
+         INSERT INTO counters SELECT g, 0 FROM generate_series(1, 10000) g;",
+    )
+    .await;
+    let cache = fed(&db).await;
+    let mut listener = PgListener::connect_with(&db.pool).await.unwrap();
+    listener.listen("sqlacache_feed").await.unwrap();
+    warm(&cache).await;
+    assert_eq!(value(&cache, 9999).await, 0);
+    sqlx::query("UPDATE counters SET v = v + 1").execute(&db.pool).await.unwrap();
+    let oid: i64 = sqlx::query_scalar("SELECT 'counters'::regclass::oid::int8").fetch_one(&db.pool).await.unwrap();
+    // The message names the table alone.
+    let expected = format!("t {oid} u");
+    let start = Instant::now();
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), listener.recv()).await.expect("a message").unwrap();
+        if n.payload() == expected {
+            break;
+        }
+        assert!(
+            !n.payload().starts_with(&format!("r {oid} ")),
+            "a message with 10,000 keys: {} bytes",
+            n.payload().len()
+        );
+        assert!(start.elapsed() < Duration::from_secs(5), "no table-wide message");
+    }
+    seen_within(Instant::now(), 10_000, "the total", || total(&cache)).await;
+    seen_within(Instant::now(), 1, "row 1", || value(&cache, 1)).await;
+    seen_within(Instant::now(), 1, "row 9999", || value(&cache, 9999)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminated_listener_drops_the_cache_before_serving_it_again() {
+    let db = TestDb::with_schema(COUNTERS).await;
+    let cache = fed(&db).await;
+    for round in 1..=3 {
+        warm(&cache).await;
+        let drops = cache.stats().tier_drops;
+        let pid = cache.feed_listener_pid_for_tests();
+        assert_ne!(pid, 0, "the listener is connected");
+        // The listener is gone (the call waits for it) before the write commits, so the write's
+        // message is sent while nobody of this pool listens.
+        let mut tx = db.pool.begin().await.unwrap();
+        let gone: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1, 5000)")
+            .bind(i32::try_from(pid).unwrap())
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        assert!(gone);
+        sqlx::query("UPDATE counters SET v = v + 1 WHERE id = 1").execute(&mut *tx).await.unwrap();
+        tx.commit().await.unwrap();
+        seen_within(Instant::now(), round, "row 1 after the listener was terminated", || value(&cache, 1)).await;
+        let start = Instant::now();
+        while cache.stats().tier_drops == drops || !cache.feed_trusted_for_tests() {
+            assert!(start.elapsed() < Duration::from_secs(10), "the feed did not recover");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(value(&cache, 1).await, round, "after the feed recovered");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_silent_without_an_error_stops_cached_reads_within_the_lease() {
+    let db = TestDb::with_schema(COUNTERS).await;
+    let cache = fed_with(&db, SHORT_LEASE).await;
+    warm(&cache).await;
+    let pid = cache.feed_listener_pid_for_tests();
+    // The listener's server process stops: its connection is open and says nothing.
+    signal(pid, "STOP");
+    let resume = Resume(pid);
+    let returned = {
+        sqlx::query("UPDATE counters SET v = 5 WHERE id = 1").execute(&db.pool).await.unwrap();
+        Instant::now()
+    };
+    let seen = seen_within(returned, 5, "row 1 while the listener is frozen", || value(&cache, 1)).await;
+    assert!(!cache.feed_trusted_for_tests(), "the feed is not trusted while it is silent");
+    let degraded = cache.stats().degraded;
+    assert_eq!(value(&cache, 1).await, 5);
+    assert!(cache.stats().degraded > degraded, "reads skip the cache while the feed is silent");
+    drop(resume);
+    let start = Instant::now();
+    while !cache.feed_trusted_for_tests() {
+        assert!(start.elapsed() < Duration::from_secs(10), "the feed did not recover");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    sqlx::query("UPDATE counters SET v = 6 WHERE id = 1").execute(&db.pool).await.unwrap();
+    seen_within(Instant::now(), 6, "row 1 after the listener came back", || value(&cache, 1)).await;
+    eprintln!("a write was served stale for {seen:?} while the listener was frozen (lease {SHORT_LEASE:?})");
+}
+
+fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().unwrap();
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+/// Resumes a stopped process when dropped (also when the test fails).
+struct Resume(u32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        signal(self.0, "CONT");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_dropped_and_created_again_elsewhere_is_noticed() {
+    let db = TestDb::with_schema(COUNTERS).await;
+    let cache = fed(&db).await;
+    warm(&cache).await;
+    sqlx::raw_sql(
+        "DROP TABLE counters; CREATE TABLE counters (id int PRIMARY KEY, v bigint NOT NULL); \
+         INSERT INTO counters VALUES (1, 42);",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    seen_within(Instant::now(), 42, "row 1 of the new table", || value(&cache, 1)).await;
+    seen_within(Instant::now(), 42, "the total of the new table", || total(&cache)).await;
+    // The feed is installed on the new table again, and its writes are seen.
+    let start = Instant::now();
+    loop {
+        let before = hits(&cache);
+        let _ = value(&cache, 1).await;
+        if hits(&cache) > before {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "the new table is not cached again");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    sqlx::query("UPDATE counters SET v = 43 WHERE id = 1").execute(&db.pool).await.unwrap();
+    seen_within(Instant::now(), 43, "row 1 after a write to the new table", || value(&cache, 1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_of_tables_the_feed_does_not_cover_are_not_cached() {
+    let db = TestDb::with_schema(&format!("{COUNTERS} CREATE TABLE other (id int PRIMARY KEY);")).await;
+    let cache = fed(&db).await;
+    for _ in 0..2 {
+        cache.query_scalar::<i64>("SELECT count(*) FROM other").fetch_one().await.unwrap();
+    }
+    assert_eq!(cache.stats().uncached(Uncached::NotInFeed), 2);
+    assert_eq!(cache.stats().hits, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_that_may_not_install_gets_a_clear_error_and_can_use_a_feed_installed_by_migration() {
+    let db = TestDb::with_schema(COUNTERS).await;
+    let (role, options) = db.role("feed").await;
+    sqlx::raw_sql(AssertSqlSafe(format!("GRANT SELECT, UPDATE ON counters TO {role}")))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let as_role = db.pool_with(4, options).await;
+    let builder = || CachedPool::builder(as_role.clone()).model::<Counter>().lease(LEASE);
+    let error = builder().change_feed().build().await.expect_err("the role may not create triggers");
+    assert!(matches!(error, Error::Feed(_)), "{error:?}");
+    assert!(error.to_string().contains("cannot install the change feed"), "{error}");
+    let error = builder().change_feed_installed().build().await.expect_err("nothing is installed");
+    assert!(error.to_string().contains(&format!("{}.counters", db.schema)), "{error}");
+    // The owner runs the SQL, as a migration would.
+    let sql = builder().change_feed_sql().await.unwrap();
+    sqlx::raw_sql(AssertSqlSafe(sql.install)).execute(&db.pool).await.unwrap();
+    let cache = builder().change_feed_installed().build().await.expect("the feed is installed");
+    warm(&cache).await;
+    sqlx::query("UPDATE counters SET v = 3 WHERE id = 1").execute(&db.pool).await.unwrap();
+    seen_within(Instant::now(), 3, "row 1", || value(&cache, 1)).await;
+    // The role's own writes through the triggers work (the functions are usable by everyone).
+    sqlx::query("UPDATE counters SET v = 4 WHERE id = 1").execute(&as_role).await.unwrap();
+    seen_within(Instant::now(), 4, "row 1", || value(&cache, 1)).await;
+    // And removed.
+    sqlx::raw_sql(AssertSqlSafe(sql.remove)).execute(&db.pool).await.unwrap();
+    let error = builder().change_feed_installed().build().await.expect_err("removed");
+    assert!(matches!(error, Error::Feed(_)), "{error:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_without_redis_stay_fresh_for_each_other_through_the_feed() {
+    let db = TestDb::with_schema(COUNTERS).await;
+    let here = fed(&db).await;
+    let mut there = super::tiers::Peer::with_feed(&db, LEASE);
+    assert_eq!(there.ask("ready"), "ready");
+    let mut windows = Vec::new();
+    for _ in 0..20 {
+        // The other process caches row 1 in its own memory; this one writes it.
+        let before = there.get(1);
+        assert_eq!(there.get(1), before);
+        let written: i64 = sqlx::query_scalar("UPDATE counters SET v = v + 1 WHERE id = 1 RETURNING v")
+            .fetch_one(&here)
+            .await
+            .unwrap();
+        let returned = Instant::now();
+        windows.push(seen_within(returned, written, "the other process", || std::future::ready(there.get(1))).await);
+        // The other way round.
+        let _ = (value(&here, 2).await, value(&here, 2).await);
+        let written: i64 = there.ask("bump 2").parse().unwrap();
+        seen_within(Instant::now(), written, "this process", || value(&here, 2)).await;
+        // And a writer that is neither.
+        let written: i64 = sqlx::query_scalar("UPDATE counters SET v = v + 1 WHERE id = 3 RETURNING v")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        let returned = Instant::now();
+        seen_within(returned, written, "this process, outside write", || value(&here, 3)).await;
+        seen_within(returned, written, "the other process, outside write", || std::future::ready(there.get(3))).await;
+    }
+    windows.sort();
+    eprintln!("two processes over the feed: p50 {:?}, max {:?}", windows[windows.len() / 2], windows.last().unwrap());
+}
+
+/// A model whose key is text and an integer: outside writes name its rows in hex.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize, serde::Deserialize, sqlacache_sqlx::Cacheable)]
+#[cache(table = "labels")]
+struct Label {
+    #[cache(pk)]
+    name: String,
+    #[cache(pk)]
+    n: i32,
+    v: i64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_with_text_and_composite_keys_are_named_exactly() {
+    let db = TestDb::with_schema(
+        "CREATE TABLE labels (name text, n int, v bigint NOT NULL, PRIMARY KEY (name, n));
+         INSERT INTO labels VALUES ('plain', 1, 0), ('a b,c', 2, 0), ('x41', -3, 0), ('ünï 😀', 4, 0), ('', 5, 0), ('12', 6, 0);",
+    )
+    .await;
+    let cache = CachedPool::builder(db.pool.clone()).model::<Label>().lease(LEASE).change_feed().build().await.unwrap();
+    let keys: Vec<(String, i32)> =
+        sqlx::query_as("SELECT name, n FROM labels ORDER BY n").fetch_all(&db.pool).await.unwrap();
+    let read = |key: (String, i32)| {
+        let cache = cache.clone();
+        async move { cache.get::<Label>(key).await.unwrap().expect("the row exists").v }
+    };
+    for key in &keys {
+        read(key.clone()).await;
+    }
+    for (round, key) in keys.iter().enumerate() {
+        let v = round as i64 + 10;
+        sqlx::query("UPDATE labels SET v = $1 WHERE name = $2 AND n = $3")
+            .bind(v)
+            .bind(&key.0)
+            .bind(key.1)
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        seen_within(Instant::now(), v, &format!("label {key:?}"), || read(key.clone())).await;
+    }
+    // The messages named rows: the first row, written and read again before the others were
+    // written, is still cached.
+    let before = hits(&cache);
+    read(keys[0].clone()).await;
+    assert_eq!(hits(&cache), before + 1);
+}
