@@ -451,3 +451,84 @@ async fn rows_with_text_and_composite_keys_are_named_exactly() {
     read(keys[0].clone()).await;
     assert_eq!(hits(&cache), before + 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_an_outside_write_invalidates_the_shared_tier_too() {
+    sqlacache_tests::redis::require_shared_redis();
+    let db = TestDb::with_schema(COUNTERS).await;
+    let prefix = sqlacache_tests::redis::unique_prefix("feed");
+    let build = || {
+        CachedPool::builder(db.pool.clone())
+            .model::<Counter>()
+            .default_ttl(Duration::from_secs(60))
+            .redis(&sqlacache_tests::redis::redis_url())
+            .key_prefix(&prefix)
+            .lease(LEASE)
+            .change_feed()
+    };
+    // Values in Redis only: a read finds them there, so only an invalidation in Redis helps.
+    let (a, b) = (build().memory_capacity(0).build().await.unwrap(), build().memory_capacity(0).build().await.unwrap());
+    let start = Instant::now();
+    while !(a.tiers_ready_for_tests() && b.tiers_ready_for_tests()) {
+        assert!(start.elapsed() < Duration::from_secs(20), "the pools did not connect to Redis");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for v in 1..=5 {
+        assert_eq!(value(&a, 1).await, v - 1);
+        let redis_hits = b.stats().redis_hits;
+        assert_eq!(value(&b, 1).await, v - 1);
+        assert_eq!(b.stats().redis_hits, redis_hits + 1, "B found A's value in Redis");
+        sqlx::query("UPDATE counters SET v = $1 WHERE id = 1").bind(v).execute(&db.pool).await.unwrap();
+        let returned = Instant::now();
+        seen_within(returned, v, "A, through Redis", || value(&a, 1)).await;
+        seen_within(returned, v, "B, through Redis", || value(&b, 1)).await;
+    }
+    a.invalidate_all().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remove_all_leaves_nothing_of_the_feed_in_the_database() {
+    use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+    use std::str::FromStr;
+    // A database of its own: the event triggers and the schema are per database, and the other
+    // tests' feeds live in the shared one.
+    let name = format!("sqlacache_feed_{}", std::process::id());
+    let admin = PgPoolOptions::new().max_connections(1).connect(&database_url()).await.unwrap();
+    let dropped = DropDatabase(name.clone());
+    sqlx::raw_sql(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(&admin).await.unwrap();
+    sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await.unwrap();
+    let options = PgConnectOptions::from_str(&database_url()).unwrap().database(&name);
+    let pool = PgPoolOptions::new().max_connections(4).connect_with(options).await.unwrap();
+    sqlx::raw_sql(COUNTERS).execute(&pool).await.unwrap();
+    let builder = || CachedPool::builder(pool.clone()).model::<Counter>().lease(LEASE);
+    let cache = builder().change_feed().build().await.unwrap();
+    let sql = builder().change_feed_sql().await.unwrap();
+    let leftovers = || async {
+        let count = |q: &'static str| sqlx::query_scalar::<_, i64>(q).fetch_one(&pool);
+        (
+            count("SELECT count(*) FROM pg_event_trigger WHERE evtname LIKE 'sqlacache%'").await.unwrap(),
+            count("SELECT count(*) FROM pg_namespace WHERE nspname = 'sqlacache'").await.unwrap(),
+            count("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'sqlacache%'").await.unwrap(),
+        )
+    };
+    assert_eq!(leftovers().await, (2, 1, 4), "installed: two event triggers, the schema, four triggers");
+    drop(cache);
+    sqlx::raw_sql(AssertSqlSafe(sql.remove_all)).execute(&pool).await.unwrap();
+    assert_eq!(leftovers().await, (0, 0, 0));
+    // Writes work as before.
+    sqlx::query("UPDATE counters SET v = 1").execute(&pool).await.unwrap();
+    pool.close().await;
+    drop(dropped);
+}
+
+/// Drops a database when dropped (also when the test fails).
+struct DropDatabase(String);
+
+impl Drop for DropDatabase {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("psql")
+            .args([database_url().as_str(), "-qc"])
+            .arg(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.0))
+            .status();
+    }
+}
