@@ -532,3 +532,32 @@ impl Drop for DropDatabase {
             .status();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_to_a_partition_or_its_parent_are_seen() {
+    let db = TestDb::with_schema(
+        "CREATE TABLE counters (id int PRIMARY KEY, v bigint NOT NULL) PARTITION BY RANGE (id);
+         CREATE TABLE counters_low PARTITION OF counters FOR VALUES FROM (1) TO (3);
+         CREATE TABLE counters_high PARTITION OF counters FOR VALUES FROM (3) TO (100);
+         INSERT INTO counters SELECT g, 0 FROM generate_series(1, 5) g;",
+    )
+    .await;
+    let cache = fed(&db).await;
+    for sql in [
+        "UPDATE counters_high SET v = v + 1 WHERE id = 4",
+        "UPDATE counters SET v = v + 1 WHERE id = 4",
+        "UPDATE counters_low SET v = v + 1 WHERE id = 1",
+        "DELETE FROM counters_high WHERE id = 5",
+    ] {
+        let _ = (value(&cache, 4).await, value(&cache, 1).await, total(&cache).await);
+        let before = hits(&cache);
+        let _ = (value(&cache, 4).await, value(&cache, 1).await, total(&cache).await);
+        assert_eq!(hits(&cache), before + 3, "the partitioned table is cached (and fed)");
+        sqlx::query(AssertSqlSafe(sql)).execute(&db.pool).await.unwrap();
+        let returned = Instant::now();
+        let (four, one) = (value_raw(&db.pool, 4).await, value_raw(&db.pool, 1).await);
+        seen_within(returned, four, &format!("row 4 after {sql}"), || value(&cache, 4)).await;
+        seen_within(returned, one, &format!("row 1 after {sql}"), || value(&cache, 1)).await;
+        seen_within(returned, total_raw(&db.pool).await, &format!("the total after {sql}"), || total(&cache)).await;
+    }
+}
