@@ -98,6 +98,10 @@ pub struct TestDb {
     pub schema: String,
     /// Roles made with [`TestDb::role`], dropped with the schema.
     roles: std::sync::Mutex<Vec<String>>,
+    /// The URL of the database the schema is in.
+    url: String,
+    /// A database made for this value alone (see [`TestDb::in_own_database`]), dropped with it.
+    own_database: Option<String>,
 }
 
 impl TestDb {
@@ -108,13 +112,30 @@ impl TestDb {
 
     /// Creates a fresh schema holding the given DDL.
     pub async fn with_schema(ddl: &str) -> TestDb {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let nanos =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-        let seed = format!("{nanos}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
-        let schema = format!("sqlacache_t_{}", &fnv_hex(&seed)[..12]);
+        TestDb::create(ddl, None).await
+    }
 
-        let url = database_url();
+    /// Creates a fresh schema holding the given DDL, in a database made for it alone: for tests
+    /// that must not hear of the other tests' schema changes (through the change feed's event
+    /// triggers, which are per database).
+    pub async fn in_own_database(ddl: &str) -> TestDb {
+        let name = format!("sqlacache_d_{}", &fnv_hex(&unique_seed())[..12]);
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&database_url())
+            .await
+            .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at {}: {e}\n{HOW_TO_START}", database_url()));
+        sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await.expect("create database");
+        admin.close().await;
+        TestDb::create(ddl, Some(name)).await
+    }
+
+    async fn create(ddl: &str, own_database: Option<String>) -> TestDb {
+        let schema = format!("sqlacache_t_{}", &fnv_hex(&unique_seed())[..12]);
+        let url = match &own_database {
+            Some(name) => with_database(&database_url(), name),
+            None => database_url(),
+        };
         let options = PgConnectOptions::from_str(&url)
             .unwrap_or_else(|e| panic!("DATABASE_URL {url:?} is not a PostgreSQL URL: {e}"));
         let admin = PgPoolOptions::new()
@@ -131,14 +152,19 @@ impl TestDb {
             .await
             .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at {url}: {e}\n{HOW_TO_START}"));
         sqlx::raw_sql(AssertSqlSafe(ddl.to_owned())).execute(&pool).await.expect("create test tables");
-        TestDb { pool, schema, roles: Default::default() }
+        TestDb { pool, schema, roles: Default::default(), url, own_database }
+    }
+
+    /// The URL of this value's database.
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     /// Options for a pool like this test's own: its schema on the search path, tagged with its
     /// name so its connections are closed when it is dropped.
     pub fn options(&self) -> PgConnectOptions {
-        let url = database_url();
-        PgConnectOptions::from_str(&url)
+        let url = &self.url;
+        PgConnectOptions::from_str(url)
             .unwrap_or_else(|e| panic!("DATABASE_URL {url:?} is not a PostgreSQL URL: {e}"))
             .options([("search_path", self.schema.as_str())])
             .application_name(&self.schema)
@@ -174,6 +200,22 @@ impl TestDb {
     }
 }
 
+/// `url` with its database replaced by `name` (`scheme://authority/name?query`).
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = url.split_once('?').map_or((url, ""), |(b, q)| (b, q));
+    let authority = base.find("://").map_or(0, |i| i + 3);
+    let path = base[authority..].find('/').map_or(base.len(), |i| authority + i);
+    let query = if query.is_empty() { String::new() } else { format!("?{query}") };
+    format!("{}/{name}{query}", &base[..path])
+}
+
+/// A seed no other call (in this process or another) returns.
+fn unique_seed() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("{nanos}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
 fn fnv_hex(text: &str) -> String {
     // Only a short unique suffix; FNV-1a is enough.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -187,7 +229,7 @@ impl Drop for TestDb {
     fn drop(&mut self) {
         let schema = self.schema.clone();
         let roles = std::mem::take(&mut *self.roles.lock().unwrap_or_else(|e| e.into_inner()));
-        let url = database_url();
+        let (url, own_database) = (self.url.clone(), self.own_database.clone());
         // Runs even when the test panicked; a fresh runtime because Drop cannot await.
         let _ = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
@@ -205,6 +247,13 @@ impl Drop for TestDb {
                     sqlx::raw_sql(AssertSqlSafe(drop)).execute(&pool).await.ok()?;
                 }
                 pool.close().await;
+                if let Some(name) = own_database {
+                    let options = PgConnectOptions::from_str(&database_url()).ok()?;
+                    let admin = PgPoolOptions::new().max_connections(1).connect_with(options).await.ok()?;
+                    let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                    sqlx::raw_sql(AssertSqlSafe(drop)).execute(&admin).await.ok()?;
+                    admin.close().await;
+                }
                 Some(())
             })
         })

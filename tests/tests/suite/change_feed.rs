@@ -75,7 +75,7 @@ fn quantile(samples: &mut [Duration], q: f64) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outside_writes_of_every_kind_are_seen() {
-    let db = TestDb::with_schema(COUNTERS).await;
+    let db = TestDb::in_own_database(COUNTERS).await;
     sqlx::raw_sql(
         "CREATE FUNCTION bump_counter(i int) RETURNS bigint LANGUAGE sql AS \
          'UPDATE counters SET v = v + 1 WHERE id = i RETURNING v'",
@@ -121,7 +121,7 @@ async fn outside_writes_of_every_kind_are_seen() {
             // Another process: psql.
             5 => {
                 let status = std::process::Command::new("psql")
-                    .args([database_url().as_str(), "-qc"])
+                    .args([db.url(), "-qc"])
                     .arg(format!("UPDATE {}.counters SET v = v + 1 WHERE id = 1", db.schema))
                     .status()
                     .expect("run psql");
@@ -168,11 +168,15 @@ async fn total_raw(raw: &sqlx::PgPool) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_name_the_rows_so_other_rows_stay_cached() {
-    let db = TestDb::with_schema(COUNTERS).await;
+    let db = TestDb::in_own_database(COUNTERS).await;
     let cache = fed(&db).await;
     warm(&cache).await;
     sqlx::query("UPDATE counters SET v = 7 WHERE id = 2").execute(&db.pool).await.unwrap();
-    seen_within(Instant::now(), 7, "row 2", || value(&cache, 2)).await;
+    cache.feed_sync_for_tests().await.unwrap();
+    assert_eq!(value(&cache, 2).await, 7);
+    let misses = cache.stats().misses;
+    assert_eq!(total(&cache).await, 7, "the total was invalidated");
+    assert_eq!(cache.stats().misses, misses + 1);
     let before = hits(&cache);
     assert_eq!(value(&cache, 1).await, 0);
     assert_eq!(hits(&cache), before + 1, "a write to row 2 elsewhere left row 1 cached");
@@ -180,15 +184,14 @@ async fn messages_name_the_rows_so_other_rows_stay_cached() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolled_back_write_sends_nothing() {
-    let db = TestDb::with_schema(COUNTERS).await;
+    let db = TestDb::in_own_database(COUNTERS).await;
     let cache = fed(&db).await;
     warm(&cache).await;
     let mut tx = db.pool.begin().await.unwrap();
     sqlx::query("UPDATE counters SET v = 50 WHERE id = 1").execute(&mut *tx).await.unwrap();
     tx.rollback().await.unwrap();
-    // A later commit is delivered after anything the rollback could have sent.
-    sqlx::query("UPDATE counters SET v = 9 WHERE id = 3").execute(&db.pool).await.unwrap();
-    seen_within(Instant::now(), 9, "row 3", || value(&cache, 3)).await;
+    // Anything the rollback could have sent has been applied.
+    cache.feed_sync_for_tests().await.unwrap();
     let before = hits(&cache);
     assert_eq!(value(&cache, 1).await, 0);
     assert_eq!(hits(&cache), before + 1, "the rolled-back write invalidated row 1: {:?}", cache.stats());
@@ -196,7 +199,7 @@ async fn a_rolled_back_write_sends_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bulk_update_too_large_for_one_message_invalidates_the_table() {
-    let db = TestDb::with_schema(
+    let db = TestDb::in_own_database(
         "CREATE TABLE counters (id int PRIMARY KEY, v bigint NOT NULL);
          INSERT INTO counters SELECT g, 0 FROM generate_series(1, 10000) g;",
     )
@@ -230,7 +233,7 @@ async fn a_bulk_update_too_large_for_one_message_invalidates_the_table() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_terminated_listener_drops_the_cache_before_serving_it_again() {
-    let db = TestDb::with_schema(COUNTERS).await;
+    let db = TestDb::in_own_database(COUNTERS).await;
     let cache = fed(&db).await;
     for round in 1..=3 {
         warm(&cache).await;
@@ -260,7 +263,7 @@ async fn a_terminated_listener_drops_the_cache_before_serving_it_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listener_silent_without_an_error_stops_cached_reads_within_the_lease() {
-    let db = TestDb::with_schema(COUNTERS).await;
+    let db = TestDb::in_own_database(COUNTERS).await;
     let cache = fed_with(&db, SHORT_LEASE).await;
     warm(&cache).await;
     let pid = cache.feed_listener_pid_for_tests();
@@ -303,7 +306,7 @@ impl Drop for Resume {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_dropped_and_created_again_elsewhere_is_noticed() {
-    let db = TestDb::with_schema(COUNTERS).await;
+    let db = TestDb::in_own_database(COUNTERS).await;
     let cache = fed(&db).await;
     warm(&cache).await;
     sqlx::raw_sql(
@@ -332,7 +335,7 @@ async fn a_table_dropped_and_created_again_elsewhere_is_noticed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_of_tables_the_feed_does_not_cover_are_not_cached() {
-    let db = TestDb::with_schema(&format!("{COUNTERS} CREATE TABLE other (id int PRIMARY KEY);")).await;
+    let db = TestDb::in_own_database(&format!("{COUNTERS} CREATE TABLE other (id int PRIMARY KEY);")).await;
     let cache = fed(&db).await;
     for _ in 0..2 {
         cache.query_scalar::<i64>("SELECT count(*) FROM other").fetch_one().await.unwrap();
@@ -343,7 +346,7 @@ async fn reads_of_tables_the_feed_does_not_cover_are_not_cached() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_role_that_may_not_install_gets_a_clear_error_and_can_use_a_feed_installed_by_migration() {
-    let db = TestDb::with_schema(COUNTERS).await;
+    let db = TestDb::in_own_database(COUNTERS).await;
     let (role, options) = db.role("feed").await;
     sqlx::raw_sql(AssertSqlSafe(format!("GRANT SELECT, UPDATE ON counters TO {role}")))
         .execute(&db.pool)
@@ -419,7 +422,7 @@ struct Label {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_with_text_and_composite_keys_are_named_exactly() {
-    let db = TestDb::with_schema(
+    let db = TestDb::in_own_database(
         "CREATE TABLE labels (name text, n int, v bigint NOT NULL, PRIMARY KEY (name, n));
          INSERT INTO labels VALUES ('plain', 1, 0), ('a b,c', 2, 0), ('x41', -3, 0), ('ünï 😀', 4, 0), ('', 5, 0), ('12', 6, 0);",
     )
@@ -538,7 +541,7 @@ impl Drop for DropDatabase {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_to_a_partition_or_its_parent_are_seen() {
-    let db = TestDb::with_schema(
+    let db = TestDb::in_own_database(
         "CREATE TABLE counters (id int PRIMARY KEY, v bigint NOT NULL) PARTITION BY RANGE (id);
          CREATE TABLE counters_low PARTITION OF counters FOR VALUES FROM (1) TO (3);
          CREATE TABLE counters_high PARTITION OF counters FOR VALUES FROM (3) TO (100);
@@ -563,4 +566,47 @@ async fn writes_to_a_partition_or_its_parent_are_seen() {
         seen_within(returned, one, &format!("row 1 after {sql}"), || value(&cache, 1)).await;
         seen_within(returned, total_raw(&db.pool).await, &format!("the total after {sql}"), || total(&cache)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_column_added_elsewhere_is_noticed() {
+    let db = TestDb::in_own_database(COUNTERS).await;
+    let cache = fed(&db).await;
+    let sql = "SELECT c::text FROM counters c WHERE id = 1";
+    let read = || async { cache.query_scalar::<String>(sql).fetch_one().await.unwrap() };
+    assert_eq!(read().await, "(1,0)");
+    let before = hits(&cache);
+    assert_eq!(read().await, "(1,0)");
+    assert_eq!(hits(&cache), before + 1, "the row's text is cached");
+    sqlx::query("ALTER TABLE counters ADD COLUMN w int NOT NULL DEFAULT 7").execute(&db.pool).await.unwrap();
+    let start = Instant::now();
+    while read().await != "(1,0,7)" {
+        assert!(start.elapsed() < Duration::from_secs(10), "the new column never showed");
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_changes_in_schemas_that_do_not_matter_leave_the_cache_alone() {
+    let db = TestDb::in_own_database(COUNTERS).await;
+    let cache = fed(&db).await;
+    warm(&cache).await;
+    let drops = cache.stats().full_invalidations;
+    // Another schema of the same database, not on the pool's search path.
+    let elsewhere = format!("{}_elsewhere", db.schema);
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "CREATE SCHEMA {elsewhere}; CREATE TABLE {elsewhere}.counters (id int PRIMARY KEY, v bigint); \
+         ALTER TABLE {elsewhere}.counters ADD COLUMN w int; CREATE TABLE {elsewhere}.more (id int); \
+         DROP TABLE {elsewhere}.more; \
+         CREATE FUNCTION {elsewhere}.f() RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT 1'"
+    )))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    // Everything the feed carried up to now has been applied.
+    cache.feed_sync_for_tests().await.unwrap();
+    assert_eq!(cache.stats().full_invalidations, drops, "another schema's changes emptied the cache");
+    let before = hits(&cache);
+    let _ = (value(&cache, 1).await, total(&cache).await);
+    assert_eq!(hits(&cache), before + 2, "row 1 and the total are still cached");
 }
