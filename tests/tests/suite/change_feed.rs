@@ -557,6 +557,9 @@ async fn writes_to_a_partition_or_its_parent_are_seen() {
         "UPDATE counters_low SET v = v + 1 WHERE id = 1",
         "DELETE FROM counters_high WHERE id = 5",
     ] {
+        // The previous write's message has been applied (a read of an unchanged row does not
+        // wait for it).
+        cache.feed_sync_for_tests().await.unwrap();
         let _ = (value(&cache, 4).await, value(&cache, 1).await, total(&cache).await);
         let before = hits(&cache);
         let _ = (value(&cache, 4).await, value(&cache, 1).await, total(&cache).await);
