@@ -13,7 +13,8 @@
 //! - **The listener.** Each pool listens on a connection of its own (not one of its pool's)
 //!   and applies each message as an invalidation: in-process, and in Redis when the pool has it.
 //!   Its own writes come back too; applying them again costs at most a miss.
-//! - **Nothing lost silently.** The pool publishes a heartbeat through the same channel and
+//! - **Nothing lost silently.** The pool publishes a heartbeat through the same channel (on a
+//!   connection of its own, so a busy pool does not delay it) and
 //!   serves cached reads only while it has heard one back within the lease: a heartbeat heard
 //!   proves every commit before it was delivered. A lost connection, an error or a silence ends
 //!   that trust; the tiers are dropped before cached reads are served again.
@@ -532,14 +533,19 @@ impl Feed {
     /// Starts the listener and the heartbeat of the pool `shared`, whose connections `pool`
     /// makes (the listener's is its own).
     pub fn start(&self, shared: Weak<Shared>, pool: &PgPool) {
-        let options = pool.connect_options().as_ref().clone();
-        let own = PgPoolOptions::new().max_connections(1).min_connections(0).connect_lazy_with(options);
+        // The listener and the heartbeat each have a connection of their own: a heartbeat that
+        // waited behind the application's queries for one of the pool's would end the lease of
+        // a busy pool for nothing.
+        let own = || {
+            let options = pool.connect_options().as_ref().clone();
+            PgPoolOptions::new().max_connections(1).min_connections(0).connect_lazy_with(options)
+        };
         let lease = self.lease.duration();
         let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
-        tasks.push(tokio::spawn(listen(shared.clone(), own, lease)).abort_handle());
+        tasks.push(tokio::spawn(listen(shared.clone(), own(), lease)).abort_handle());
         // Often enough that trust comes back soon after a loss (and at start), whatever the lease.
         let every = (lease / 5).clamp(Duration::from_millis(5), Duration::from_millis(100));
-        tasks.push(tokio::spawn(heartbeats(shared, pool.clone(), every)).abort_handle());
+        tasks.push(tokio::spawn(heartbeats(shared, own(), every)).abort_handle());
     }
 
     /// Whether cached reads may be served now: a heartbeat came back within the lease.

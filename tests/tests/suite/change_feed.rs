@@ -615,3 +615,28 @@ async fn schema_changes_in_schemas_that_do_not_matter_leave_the_cache_alone() {
     let _ = (value(&cache, 1).await, total(&cache).await);
     assert_eq!(hits(&cache), before + 2, "row 1 and the total are still cached");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_whose_connections_are_all_busy_still_hears_the_feed() {
+    let db = TestDb::in_own_database(COUNTERS).await;
+    let one = db.pool_with(1, db.options()).await;
+    let cache = CachedPool::builder(one.clone())
+        .model::<Counter>()
+        .lease(SHORT_LEASE)
+        .change_feed()
+        .build()
+        .await
+        .expect("build a pool with the change feed");
+    warm(&cache).await;
+    // The application holds the pool's only connection for several leases.
+    let busy = one.begin().await.unwrap();
+    let start = Instant::now();
+    while start.elapsed() < SHORT_LEASE * 4 {
+        let before = hits(&cache);
+        assert_eq!(value(&cache, 1).await, 0);
+        assert_eq!(hits(&cache), before + 1, "a hit, {:?} after the pool's only connection was taken", start.elapsed());
+        assert!(cache.feed_trusted_for_tests(), "the feed's lease ran out while the pool was busy");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(busy);
+}
