@@ -2,6 +2,7 @@
 //! and inheritance, read from the system catalogs.
 
 use sqlacache_core::analyze::{FunctionName, TableName};
+use sqlacache_core::Tag;
 use sqlx::{PgPool, Row};
 use std::collections::{HashMap, HashSet};
 
@@ -290,6 +291,44 @@ impl Catalog {
         all.into_iter().collect()
     }
 
+    /// The `Table` and `Rows` tags of `table` and of every member of its family: what a change
+    /// to the table's rows, keys unknown, invalidates.
+    pub fn family_tags(&self, table: u32) -> Vec<Tag> {
+        let family = self.tables.get(&table).map(|t| t.family.as_slice()).unwrap_or_default();
+        std::iter::once(table).chain(family.iter().copied()).flat_map(|t| [Tag::Table(t), Tag::Rows(t)]).collect()
+    }
+
+    /// What a write to rows of `table` invalidates besides those rows (`Rows(table)` or their
+    /// `Row` tags, which the caller adds): `Table(table)`, the `Table` and `Rows` tags of the
+    /// other members of its family (reads of a partitioned parent or an inheritance ancestor see
+    /// the rows of the member a write changes), and the [`Catalog::family_tags`] of every table
+    /// that `actions`, declared on any member of the family, reach.
+    pub fn write_tags(&self, table: u32, actions: Actions) -> Vec<Tag> {
+        let family = self.tables.get(&table).map(|t| t.family.clone()).unwrap_or_default();
+        let mut tags = vec![Tag::Table(table)];
+        let mut push = |tag: Tag| {
+            if !tags.contains(&tag) {
+                tags.push(tag);
+            }
+        };
+        family.iter().flat_map(|&f| [Tag::Table(f), Tag::Rows(f)]).for_each(&mut push);
+        for member in std::iter::once(table).chain(family) {
+            let reached = match actions {
+                Actions::None => Vec::new(),
+                Actions::Update => self.cascades(member, false),
+                Actions::Delete => self.cascades(member, true),
+                Actions::Truncate => self.truncate_cascade(member),
+                Actions::Any => {
+                    let mut both = self.cascades(member, true);
+                    both.extend(self.cascades(member, false));
+                    both
+                }
+            };
+            reached.into_iter().flat_map(|t| self.family_tags(t)).for_each(&mut push);
+        }
+        tags
+    }
+
     /// Every table a `TRUNCATE .. CASCADE` of `start` empties, transitively.
     pub fn truncate_cascade(&self, start: u32) -> Vec<u32> {
         let first = self.tables.get(&start).map(|t| t.referenced_by.clone()).unwrap_or_default();
@@ -297,6 +336,21 @@ impl Catalog {
         all.remove(&start);
         all.into_iter().collect()
     }
+}
+
+/// Which foreign-key actions a write fires (see [`Catalog::write_tags`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Actions {
+    /// None: an insert, or a `TRUNCATE` without `CASCADE`.
+    None,
+    /// `ON UPDATE` actions.
+    Update,
+    /// `ON DELETE` actions.
+    Delete,
+    /// What `TRUNCATE .. CASCADE` empties.
+    Truncate,
+    /// Both `ON UPDATE` and `ON DELETE` actions (a write of unknown kind).
+    Any,
 }
 
 /// An identifier as SQL would write it: quoted unless it is a plain lower-case name.

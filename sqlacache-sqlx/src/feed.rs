@@ -30,7 +30,7 @@
 //!   (anything else: roles, extensions);
 //! - `h <publisher> <sent>`: a pool's heartbeat.
 
-use crate::catalog::{quote_ident, Catalog, TableInfo};
+use crate::catalog::{quote_ident, Actions, Catalog, TableInfo};
 use crate::pool::Shared;
 use sqlacache_core::bus::Lease;
 use sqlacache_core::key::row_id;
@@ -462,37 +462,18 @@ fn tags(catalog: &Catalog, change: &Change) -> Vec<Tag> {
         Change::Schema(_) => return vec![Tag::All],
         Change::Heartbeat { .. } => return Vec::new(),
     };
-    let mut tags = vec![Tag::Table(table)];
+    // A table created after the catalog was read has no family or actions it knows: no
+    // cached read depends on it (one that joins a known family was reported as a schema change).
+    let actions = match op {
+        'u' => Actions::Update,
+        'd' => Actions::Delete,
+        't' => Actions::Truncate,
+        _ => Actions::None,
+    };
+    let mut tags = catalog.write_tags(table, actions);
     match keys {
         Some(keys) => tags.extend(keys.iter().map(|k| Tag::Row(row_id(table, k)))),
         None => tags.push(Tag::Rows(table)),
-    }
-    let Some(info) = catalog.tables.get(&table) else {
-        // A table created after the catalog was read: no cached read depends on it (one that
-        // joins a family the catalog knows was reported as a schema change).
-        return tags;
-    };
-    let mut reached = Vec::new();
-    for member in std::iter::once(table).chain(info.family.iter().copied()) {
-        if member != table {
-            reached.push(member);
-        }
-        reached.extend(match op {
-            'd' => catalog.cascades(member, true),
-            'u' => catalog.cascades(member, false),
-            't' => catalog.truncate_cascade(member),
-            _ => Vec::new(),
-        });
-    }
-    for t in reached {
-        let family = catalog.tables.get(&t).map(|i| i.family.clone()).unwrap_or_default();
-        for member in std::iter::once(t).chain(family) {
-            for tag in [Tag::Table(member), Tag::Rows(member)] {
-                if !tags.contains(&tag) {
-                    tags.push(tag);
-                }
-            }
-        }
     }
     tags
 }
@@ -507,15 +488,7 @@ pub(crate) struct Feed {
     pid: AtomicU32,
     /// Whether the pool installs the feed (and so installs it again on a table created anew).
     install: bool,
-    tasks: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
-}
-
-impl Drop for Feed {
-    fn drop(&mut self) {
-        for task in self.tasks.get_mut().unwrap_or_else(|e| e.into_inner()).iter() {
-            task.abort();
-        }
-    }
+    tasks: crate::tasks::Tasks,
 }
 
 impl Feed {
@@ -526,7 +499,7 @@ impl Feed {
             heard_sent: AtomicU64::new(0),
             pid: AtomicU32::new(0),
             install,
-            tasks: std::sync::Mutex::default(),
+            tasks: crate::tasks::Tasks::default(),
         }
     }
 
@@ -541,11 +514,10 @@ impl Feed {
             PgPoolOptions::new().max_connections(1).min_connections(0).connect_lazy_with(options)
         };
         let lease = self.lease.duration();
-        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
-        tasks.push(tokio::spawn(listen(shared.clone(), own(), lease)).abort_handle());
+        self.tasks.spawn(listen(shared.clone(), own(), lease));
         // Often enough that trust comes back soon after a loss (and at start), whatever the lease.
         let every = (lease / 5).clamp(Duration::from_millis(5), Duration::from_millis(100));
-        tasks.push(tokio::spawn(heartbeats(shared, own(), every)).abort_handle());
+        self.tasks.spawn(heartbeats(shared, own(), every));
     }
 
     /// Whether cached reads may be served now: a heartbeat came back within the lease.
@@ -608,7 +580,7 @@ impl Feed {
                 }
             }
             Change::Schema(parts) => {
-                let (catalog, cached) = (shared.catalog_now(), shared.cached_schemas());
+                let (catalog, cached) = (shared.catalog(), shared.cached_schemas());
                 if !parts.iter().any(|part| part.matters(&catalog, &cached)) {
                     return;
                 }
@@ -620,7 +592,7 @@ impl Feed {
                 }
             }
             change => {
-                let tags = tags(&shared.catalog_now(), &change);
+                let tags = tags(&shared.catalog(), &change);
                 shared.apply_outside(&tags).await;
             }
         }

@@ -52,6 +52,7 @@ mod pool;
 mod query;
 mod remote;
 mod row;
+mod tasks;
 mod transaction;
 
 pub use error::Error;

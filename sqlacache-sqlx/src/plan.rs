@@ -1,7 +1,7 @@
 //! Turning a statement's analysis into what the cache does with it, given the catalog and the
 //! configuration. Plans are memoized per SQL string and catalog generation.
 
-use crate::catalog::{Catalog, TableInfo};
+use crate::catalog::{Actions, Catalog, TableInfo};
 use sqlacache_core::analyze::{Analysis, Effect, Reach, ReadOp, RowSource, TableName, WriteKind};
 use sqlacache_core::key::SqlDigest;
 use sqlacache_core::{Ops, Tag, Uncached};
@@ -241,35 +241,16 @@ fn plan_writes(
             return WritePlan::Everything;
         }
         let t = info.oid;
-        push(&mut tags, Tag::Table(t));
-        for &f in &info.family {
-            push(&mut tags, Tag::Table(f));
-            push(&mut tags, Tag::Rows(f));
-        }
-        // Foreign keys may be declared on any member of the table's family.
-        let mut cascades = Vec::new();
-        for member in std::iter::once(t).chain(info.family.iter().copied()) {
-            cascades.extend(match write.kind {
-                WriteKind::Insert if write.assigned.is_empty() => Vec::new(),
-                WriteKind::Insert | WriteKind::Update => cx.catalog.cascades(member, false),
-                WriteKind::Delete => cx.catalog.cascades(member, true),
-                WriteKind::Truncate { cascade: true } => cx.catalog.truncate_cascade(member),
-                WriteKind::Truncate { cascade: false } => Vec::new(),
-                WriteKind::Other | WriteKind::Ddl => {
-                    let mut both = cx.catalog.cascades(member, true);
-                    both.extend(cx.catalog.cascades(member, false));
-                    both
-                }
-            });
-        }
-        // A cascade reaches whole families: reads of a partitioned parent or an inheritance
-        // ancestor see the rows of the member it changes.
-        for c in cascades {
-            for member in std::iter::once(c).chain(cx.catalog.tables.get(&c).into_iter().flat_map(|i| i.family.clone()))
-            {
-                push(&mut tags, Tag::Table(member));
-                push(&mut tags, Tag::Rows(member));
-            }
+        let actions = match write.kind {
+            WriteKind::Insert if write.assigned.is_empty() => Actions::None,
+            WriteKind::Insert | WriteKind::Update => Actions::Update,
+            WriteKind::Delete => Actions::Delete,
+            WriteKind::Truncate { cascade: true } => Actions::Truncate,
+            WriteKind::Truncate { cascade: false } => Actions::None,
+            WriteKind::Other | WriteKind::Ddl => Actions::Any,
+        };
+        for tag in cx.catalog.write_tags(t, actions) {
+            push(&mut tags, tag);
         }
 
         let rows = match (&info.key, write.kind, writes.len()) {

@@ -132,13 +132,9 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    fn catalog(&self) -> Arc<Catalog> {
-        self.catalog.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
     /// The catalog as it is now.
-    pub fn catalog_now(&self) -> Arc<Catalog> {
-        self.catalog()
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Applies a write made outside the pool (heard on the change feed): here, and in the
@@ -306,11 +302,7 @@ impl Shared {
             }
         };
         self.config.write().unwrap_or_else(|e| e.into_inner()).add_model(table);
-        let mut tags = vec![Tag::Table(oid), Tag::Rows(oid)];
-        for &member in catalog.tables.get(&oid).map(|t| t.family.as_slice()).unwrap_or_default() {
-            tags.extend([Tag::Table(member), Tag::Rows(member)]);
-        }
-        self.invalidate_everywhere(&tags).await;
+        self.invalidate_everywhere(&catalog.family_tags(oid)).await;
         // Plans carry each table's ops and TTL: make them again (marked out of date first, so a
         // failed reload is retried by the next plan).
         self.schema_epoch.fetch_add(1, Ordering::AcqRel);
@@ -935,11 +927,7 @@ impl CachedPool {
             catalog = self.shared.catalog();
         }
         let info = catalog.resolve(&name).ok_or_else(|| Error::UnknownTable(table.to_owned()))?;
-        let mut tags = vec![Tag::Table(info.oid), Tag::Rows(info.oid)];
-        for &other in info.family.iter() {
-            tags.extend([Tag::Table(other), Tag::Rows(other)]);
-        }
-        self.shared.invalidate_everywhere(&tags).await;
+        self.shared.invalidate_everywhere(&catalog.family_tags(info.oid)).await;
         Ok(())
     }
 

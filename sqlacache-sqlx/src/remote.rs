@@ -83,17 +83,9 @@ mod imp {
         answering_since: AtomicU64,
         /// How long the breaker stays open after Redis answers again.
         settle: Duration,
-        tasks: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
+        tasks: crate::tasks::Tasks,
         /// The last message number heard from each publisher (written by the listener only).
         seen: std::sync::Mutex<Sequences>,
-    }
-
-    impl Drop for Remote {
-        fn drop(&mut self) {
-            for task in self.tasks.get_mut().unwrap_or_else(|e| e.into_inner()).iter() {
-                task.abort();
-            }
-        }
     }
 
     impl Remote {
@@ -116,7 +108,7 @@ mod imp {
                 undelivered: AtomicBool::new(false),
                 answering_since: AtomicU64::new(0),
                 settle: settling_time(settings),
-                tasks: std::sync::Mutex::default(),
+                tasks: crate::tasks::Tasks::default(),
                 seen: std::sync::Mutex::default(),
             }
         }
@@ -128,13 +120,12 @@ mod imp {
 
         /// Starts the heartbeat (and, with two tiers, the subscriber) of the pool `shared`.
         pub fn start(&self, shared: Weak<Shared>) -> Result<(), TierError> {
-            let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
             if self.two_tiers {
                 let subscription = self.store.subscribe()?;
-                tasks.push(tokio::spawn(listen(shared.clone(), subscription, self.lease.duration())).abort_handle());
+                self.tasks.spawn(listen(shared.clone(), subscription, self.lease.duration()));
             }
             let every = (self.lease.duration() / 5).max(Duration::from_millis(5));
-            tasks.push(tokio::spawn(heartbeats(shared, every)).abort_handle());
+            self.tasks.spawn(heartbeats(shared, every));
             Ok(())
         }
 
