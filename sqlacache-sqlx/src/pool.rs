@@ -445,7 +445,15 @@ impl Shared {
         if let (Some(remote), false, Some(shared)) = (&self.remote, tags.is_empty(), self.this.upgrade()) {
             // Dropped unfinished (no runtime left to finish it), it counts as not delivered.
             let pending = remote.pending();
-            return Some(Box::pin(async move { pending.publish(&tags, &shared.stats).await }));
+            return Some(Box::pin(async move {
+                pending.publish(&tags, &shared.stats).await;
+                // Between the invalidation here and the one in Redis, a read of this process
+                // may have taken the old value from Redis and kept it here, stamped after the
+                // first; its own bus message does not come back to it. Invalidating here again,
+                // once Redis is done, makes any such copy stale: its stamp was taken before its
+                // Redis read, which Redis answered before it applied the invalidation.
+                shared.store.invalidate(&tags);
+            }));
         }
         let _ = tags;
         None

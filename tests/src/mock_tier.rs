@@ -39,6 +39,10 @@ struct Faults {
     deaf: AtomicBool,
     /// Commands this client ran (failed or not).
     calls: AtomicU64,
+    /// While set, invalidations wait for a permit before they are applied.
+    gate: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
+    /// Invalidations waiting at the gate.
+    held: AtomicUsize,
 }
 
 /// One process's connection to a [`MockServer`].
@@ -83,6 +87,24 @@ impl MockClient {
     /// Whether this client's subscriptions hear nothing (without an error).
     pub fn deafen(&self, deaf: bool) {
         self.faults.deaf.store(deaf, Ordering::SeqCst);
+    }
+
+    /// From now on, each invalidation this client sends waits (before it is applied) until
+    /// [`MockClient::release`] lets it through.
+    pub fn hold_invalidations(&self) {
+        *self.faults.gate.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(tokio::sync::Semaphore::new(0)));
+    }
+
+    /// How many invalidations wait at the gate.
+    pub fn held(&self) -> usize {
+        self.faults.held.load(Ordering::SeqCst)
+    }
+
+    /// Lets every held invalidation through, and holds none from now on.
+    pub fn release(&self) {
+        if let Some(gate) = self.faults.gate.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            gate.close();
+        }
     }
 
     /// How many commands this client has run.
@@ -179,11 +201,21 @@ impl Store for MockClient {
 
 impl Bus for MockClient {
     fn invalidate_and_publish<'a>(&'a self, tags: &'a [Tag], message: &'a str) -> BoxFuture<'a, Result<(), TierError>> {
-        self.run(true, move |state| {
-            tags.iter().for_each(|t| drop(state.tags.remove(&tag_key(t))));
-            if !message.is_empty() {
-                publish(state, message);
+        let gate = self.faults.gate.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        Box::pin(async move {
+            if let Some(gate) = gate {
+                self.faults.held.fetch_add(1, Ordering::SeqCst);
+                // Closed on release: the error is the signal to go on.
+                let _ = gate.acquire().await;
+                self.faults.held.fetch_sub(1, Ordering::SeqCst);
             }
+            self.run(true, move |state| {
+                tags.iter().for_each(|t| drop(state.tags.remove(&tag_key(t))));
+                if !message.is_empty() {
+                    publish(state, message);
+                }
+            })
+            .await
         })
     }
 

@@ -191,6 +191,37 @@ async fn a_bus_silent_without_an_error_stops_the_in_process_tier_within_the_leas
     eprintln!("a deaf process served the old value for {seen_at:?} (lease {LEASE:?})");
 }
 
+/// One process is strict in two tiers: a read of the writing process that runs while the
+/// shared tier still holds the old value (the write invalidated here, and its invalidation is
+/// on its way there) may take that value from the shared tier, but once the write has
+/// returned, no read of the process serves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_during_the_shared_invalidation_never_outlives_the_write() {
+    let db = TestDb::with_schema(COUNTERS).await;
+    let server = MockServer::new();
+    let client = server.client();
+    let a = pool(&db, &client).await;
+    until("the pool trusts its tiers", || a.tiers_ready_for_tests()).await;
+    for round in 1..=3_i64 {
+        // Row 1 in both tiers.
+        assert_eq!(value(&a, 1).await, round - 1);
+        until("the value reached the shared tier", || server.values() > 0).await;
+        client.hold_invalidations();
+        let writer = {
+            let a = a.clone();
+            tokio::spawn(async move { bump(&a).await })
+        };
+        until("the write's shared invalidation is on its way", || client.held() > 0).await;
+        // Here: gone, so this read looks in the shared tier, which still holds the old value.
+        let redis_hits = a.stats().redis_hits;
+        assert_eq!(value(&a, 1).await, round - 1, "the write has not returned: the old value may be read");
+        assert_eq!(a.stats().redis_hits, redis_hits + 1, "round {round}: read from the shared tier");
+        client.release();
+        assert_eq!(writer.await.unwrap(), round);
+        assert_eq!(value(&a, 1).await, round, "round {round}: a read after the write returned is fresh");
+    }
+}
+
 #[tokio::test]
 async fn a_url_and_a_shared_tier_together_fail_build() {
     let db = TestDb::with_schema(COUNTERS).await;

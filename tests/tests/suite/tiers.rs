@@ -743,3 +743,45 @@ async fn a_value_in_redis_that_does_not_decode_is_a_miss_and_is_replaced() {
     assert_eq!(b.stats().corrupt_entries, 1, "replaced, not read again");
     let _: i64 = raw.del(&key).await.unwrap();
 }
+
+/// Two tiers, one process: after a write returns, the process's next read is fresh, while
+/// other tasks of the process read the same row through both tiers the whole time and Redis
+/// loses its scripts between writes (a restart or failover does the same).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tiers_one_process_reads_its_own_writes_with_scripts_flushed() {
+    let server = RedisServer::start(&[]);
+    let db = TestDb::with_schema(COUNTERS).await;
+    let a = pool(&db, &server.url(), &unique_prefix("own-writes"), 1 << 20).await;
+    ready(&[&a]).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..3)
+        .map(|_| {
+            let (a, stop) = (a.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    value(&a, 1).await;
+                    // A hit awaits nothing: without this, three readers on two threads starve
+                    // the pool's heartbeats.
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    for i in 1..=150 {
+        if i % 5 == 0 {
+            let status = std::process::Command::new("redis-cli")
+                .args(["-p", &server.port().to_string(), "SCRIPT", "FLUSH"])
+                .stdout(std::process::Stdio::null())
+                .status()
+                .expect("run redis-cli");
+            assert!(status.success());
+        }
+        assert_eq!(bump(&a, 1).await, i);
+        assert_eq!(value(&a, 1).await, i, "write {i}: the writing process read an older value");
+    }
+    stop.store(true, Ordering::Relaxed);
+    for reader in readers {
+        reader.await.unwrap();
+    }
+    assert!(a.stats().hits > 0, "the readers were served from the cache: {:?}", a.stats());
+}
