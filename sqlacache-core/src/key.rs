@@ -53,21 +53,27 @@ impl SqlDigest {
         SqlDigest(*blake3::hash(sql.as_bytes()).as_bytes())
     }
 
-    /// The digest of `sql` read from these relations (by oid): the same text over other
-    /// relations, such as a new table that shadows an old name, is another read.
+    /// The digest of `sql` read from these relations (by oid) in a session described by
+    /// `session` (the role and settings the read runs with): the same text over other
+    /// relations, such as a new table that shadows an old name, or run as another role or with
+    /// other settings, is another read.
     ///
     /// ```
     /// use sqlacache_core::key::SqlDigest;
     /// let sql = "SELECT * FROM users";
-    /// assert_ne!(SqlDigest::with_relations(sql, &[16384]), SqlDigest::with_relations(sql, &[16390]));
+    /// let of = |oids: &[u32], session: &[u8]| SqlDigest::with_relations(sql, oids, session);
+    /// assert_ne!(of(&[16384], b"alice"), of(&[16390], b"alice"));
+    /// assert_ne!(of(&[16384], b"alice"), of(&[16384], b"bob"));
     /// ```
-    pub fn with_relations(sql: &str, oids: &[u32]) -> SqlDigest {
+    pub fn with_relations(sql: &str, oids: &[u32], session: &[u8]) -> SqlDigest {
         let mut hasher = blake3::Hasher::new();
         hasher.update(&(sql.len() as u64).to_le_bytes());
         hasher.update(sql.as_bytes());
+        hasher.update(&(oids.len() as u64).to_le_bytes());
         for oid in oids {
             hasher.update(&oid.to_le_bytes());
         }
+        hasher.update(session);
         SqlDigest(*hasher.finalize().as_bytes())
     }
 }

@@ -71,6 +71,9 @@ pub(crate) struct Catalog {
     search_path: Vec<String>,
     /// Every schema a change to may change what names resolve to (see `SEARCH_PATH`).
     searched: HashSet<String>,
+    /// A digest of the role and the settings of the pool's sessions (see `SESSION`): part of
+    /// every read's key, so pools whose reads would answer differently never share an entry.
+    pub session: [u8; 32],
 }
 
 const TABLES: &str = r#"
@@ -116,9 +119,36 @@ const INHERITS: &str = "SELECT inhrelid::int8 AS child, inhparent::int8 AS paren
 /// Whether each function name is immutable in every overload: a read is cached only when the
 /// functions it calls are (`random()`, `now()`, and a user function reading a table are not).
 const FUNCTIONS: &str = r#"
-SELECT n.nspname::text AS schema, p.proname::text AS name, bool_and(p.provolatile = 'i') AS immutable
+SELECT n.nspname::text AS schema, p.proname::text AS name,
+       bool_and(p.provolatile = 'i' AND (p.prokind <> 'a' OR coalesce(agg.immutable, false))) AS immutable
   FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+  -- An aggregate's own volatility says nothing of the functions it runs: each must be immutable.
+  LEFT JOIN LATERAL (
+       SELECT bool_and(f.provolatile = 'i') AS immutable
+         FROM pg_catalog.pg_aggregate a
+         JOIN pg_catalog.pg_proc f
+           ON f.oid IN (a.aggtransfn, a.aggfinalfn, a.aggcombinefn, a.aggserialfn, a.aggdeserialfn,
+                        a.aggmtransfn, a.aggminvtransfn, a.aggmfinalfn)
+        WHERE a.aggfnoid = p.oid) agg ON p.prokind = 'a'
  GROUP BY 1, 2
+"#;
+
+/// What shapes the bytes of a result besides the statement and the data: the role reads run as
+/// and the session's settings. Settings known to change no result (timeouts, logging, the
+/// application's name, planner costs) are left out, so pools that differ only in those still
+/// share entries; any other setting not at its default is in.
+const SESSION: &str = r#"
+SELECT current_user::text || '/' || session_user::text || '/' ||
+       coalesce((SELECT string_agg(name || '=' || setting, ';' ORDER BY name)
+                   FROM pg_catalog.pg_settings
+                  WHERE source NOT IN ('default', 'override')
+                    AND name NOT IN ('application_name', 'statement_timeout', 'lock_timeout',
+                                     'idle_in_transaction_session_timeout', 'idle_session_timeout',
+                                     'client_min_messages', 'cluster_name', 'work_mem',
+                                     'maintenance_work_mem', 'temp_buffers', 'effective_cache_size')
+                    AND name NOT LIKE 'log\_%' AND name NOT LIKE 'tcp\_%' AND name NOT LIKE 'autovacuum%'
+                    AND name NOT LIKE 'enable\_%' AND name NOT LIKE '%\_cost' AND name NOT LIKE 'jit%'),
+                '') AS session
 "#;
 
 /// The schemas names are looked up in: those that exist, and every one the setting names
@@ -139,6 +169,7 @@ impl Catalog {
         let inherits = sqlx::query(INHERITS).fetch_all(&mut *conn).await?;
         let functions = sqlx::query(FUNCTIONS).fetch_all(&mut *conn).await?;
         let path = sqlx::query(SEARCH_PATH).fetch_one(&mut *conn).await?;
+        let session: String = sqlx::query_scalar(SESSION).fetch_one(&mut *conn).await?;
         let search_path: Vec<String> = path.try_get("path")?;
         let (setting, user): (String, String) = (path.try_get("setting")?, path.try_get("user_name")?);
         let named = setting.split(',').map(|s| s.trim().trim_matches('"').replace("\"\"", "\"")).map(|s| {
@@ -150,7 +181,8 @@ impl Catalog {
         });
         drop(conn);
 
-        let mut catalog = Catalog { generation, ..Catalog::default() };
+        let mut catalog =
+            Catalog { generation, session: *blake3::hash(session.as_bytes()).as_bytes(), ..Catalog::default() };
         catalog.searched = search_path.iter().cloned().chain(named).collect();
         catalog.search_path = search_path;
         for row in functions {

@@ -205,7 +205,7 @@ fn plan_read(
         allowed,
         ttl,
         deps: deps.into(),
-        sql: SqlDigest::with_relations(sql, &oids),
+        sql: SqlDigest::with_relations(sql, &oids, &cx.catalog.session),
         single: match tables.as_slice() {
             [one] => Some((one.oid, one.key.clone())),
             _ => None,

@@ -143,3 +143,29 @@ async fn valid_locking_reads_do_not_flush_the_cache() {
     assert_eq!(cache.stats().full_invalidations, 0);
     assert_eq!(cache.stats().hits, 1);
 }
+
+/// Proven or not cached (rule 1): an aggregate is as volatile as the functions it runs, whatever
+/// its own entry in `pg_proc` says.
+#[tokio::test]
+async fn aggregates_over_volatile_functions_are_not_cached() {
+    let db = TestDb::new().await;
+    sqlx::raw_sql(
+        "CREATE FUNCTION jitter_add(bigint, bigint) RETURNS bigint VOLATILE LANGUAGE sql \
+           AS $$ SELECT coalesce($1, 0) + $2 + (random() * 1000)::bigint $$; \
+         CREATE AGGREGATE jitter_sum(bigint) (SFUNC = jitter_add, STYPE = bigint); \
+         CREATE FUNCTION plain_add(bigint, bigint) RETURNS bigint IMMUTABLE LANGUAGE sql \
+           AS $$ SELECT coalesce($1, 0) + $2 $$; \
+         CREATE AGGREGATE plain_sum(bigint) (SFUNC = plain_add, STYPE = bigint);",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let cache = db.cache().await;
+    for _ in 0..2 {
+        cache.query_scalar::<i64>("SELECT jitter_sum(id) FROM users").fetch_one().await.unwrap();
+        cache.query_scalar::<i64>("SELECT plain_sum(id) FROM users").fetch_one().await.unwrap();
+    }
+    let stats = cache.stats();
+    assert_eq!(stats.uncached(sqlacache_sqlx::Uncached::Volatile), 2, "the volatile aggregate: {stats:?}");
+    assert_eq!(stats.hits, 1, "the immutable aggregate is cached: {stats:?}");
+}

@@ -785,3 +785,52 @@ async fn two_tiers_one_process_reads_its_own_writes_with_scripts_flushed() {
     }
     assert!(a.stats().hits > 0, "the readers were served from the cache: {:?}", a.stats());
 }
+
+/// Pools that share Redis and a key prefix share entries only when their reads would answer
+/// alike: a role that may not read a table gets PostgreSQL's error, never the rows another
+/// role's read left in Redis, and settings that change a result's text keep entries apart.
+#[tokio::test]
+async fn roles_and_settings_sharing_a_prefix_never_share_entries() {
+    require_shared_redis();
+    let db = TestDb::with_schema(COUNTERS).await;
+    let prefix = unique_prefix("roles");
+    let build = |pool: sqlx::PgPool| {
+        let prefix = prefix.clone();
+        async move {
+            CachedPool::builder(pool)
+                .default_ttl(Duration::from_secs(60))
+                .redis(&redis_url())
+                .key_prefix(&prefix)
+                .memory_capacity(0)
+                .build()
+                .await
+                .expect("build a pool with Redis")
+        }
+    };
+    let owner = build(db.pool.clone()).await;
+    let (_, options) = db.role("nosel").await;
+    let stranger = build(db.pool_with(2, options).await).await;
+    ready(&[&owner, &stranger]).await;
+    async fn read(cache: &CachedPool) -> Result<i64, sqlx::Error> {
+        cache.query_scalar::<i64>("SELECT v FROM counters WHERE id = 1").fetch_one().await
+    }
+    for _ in 0..3 {
+        assert_eq!(read(&owner).await.unwrap(), 0);
+        let error = read(&stranger).await.expect_err("a role without SELECT reads nothing");
+        let code = error.as_database_error().and_then(|e| e.code()).map(|c| c.into_owned());
+        assert_eq!(code.as_deref(), Some("42501"), "PostgreSQL's own error: {error}");
+    }
+    assert!(owner.stats().redis_hits >= 2, "the owner's reads are served from Redis");
+
+    // The same read under two interval styles: each pool reads its own text.
+    let style = |name: &'static str| db.options().options([("IntervalStyle", name)]);
+    let iso = build(db.pool_with(2, style("iso_8601")).await).await;
+    let plain = build(db.pool_with(2, style("postgres")).await).await;
+    ready(&[&iso, &plain]).await;
+    let sql = "SELECT (interval '1 day' * (v + 1))::text FROM counters WHERE id = 1";
+    for _ in 0..3 {
+        assert_eq!(iso.query_scalar::<String>(sql).fetch_one().await.unwrap(), "P1D");
+        assert_eq!(plain.query_scalar::<String>(sql).fetch_one().await.unwrap(), "1 day");
+    }
+    assert!(iso.stats().redis_hits >= 2 && plain.stats().redis_hits >= 2);
+}
