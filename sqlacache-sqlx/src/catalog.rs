@@ -67,6 +67,8 @@ pub(crate) struct Catalog {
     pub missing: std::sync::Mutex<HashSet<TableName>>,
     /// Whether every function of a name is immutable, by schema and name.
     functions: HashMap<(String, String), bool>,
+    /// Whether every function of a name leaves the session alone, by schema and name.
+    neutral: HashMap<(String, String), bool>,
     /// The schemas an unqualified name is looked up in, in order (`pg_catalog` included).
     search_path: Vec<String>,
     /// Every schema a change to may change what names resolve to (see `SEARCH_PATH`).
@@ -120,7 +122,10 @@ const INHERITS: &str = "SELECT inhrelid::int8 AS child, inhparent::int8 AS paren
 /// functions it calls are (`random()`, `now()`, and a user function reading a table are not).
 const FUNCTIONS: &str = r#"
 SELECT n.nspname::text AS schema, p.proname::text AS name,
-       bool_and(p.provolatile = 'i' AND (p.prokind <> 'a' OR coalesce(agg.immutable, false))) AS immutable
+       bool_and(p.provolatile = 'i' AND (p.prokind <> 'a' OR coalesce(agg.immutable, false))) AS immutable,
+       -- Built-in functions other than set_config keep to their statement; a user function is
+       -- trusted to when it is declared immutable or stable.
+       bool_and((n.nspname = 'pg_catalog' AND p.proname <> 'set_config') OR p.provolatile IN ('i', 's')) AS neutral
   FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
   -- An aggregate's own volatility says nothing of the functions it runs: each must be immutable.
   LEFT JOIN LATERAL (
@@ -187,7 +192,10 @@ impl Catalog {
         catalog.search_path = search_path;
         for row in functions {
             let immutable: Option<bool> = row.try_get("immutable")?;
-            catalog.functions.insert((row.try_get("schema")?, row.try_get("name")?), immutable.unwrap_or(false));
+            let neutral: Option<bool> = row.try_get("neutral")?;
+            let name: (String, String) = (row.try_get("schema")?, row.try_get("name")?);
+            catalog.neutral.insert(name.clone(), neutral.unwrap_or(false));
+            catalog.functions.insert(name, immutable.unwrap_or(false));
         }
         for row in rows {
             let oid = oid(row.try_get("oid")?);
@@ -273,17 +281,28 @@ impl Catalog {
     /// Whether a called function is immutable in every overload the name may resolve to.
     /// Unknown names are not.
     pub fn is_immutable(&self, function: &FunctionName) -> bool {
-        let of = |schema: &str| self.functions.get(&(schema.to_owned(), function.name.clone())).copied();
+        self.every_overload(&self.functions, function)
+    }
+
+    /// Whether a called function leaves the session that runs it alone, in every overload the
+    /// name may resolve to: built-in functions but `set_config`, and functions declared
+    /// immutable or stable. Unknown names do not.
+    pub fn leaves_session_alone(&self, function: &FunctionName) -> bool {
+        self.every_overload(&self.neutral, function)
+    }
+
+    fn every_overload(&self, by_name: &HashMap<(String, String), bool>, function: &FunctionName) -> bool {
+        let of = |schema: &str| by_name.get(&(schema.to_owned(), function.name.clone())).copied();
         match &function.schema {
             Some(schema) => of(schema).unwrap_or(false),
             None => {
                 let found: Vec<bool> = self.search_path.iter().filter_map(|schema| of(schema)).collect();
-                !found.is_empty() && found.iter().all(|&immutable| immutable)
+                !found.is_empty() && found.iter().all(|&yes| yes)
             }
         }
     }
 
-    /// Whether a change in `schema` may change what names resolve to.
+    /// Whether a change to `schema` may change what names resolve to.
     pub fn searched(&self, schema: &str) -> bool {
         self.searched.contains(schema)
     }

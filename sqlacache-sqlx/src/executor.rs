@@ -86,19 +86,26 @@ pub(crate) fn run<'e>(shared: Arc<Shared>, target: Target<'e>, prepared: Prepare
                 }
             };
             let mut prepared = prepared;
-            if plan.reach.session {
-                // Before it runs: no read may be served from a cache that its session no
-                // longer matches.
+            let on_pool = matches!(target, Target::Pool);
+            let parsed = plan.statements > 0;
+            // A hand-written transaction left open through the pool, or settings given to the
+            // sessions opened from now on: the pool's connections may differ from one another
+            // from now on. Before it runs: no read may be served from a cache that its session
+            // no longer matches.
+            if plan.reach.new_sessions || (on_pool && parsed && plan.reach.leaves_open) {
                 shared.session_changed(prepared.sql.as_str());
             }
-            let ddl = plan.ddl || !plan.temp_tables.is_empty();
+            let ddl = plan.ddl;
             if ddl {
                 shared.ddl_started();
             }
             let mut track_rows = false;
             if let WritePlan::Writes(w) = &plan.write {
-                // A session that changed role may not be allowed to read what it writes.
-                let append = !shared.sessions_differ();
+                // A session whose role may have changed may not be allowed to read what it writes.
+                let append = match &target {
+                    Target::Pool => !shared.sessions_differ(),
+                    Target::Transaction(_, state) => !shared.sessions_differ() && !state.role_may_differ,
+                };
                 if let (Some(sql), None, true) = (&w.rewritten, &prepared.statement, append) {
                     prepared.sql = AssertSqlSafe(sql.clone()).into_sql_str();
                     track_rows = true;
@@ -107,6 +114,11 @@ pub(crate) fn run<'e>(shared: Arc<Shared>, target: Target<'e>, prepared: Prepare
                 }
             }
             let steps: BoxStream<'e, Step> = match target {
+                // The connection rule: a statement that may change its session runs on a
+                // connection of its own, which never answers for the pool's others.
+                Target::Pool if plan.taints && !(parsed && plan.reach.leaves_open) => {
+                    isolated(shared.clone(), plan.clone(), prepared, track_rows, ddl)
+                }
                 Target::Pool if matches!(plan.write, WritePlan::None) && !ddl && !plan.reach.begins => {
                     Box::pin((&shared.pool).fetch_many(prepared))
                 }
@@ -129,6 +141,71 @@ pub(crate) fn run<'e>(shared: Arc<Shared>, target: Target<'e>, prepared: Prepare
         })
         .try_flatten(),
     )
+}
+
+/// Runs a statement that may change its session (the plan's `taints`) on a connection taken
+/// from the pool for it alone, which is closed afterwards instead of going back: the pool's
+/// other connections stay as they were, and the cache keeps answering for them.
+///
+/// A string the library cannot read may also have begun a transaction that the caller means
+/// to go on with on later calls (a hand-written `BEGIN` spelled in a way the parser does not
+/// know): PostgreSQL is asked whether the connection is inside one. If it is, the connection
+/// goes back to the pool as the raw pool would leave it, and the pool stops caching (see
+/// [`Shared::session_changed`]).
+///
+/// The statement, its invalidation and the connection's end run on a task of their own, which
+/// hands the results to the caller; a caller that stops listening does not stop it, so the
+/// invalidation still follows the statement's completion.
+fn isolated(
+    shared: Arc<Shared>,
+    plan: Arc<Plan>,
+    prepared: Prepared,
+    track_rows: bool,
+    ddl: bool,
+) -> BoxStream<'static, Step> {
+    let (to_caller, mut from_task) = tokio::sync::mpsc::channel::<Step>(64);
+    let running = shared.background_write();
+    tokio::spawn(async move {
+        let _running = running;
+        let mut tracker = Tracker::new(&shared, &plan, None, track_rows, ddl);
+        tracker.isolated = true;
+        let mut conn = match shared.pool.acquire().await {
+            Ok(conn) => conn,
+            Err(error) => {
+                // It never ran; what it would have invalidated is invalidated all the same.
+                if let Some(publish) = shared.publish(tracker.finish(Outcome::Failed(&error))) {
+                    publish.await;
+                }
+                let _ = to_caller.send(Err(error)).await;
+                return;
+            }
+        };
+        {
+            let mut steps = WriteStream { inner: conn.fetch_many(prepared), tracker: Some(tracker), publishing: None };
+            while let Some(step) = steps.next().await {
+                // A caller that went away is no reason to stop: the rest still runs.
+                let _ = to_caller.send(step).await;
+            }
+        }
+        if plan.statements == 0 && in_transaction(&mut conn).await {
+            // Back to the pool as it is (when dropped).
+            shared.session_changed("a statement the library cannot read left its connection inside a transaction");
+            return;
+        }
+        conn.close_on_drop();
+    });
+    Box::pin(stream::poll_fn(move |cx| from_task.poll_recv(cx)))
+}
+
+/// Whether a connection is inside a transaction block (or failed in one), asked of PostgreSQL:
+/// a statement in a block starts after the block's transaction did, while one run on its own
+/// starts its transaction. A connection that does not answer counts as inside one.
+async fn in_transaction(conn: &mut PgConnection) -> bool {
+    // The simple protocol: in the extended one, each message of a statement restarts its
+    // statement clock.
+    const PROBE: &str = "SELECT pg_catalog.statement_timestamp() <> pg_catalog.transaction_timestamp()";
+    let row = sqlx::raw_sql(AssertSqlSafe(PROBE)).fetch_one(conn).await;
+    row.and_then(|row| row.try_get::<bool, _>(0)).unwrap_or(true)
 }
 
 /// A write on the pool. It runs in the caller's task; if the caller stops listening before its
@@ -196,6 +273,9 @@ struct Tracker<'e> {
     ddl: bool,
     /// The schema epoch before the statement ran: if it moved, the plan may miss a cascade.
     epoch: u64,
+    /// It runs on a connection of its own (see [`isolated`]), which does not go back to the
+    /// pool in whatever state a failure left it.
+    isolated: bool,
 }
 
 enum Outcome<'a> {
@@ -218,6 +298,7 @@ impl<'e> Tracker<'e> {
             rows_lost: false,
             ddl,
             epoch,
+            isolated: false,
         }
     }
 
@@ -248,7 +329,7 @@ impl<'e> Tracker<'e> {
             Outcome::Failed(error) => nothing_ran(&plan, error, in_transaction),
             _ => false,
         };
-        if self.sink.is_none() && plan.reach.begins && !matches!(outcome, Outcome::Done) {
+        if self.sink.is_none() && !self.isolated && plan.reach.begins && !matches!(outcome, Outcome::Done) {
             // A failed string that began a transaction leaves its connection inside it.
             shared.session_changed("a failed statement string with BEGIN");
         }
@@ -280,26 +361,37 @@ impl<'e> Tracker<'e> {
             tags
         };
         match self.sink.take() {
-            Some(state) if !state.escaped => {
+            Some(state) => {
+                state.tainted |= plan.taints;
+                state.role_may_differ |= plan.taints || plan.reach.sets;
+                if state.escaped {
+                    // The transaction may be over, and this statement committed on its own:
+                    // apply now, and again at the end in case it is not.
+                    if self.ddl {
+                        shared.ddl_done();
+                    }
+                    shared.invalidate(&tags);
+                    state.add(&shared, tags.clone());
+                    return tags;
+                }
                 if self.ddl {
                     // Applied to the catalog when the transaction ends.
                     state.ddl += 1;
-                    state.temp_tables.extend(plan.temp_tables.iter().cloned());
                 }
                 state.add(&shared, tags);
-                if plan.reach.ends_transaction {
-                    // A hand-written COMMIT or ROLLBACK ended the transaction: what it wrote is
-                    // now visible (widen: a rollback costs only misses), and later statements
-                    // on this connection run on their own. Only a statement that ends it may do
-                    // this: invalidating before the real commit would let a fill in between
-                    // cache the old rows.
-                    return state.escape(&shared);
+                if plan.reach.commits {
+                    // A hand-written COMMIT (or a string the library cannot read) may have
+                    // committed what the transaction wrote: it is visible now (widen: a rollback
+                    // costs only misses). It is applied again at the transaction's real end:
+                    // after `COMMIT AND CHAIN` the writes that follow commit only then, and a
+                    // fill in between may have read the old rows.
+                    return state.committed_early(&shared, plan.reach.ends_transaction);
                 }
                 Vec::new()
             }
-            _ => {
+            None => {
                 if self.ddl {
-                    shared.ddl_done(&plan.temp_tables);
+                    shared.ddl_done();
                 }
                 shared.invalidate(&tags);
                 tags
@@ -318,8 +410,14 @@ fn nothing_ran(plan: &Plan, error: &sqlx::Error, in_transaction: bool) -> bool {
         return false;
     };
     let pg = database_error.try_downcast_ref::<sqlx::postgres::PgDatabaseError>();
+    // PostgreSQL parses a whole string before it runs any of it, but analyzes each statement
+    // only when its turn comes: a syntax error raised by the grammar ran nothing, while one
+    // raised in analysis (`VALUES` lists of unequal length, say) may follow statements that ran
+    // and committed. In a single statement either ran nothing.
     let syntax_in_text = pg.is_some_and(|e| {
-        e.code() == "42601" && matches!(e.position(), Some(sqlx::postgres::PgErrorPosition::Original(_)))
+        e.code() == "42601"
+            && matches!(e.position(), Some(sqlx::postgres::PgErrorPosition::Original(_)))
+            && (plan.statements == 1 || matches!(e.routine(), Some("scanner_yyerror" | "base_yyparse")))
     });
     let parsed = plan.statements > 0;
     syntax_in_text || (parsed && !plan.reach.transaction_control && !in_transaction)

@@ -5,7 +5,6 @@ use crate::catalog::{Actions, Catalog, TableInfo};
 use sqlacache_core::analyze::{Analysis, Effect, Reach, ReadOp, RowSource, TableName, WriteKind};
 use sqlacache_core::key::SqlDigest;
 use sqlacache_core::{Ops, Tag, Uncached};
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,10 +24,12 @@ pub(crate) struct Plan {
     pub statements: usize,
     /// Whether running it changes the schema.
     pub ddl: bool,
-    /// Temporary relations running it creates.
-    pub temp_tables: Vec<String>,
     /// What it does to its session and its transaction.
     pub reach: Reach,
+    /// Whether the connection that runs it may no longer answer like the pool's others: its
+    /// kind is not known to leave the session alone ([`Reach::session`]), or it calls a function
+    /// not known to (see [`Catalog::leaves_session_alone`]).
+    pub taints: bool,
 }
 
 impl Plan {
@@ -40,8 +41,8 @@ impl Plan {
             write: WritePlan::Everything,
             statements: 0,
             ddl: true,
-            temp_tables: Vec::new(),
-            reach: Reach { transaction_control: true, ..Reach::default() },
+            reach: Reach::unknown(),
+            taints: true,
         }
     }
 }
@@ -103,24 +104,12 @@ pub(crate) enum RowColumns {
     Named(Vec<String>),
 }
 
-/// Stands in the temporary-relation names once there are too many to list: then every
-/// unqualified name may be shadowed. (No identifier can hold a NUL.)
-pub(crate) const ANY_TEMP: &str = "\0any";
-
 /// What the planner needs besides the analysis.
 pub(crate) struct Context<'a> {
     pub catalog: &'a Catalog,
     pub policy: &'a dyn Fn(&TableInfo) -> Option<Policy>,
-    pub temp_tables: &'a HashSet<String>,
     /// The pool has a change feed: reads of tables it does not cover are not cached.
     pub feed: bool,
-}
-
-impl Context<'_> {
-    /// Whether an unqualified name may be a temporary relation on some connection.
-    fn maybe_temp(&self, name: &TableName) -> bool {
-        name.schema.is_none() && (self.temp_tables.contains(&name.name) || self.temp_tables.contains(ANY_TEMP))
-    }
 }
 
 /// Names that did not resolve; the caller may reload the catalog and plan again.
@@ -139,11 +128,26 @@ pub(crate) fn plan(sql: &str, analysis: &Analysis, cx: &Context<'_>) -> (Plan, U
         read,
         write,
         statements: analysis.statements,
-        ddl: analysis.ddl,
-        temp_tables: analysis.temp_tables.clone(),
+        // Creating a temporary relation changes what names resolve to, on its connection.
+        ddl: analysis.ddl || !analysis.temp_tables.is_empty(),
         reach: analysis.reach,
+        taints: analysis.reach.session
+            || !analysis.functions.iter().all(|f| cx.catalog.leaves_session_alone(f))
+            || !writes_plain_tables(&analysis.effect, cx),
     };
     (plan, Unresolved(unresolved))
+}
+
+/// Whether every table a statement writes is a plain table: a write to a view or a system
+/// relation may run anything its rules or triggers say (`UPDATE pg_settings` changes settings).
+fn writes_plain_tables(effect: &Effect, cx: &Context<'_>) -> bool {
+    match effect {
+        Effect::None => true,
+        Effect::Everything { .. } => false,
+        Effect::Writes(writes) => {
+            writes.iter().all(|w| cx.catalog.resolve(&w.table).is_some_and(|info| info.is_plain_table()))
+        }
+    }
 }
 
 fn plan_read(
@@ -162,8 +166,6 @@ fn plan_read(
     let mut refused = None;
     for name in &read.tables {
         let outcome = match cx.catalog.resolve(name) {
-            // A temporary relation of that name may shadow it on some connections.
-            Some(_) if cx.maybe_temp(name) => Err(Uncached::NotATable),
             Some(info) if !info.is_plain_table() => Err(Uncached::NotATable),
             Some(info) if info.row_security => Err(Uncached::RowSecurity),
             Some(info) if cx.feed && !cx.catalog.fed(info) => Err(Uncached::NotInFeed),
@@ -180,7 +182,6 @@ fn plan_read(
                 None => Err(Uncached::Disabled),
             },
             None if name.schema.is_none() && read.ctes.contains(&name.name) => Ok(()),
-            None if cx.maybe_temp(name) => Err(Uncached::NotATable),
             None => {
                 unresolved.push(name.clone());
                 Err(Uncached::UnknownTable)
@@ -230,7 +231,6 @@ fn plan_writes(
     for write in writes {
         let info = match cx.catalog.resolve(&write.table) {
             Some(info) => info,
-            None if cx.maybe_temp(&write.table) => continue,
             None => {
                 unresolved.push(write.table.clone());
                 return WritePlan::Everything;

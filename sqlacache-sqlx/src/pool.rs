@@ -13,7 +13,6 @@ use sqlacache_core::key::{row_id_of, Key, KeyBuilder};
 use sqlacache_core::{MemoryStore, Ops, Stats, StatsSnapshot, Tag, Uncached};
 use sqlx::postgres::PgArguments;
 use sqlx::PgPool;
-use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -111,7 +110,6 @@ pub(crate) struct Shared {
     background: Arc<AtomicUsize>,
     reload: tokio::sync::Mutex<()>,
     plans: quick_cache::sync::Cache<String, Arc<Plan>>,
-    temp_tables: RwLock<HashSet<String>>,
     /// Models whose settings apply, and models whose settings did not check out.
     models: Models,
     /// Serializes the registration of models at first use.
@@ -215,18 +213,9 @@ impl Shared {
     }
 
     /// A schema change finished (or committed, or rolled back): plan again with a fresh
-    /// catalog, and keep the temporary relations it made from being cached.
-    pub fn ddl_done(&self, temp_tables: &[String]) {
-        if !temp_tables.is_empty() {
-            let mut known = self.temp_tables.write().unwrap_or_else(|e| e.into_inner());
-            known.extend(temp_tables.iter().cloned());
-            if known.len() > MAX_NAMES {
-                // Too many to list: any unqualified name may now be shadowed somewhere.
-                known.clear();
-                known.insert(plan::ANY_TEMP.to_owned());
-                self.stats.widen();
-            }
-        }
+    /// catalog. (Temporary relations need nothing here: a statement that makes one runs on a
+    /// connection that is closed afterwards, so none ever shadows a name on the pool's others.)
+    pub fn ddl_done(&self) {
         self.schema_epoch.fetch_add(1, Ordering::AcqRel);
         self.ddl_in_flight.fetch_sub(1, Ordering::AcqRel);
     }
@@ -354,15 +343,9 @@ impl Shared {
         loop {
             let catalog = self.catalog();
             let (plan, fresh_names) = {
-                let temp_tables = self.temp_tables.read().unwrap_or_else(|e| e.into_inner()).clone();
                 let config = self.config.read().unwrap_or_else(|e| e.into_inner());
                 let policy = |info: &TableInfo| config.policy(&catalog, info);
-                let cx = Context {
-                    catalog: &catalog,
-                    policy: &policy,
-                    temp_tables: &temp_tables,
-                    feed: self.feed.is_some(),
-                };
+                let cx = Context { catalog: &catalog, policy: &policy, feed: self.feed.is_some() };
                 let (plan, unresolved) = plan::plan(sql, &analysis, &cx);
                 let missing = catalog.missing.lock().unwrap_or_else(|e| e.into_inner());
                 let fresh: Vec<TableName> = unresolved.0.into_iter().filter(|n| !missing.contains(n)).collect();
@@ -901,8 +884,7 @@ impl CachedPool {
     /// [`commit`](crate::CachedTransaction::commit) returns; a rollback, or dropping the
     /// transaction, invalidates nothing.
     pub async fn begin(&self) -> Result<crate::CachedTransaction, sqlx::Error> {
-        let tx = self.shared.pool.begin().await?;
-        Ok(crate::transaction::CachedTransaction::new(tx, self.shared.clone()))
+        crate::transaction::CachedTransaction::begin(self.shared.clone()).await
     }
 
     /// Invalidates cached reads of the rows of `T` with these keys (and every multi-row read of
@@ -1347,7 +1329,6 @@ impl CachedPoolBuilder {
             background: Arc::default(),
             reload: tokio::sync::Mutex::new(()),
             plans: quick_cache::sync::Cache::new(4096),
-            temp_tables: RwLock::new(HashSet::new()),
             models: Models::new(&self.models),
             registering: tokio::sync::Mutex::new(()),
             flights: Flights::default(),

@@ -2,8 +2,10 @@
 
 use crate::pool::Shared;
 use sqlacache_core::Tag;
-use sqlx::postgres::PgConnection;
-use sqlx::{Postgres, Transaction};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnection, PgTransactionManager};
+use sqlx::Postgres;
+use sqlx_core::transaction::TransactionManager;
 use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
@@ -19,6 +21,11 @@ use std::task::{Context, Poll};
 /// commit fails or is cancelled, since the server may have committed); after
 /// [`rollback`](CachedTransaction::rollback) or a drop they are discarded. Reads inside the
 /// transaction go to the database (they see its uncommitted writes) and never fill the cache.
+///
+/// A statement in it that may change the session beyond the transaction (a session-level
+/// `SET`, a temporary table, anything the library cannot read; see the README's connection
+/// rule), or a use of [`CachedConnection::inner`], makes its connection close when the
+/// transaction ends instead of going back to the pool.
 ///
 /// ```no_run
 /// # async fn demo(cache: &sqlacache_sqlx::CachedPool) -> Result<(), sqlx::Error> {
@@ -42,7 +49,9 @@ pub struct CachedTransaction {
 /// # Ok(()) }
 /// ```
 pub struct CachedConnection {
-    tx: Transaction<'static, Postgres>,
+    conn: PoolConnection<Postgres>,
+    /// The transaction `begin` opened has not been committed or rolled back through this value.
+    open: bool,
     state: TxState,
 }
 
@@ -59,8 +68,13 @@ pub(crate) struct TxState {
     pub escaped: bool,
     /// Schema changes made in the transaction; they are in flight until it ends.
     pub ddl: usize,
-    /// Temporary relations the transaction made.
-    pub temp_tables: Vec<String>,
+    /// A statement may have changed the session beyond the transaction: the connection is
+    /// closed when the transaction ends.
+    pub tainted: bool,
+    /// A statement may have changed the role or settings for the rest of the transaction
+    /// (`SET LOCAL ROLE`, say): a `RETURNING` is no longer appended to its writes, since the
+    /// role they run as may not read what they write.
+    pub role_may_differ: bool,
 }
 
 impl TxState {
@@ -78,11 +92,16 @@ impl TxState {
         }
     }
 
-    /// The transaction ended by a statement of the caller's: apply what it collected now.
-    /// Returns what was applied, to be published.
-    pub fn escape(&mut self, shared: &Shared) -> Vec<Tag> {
-        self.escaped = true;
-        self.apply(shared)
+    /// A statement of the caller's may have committed what the transaction wrote so far (a
+    /// hand-written `COMMIT`, `COMMIT AND CHAIN`, or a string the library cannot read): apply
+    /// it now, and keep it for the real end too, since the transaction may go on. With `ended`,
+    /// it may be over: later statements then also apply their invalidations at once (and still
+    /// at the end). Returns what was applied, to be published.
+    pub fn committed_early(&mut self, shared: &Shared, ended: bool) -> Vec<Tag> {
+        self.escaped |= ended;
+        let tags: Vec<Tag> = self.pending.iter().copied().collect();
+        shared.invalidate(&tags);
+        tags
     }
 
     /// Applies what the transaction collected here; returns it, to be published.
@@ -90,7 +109,7 @@ impl TxState {
         let tags: Vec<Tag> = self.pending.drain().collect();
         shared.invalidate(&tags);
         for _ in 0..std::mem::take(&mut self.ddl) {
-            shared.ddl_done(&self.temp_tables);
+            shared.ddl_done();
         }
         tags
     }
@@ -100,7 +119,7 @@ impl Drop for TxState {
     fn drop(&mut self) {
         // Rolled back or dropped: the schema changes are over, whichever way they went.
         for _ in 0..std::mem::take(&mut self.ddl) {
-            self.shared.ddl_done(&[]);
+            self.shared.ddl_done();
         }
     }
 }
@@ -108,12 +127,33 @@ impl Drop for TxState {
 impl CachedConnection {
     pub(crate) fn parts(&mut self) -> (&mut PgConnection, &mut TxState, Arc<Shared>) {
         let shared = self.state.shared.clone();
-        (&mut self.tx, &mut self.state, shared)
+        (&mut self.conn, &mut self.state, shared)
     }
 
-    /// The underlying connection. Writes made on it directly are **not** invalidated.
+    /// The underlying connection. Writes made on it directly are **not** invalidated, and since
+    /// the library cannot tell what they do to the session, the connection is closed when the
+    /// transaction ends instead of going back to the pool.
     pub fn inner(&mut self) -> &mut PgConnection {
-        &mut self.tx
+        self.state.tainted = true;
+        &mut self.conn
+    }
+
+    /// Ends the connection's part: a tainted connection is closed when dropped; one whose
+    /// transaction is still open rolls it back first (queued, as sqlx does on drop).
+    fn release(&mut self) {
+        if self.open {
+            PgTransactionManager::start_rollback(&mut self.conn);
+            self.open = false;
+        }
+        if self.state.tainted {
+            self.conn.close_on_drop();
+        }
+    }
+}
+
+impl Drop for CachedConnection {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
@@ -144,13 +184,13 @@ impl DerefMut for CachedTransaction {
 
 /// Applies pending invalidations (and schema changes) when dropped: a commit that is
 /// cancelled after `COMMIT` was sent may have committed. (A commit that completes applies them
-/// itself, and publishes them before it returns.)
-struct ApplyOnDrop(TxState);
+/// itself, and publishes them before it returns.) The connection is released after.
+struct ApplyOnDrop(CachedConnection);
 
 impl Drop for ApplyOnDrop {
     fn drop(&mut self) {
-        let shared = self.0.shared.clone();
-        if let Some(publish) = shared.publish(self.0.apply(&shared)) {
+        let shared = self.0.state.shared.clone();
+        if let Some(publish) = shared.publish(self.0.state.apply(&shared)) {
             crate::executor::finish_in_background(&shared, publish);
         }
     }
@@ -185,9 +225,15 @@ impl<F: Future<Output = Result<(), sqlx::Error>> + Send + 'static> Drop for Fini
 }
 
 impl CachedTransaction {
-    pub(crate) fn new(tx: Transaction<'static, Postgres>, shared: Arc<Shared>) -> CachedTransaction {
-        let state = TxState { shared, pending: HashSet::new(), escaped: false, ddl: 0, temp_tables: Vec::new() };
-        CachedTransaction { conn: CachedConnection { tx, state } }
+    /// Begins a transaction on a connection of `shared`'s pool.
+    pub(crate) async fn begin(shared: Arc<Shared>) -> Result<CachedTransaction, sqlx::Error> {
+        let conn = shared.pool.acquire().await?;
+        let state =
+            TxState { shared, pending: HashSet::new(), escaped: false, ddl: 0, tainted: false, role_may_differ: false };
+        // Open before `BEGIN` is sent: if it fails or is cancelled, the drop rolls back.
+        let mut conn = CachedConnection { conn, open: true, state };
+        PgTransactionManager::begin(&mut conn.conn, None).await?;
+        Ok(CachedTransaction { conn })
     }
 
     /// Commits, then invalidates what the transaction's writes changed.
@@ -197,14 +243,17 @@ impl CachedTransaction {
     /// commit runs to its end even if this future is dropped: the rest of it moves to a task of
     /// its own.
     pub async fn commit(self) -> Result<(), sqlx::Error> {
-        let CachedConnection { tx, state } = self.conn;
-        let shared = state.shared.clone();
+        let shared = self.conn.state.shared.clone();
+        let mut apply = ApplyOnDrop(self.conn);
+        let publisher = shared.clone();
         FinishOnDrop(
             Some(Box::pin(async move {
-                let mut apply = ApplyOnDrop(state);
-                let committed = tx.commit().await;
-                let applied = apply.0.apply(&apply.0.shared.clone());
-                if let Some(publish) = apply.0.shared.publish(applied) {
+                let committed = PgTransactionManager::commit(&mut apply.0.conn).await;
+                if committed.is_ok() {
+                    apply.0.open = false;
+                }
+                let applied = apply.0.state.apply(&publisher);
+                if let Some(publish) = publisher.publish(applied) {
                     publish.await;
                 }
                 committed
@@ -214,8 +263,14 @@ impl CachedTransaction {
         .await
     }
 
-    /// Rolls back; nothing is invalidated.
+    /// Rolls back; nothing is invalidated (but what a hand-written `COMMIT` in it committed,
+    /// which was invalidated when it ran).
     pub async fn rollback(self) -> Result<(), sqlx::Error> {
-        self.conn.tx.rollback().await
+        let mut conn = self.conn;
+        let rolled_back = PgTransactionManager::rollback(&mut conn.conn).await;
+        if rolled_back.is_ok() {
+            conn.open = false;
+        }
+        rolled_back
     }
 }

@@ -218,20 +218,55 @@ pub struct Analysis {
 /// How a statement reaches beyond itself, into the session and the transaction that run it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Reach {
-    /// Whether it changes the state of the session that runs it beyond the statement: a
-    /// session-level `SET`, `RESET`, `SET ROLE`, `SET SESSION AUTHORIZATION`, `DISCARD`,
-    /// `set_config(..)`, or a `BEGIN` that the string leaves open.
+    /// Whether it may leave its session other than it found it: anything but a statement of a
+    /// kind known to leave it alone (a query, a write, transaction control, `SET LOCAL`), and
+    /// every string that does not parse. (Whether the functions it calls may is the catalog's
+    /// call.) The connection that ran it must not answer for the pool's others afterwards.
     pub session: bool,
+    /// Whether it may leave its connection inside a transaction when it returns: a `BEGIN`
+    /// (or `COMMIT AND CHAIN`) the string does not end, or a string that does not parse.
+    pub leaves_open: bool,
+    /// Whether it changes the settings of the sessions opened from now on (`ALTER ROLE .. SET`,
+    /// `ALTER DATABASE .. SET`): then new connections and old ones differ.
+    pub new_sessions: bool,
     /// Whether it contains transaction control (`BEGIN`, `COMMIT`, `ROLLBACK`, `END`) or runs
     /// code that may commit (`CALL`, `EXECUTE`): then part of it may have committed even when it
     /// fails. (`DO` does not parse, and an unparsed string is assumed to.)
     pub transaction_control: bool,
-    /// Whether it contains a `COMMIT`, `END` or `ROLLBACK` (not to a savepoint): run inside a
-    /// transaction, it ends it.
+    /// Whether it may end the transaction it runs in without beginning another: a `COMMIT`,
+    /// `END` or `ROLLBACK` (not to a savepoint, not `AND CHAIN`), or a string that does not parse.
     pub ends_transaction: bool,
+    /// Whether it may commit what its transaction wrote so far: [`Reach::ends_transaction`], or
+    /// a `COMMIT AND CHAIN` / `ROLLBACK AND CHAIN` (after which the transaction goes on).
+    pub commits: bool,
     /// Whether it contains a `BEGIN` / `START TRANSACTION`: if it fails, the session may be
     /// left inside an aborted transaction.
     pub begins: bool,
+    /// Whether it may change settings (the role among them) for at least the rest of its
+    /// transaction: any `SET` (`SET LOCAL` too), `set_config`, or anything of
+    /// [`Reach::session`].
+    pub sets: bool,
+}
+
+impl Reach {
+    /// The reach of a statement nothing is known of: anything but settings of other sessions.
+    ///
+    /// ```
+    /// let reach = sqlacache_core::analyze::Reach::unknown();
+    /// assert!(reach.session && reach.leaves_open && reach.ends_transaction && !reach.new_sessions);
+    /// ```
+    pub fn unknown() -> Reach {
+        Reach {
+            session: true,
+            leaves_open: true,
+            new_sessions: false,
+            transaction_control: true,
+            ends_transaction: true,
+            commits: true,
+            begins: true,
+            sets: true,
+        }
+    }
 }
 
 impl Analysis {
@@ -268,11 +303,10 @@ impl Analysis {
 pub fn analyze(sql: &str) -> Analysis {
     let parse = |text: &str| Parser::parse_sql(&PostgreSqlDialect {}, text).ok().filter(|s| !s.is_empty());
     let Some(statements) = parse(sql).or_else(|| parse(&parse::respell_locks(sql)?)) else {
+        // What it runs is unknown: it may write anything, change its session, and begin, end or
+        // commit a transaction.
         let mut analysis = Analysis::empty(Uncached::Unparsable, Effect::Everything { parsed: false }, 0);
-        // What it runs is unknown, but whether it ends a transaction can still be read from
-        // the words that start its statements (a `DO` body is one string token).
-        analysis.reach.ends_transaction = parse::ends_transaction_by_words(sql);
-        analysis.reach.transaction_control = true;
+        analysis.reach = Reach { new_sessions: parse::reaches_new_sessions_by_words(sql), ..Reach::unknown() };
         return analysis;
     };
     let mut analysis = Analysis::empty(Uncached::NotARead, Effect::None, statements.len());
@@ -288,20 +322,24 @@ pub fn analyze(sql: &str) -> Analysis {
         writes.extend(effect.writes);
         analysis.ddl |= effect.ddl;
         analysis.temp_tables.extend(effect.temp_tables);
-        analysis.reach.session |= scan.session || session::session_effect(statement);
-        match session::transaction_control(statement) {
+        analysis.reach.session |= scan.session || !session::session_neutral(statement);
+        analysis.reach.new_sessions |= session::reaches_new_sessions(statement);
+        analysis.reach.sets |= scan.session || matches!(statement, Statement::Set(_) | Statement::Reset(_));
+        let control = session::transaction_control(statement);
+        analysis.reach.transaction_control |= control != Control::None;
+        match control {
             Control::Begin => {
                 open = true;
                 analysis.reach.begins = true;
-                analysis.reach.transaction_control = true;
             }
             Control::End => {
                 open = false;
-                analysis.reach.transaction_control = true;
                 analysis.reach.ends_transaction = true;
+                analysis.reach.commits = true;
             }
-            Control::MayCommit => analysis.reach.transaction_control = true,
-            Control::None => {}
+            // The transaction goes on: what follows commits at its real end, not here.
+            Control::CommitChain | Control::RollbackChain => analysis.reach.commits = true,
+            Control::MayCommit | Control::None => {}
         }
         for function in &scan.functions {
             if !analysis.functions.contains(function) {
@@ -315,6 +353,8 @@ pub fn analyze(sql: &str) -> Analysis {
         }
     }
     analysis.reach.session |= open;
+    analysis.reach.sets |= analysis.reach.session;
+    analysis.reach.leaves_open = open;
     analysis.effect = if everything {
         Effect::Everything { parsed: true }
     } else if writes.is_empty() {
@@ -440,12 +480,32 @@ mod tests {
             "SELECT set_config('app.tenant', '1', false)",
             "BEGIN",
             "BEGIN; UPDATE t SET a = 1",
+            // Not a kind known to leave the session alone: the allow-list decides, not spelling.
+            "CREATE TEMP TABLE x (a int)",
+            "CREATE TABLE pg_temp.x (a int)",
+            "CREATE VIEW pg_temp.v AS SELECT 1",
+            "SELECT 1 INTO TEMP x",
+            "PREPARE p AS SELECT 1",
+            "LISTEN c",
+            "CALL p()",
+            "DO $$ BEGIN PERFORM set_config('a.b', 'c', false); END $$",
+            "SET SCHEMA 'x'",
+            "SET XML OPTION DOCUMENT",
+            "BEGIN ISOLATION LEVEL SERIALIZABLE, READ ONLY, DEFERRABLE",
+            "BEGIN; COMMIT AND CHAIN",
         ] {
-            assert!(analyze(sql).reach.session, "{sql} changes the session");
+            assert!(analyze(sql).reach.session, "{sql} may change the session");
         }
-        for sql in
-            ["SET LOCAL search_path TO x", "SET LOCAL ROLE alice", "BEGIN; UPDATE t SET a = 1; COMMIT", "SELECT 1"]
-        {
+        for sql in [
+            "SET LOCAL search_path TO x",
+            "SET LOCAL ROLE alice",
+            "BEGIN; UPDATE t SET a = 1; COMMIT",
+            "SELECT 1",
+            "INSERT INTO t VALUES (1)",
+            "TRUNCATE t",
+            "SAVEPOINT a",
+            "BEGIN; COMMIT AND CHAIN; COMMIT",
+        ] {
             assert!(!analyze(sql).reach.session, "{sql} leaves the session as it was");
         }
         assert!(analyze("BEGIN; UPDATE t SET a = 1; COMMIT").reach.begins);
@@ -456,14 +516,28 @@ mod tests {
             assert!(!analyze(sql).reach.transaction_control, "{sql}");
             assert!(!analyze(sql).reach.ends_transaction, "{sql}");
         }
-        for sql in ["COMMIT", "END", "ROLLBACK", "UPDATE t SET a = 1; COMMIT"] {
-            assert!(analyze(sql).reach.ends_transaction, "{sql}");
+        for sql in ["COMMIT", "END", "ROLLBACK", "UPDATE t SET a = 1; COMMIT", "COMMIT AND NO CHAIN"] {
+            let reach = analyze(sql).reach;
+            assert!(reach.ends_transaction && reach.commits, "{sql}");
         }
+        for sql in ["COMMIT AND CHAIN", "ROLLBACK AND CHAIN", "COMMIT WORK AND CHAIN"] {
+            let reach = analyze(sql).reach;
+            assert!(reach.commits && !reach.ends_transaction, "{sql}: the transaction goes on");
+        }
+        assert!(analyze("BEGIN; UPDATE t SET a = 1; COMMIT AND CHAIN").reach.leaves_open);
+        assert!(!analyze("BEGIN; COMMIT AND CHAIN; COMMIT").reach.leaves_open);
         assert!(!analyze("CALL p()").reach.ends_transaction, "a procedure cannot commit inside a transaction block");
-        // Strings the parser cannot read are judged by the words that start their statements.
-        assert!(analyze("DO $$ BEGIN COMMIT; END $$; PREPARE TRANSACTION 'x'").reach.ends_transaction);
-        assert!(analyze("SELEC 1; ABORT").reach.ends_transaction);
-        assert!(!analyze("DO $$ BEGIN COMMIT; END $$").reach.ends_transaction, "the body is one token");
+        // Strings the parser cannot read may do anything to the transaction and the session.
+        for sql in ["DO $$ BEGIN COMMIT; END $$", "SELEC 1; ABORT", "BEGIN ISOLATION LEVEL SERIALIZABLE, DEFERRABLE"] {
+            assert_eq!(analyze(sql).reach, Reach::unknown(), "{sql}");
+        }
+        assert!(analyze("ALTER DATABASE test SET timezone = 'UTC'").reach.new_sessions);
+        assert!(analyze("ALTER ROLE alice SET timezone = 'UTC'").reach.new_sessions);
+        assert!(!analyze("DO $$ BEGIN END $$").reach.new_sessions);
+        for sql in ["SET LOCAL ROLE alice", "SELECT set_config('role', 'alice', true)", "RESET ROLE"] {
+            assert!(analyze(sql).reach.sets, "{sql} may change the role for the rest of its transaction");
+        }
+        assert!(!analyze("UPDATE t SET a = 1").reach.sets);
     }
 
     #[test]

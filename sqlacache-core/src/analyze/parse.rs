@@ -44,13 +44,22 @@ pub(super) fn respell_locks(sql: &str) -> Option<String> {
     Some(out)
 }
 
-/// Whether a string that does not parse has a statement starting with `COMMIT`, `END`,
-/// `ABORT`, `ROLLBACK` (not `ROLLBACK TO`) or `PREPARE TRANSACTION`.
-pub(super) fn ends_transaction_by_words(sql: &str) -> bool {
-    let Ok(tokens) = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize() else {
-        // Not even tokens: PostgreSQL rejects it before running anything.
-        return false;
-    };
+/// Whether a string that does not parse has a statement starting with `ALTER ROLE`, `ALTER
+/// USER`, `ALTER DATABASE` or `ALTER SYSTEM`, which may change the settings of the sessions
+/// opened from now on. (Text the tokenizer cannot read counts as one: PostgreSQL's lexer may
+/// read it.)
+pub(super) fn reaches_new_sessions_by_words(sql: &str) -> bool {
+    let Some(starts) = statement_starts(sql) else { return true };
+    starts.iter().any(|words| {
+        matches!(words.as_slice(), [first, second, ..]
+            if first == "alter" && matches!(second.as_str(), "role" | "user" | "database" | "system"))
+    })
+}
+
+/// The first two words of each statement of a string (lower case; a quoted word or a symbol is
+/// an empty word); `None` when the string does not tokenize.
+fn statement_starts(sql: &str) -> Option<Vec<Vec<String>>> {
+    let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize().ok()?;
     let mut starts = vec![Vec::new()];
     for token in tokens {
         match token {
@@ -70,13 +79,7 @@ pub(super) fn ends_transaction_by_words(sql: &str) -> bool {
             }
         }
     }
-    starts.iter().any(|words| match words.as_slice() {
-        [first, ..] if matches!(first.as_str(), "commit" | "end" | "abort") => true,
-        [first, second, ..] if first == "rollback" => !matches!(second.as_str(), "to" | "prepared"),
-        [first] if first == "rollback" => true,
-        [first, second, ..] if first == "prepare" => second == "transaction",
-        _ => false,
-    })
+    Some(starts)
 }
 
 /// The byte range of a token's span (lines and columns count characters from 1).

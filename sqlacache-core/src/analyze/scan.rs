@@ -92,12 +92,13 @@ impl Visitor for Scan {
             self.sample = true;
         }
         match factor {
-            TableFactor::Table { args: Some(_), .. }
-            | TableFactor::Function { .. }
-            | TableFactor::TableFunction { .. } => {
-                // Table functions may be volatile or read anything.
+            TableFactor::Table { args: Some(_), name, .. } | TableFactor::Function { name, .. } => {
+                // Table functions may be volatile or read anything; the catalog also judges
+                // what they do to the session.
                 self.volatile = true;
+                self.call(name);
             }
+            TableFactor::TableFunction { .. } => self.volatile = true,
             _ => {}
         }
         ControlFlow::Continue(())
@@ -111,14 +112,7 @@ impl Visitor for Scan {
                 Some(f)
                     if f.schema.is_none()
                         && matches!(f.name.as_str(), "coalesce" | "nullif" | "greatest" | "least") => {}
-                Some(f) => {
-                    if f.name == "set_config" && f.schema.as_deref().is_none_or(|s| s == "pg_catalog") {
-                        self.session = true;
-                    }
-                    if !self.functions.contains(&f) {
-                        self.functions.push(f);
-                    }
-                }
+                Some(_) => self.call(&function.name),
                 None => self.volatile = true,
             },
             Expr::Identifier(ident) if ident.quote_style.is_none() && is_time_keyword(&ident.value) => {
@@ -144,6 +138,25 @@ impl Visitor for Scan {
 }
 
 impl Scan {
+    /// Notes a call of the function `name` (an unreadable name counts as a volatile call that
+    /// may change the session).
+    fn call(&mut self, name: &ObjectName) {
+        match function_name(name) {
+            Some(f) => {
+                if f.name == "set_config" && f.schema.as_deref().is_none_or(|s| s == "pg_catalog") {
+                    self.session = true;
+                }
+                if !self.functions.contains(&f) {
+                    self.functions.push(f);
+                }
+            }
+            None => {
+                self.volatile = true;
+                self.session = true;
+            }
+        }
+    }
+
     /// `TABLE name` inside a query body (also under `UNION` and friends) reads that table.
     fn table_statements(&mut self, body: &SetExpr) {
         match body {

@@ -1,7 +1,6 @@
 //! The library's own state is bounded: past each bound it invalidates or refuses more, never
 //! less, and counts it in `stats().widened`.
 
-use sqlacache_sqlx::Uncached;
 use sqlacache_tests::{TestDb, User};
 use sqlx::AssertSqlSafe;
 
@@ -29,28 +28,6 @@ async fn a_transaction_with_too_many_rows_to_list_invalidates_everything() {
     assert_eq!(stats.full_invalidations, 1, "the commit invalidated everything");
     cache.get::<User>(1_i64).await.unwrap();
     assert_eq!(cache.stats().hits, 0, "an unrelated entry went too");
-}
-
-#[tokio::test]
-async fn too_many_temporary_names_make_every_unqualified_name_suspect() {
-    let db = TestDb::new().await;
-    let cache = db.cache().await;
-    let schema = db.schema.clone();
-    let mut tx = cache.begin().await.unwrap();
-    let creates: String =
-        (0..1100).map(|i| format!("CREATE TEMP TABLE scratch_{i} (id int) ON COMMIT DROP;")).collect();
-    sqlx::raw_sql(AssertSqlSafe(creates)).execute(&mut *tx).await.unwrap();
-    tx.commit().await.unwrap();
-    assert_eq!(cache.stats().widened, 1);
-
-    for _ in 0..2 {
-        cache.get::<User>(1_i64).await.unwrap();
-        let qualified = format!("SELECT count(*) FROM {schema}.users");
-        cache.query_scalar::<i64>(AssertSqlSafe(qualified)).fetch_one().await.unwrap();
-    }
-    let stats = cache.stats();
-    assert_eq!(stats.uncached(Uncached::NotATable), 2, "any unqualified name may be a temporary table now");
-    assert_eq!(stats.hits, 1, "schema-qualified names are still cached");
 }
 
 #[tokio::test]

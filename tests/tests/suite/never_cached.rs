@@ -26,18 +26,32 @@ async fn locking_volatile_and_unreadable_reads_bypass() {
     twice_bypassed(&cache, "SELECT * FROM users GROUP BY DISTINCT id").await;
 }
 
+/// A temporary relation in any spelling never shadows a cached name on a pool connection: the
+/// connection that made it is closed when its transaction (or statement) ends.
 #[tokio::test]
-async fn temporary_tables_are_not_cached() {
+async fn temporary_relations_never_shadow_a_cached_name() {
     let db = TestDb::new().await;
-    let cache = db.cache().await;
-    let mut tx = cache.begin().await.unwrap();
-    sqlx::raw_sql("CREATE TEMP TABLE users (id bigint PRIMARY KEY, name text NOT NULL, active boolean NOT NULL)")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-    // Some pool connections now have a temporary `users` shadowing the real one.
-    twice_bypassed(&cache, "SELECT * FROM users").await;
+    let pool = db.pool_with(2, db.options()).await;
+    let cache = sqlacache_sqlx::CachedPool::builder(pool.clone()).model::<User>().build().await.unwrap();
+    for create in [
+        "CREATE TEMP TABLE users (id bigint PRIMARY KEY, name text NOT NULL, active boolean NOT NULL)",
+        "CREATE TABLE pg_temp.users (id bigint PRIMARY KEY, name text NOT NULL, active boolean NOT NULL)",
+        "CREATE VIEW pg_temp.users AS SELECT 1::bigint AS id, 'temp'::text AS name, true AS active",
+        "SET LOCAL search_path = pg_temp; CREATE TABLE users (id bigint, name text, active boolean)",
+        "SELECT * INTO TEMP users FROM users WHERE false",
+    ] {
+        let mut tx = cache.begin().await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(create)).execute(&mut *tx).await.unwrap();
+        tx.commit().await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(create)).execute(&cache).await.unwrap();
+        for _ in 0..3 {
+            let cached = cache.query_as::<User>("SELECT * FROM users ORDER BY id").fetch_all().await.unwrap();
+            let raw = sqlx::query_as::<_, User>("SELECT * FROM users ORDER BY id").fetch_all(&pool).await.unwrap();
+            assert_eq!(cached, raw, "{create}");
+            assert_eq!(cached.len(), 3, "{create}: the real table");
+        }
+    }
+    assert!(cache.stats().hits >= 10, "{:?}", cache.stats());
 }
 
 #[tokio::test]

@@ -33,6 +33,10 @@ async fn statements_that_commit_then_fail_still_invalidate() {
         "UPDATE users SET name = 'changed' WHERE id = 1; COMMIT; SELECT 1/0",
         "BEGIN; UPDATE users SET name = 'changed' WHERE id = 1; COMMIT; SELECT * FROM no_such_table",
         "UPDATE users SET name = 'changed' WHERE id = 1; COMMIT; SELECT 1/0; SELECT 2",
+        // A syntax error that PostgreSQL raises when it analyzes a statement, after the ones
+        // before it ran: not "nothing ran".
+        "UPDATE users SET name = 'changed' WHERE id = 1; COMMIT; INSERT INTO users VALUES (9, 'x', true), (10)",
+        "UPDATE users SET name = 'changed' WHERE id = 1; COMMIT; SELECT 1 UNION SELECT 1, 2",
     ];
     for sql in cases {
         let db = TestDb::with_schema(&format!("{}{PROCEDURES}", sqlacache_tests::SCHEMA)).await;

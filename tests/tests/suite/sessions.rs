@@ -1,5 +1,6 @@
-//! Rows never cross roles, tenants or sessions: a statement that changes the session of a pool
-//! connection stops the pool's caching, and row-level security is never cached.
+//! Rows never cross roles, tenants or sessions: a statement that may change the session of a
+//! pool connection runs on a connection that is closed afterwards (or, when it leaves a
+//! transaction open, stops the pool's caching), and row-level security is never cached.
 
 use sqlacache_sqlx::{CachedPool, Uncached};
 use sqlacache_tests::{TestDb, User};
@@ -26,32 +27,79 @@ async fn hand_written_transactions_through_the_pool_are_never_cached() {
     assert!(cache.stats().uncached(Uncached::Session) >= 2);
 }
 
+/// What shapes a session's answers, read on every connection of `pool` at once (`size` of them).
+async fn every_session(pool: &sqlx::PgPool, size: u32) -> Vec<String> {
+    const SESSION: &str = "SELECT concat_ws('/', current_user, current_setting('TimeZone'), \
+        current_setting('search_path'), current_setting('statement_timeout'), current_setting('xmloption'), \
+        current_setting('app.tenant', true), pg_my_temp_schema() <> 0 AND EXISTS (SELECT 1 FROM pg_class \
+        WHERE relnamespace = pg_my_temp_schema()), now() <> statement_timestamp())";
+    let mut conns = Vec::new();
+    for _ in 0..size {
+        conns.push(pool.acquire().await.unwrap());
+    }
+    let mut sessions = Vec::new();
+    for conn in &mut conns {
+        sessions.push(
+            sqlx::raw_sql(SESSION)
+                .fetch_one(&mut **conn)
+                .await
+                .map(|row| {
+                    use sqlx::Row;
+                    row.get::<String, _>(0)
+                })
+                .unwrap(),
+        );
+    }
+    sessions
+}
+
+/// The connection rule: a statement through the pool that may change its session, in any
+/// spelling, runs on a connection of its own that is then closed. The pool's connections stay
+/// as they were, and the cache keeps serving them.
 #[tokio::test]
-async fn session_settings_through_the_pool_stop_caching() {
+async fn session_changes_through_the_pool_never_reach_its_other_connections() {
+    let db = TestDb::with_schema(&format!(
+        "{}
+         CREATE FUNCTION tenant_is(t text) RETURNS text VOLATILE LANGUAGE sql
+           AS $$ SELECT set_config('app.tenant', t, false) $$;",
+        sqlacache_tests::SCHEMA
+    ))
+    .await;
     for statement in [
         "SET TIME ZONE 'Asia/Tokyo'",
         "SET timezone = 'Asia/Tokyo'",
         "SET SESSION statement_timeout = '31s'",
+        "SET SCHEMA 'pg_catalog'",
+        "SET XML OPTION DOCUMENT",
         "RESET ALL",
         "DISCARD ALL",
         "SELECT set_config('app.tenant', '2', false)",
-        "BEGIN; SELECT 1",
+        "SELECT * FROM set_config('app.tenant', '2', false)",
+        "SELECT * FROM users, LATERAL set_config('app.tenant', '2', false)",
+        "SELECT * FROM ROWS FROM (set_config('app.tenant', '2', false))",
+        "SELECT tenant_is('2')",
+        "UPDATE pg_settings SET setting = 'Asia/Tokyo' WHERE name = 'TimeZone'",
+        "DO $$ BEGIN PERFORM set_config('app.tenant', '2', false); END $$",
+        "CREATE TEMP TABLE users (id bigint PRIMARY KEY, name text NOT NULL, active boolean NOT NULL)",
+        "CREATE TABLE pg_temp.users (id bigint PRIMARY KEY, name text NOT NULL, active boolean NOT NULL)",
+        "CREATE VIEW pg_temp.users AS SELECT 1::bigint AS id, 'temp'::text AS name, true AS active",
+        "BEGIN; SET TIME ZONE 'Asia/Tokyo'; COMMIT",
     ] {
-        let db = TestDb::new().await;
-        let cache = db.cache().await;
+        let pool = db.pool_with(2, db.options()).await;
+        let cache = CachedPool::builder(pool.clone()).model::<User>().build().await.unwrap();
+        let before = every_session(&pool, 2).await;
         assert_eq!(name_of(&cache, 1).await, "ada");
-        assert_eq!(name_of(&cache, 1).await, "ada");
-        assert_eq!(cache.stats().hits, 1, "{statement}: cached before");
 
         sqlx::raw_sql(AssertSqlSafe(statement)).execute(&cache).await.unwrap();
-        let before = cache.stats();
-        let n: i64 = cache.query_scalar("SELECT count(*) FROM users").fetch_one().await.unwrap();
-        assert_eq!(n, 3);
-        name_of(&cache, 1).await;
-        let after = cache.stats();
-        assert_eq!(after.hits, before.hits, "{statement}: nothing served from the cache afterwards");
-        assert_eq!(after.misses, before.misses, "{statement}: nothing filled afterwards");
-        assert_eq!(after.uncached(Uncached::Session), before.uncached(Uncached::Session) + 2, "{statement}");
+        assert_eq!(every_session(&pool, 2).await, before, "{statement}: a pool connection changed");
+        // (A statement the library cannot read may have written anything: the first read may
+        // miss.)
+        let count = || cache.query_scalar::<i64>("SELECT count(*) FROM users").fetch_one();
+        assert_eq!((name_of(&cache, 1).await, count().await.unwrap()), ("ada".to_owned(), 3), "{statement}");
+        let hits = cache.stats().hits;
+        assert_eq!((name_of(&cache, 1).await, count().await.unwrap()), ("ada".to_owned(), 3), "{statement}");
+        assert_eq!(cache.stats().hits, hits + 2, "{statement}: the cache keeps serving");
+        assert_eq!(cache.stats().uncached(Uncached::Session), 0, "{statement}");
     }
 }
 
@@ -68,19 +116,14 @@ async fn a_setting_on_one_connection_never_answers_for_another() {
     assert_eq!(read().await.unwrap(), "2024-01-01 00:00:00+00");
 
     sqlx::raw_sql("SET TIME ZONE 'Asia/Tokyo'").execute(&cache).await.unwrap();
-    // Whichever connection each read lands on, it must read what that connection says.
+    // Whichever connection each read lands on, it reads what that connection says.
     for _ in 0..20 {
-        let (text, zone): (String, String) =
-            sqlx::query_as("SELECT at::text, current_setting('TimeZone') FROM events WHERE id = 1")
-                .fetch_one(&pool)
-                .await
-                .unwrap();
-        let expected = if zone == "UTC" { "2024-01-01 00:00:00+00" } else { "2024-01-01 09:00:00+09" };
-        assert_eq!(text, expected);
-        let cached = read().await.unwrap();
-        assert!(cached == "2024-01-01 00:00:00+00" || cached == "2024-01-01 09:00:00+09");
+        let text: String =
+            sqlx::query_scalar("SELECT at::text FROM events WHERE id = 1").fetch_one(&pool).await.unwrap();
+        assert_eq!(text, "2024-01-01 00:00:00+00", "the SET stayed on a pool connection");
+        assert_eq!(read().await.unwrap(), text);
     }
-    assert_eq!(cache.stats().hits, 0, "after the SET, no read is served from the cache");
+    assert_eq!(cache.stats().hits, 20);
 }
 
 #[tokio::test]
@@ -109,18 +152,55 @@ async fn supported_session_configuration_keeps_caching() {
     assert_eq!(cache.stats().uncached(Uncached::Session), 0);
 }
 
+/// A transaction whose statements may change its session closes its connection when it ends,
+/// whichever way it ends.
 #[tokio::test]
-async fn session_settings_inside_a_transaction_stop_caching() {
+async fn session_changes_inside_a_transaction_close_its_connection() {
     let db = TestDb::new().await;
-    let cache = db.cache().await;
+    let pool = db.pool_with(2, db.options()).await;
+    let cache = CachedPool::builder(pool.clone()).model::<User>().build().await.unwrap();
+    let before = every_session(&pool, 2).await;
+    for (statement, end) in [
+        ("SET TIME ZONE 'Asia/Tokyo'", "commit"),
+        ("SELECT set_config('app.tenant', '2', false)", "rollback"),
+        ("CREATE TEMP TABLE users (id bigint PRIMARY KEY, name text NOT NULL, active boolean NOT NULL)", "drop"),
+        ("DO $$ BEGIN PERFORM set_config('app.tenant', '2', false); END $$", "commit"),
+    ] {
+        let mut tx = cache.begin().await.unwrap();
+        sqlx::raw_sql(AssertSqlSafe(statement)).execute(&mut *tx).await.unwrap();
+        match end {
+            "commit" => tx.commit().await.unwrap(),
+            "rollback" => tx.rollback().await.unwrap(),
+            _ => drop(tx),
+        }
+        assert_eq!(every_session(&pool, 2).await, before, "{statement} then {end}");
+        name_of(&cache, 1).await;
+        let hits = cache.stats().hits;
+        assert_eq!(name_of(&cache, 1).await, "ada");
+        assert_eq!(cache.stats().hits, hits + 1, "{statement}: the cache keeps serving");
+    }
+    // So does one whose connection was used directly.
     let mut tx = cache.begin().await.unwrap();
-    // Session-level: it outlives the transaction on its connection.
-    sqlx::raw_sql("SET TIME ZONE 'Asia/Tokyo'").execute(&mut *tx).await.unwrap();
+    sqlx::raw_sql("SET TIME ZONE 'Asia/Tokyo'").execute(tx.inner()).await.unwrap();
     tx.commit().await.unwrap();
-    name_of(&cache, 1).await;
-    name_of(&cache, 1).await;
-    assert_eq!(cache.stats().hits, 0);
-    assert_eq!(cache.stats().uncached(Uncached::Session), 2);
+    assert_eq!(every_session(&pool, 2).await, before, "through inner()");
+}
+
+/// A hand-written `BEGIN` the parser cannot read, through a one-connection pool: the raw pool
+/// would keep that connection inside the transaction, so the cache does too (and stops
+/// caching), and what the transaction rolls back is never served.
+#[tokio::test]
+async fn an_unreadable_begin_through_the_pool_is_never_cached_past_its_rollback() {
+    let db = TestDb::new().await;
+    let pool = db.pool_with(1, db.options()).await;
+    let cache = CachedPool::builder(pool).model::<User>().build().await.unwrap();
+    assert_eq!(name_of(&cache, 1).await, "ada");
+    sqlx::raw_sql("BEGIN ISOLATION LEVEL SERIALIZABLE, READ WRITE, NOT DEFERRABLE").execute(&cache).await.unwrap();
+    sqlx::query("UPDATE users SET name = 'uncommitted' WHERE id = 1").execute(&cache).await.unwrap();
+    assert_eq!(name_of(&cache, 1).await, "uncommitted", "inside the transaction, as the raw pool reads it");
+    sqlx::raw_sql("ROLLBACK").execute(&cache).await.unwrap();
+    assert_eq!(name_of(&cache, 1).await, "ada", "the rolled-back value is never served");
+    assert!(cache.stats().uncached(Uncached::Session) >= 2);
 }
 
 #[tokio::test]
@@ -250,4 +330,41 @@ async fn privileges_revoked_through_the_pool_are_seen() {
     let raw = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM mine").fetch_one(&pool).await;
     assert!(raw.is_err(), "the owner revoked its own right to read");
     assert!(count().await.is_err(), "served from the cache what the raw pool refuses");
+}
+
+/// Never refuse what the raw pool accepts, under any role the session takes: after `SET LOCAL
+/// ROLE` (in any spelling) to a role that may write a table but not read it, no `RETURNING` is
+/// appended to the transaction's writes, and they still invalidate at the commit.
+#[tokio::test]
+async fn writes_after_a_role_change_in_a_transaction_are_not_refused() {
+    let db = TestDb::new().await;
+    let (role, _) = db.role("blind").await;
+    let grant = format!("GRANT INSERT, UPDATE, DELETE ON users TO {role}; GRANT {role} TO CURRENT_USER");
+    sqlx::raw_sql(AssertSqlSafe(grant)).execute(&db.pool).await.unwrap();
+    let cache = db.cache().await;
+    for (n, switch) in [
+        format!("SET LOCAL ROLE {role}"),
+        format!("SELECT set_config('role', '{role}', true)"),
+        format!("SET ROLE {role}"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        assert!(name_of(&cache, 3).await.starts_with("c"));
+        let mut tx = cache.begin().await.unwrap();
+        sqlx::raw_sql(AssertSqlSafe(switch.clone())).execute(&mut *tx).await.unwrap();
+        let name = format!("c{n}");
+        // No WHERE: the role may not read a column, so it may not filter by one either.
+        sqlx::query("UPDATE users SET name = $1")
+            .bind(&name)
+            .execute(&mut *tx)
+            .await
+            .unwrap_or_else(|e| panic!("{switch}: refused: {e}"));
+        sqlx::query(AssertSqlSafe(format!("INSERT INTO users VALUES ({}, 'new', true)", 10 + n)))
+            .execute(&mut *tx)
+            .await
+            .unwrap_or_else(|e| panic!("{switch}: refused: {e}"));
+        tx.commit().await.unwrap();
+        assert_eq!(name_of(&cache, 3).await, name, "{switch}: invalidated at the commit");
+    }
 }

@@ -1,6 +1,7 @@
 //! Writes in a transaction invalidate when COMMIT returns, and never otherwise.
 
 use sqlacache_tests::{TestDb, User};
+use sqlx::AssertSqlSafe;
 
 async fn name_of(cache: &sqlacache_sqlx::CachedPool, id: i64) -> Option<String> {
     cache.get::<User>(id).await.unwrap().map(|u| u.name)
@@ -54,7 +55,7 @@ async fn rollback_and_drop_invalidate_nothing() {
 
     let mut tx = cache.begin().await.unwrap();
     sqlx::query("UPDATE users SET name = 'dropped' WHERE id = 1").execute(&mut *tx).await.unwrap();
-    sqlx::raw_sql("DO $$ BEGIN PERFORM 1; END $$").execute(&mut *tx).await.unwrap();
+    sqlx::raw_sql("SELECT 1").execute(&mut *tx).await.unwrap();
     drop(tx);
     let before = cache.stats();
     assert_eq!(name_of(&cache, 1).await.as_deref(), Some("ada"));
@@ -69,10 +70,39 @@ async fn unreadable_write_in_a_transaction_invalidates_everything_on_commit() {
     name_of(&cache, 1).await;
     let mut tx = cache.begin().await.unwrap();
     sqlx::raw_sql("DO $$ BEGIN UPDATE users SET name = 'do' WHERE id = 1; END $$").execute(&mut *tx).await.unwrap();
-    assert_eq!(cache.stats().full_invalidations, 0);
-    tx.commit().await.unwrap();
+    // The library cannot read it, so it may have ended the transaction: invalidated at once,
+    // and again at the commit.
     assert_eq!(cache.stats().full_invalidations, 1);
+    // A later write may now commit on its own, or only at the commit: both are invalidated.
+    sqlx::query("UPDATE users SET name = 'later' WHERE id = 2").execute(&mut *tx).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(cache.stats().full_invalidations, 2);
     assert_eq!(name_of(&cache, 1).await.as_deref(), Some("do"));
+    assert_eq!(name_of(&cache, 2).await.as_deref(), Some("later"));
+}
+
+/// `COMMIT AND CHAIN` commits and goes on in a new transaction: what was written before it is
+/// invalidated at once, what is written after it only at the real end (a read in between must
+/// not cache the old rows for good).
+#[tokio::test]
+async fn commit_and_chain_invalidates_each_part_when_it_commits() {
+    for chain in ["COMMIT AND CHAIN", "COMMIT WORK AND CHAIN", "ROLLBACK AND CHAIN"] {
+        let db = TestDb::new().await;
+        let cache = db.cache().await;
+        name_of(&cache, 1).await;
+        name_of(&cache, 2).await;
+        let mut tx = cache.begin().await.unwrap();
+        sqlx::query("UPDATE users SET name = 'first' WHERE id = 1").execute(&mut *tx).await.unwrap();
+        sqlx::raw_sql(AssertSqlSafe(chain)).execute(&mut *tx).await.unwrap();
+        let first = if chain.starts_with("COMMIT") { "first" } else { "ada" };
+        assert_eq!(name_of(&cache, 1).await.as_deref(), Some(first), "{chain}: the first part");
+        sqlx::query("UPDATE users SET name = 'second' WHERE id = 2").execute(&mut *tx).await.unwrap();
+        // Not committed yet: a read here sees (and may cache) the old row.
+        assert_eq!(name_of(&cache, 2).await.as_deref(), Some("bob"), "{chain}: not committed yet");
+        tx.commit().await.unwrap();
+        assert_eq!(name_of(&cache, 2).await.as_deref(), Some("second"), "{chain}: stale after the real commit");
+        assert_eq!(name_of(&cache, 1).await.as_deref(), Some(first), "{chain}");
+    }
 }
 
 /// Statements that look like transaction control but do not end the transaction (savepoints,
