@@ -87,7 +87,7 @@ fn split_name(text: &str) -> Vec<String> {
 fn fold(part: &str) -> String {
     match part.strip_prefix('"').and_then(|p| p.strip_suffix('"')) {
         Some(inner) => inner.replace("\"\"", "\""),
-        None => part.to_lowercase(),
+        None => part.to_ascii_lowercase(),
     }
 }
 
@@ -365,12 +365,13 @@ pub fn analyze(sql: &str) -> Analysis {
     analysis
 }
 
-/// Folds an identifier like PostgreSQL: unquoted to lower case, quoted as written.
+/// Folds an identifier like PostgreSQL: unquoted to lower case, quoted as written. Only ASCII
+/// letters fold (in a UTF-8 database `Ät` and `ät` are two names).
 fn ident(i: &ast::Ident) -> String {
     if i.quote_style.is_some() {
         i.value.clone()
     } else {
-        i.value.to_lowercase()
+        i.value.to_ascii_lowercase()
     }
 }
 
@@ -415,6 +416,14 @@ mod tests {
         let read = analyze("WITH a AS (SELECT * FROM users) SELECT * FROM a").read.unwrap();
         assert_eq!(read.ctes, ["a"]);
         assert!(names(&read).contains(&"users".to_owned()));
+    }
+
+    #[test]
+    fn only_ascii_letters_fold() {
+        let read = analyze("SELECT * FROM Ät JOIN ÄT ON true JOIN \"Ät\" ON true").read.unwrap();
+        assert_eq!(names(&read), ["Ät", "Ät", "Ät"]);
+        assert_eq!(TableName::parse("Schéma.ÉTÉ").name, "ÉtÉ");
+        assert_eq!(TableName::parse("Schéma.ÉTÉ").schema.as_deref(), Some("schéma"));
     }
 
     #[test]

@@ -198,12 +198,38 @@ pub fn mentions_clock(text: &str) -> bool {
         .any(|word| ["now", "today", "tomorrow", "yesterday"].iter().any(|w| word.eq_ignore_ascii_case(w)))
 }
 
-/// [`mentions_clock`] over raw bytes (a serialized argument): any run of ASCII letters and
-/// digits that spells a clock word. Errs toward `true`, which only costs caching.
+/// [`mentions_clock`] over a serialized argument, whose strings sit next to bytes that are not
+/// text (a length before each, other values after): a clock word anywhere, in any case, counts
+/// unless the byte before it is a letter or digit that cannot be a string's length (so it is
+/// part of a longer word, as in `snow`). What follows a word is never trusted, since the next
+/// value may start with any byte. Errs toward `true`, which only costs caching.
+///
+/// ```
+/// use sqlacache_core::analyze::mentions_clock_bytes;
+/// assert!(mentions_clock_bytes(b"\x03now"));
+/// // 'today' and 44 spaces: 49 bytes, whose length reads as the digit '1'.
+/// let mut padded = vec![49_u8];
+/// padded.extend(b"today");
+/// padded.extend([b' '; 44]);
+/// assert!(mentions_clock_bytes(&padded));
+/// assert!(!mentions_clock_bytes(b"\x04snow"));
+/// assert!(!mentions_clock_bytes(b"\x0a2020-01-01"));
+/// ```
 pub fn mentions_clock_bytes(bytes: &[u8]) -> bool {
-    bytes
-        .split(|b| !b.is_ascii_alphanumeric())
-        .any(|word| [&b"now"[..], b"today", b"tomorrow", b"yesterday"].iter().any(|w| word.eq_ignore_ascii_case(w)))
+    const WORDS: [&[u8]; 4] = [b"now", b"today", b"tomorrow", b"yesterday"];
+    (0..bytes.len()).any(|i| {
+        // Most bytes start no clock word: one comparison rules them out.
+        let starts_word = matches!(bytes[i] | 0x20, b'n' | b't' | b'y')
+            && WORDS.iter().any(|w| bytes[i..].get(..w.len()).is_some_and(|b| b.eq_ignore_ascii_case(w)));
+        starts_word
+            && match i.checked_sub(1).map(|j| bytes[j]) {
+                None => true,
+                Some(before) if !before.is_ascii_alphanumeric() => true,
+                // It may be the length of a string that starts here (or the last byte of a longer
+                // length).
+                Some(before) => i + usize::from(before) <= bytes.len() || bytes.len() >= 128,
+            }
+    })
 }
 
 pub(super) fn is_date_time(data_type: &ast::DataType) -> bool {

@@ -299,7 +299,7 @@ pub(super) fn assigned_columns(assignments: &[ast::Assignment]) -> Vec<String> {
             .last()
             .map(|part| match part {
                 ObjectNamePart::Identifier(i) => ident(i),
-                other => other.to_string().to_lowercase(),
+                other => other.to_string().to_ascii_lowercase(),
             })
             .unwrap_or_default()
     };

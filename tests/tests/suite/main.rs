@@ -11,6 +11,7 @@ mod macros;
 mod never_cached;
 mod partial_commits;
 mod projections;
+mod proof;
 mod races;
 mod read_after_write;
 mod redis_store;
