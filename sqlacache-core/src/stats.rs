@@ -96,8 +96,7 @@ pub enum Uncached {
     Clock,
     /// `TABLESAMPLE`: a different sample on every run.
     Sample,
-    /// A relation that is not a plain table (view, materialized view, foreign table), or a name
-    /// that a temporary table may shadow on some connections.
+    /// A relation that is not a plain table (view, materialized view, foreign table).
     NotATable,
     /// A table with row-level security (or one in a partition or inheritance family that has
     /// it): rows depend on the role and settings of the session.
@@ -106,9 +105,10 @@ pub enum Uncached {
     Disabled,
     /// A table name that the catalog does not know.
     UnknownTable,
-    /// A statement sent through the pool changed its sessions (`SET`, `RESET`, `SET ROLE`,
-    /// `DISCARD`, a `BEGIN` left open, `set_config`): its connections may now differ, so the
-    /// pool stops caching.
+    /// A statement sent through the pool left its connection inside a transaction (a
+    /// hand-written `BEGIN`), or changed the settings of the sessions opened from now on
+    /// (`ALTER ROLE .. SET`): the pool's connections may now differ, so the pool stops caching.
+    /// (Other session changes never reach the pool's connections: see the connection rule.)
     Session,
     /// An argument could not be serialized into the cache key.
     Arguments,
@@ -122,11 +122,16 @@ pub enum Uncached {
     /// The pool has a change feed, and a table the read depends on (or a member of its
     /// family) does not have the feed's triggers: writes to it made elsewhere would not be seen.
     NotInFeed,
+    /// PostgreSQL could not confirm what the read depends on: the probe that asks it failed (the
+    /// role lacks the `TEMP` privilege on the database, say; one debug event says why), or it
+    /// named a relation the analyzer did not find. A statement planned inside a transaction is
+    /// not probed (reads there are never cached anyway).
+    Unproven,
 }
 
 impl Uncached {
     /// How many reasons there are.
-    pub const COUNT: usize = 15;
+    pub const COUNT: usize = 16;
 
     /// Every reason, in index order.
     pub const ALL: [Uncached; Uncached::COUNT] = [
@@ -145,6 +150,7 @@ impl Uncached {
         Uncached::Unstorable,
         Uncached::BadModel,
         Uncached::NotInFeed,
+        Uncached::Unproven,
     ];
 
     /// The position of this reason in [`StatsSnapshot::bypassed_by_reason`].

@@ -49,6 +49,7 @@ mod macros;
 mod model;
 mod plan;
 mod pool;
+mod proof;
 mod query;
 mod remote;
 mod row;

@@ -303,11 +303,10 @@ impl Shared {
 
     /// Why a read with this plan is not served from the cache, if it is not.
     pub fn refusal<'p>(&self, plan: &'p Plan) -> Result<&'p crate::plan::ReadPlan, Uncached> {
-        let read = plan.read.as_ref().map_err(|r| *r)?;
         if self.sessions_differ() {
             return Err(Uncached::Session);
         }
-        Ok(read)
+        plan.read.as_ref().map_err(|r| *r)
     }
 
     /// The plan for a SQL string: memoized, so a repeated statement is not parsed again.
@@ -357,9 +356,27 @@ impl Shared {
                 reloaded = true;
                 continue;
             }
-            if !may_reload && (!fresh_names.is_empty() || !self.schema_current()) {
-                // Made without the latest schema: used once, never memoized.
+            // Once the pool's connections may differ (one may be inside a hand-written
+            // transaction), no read is cached, and none is probed on them.
+            let unprovable = !may_reload || self.sessions_differ();
+            if unprovable && (!fresh_names.is_empty() || !self.schema_current() || plan.read.is_ok()) {
+                // Made without the latest schema, or a read it cannot prove here (the
+                // transaction's connection may be the pool's only one): used once, never
+                // memoized. Reads in a transaction are not cached anyway.
+                let mut plan = plan;
+                if plan.read.is_ok() {
+                    plan.read = Err(Uncached::Unproven);
+                }
                 return Ok(Arc::new(plan));
+            }
+            let mut plan = plan;
+            if let Ok(read) = &plan.read {
+                // Asked of PostgreSQL once, here; never on a hit.
+                let tables: Vec<u32> =
+                    read.deps.iter().filter_map(|t| if let Tag::Table(oid) = t { Some(*oid) } else { None }).collect();
+                if let Err(reason) = crate::proof::prove(&self.pool, sql, &tables).await {
+                    plan.read = Err(reason);
+                }
             }
             self.note_missing(&catalog, fresh_names);
             let plan = Arc::new(plan);

@@ -365,6 +365,21 @@ pub fn analyze(sql: &str) -> Analysis {
     analysis
 }
 
+/// The text of a read that PostgreSQL can analyze without its arguments, to ask it what the read
+/// depends on: each placeholder `$n` becomes a null of type `types[n - 1]`, and the statement
+/// is wrapped as `SELECT 1 FROM (..) AS ..` so that a view can be made of it. `None` when the
+/// text does not tokenize or a placeholder has no type.
+///
+/// ```
+/// use sqlacache_core::analyze::probe_text;
+/// let text = probe_text("SELECT * FROM t WHERE a = $1 AND b = '$2'; -- done", &["integer".into()]).unwrap();
+/// assert_eq!(text, "SELECT 1 FROM (\nSELECT * FROM t WHERE a = (NULL::integer) AND b = '$2'\n) AS sqlacache_probe_rows");
+/// assert_eq!(probe_text("SELECT $2", &["integer".into()]), None);
+/// ```
+pub fn probe_text(sql: &str, types: &[String]) -> Option<String> {
+    parse::probe_text(sql, types)
+}
+
 /// Folds an identifier like PostgreSQL: unquoted to lower case, quoted as written. Only ASCII
 /// letters fold (in a UTF-8 database `Ät` and `ät` are two names).
 fn ident(i: &ast::Ident) -> String {

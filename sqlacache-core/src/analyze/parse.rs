@@ -112,3 +112,31 @@ pub(super) fn append_offset(sql: &str) -> Option<usize> {
     }
     Some(offset)
 }
+
+/// The text of a query that PostgreSQL can analyze without its arguments: each placeholder
+/// `$n` replaced by a null of its type (`types[n - 1]`, as `format_type` spells it), and the
+/// statement wrapped so that a view can be made of it whatever its column names. `None` when
+/// the text does not tokenize, or names a placeholder without a type.
+pub(super) fn probe_text(sql: &str, types: &[String]) -> Option<String> {
+    let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize_with_location().ok()?;
+    let end = append_offset(sql)?;
+    let mut out = String::with_capacity(sql.len() + 64);
+    out.push_str("SELECT 1 FROM (\n");
+    let mut at = 0;
+    for token in &tokens {
+        let Token::Placeholder(name) = &token.token else { continue };
+        let range = byte_range(sql, token.span)?;
+        if range.start >= end {
+            break;
+        }
+        let n: usize = name.strip_prefix('$')?.parse().ok()?;
+        let ty = types.get(n.checked_sub(1)?)?;
+        out.push_str(&sql[at..range.start]);
+        out.push_str(&format!("(NULL::{ty})"));
+        at = range.end;
+    }
+    out.push_str(&sql[at..end]);
+    // On a line of its own: the statement may end in a comment.
+    out.push_str("\n) AS sqlacache_probe_rows");
+    Some(out)
+}
