@@ -2,7 +2,7 @@
 //! tables a statement is said to write always include the tables it writes.
 
 use proptest::prelude::*;
-use sqlacache_core::analyze::{analyze, Effect, RowSource, Uncached};
+use sqlacache_core::analyze::{analyze, mentions_clock_bytes, Effect, Reach, RowSource, Uncached};
 
 fn table() -> impl Strategy<Value = String> {
     "t_[a-z]{1,6}".prop_map(|s| s)
@@ -148,6 +148,63 @@ proptest! {
                 other => prop_assert!(matches!(other, RowSource::Unknown), "{sql}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_string_that_does_not_parse_may_do_anything(prefix in "[A-Za-z ]{0,12}", t in table(), p in predicate()) {
+        // A valid statement the parser may not know, or garbage: when it does not parse, it is
+        // assumed to write everything, change the session and begin, end or commit a transaction.
+        for sql in [
+            format!("{prefix} UPDATE {t} SET c = 1 WHERE {p}"),
+            format!("BEGIN ISOLATION LEVEL SERIALIZABLE, READ ONLY, DEFERRABLE; {prefix}"),
+            format!("SET SCHEMA '{t}'; {prefix}"),
+            format!("DO $$ BEGIN PERFORM {prefix}; END $$"),
+        ] {
+            let analysis = analyze(&sql);
+            if analysis.statements == 0 {
+                prop_assert_eq!(analysis.effect.clone(), Effect::Everything { parsed: false }, "{}", sql);
+                let reach = Reach { new_sessions: analysis.reach.new_sessions, ..Reach::unknown() };
+                prop_assert_eq!(analysis.reach, reach, "{}", sql);
+                prop_assert!(analysis.read.is_err(), "{} was classified as a cacheable read", sql);
+            }
+        }
+    }
+
+    #[test]
+    fn attribute_notation_is_left_to_postgres(t in table(), c in column(), f in "f_[a-z]{1,5}") {
+        // `x.f` may be a column or a call of f(x): the analyzer cannot tell, and never judges
+        // it harmless by itself (the plan asks PostgreSQL); it still lists the table.
+        for sql in [format!("SELECT x.{f} FROM {t} x WHERE x.{c} = 1"), format!("SELECT ({t}).{f} FROM {t}")] {
+            if let Ok(read) = analyze(&sql).read {
+                prop_assert!(read.tables.iter().any(|r| r.name == t), "{sql}: {t} missing");
+            }
+        }
+    }
+
+    #[test]
+    fn only_ascii_letters_fold(head in "[A-Za-z]{0,3}", accent in "[ÀÄÉÖÜàäéöü]", tail in "[A-Za-z]{0,3}") {
+        let name = format!("{head}{accent}{tail}");
+        let sql = format!("SELECT * FROM {name}");
+        if let Ok(read) = analyze(&sql).read {
+            prop_assert_eq!(&read.tables[0].name, &format!("{}{accent}{}", head.to_ascii_lowercase(), tail.to_ascii_lowercase()));
+        }
+        let quoted = format!("SELECT * FROM \"{name}\"");
+        if let Ok(read) = analyze(&quoted).read {
+            prop_assert_eq!(&read.tables[0].name, &name);
+        }
+    }
+
+    #[test]
+    fn a_clock_word_in_a_serialized_string_is_always_seen(
+        word in prop_oneof![Just("now"), Just("Today"), Just("TOMORROW"), Just("yesterday")],
+        before in "[ ,.:0-9-]{0,3}",
+        pad in 0usize..300,
+    ) {
+        let text = format!("{before}{word}{}", " ".repeat(pad));
+        let bytes = postcard::to_allocvec(&text).unwrap();
+        prop_assert!(mentions_clock_bytes(&bytes), "{text:?} as {bytes:?}");
+        let pair = postcard::to_allocvec(&(7_i64, text.as_str(), "x")).unwrap();
+        prop_assert!(mentions_clock_bytes(&pair), "{text:?} in a tuple");
     }
 
     #[test]

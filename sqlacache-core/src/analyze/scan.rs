@@ -194,13 +194,15 @@ pub(super) fn function_name(name: &ObjectName) -> Option<FunctionName> {
 /// Whether a literal names a moment relative to now: PostgreSQL reads 'now', 'today',
 /// 'tomorrow' and 'yesterday' (as whole words, in any case) when a date/time value is input.
 pub fn mentions_clock(text: &str) -> bool {
-    text.split(|c: char| !c.is_ascii_alphanumeric())
+    // Words are runs of letters: PostgreSQL's date/time input starts a new field where letters
+    // follow digits.
+    text.split(|c: char| !c.is_ascii_alphabetic())
         .any(|word| ["now", "today", "tomorrow", "yesterday"].iter().any(|w| word.eq_ignore_ascii_case(w)))
 }
 
 /// [`mentions_clock`] over a serialized argument, whose strings sit next to bytes that are not
 /// text (a length before each, other values after): a clock word anywhere, in any case, counts
-/// unless the byte before it is a letter or digit that cannot be a string's length (so it is
+/// unless the byte before it is a letter that cannot be a string's length (so it is
 /// part of a longer word, as in `snow`). What follows a word is never trusted, since the next
 /// value may start with any byte. Errs toward `true`, which only costs caching.
 ///
@@ -224,7 +226,8 @@ pub fn mentions_clock_bytes(bytes: &[u8]) -> bool {
         starts_word
             && match i.checked_sub(1).map(|j| bytes[j]) {
                 None => true,
-                Some(before) if !before.is_ascii_alphanumeric() => true,
+                // PostgreSQL's date/time input starts a new field where letters follow digits.
+                Some(before) if !before.is_ascii_alphabetic() => true,
                 // It may be the length of a string that starts here (or the last byte of a longer
                 // length).
                 Some(before) => i + usize::from(before) <= bytes.len() || bytes.len() >= 128,
