@@ -83,6 +83,13 @@ mod imp {
         answering_since: AtomicU64,
         /// How long the breaker stays open after Redis answers again.
         settle: Duration,
+        /// When (on the lease's clock) the breaker last opened.
+        opened_at: AtomicU64,
+        /// How long after the breaker opened a write keeps trying to deliver its invalidation
+        /// before it returns (see [`Pending::publish`]).
+        retry_for: Duration,
+        /// Pause between two tries.
+        retry_every: Duration,
         tasks: crate::tasks::Tasks,
         /// The last message number heard from each publisher (written by the listener only).
         seen: std::sync::Mutex<Sequences>,
@@ -108,6 +115,9 @@ mod imp {
                 undelivered: AtomicBool::new(false),
                 answering_since: AtomicU64::new(0),
                 settle: settling_time(settings),
+                opened_at: AtomicU64::new(0),
+                retry_for: settling_time(settings),
+                retry_every: settings.timeout.clamp(Duration::from_millis(5), Duration::from_millis(50)),
                 tasks: crate::tasks::Tasks::default(),
                 seen: std::sync::Mutex::default(),
             }
@@ -243,6 +253,7 @@ mod imp {
             self.lease.lose();
             self.answering_since.store(0, Ordering::Release);
             if !self.open.swap(true, Ordering::AcqRel) {
+                self.opened_at.store(self.lease.now(), Ordering::Release);
                 tracing::warn!(target: "sqlacache", %error, "Redis failed; reads go to PostgreSQL until it answers again");
             } else {
                 tracing::debug!(target: "sqlacache", %error, "Redis failed");
@@ -321,15 +332,34 @@ mod imp {
     impl Pending {
         /// Deletes `tags` in Redis and tells the other processes, before the write returns. An
         /// invalidation whose outcome is unknown is remembered and widened (see the module).
+        ///
+        /// A writer cut off from Redis while the other processes still reach it would leave
+        /// them reading its old value: so a failed delivery is tried again until it goes
+        /// through, for as long as the settling time after the breaker opened. A cut-off
+        /// shorter than that delays the write, never its invalidation; during a longer outage,
+        /// writes return at once (and the other processes, if they reach Redis, may serve old
+        /// values until this one reconnects and widens what it could not deliver).
         pub async fn publish(mut self, tags: &[Tag], stats: &Stats) {
             let remote = &self.0;
-            let message = remote.message(Body::Invalidate(tags.to_vec()));
-            match remote.store.invalidate_and_publish(tags, &message).await {
-                Ok(()) => stats.publish(),
-                Err(error) => {
-                    remote.undelivered.store(true, Ordering::Release);
-                    remote.failed(&error, stats);
+            let mut message = remote.message(Body::Invalidate(tags.to_vec()));
+            loop {
+                match remote.store.invalidate_and_publish(tags, &message).await {
+                    Ok(()) => {
+                        stats.publish();
+                        break;
+                    }
+                    Err(error) => {
+                        remote.undelivered.store(true, Ordering::Release);
+                        remote.failed(&error, stats);
+                    }
                 }
+                let since = remote.lease.now().saturating_sub(remote.opened_at.load(Ordering::Acquire));
+                if since >= nanos(remote.retry_for) {
+                    break;
+                }
+                tokio::time::sleep(remote.retry_every).await;
+                // A new number: the first try may have been delivered after all.
+                message = remote.message(Body::Invalidate(tags.to_vec()));
             }
             self.1 = true;
         }

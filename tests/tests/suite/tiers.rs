@@ -834,3 +834,43 @@ async fn roles_and_settings_sharing_a_prefix_never_share_entries() {
     }
     assert!(iso.stats().redis_hits >= 2 && plain.stats().redis_hits >= 2);
 }
+
+/// A writer cut off from Redis for less than the settling time, while the other processes
+/// reach it: the write returns only once its invalidation is delivered, so another process
+/// never reads the old value after it returned (at once with Redis only, within the lease with
+/// two tiers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_briefly_cut_off_from_redis_returns_once_its_write_is_delivered() {
+    let server = RedisServer::start(&[]);
+    let db = TestDb::with_schema(COUNTERS).await;
+    for memory in [0, 1 << 20] {
+        let proxy = Proxy::start(server.port());
+        let prefix = unique_prefix("cutoff");
+        let a = pool(&db, &proxy.url(), &prefix, memory).await;
+        let b = pool(&db, &server.url(), &prefix, memory).await;
+        for _ in 0..3 {
+            ready(&[&a, &b]).await;
+            let before = value(&b, 1).await;
+            assert_eq!(value(&b, 1).await, before);
+            proxy.block();
+            let writer = {
+                let a = a.clone();
+                tokio::spawn(async move { bump(&a, 1).await })
+            };
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            proxy.unblock();
+            let written = writer.await.unwrap();
+            assert_eq!(written, before + 1);
+            let returned = Instant::now();
+            loop {
+                let seen = value(&b, 1).await;
+                if seen == written {
+                    break;
+                }
+                assert!(memory > 0, "Redis only: B read {seen} after A's write of {written} returned");
+                assert!(returned.elapsed() < LEASE * 2, "two tiers: B still reads {seen} past the lease");
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+    }
+}
