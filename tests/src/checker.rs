@@ -21,7 +21,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The checker's schema: a composite key, a cascading foreign key, nullable, text, json and
-/// timestamp columns.
+/// timestamp columns, and two tables whose names differ only in a non-ASCII letter's case
+/// (PostgreSQL folds only ASCII letters, so unquoted `Ünits` is `"Ünits"`).
 pub const SCHEMA: &str = r#"
 CREATE TABLE accounts (id bigint PRIMARY KEY, owner text NOT NULL, balance int NOT NULL, note text,
     meta jsonb NOT NULL DEFAULT '{"level": 0}', updated_at timestamptz);
@@ -33,6 +34,10 @@ INSERT INTO accounts (id, owner, balance, note) SELECT g, 'owner' || (g % 7), g 
     FROM generate_series(1, 30) g;
 INSERT INTO ledger SELECT g, 1 + g % 30, g % 50, NULL FROM generate_series(1, 120) g;
 INSERT INTO members (org, uid, role) SELECT o, u, 'member' FROM generate_series(1, 3) o, generate_series(1, 10) u;
+CREATE TABLE "Ünits" (id bigint PRIMARY KEY, n int NOT NULL);
+CREATE TABLE "ünits" (id bigint PRIMARY KEY, n int NOT NULL);
+INSERT INTO "Ünits" SELECT g, g FROM generate_series(1, 10) g;
+INSERT INTO "ünits" SELECT g, 100 + g FROM generate_series(1, 10) g;
 "#;
 
 /// The json column's shape.
@@ -104,6 +109,8 @@ pub struct OwnerTotal {
 const ACCOUNTS: usize = 0;
 const LEDGER: usize = 1;
 const MEMBERS: usize = 2;
+const UNITS: usize = 3;
+const UNITS_LOWER: usize = 4;
 /// Tables an account write may change (deletes cascade to the ledger).
 const ACCOUNT_WRITE: &[usize] = &[ACCOUNTS, LEDGER];
 
@@ -146,8 +153,8 @@ pub struct Report {
 
 #[derive(Default)]
 struct Tables {
-    in_flight: [AtomicI64; 3],
-    epoch: [AtomicU64; 3],
+    in_flight: [AtomicI64; 5],
+    epoch: [AtomicU64; 5],
 }
 
 impl Tables {
@@ -359,7 +366,28 @@ async fn read(shared: &Shared, rng: &mut Rng, client: u64, i: u64) {
     let (cache, raw) = (shared.cache(client), &shared.raw);
     let id = 1 + rng.below(34);
     let what = |sql: &str| format!("client {client} op {i}: {sql} [{id}]");
-    match rng.below(15) {
+    match rng.below(18) {
+        15 => {
+            let floor = rng.below(12) as i32;
+            let sql = "SELECT count(*), coalesce(sum(n), 0)::int8 FROM Ünits WHERE n > $1";
+            let r = sqlx::query_as::<_, (i64, i64)>(sql).bind(floor).fetch_one(raw);
+            let c = cache.query_as::<(i64, i64)>(sql).bind(floor).fetch_one();
+            check(shared, &[UNITS], what(sql), r, c).await
+        }
+        16 => {
+            let sql = "SELECT id, n FROM ünits WHERE id <= $1 ORDER BY id";
+            let r = sqlx::query_as::<_, (i64, i32)>(sql).bind(id).fetch_all(raw);
+            let c = cache.query_as::<(i64, i32)>(sql).bind(id).fetch_all();
+            check(shared, &[UNITS_LOWER], what(sql), r, c).await
+        }
+        17 => {
+            // Its text depends on the session's TimeZone and DateStyle: a session change that
+            // reached a pool connection would show here.
+            let sql = "SELECT id, updated_at::text FROM accounts WHERE id <= $1 ORDER BY id";
+            let r = sqlx::query_as::<_, (i64, Option<String>)>(sql).bind(id).fetch_all(raw);
+            let c = cache.query_as::<(i64, Option<String>)>(sql).bind(id).fetch_all();
+            check(shared, &[ACCOUNTS], what(sql), r, c).await
+        }
         13 => {
             let sql = "SELECT a.owner, coalesce(sum(l.amount), 0)::int8 AS total FROM accounts a \
                        LEFT JOIN ledger l ON l.account_id = a.id WHERE a.id <= $1 GROUP BY a.owner ORDER BY a.owner";
@@ -481,7 +509,16 @@ async fn read(shared: &Shared, rng: &mut Rng, client: u64, i: u64) {
 fn write_statement(rng: &mut Rng) -> (String, &'static [usize]) {
     let id = 1 + rng.below(34);
     let n = rng.below(500);
-    match rng.below(14) {
+    match rng.below(16) {
+        14 => {
+            // The same table, spelled quoted and unquoted.
+            let table = if n % 2 == 0 { "\"Ünits\"" } else { "Ünits" };
+            (format!("UPDATE {table} SET n = {} WHERE id = {}", n % 20, 1 + n % 12), &[UNITS])
+        }
+        15 => (
+            format!("INSERT INTO ünits VALUES ({}, {n}) ON CONFLICT (id) DO UPDATE SET n = excluded.n", 1 + n % 12),
+            &[UNITS_LOWER],
+        ),
         0 if n % 2 == 0 => (format!("UPDATE accounts SET note = '' WHERE id = {id}"), ACCOUNT_WRITE),
         0 | 1 => (format!("UPDATE accounts SET balance = {n} WHERE id = {id}"), ACCOUNT_WRITE),
         2 => (
@@ -545,6 +582,16 @@ fn write_statement(rng: &mut Rng) -> (String, &'static [usize]) {
     }
 }
 
+/// Session changes sent through the pool.
+const SESSION_CHANGES: &[&str] = &[
+    "SET TIME ZONE 'Asia/Tokyo'",
+    "SELECT set_config('TimeZone', 'America/New_York', false)",
+    "SET datestyle = 'SQL, DMY'",
+    "SELECT * FROM set_config('DateStyle', 'German', false)",
+    "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+    "DO $$ BEGIN PERFORM set_config('TimeZone', 'Asia/Kolkata', false); END $$",
+];
+
 fn union(sets: &[&[usize]]) -> Vec<usize> {
     let mut all: Vec<usize> = sets.iter().flat_map(|s| s.iter().copied()).collect();
     all.sort_unstable();
@@ -594,6 +641,14 @@ async fn write(shared: &Shared, rng: &mut Rng, client: u64, i: u64) {
             shared.end(client, tables).await;
             expected(result, sql);
         }
+        // A session change through the pool, in one of its spellings: it must never reach the
+        // connections the pool's reads run on (the connection rule).
+        1 if rng.below(10) == 0 => {
+            let sql = SESSION_CHANGES[rng.below(SESSION_CHANGES.len() as u64) as usize];
+            shared.log(format!("client {client} op {i}: {sql}"));
+            let result = sqlx::raw_sql(AssertSqlSafe(sql)).execute(cache).await.map(drop);
+            expected(result, sql);
+        }
         0..=6 => {
             let (sql, tables) = write_statement(rng);
             shared.log(format!("client {client} op {i}: {sql}"));
@@ -612,9 +667,15 @@ async fn write(shared: &Shared, rng: &mut Rng, client: u64, i: u64) {
             let tables = union(&statements.iter().map(|(_, t)| *t).collect::<Vec<_>>());
             let ending = rng.below(10);
             let savepoint = rng.below(3) == 0;
+            // `COMMIT AND CHAIN` after the first statement: that part commits there, the rest at
+            // the end (or never).
+            let chain = statements.len() > 1 && rng.below(4) == 0;
+            let session = rng.below(8) == 0;
             shared.log(format!(
-                "client {client} op {i}: BEGIN; {}{}; {}",
+                "client {client} op {i}: BEGIN; {}{}{}{}; {}",
+                if session { "SET TIME ZONE 'Asia/Tokyo'; " } else { "" },
                 statements.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>().join("; "),
+                if chain { " (COMMIT AND CHAIN after the first)" } else { "" },
                 if savepoint { " (last one inside a rolled-back savepoint)" } else { "" },
                 match ending {
                     0..=5 => "COMMIT",
@@ -624,9 +685,15 @@ async fn write(shared: &Shared, rng: &mut Rng, client: u64, i: u64) {
             ));
             shared.tables.begin(&tables);
             let mut tx = cache.begin().await.expect("begin");
+            if session {
+                sqlx::raw_sql("SET TIME ZONE 'Asia/Tokyo'").execute(&mut *tx).await.expect("set");
+            }
             let last = statements.len() - 1;
             let mut failed = false;
             for (n, (sql, _)) in statements.iter().enumerate() {
+                if chain && n == 1 {
+                    sqlx::raw_sql("COMMIT AND CHAIN").execute(&mut *tx).await.expect("commit and chain");
+                }
                 if savepoint && n == last {
                     sqlx::raw_sql("SAVEPOINT sp").execute(&mut *tx).await.expect("savepoint");
                 }
