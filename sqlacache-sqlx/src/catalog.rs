@@ -40,7 +40,7 @@ pub(crate) struct TableInfo {
     pub referenced_by: Vec<u32>,
     /// Ancestors and descendants by inheritance or partitioning.
     pub family: Vec<u32>,
-    /// The table has every trigger of the change feed.
+    /// The table has every trigger of the change feed, enabled.
     pub fed: bool,
 }
 
@@ -87,7 +87,7 @@ SELECT c.oid::int8 AS oid, n.nspname::text AS schema, c.relname::text AS name,
        pk.key_names, pk.key_types, coalesce(pk.key_exact, false) AS key_exact,
        coalesce(pk.key_readable, false) AS key_readable,
        (SELECT count(*) FROM pg_catalog.pg_trigger tg
-         WHERE tg.tgrelid = c.oid AND NOT tg.tgisinternal
+         WHERE tg.tgrelid = c.oid AND NOT tg.tgisinternal AND tg.tgenabled <> 'D'
            AND tg.tgname IN ('sqlacache_feed_i', 'sqlacache_feed_u', 'sqlacache_feed_d', 'sqlacache_feed_t')) = 4 AS fed
   FROM pg_catalog.pg_class c
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace

@@ -525,13 +525,28 @@ impl Feed {
         self.lease.trusted()
     }
 
-    /// Sends one heartbeat through `pool`; returns its send time.
-    fn beat(&self, pool: &PgPool) -> impl std::future::Future<Output = Result<u64, sqlx::Error>> + Send + 'static {
+    /// Sends one heartbeat through `pool`, if every table of `fed` (oids) still has the feed's
+    /// triggers, enabled: a feed removed or disabled (by `remove_all`, `DROP TRIGGER`,
+    /// `ALTER TABLE .. DISABLE TRIGGER`) then ends the lease instead of being trusted. Returns
+    /// its send time.
+    fn beat(
+        &self,
+        pool: &PgPool,
+        fed: Vec<i64>,
+    ) -> impl std::future::Future<Output = Result<u64, sqlx::Error>> + Send + 'static {
+        const BEAT: &str = "SELECT pg_catalog.pg_notify($1, $2) \
+            WHERE (SELECT count(*) FROM pg_catalog.pg_trigger \
+                    WHERE tgrelid = ANY($3::int8[]::pg_catalog.oid[]) AND tgenabled <> 'D' \
+                      AND tgname IN ('sqlacache_feed_i', 'sqlacache_feed_u', 'sqlacache_feed_d', 'sqlacache_feed_t')) \
+                  = 4 * cardinality($3::int8[])";
         let sent = self.lease.now();
         let payload = format!("h {} {sent}", self.publisher);
         let pool = pool.clone();
         async move {
-            sqlx::query("SELECT pg_notify($1, $2)").bind(CHANNEL).bind(payload).execute(&pool).await?;
+            let done = sqlx::query(BEAT).bind(CHANNEL).bind(payload).bind(fed).execute(&pool).await?;
+            if done.rows_affected() == 0 {
+                tracing::debug!(target: "sqlacache", "a table this pool reads lost the change feed's triggers: no heartbeat");
+            }
             Ok(sent)
         }
     }
@@ -539,8 +554,8 @@ impl Feed {
     /// Waits until everything committed before this call has been applied: a heartbeat sent now
     /// has come back (for tests).
     #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
-    pub async fn sync(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
-        let sent = self.beat(pool).await?;
+    pub async fn sync(&self, pool: &PgPool, fed: Vec<i64>) -> Result<(), sqlx::Error> {
+        let sent = self.beat(pool, fed).await?;
         while self.heard_sent.load(Ordering::Acquire) < sent {
             tokio::time::sleep(Duration::from_micros(200)).await;
         }
@@ -581,7 +596,10 @@ impl Feed {
             }
             Change::Schema(parts) => {
                 let (catalog, cached) = (shared.catalog(), shared.cached_schemas());
-                if !parts.iter().any(|part| part.matters(&catalog, &cached)) {
+                // A change named in another schema may still reach the cached tables (a
+                // partition of one created elsewhere, their schema renamed, their feed
+                // disabled): judged by what it touched, read from the catalog.
+                if !parts.iter().any(|part| part.matters(&catalog, &cached)) && !shared.cached_tables_changed().await {
                     return;
                 }
                 shared.schema_changed_elsewhere().await;
@@ -607,7 +625,7 @@ async fn heartbeats(shared: Weak<Shared>, pool: PgPool, every: Duration) {
         ticks.tick().await;
         let Some(shared) = shared.upgrade() else { return };
         let Some(feed) = shared.feed.as_ref() else { return };
-        let beat = feed.beat(&pool);
+        let beat = feed.beat(&pool, shared.fed_oids());
         drop(shared);
         if let Ok(Err(error)) = tokio::time::timeout(every * 5, beat).await {
             tracing::debug!(target: "sqlacache", %error, "a change-feed heartbeat failed");

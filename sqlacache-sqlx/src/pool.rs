@@ -166,6 +166,54 @@ impl Shared {
         schemas
     }
 
+    /// The oids of the tables the feed must cover for this pool (the configured tables and
+    /// their families): each heartbeat checks that every one still has the feed's triggers.
+    pub fn fed_oids(&self) -> Vec<i64> {
+        let catalog = self.catalog();
+        let oids = configured(&self.config.read().unwrap_or_else(|e| e.into_inner()), &catalog);
+        crate::feed::fed_tables(&catalog, &oids).iter().map(|t| i64::from(t.oid)).collect()
+    }
+
+    /// Whether a schema change made elsewhere changed anything the configured tables depend
+    /// on: what their names resolve to, their schemas and names, their families (a partition
+    /// created in another schema), their keys and foreign keys, and whether the feed covers
+    /// them. Judged by reading the catalog again, whatever schema the change named. A catalog
+    /// that cannot be read counts as a change.
+    pub async fn cached_tables_changed(&self) -> bool {
+        let Ok(fresh) = Catalog::load(&self.pool, 0).await else { return true };
+        let old = self.catalog();
+        let config = self.config.read().unwrap_or_else(|e| e.into_inner());
+        let signature = |catalog: &Catalog| {
+            let resolved: Vec<Option<u32>> =
+                config.tables.iter().map(|t| catalog.resolve(&t.name).map(|i| i.oid)).collect();
+            let mut tables: Vec<String> = crate::feed::fed_tables(catalog, &configured(&config, catalog))
+                .iter()
+                .map(|t| {
+                    let sorted = |v: &[u32]| {
+                        let mut v = v.to_vec();
+                        v.sort_unstable();
+                        v
+                    };
+                    format!(
+                        "{} {:?}.{:?} {} {:?} {:?} {:?} {:?} {:?}",
+                        t.oid,
+                        t.schema,
+                        t.name,
+                        t.fed,
+                        t.key,
+                        sorted(&t.family),
+                        sorted(&t.on_delete),
+                        sorted(&t.on_update),
+                        sorted(&t.referenced_by)
+                    )
+                })
+                .collect();
+            tables.sort();
+            (resolved, tables)
+        };
+        signature(&old) != signature(&fresh)
+    }
+
     /// Installs the change feed on the configured tables that lack it (created anew since).
     pub async fn reinstall_feed(&self) {
         let result = async {
@@ -974,7 +1022,7 @@ impl CachedPool {
     #[doc(hidden)]
     pub async fn feed_sync_for_tests(&self) -> Result<(), sqlx::Error> {
         match &self.shared.feed {
-            Some(feed) => feed.sync(&self.shared.pool).await,
+            Some(feed) => feed.sync(&self.shared.pool, self.shared.fed_oids()).await,
             None => Ok(()),
         }
     }
