@@ -17,7 +17,12 @@ const TIMEOUT: Duration = Duration::from_millis(50);
 
 /// A pool on `url` under `prefix`; `memory` 0 keeps values in Redis only.
 async fn pool(db: &TestDb, url: &str, prefix: &str, memory: u64) -> CachedPool {
-    CachedPool::builder(db.pool.clone())
+    pool_on(db.pool.clone(), url, prefix, memory).await
+}
+
+/// [`pool`] over a PostgreSQL pool of the caller's.
+async fn pool_on(pg: sqlx::PgPool, url: &str, prefix: &str, memory: u64) -> CachedPool {
+    CachedPool::builder(pg)
         .model::<Counter>()
         // Its keys in the shared Redis expire within a minute.
         .default_ttl(Duration::from_secs(60))
@@ -437,15 +442,7 @@ async fn two_databases_sharing_one_redis_and_prefix_never_share_entries() {
     let there_pool = sqlx::PgPool::connect_with(options.options([("search_path", schema.as_str())])).await.unwrap();
     let prefix = unique_prefix("dbs");
     let a = pool(&here, &redis_url(), &prefix, 0).await;
-    let b = CachedPool::builder(there_pool.clone())
-        .model::<Counter>()
-        .default_ttl(Duration::from_secs(60))
-        .redis(&redis_url())
-        .key_prefix(&prefix)
-        .memory_capacity(0)
-        .build()
-        .await
-        .unwrap();
+    let b = pool_on(there_pool.clone(), &redis_url(), &prefix, 0).await;
     ready(&[&a, &b]).await;
     for _ in 0..3 {
         assert_eq!(value(&a, 1).await, 0);
@@ -824,19 +821,8 @@ async fn roles_and_settings_sharing_a_prefix_never_share_entries() {
     require_shared_redis();
     let db = TestDb::with_schema(COUNTERS).await;
     let prefix = unique_prefix("roles");
-    let build = |pool: sqlx::PgPool| {
-        let prefix = prefix.clone();
-        async move {
-            CachedPool::builder(pool)
-                .default_ttl(Duration::from_secs(60))
-                .redis(&redis_url())
-                .key_prefix(&prefix)
-                .memory_capacity(0)
-                .build()
-                .await
-                .expect("build a pool with Redis")
-        }
-    };
+    let url = redis_url();
+    let build = |pg: sqlx::PgPool| pool_on(pg, &url, &prefix, 0);
     let owner = build(db.pool.clone()).await;
     let (_, options) = db.role("nosel").await;
     let stranger = build(db.pool_with(2, options).await).await;
