@@ -123,9 +123,13 @@ const INHERITS: &str = "SELECT inhrelid::int8 AS child, inhparent::int8 AS paren
 const FUNCTIONS: &str = r#"
 SELECT n.nspname::text AS schema, p.proname::text AS name,
        bool_and(p.provolatile = 'i' AND (p.prokind <> 'a' OR coalesce(agg.immutable, false))) AS immutable,
-       -- Built-in functions other than set_config keep to their statement; a user function is
-       -- trusted to when it is declared immutable or stable.
-       bool_and((n.nspname = 'pg_catalog' AND p.proname <> 'set_config') OR p.provolatile IN ('i', 's')) AS neutral
+       -- Built-in functions other than set_config keep to their statement, and so do functions
+       -- of extensions (uuid-ossp, pgcrypto); a user function is trusted to when it is declared
+       -- immutable or stable.
+       bool_and((n.nspname = 'pg_catalog' AND p.proname <> 'set_config') OR p.provolatile IN ('i', 's')
+                OR EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                            WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.objid = p.oid
+                              AND d.deptype = 'e')) AS neutral
   FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
   -- An aggregate's own volatility says nothing of the functions it runs: each must be immutable.
   LEFT JOIN LATERAL (
@@ -285,8 +289,8 @@ impl Catalog {
     }
 
     /// Whether a called function leaves the session that runs it alone, in every overload the
-    /// name may resolve to: built-in functions but `set_config`, and functions declared
-    /// immutable or stable. Unknown names do not.
+    /// name may resolve to: built-in functions but `set_config`, functions of extensions, and
+    /// functions declared immutable or stable. Unknown names do not.
     pub fn leaves_session_alone(&self, function: &FunctionName) -> bool {
         self.every_overload(&self.neutral, function)
     }

@@ -368,3 +368,30 @@ async fn writes_after_a_role_change_in_a_transaction_are_not_refused() {
         assert_eq!(name_of(&cache, 3).await, name, "{switch}: invalidated at the commit");
     }
 }
+
+/// The connection rule closes only connections it cannot vouch for: functions of extensions
+/// and built-in ones keep their connection in the pool, a volatile function of the user's own
+/// does not.
+#[tokio::test]
+async fn only_statements_that_may_change_the_session_cost_a_connection() {
+    let db = TestDb::in_own_database(&format!(
+        "{} CREATE EXTENSION IF NOT EXISTS pgcrypto;
+         CREATE FUNCTION noisy() RETURNS int VOLATILE LANGUAGE sql AS $$ SELECT 1 $$;",
+        sqlacache_tests::SCHEMA
+    ))
+    .await;
+    let pool = db.pool_with(1, db.options()).await;
+    let cache = CachedPool::builder(pool.clone()).model::<User>().build().await.unwrap();
+    let pid = || async { sqlx::query_scalar::<_, i32>("SELECT pg_backend_pid()").fetch_one(&pool).await.unwrap() };
+    let first = pid().await;
+    for kept in [
+        "SELECT gen_random_bytes(4)",
+        "UPDATE users SET name = md5(random()::text) WHERE id = 3",
+        "SELECT nextval('audit_log_id_seq')",
+    ] {
+        sqlx::raw_sql(AssertSqlSafe(kept)).execute(&cache).await.unwrap();
+        assert_eq!(pid().await, first, "{kept} cost a connection");
+    }
+    sqlx::raw_sql("SELECT noisy()").execute(&cache).await.unwrap();
+    assert_ne!(pid().await, first, "a volatile function of the user's own may change the session");
+}
