@@ -287,7 +287,7 @@ pub async fn run(config: Config) -> Report {
     }
     let start = Instant::now();
     while !caches.iter().all(|c| c.tiers_ready_for_tests() && c.feed_trusted_for_tests()) {
-        assert!(start.elapsed() < Duration::from_secs(20), "the pools did not connect to Redis");
+        assert!(start.elapsed() < Duration::from_secs(90), "the pools did not connect to Redis");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let shared = Arc::new(Shared {
