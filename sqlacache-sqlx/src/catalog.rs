@@ -6,6 +6,22 @@ use sqlacache_core::Tag;
 use sqlx::{PgPool, Row};
 use std::collections::{HashMap, HashSet};
 
+/// SQL that is true when the function `p` (a `pg_proc` row) is immutable in full: itself, and,
+/// for an aggregate, every function it runs (an aggregate's own volatility says nothing of
+/// them). Shared by the catalog (by name) and the proof (by resolved oid).
+macro_rules! immutable_in_full {
+    () => {
+        "p.provolatile = 'i' AND (p.prokind <> 'a' OR coalesce((
+           SELECT bool_and(f.provolatile = 'i')
+             FROM pg_catalog.pg_aggregate a
+             JOIN pg_catalog.pg_proc f
+               ON f.oid IN (a.aggtransfn, a.aggfinalfn, a.aggcombinefn, a.aggserialfn, a.aggdeserialfn,
+                            a.aggmtransfn, a.aggminvtransfn, a.aggmfinalfn)
+            WHERE a.aggfnoid = p.oid), false))"
+    };
+}
+pub(crate) use immutable_in_full;
+
 /// Primary-key column types whose PostgreSQL text output equals the serde text of the matching
 /// Rust types, so a row written through SQL and a key given in Rust hash to the same identity.
 const TRUSTED_KEY_TYPES: &[&str] = &["int2", "int4", "int8", "text", "varchar", "uuid", "bool"];
@@ -120,9 +136,12 @@ const INHERITS: &str = "SELECT inhrelid::int8 AS child, inhparent::int8 AS paren
 
 /// Whether each function name is immutable in every overload: a read is cached only when the
 /// functions it calls are (`random()`, `now()`, and a user function reading a table are not).
-const FUNCTIONS: &str = r#"
+const FUNCTIONS: &str = concat!(
+    r#"
 SELECT n.nspname::text AS schema, p.proname::text AS name,
-       bool_and(p.provolatile = 'i' AND (p.prokind <> 'a' OR coalesce(agg.immutable, false))) AS immutable,
+       bool_and("#,
+    immutable_in_full!(),
+    r#") AS immutable,
        -- Built-in functions other than set_config keep to their statement, and so do functions
        -- of extensions (uuid-ossp, pgcrypto); a user function is trusted to when it is declared
        -- immutable or stable.
@@ -131,16 +150,9 @@ SELECT n.nspname::text AS schema, p.proname::text AS name,
                             WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.objid = p.oid
                               AND d.deptype = 'e')) AS neutral
   FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
-  -- An aggregate's own volatility says nothing of the functions it runs: each must be immutable.
-  LEFT JOIN LATERAL (
-       SELECT bool_and(f.provolatile = 'i') AS immutable
-         FROM pg_catalog.pg_aggregate a
-         JOIN pg_catalog.pg_proc f
-           ON f.oid IN (a.aggtransfn, a.aggfinalfn, a.aggcombinefn, a.aggserialfn, a.aggdeserialfn,
-                        a.aggmtransfn, a.aggminvtransfn, a.aggmfinalfn)
-        WHERE a.aggfnoid = p.oid) agg ON p.prokind = 'a'
  GROUP BY 1, 2
-"#;
+"#
+);
 
 /// What shapes the bytes of a result besides the statement and the data: the role reads run as
 /// and the session's settings. Settings known to change no result (timeouts, logging, the

@@ -24,7 +24,8 @@ use sqlx::{AssertSqlSafe, PgPool, Row};
 
 /// What PostgreSQL says of the probe view's dependencies: one row per dependency or check,
 /// with whether it is acceptable.
-const VERDICT: &str = r#"
+const VERDICT: &str = concat!(
+    r#"
 WITH rule AS (
   SELECT r.oid, r.ev_class, r.ev_action::text AS tree
     FROM pg_catalog.pg_rewrite r
@@ -37,13 +38,9 @@ SELECT 'relation' AS kind, c.oid::int8 AS oid, c.relkind IN ('r', 'p') AS ok
  WHERE deps.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND c.oid <> rule.ev_class
 UNION ALL
 SELECT 'function', p.oid::int8,
-       p.provolatile = 'i' AND (p.prokind <> 'a' OR coalesce((
-         SELECT bool_and(f.provolatile = 'i')
-           FROM pg_catalog.pg_aggregate a
-           JOIN pg_catalog.pg_proc f
-             ON f.oid IN (a.aggtransfn, a.aggfinalfn, a.aggcombinefn, a.aggserialfn, a.aggdeserialfn,
-                          a.aggmtransfn, a.aggminvtransfn, a.aggmfinalfn)
-          WHERE a.aggfnoid = p.oid), false))
+       "#,
+    crate::catalog::immutable_in_full!(),
+    r#"
   FROM deps JOIN pg_catalog.pg_proc p ON p.oid = deps.refobjid
  WHERE deps.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
 UNION ALL
@@ -65,7 +62,8 @@ SELECT 'cast', 0, strpos(tree, '{COERCEVIAIO') = 0 OR coalesce((
            JOIN pg_catalog.pg_type b ON b.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
            JOIN pg_catalog.pg_proc i ON i.oid = b.typinput), false)
   FROM rule
-"#;
+"#
+);
 
 /// Proves that a read of `sql`, planned to depend on the tables `tables`, may be cached; the
 /// reason it may not otherwise.
