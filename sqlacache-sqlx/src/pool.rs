@@ -594,10 +594,10 @@ impl Shared {
         #[cfg(feature = "redis")]
         if let Some(remote) = &self.remote {
             use sqlacache_core::redis::Lookup;
-            if !local || !remote.usable() {
+            if !local || !remote.readable() {
                 self.stats.degrade();
             }
-            if remote.usable() {
+            if remote.readable() {
                 match remote.lookup(key, deps.as_ref(), ttl, &self.stats).await {
                     Some(Lookup::Hit(bytes)) => match R::decode(&bytes) {
                         Some(value) => {

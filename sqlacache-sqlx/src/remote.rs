@@ -11,8 +11,15 @@
 //!   [`sqlacache_core::bus::Lease`]): each process publishes a heartbeat and trusts its tier
 //!   for a lease after one that came back. A reconnect, a gap in a publisher's numbers or a
 //!   failed Redis command ends the trust, and the tier is dropped before it is trusted again.
-//! - **A Redis that fails** (an error or a timeout) opens a circuit breaker: reads skip both
-//!   tiers and go to PostgreSQL. An invalidation that could not be delivered is remembered.
+//! - **A read that fails** (a lookup, a ticket or a store of a filled value, by an error or a
+//!   timeout) only makes reads skip Redis until the next heartbeat comes back. Its outcome
+//!   cannot make anything stale (a value is stored against the epochs taken before the read, so
+//!   a late store is rejected or already invalid), and it says nothing about invalidations
+//!   lost: the in-process tier keeps its trust, which only the bus decides. So a busy machine
+//!   whose reads now and then outlast the timeout keeps its in-process hits.
+//! - **A heartbeat or an invalidation that fails** (an error or a timeout) opens a circuit
+//!   breaker: reads skip both tiers and go to PostgreSQL. An invalidation that could not be
+//!   delivered is remembered.
 //!   When Redis answers again, the heartbeat task invalidates everything in Redis (and tells the
 //!   other processes to drop their in-process tiers), then keeps the breaker open for a
 //!   **settling time**: long enough for every other process to reconnect (its client retries at
@@ -73,8 +80,10 @@ mod imp {
         lease: Lease,
         /// Whether the pool has an in-process tier whose trust the bus decides.
         two_tiers: bool,
-        /// The circuit breaker: while open, reads skip Redis.
+        /// The circuit breaker: while open, reads skip Redis and the in-process tier.
         open: AtomicBool,
+        /// A read failed: reads skip Redis until the next heartbeat comes back.
+        reads_off: AtomicBool,
         /// An invalidation may not have reached Redis: everything there is invalidated before
         /// the breaker closes.
         undelivered: AtomicBool,
@@ -112,6 +121,7 @@ mod imp {
                 lease: Lease::new(settings.lease),
                 two_tiers,
                 open: AtomicBool::new(false),
+                reads_off: AtomicBool::new(false),
                 undelivered: AtomicBool::new(false),
                 answering_since: AtomicU64::new(0),
                 settle: settling_time(settings),
@@ -146,15 +156,21 @@ mod imp {
             !self.two_tiers || (self.lease.trusted() && self.usable())
         }
 
-        /// Whether reads may use Redis now.
-        pub fn usable(&self) -> bool {
+        /// Whether Redis is trusted: its breaker is closed.
+        fn usable(&self) -> bool {
             !self.open.load(Ordering::Acquire)
         }
 
-        /// Whether the bus has been heard within the lease (for tests and diagnostics).
+        /// Whether reads may look in Redis now.
+        pub fn readable(&self) -> bool {
+            self.usable() && !self.reads_off.load(Ordering::Acquire)
+        }
+
+        /// Whether reads may use Redis and the bus has been heard within the lease (for tests
+        /// and diagnostics).
         #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
         pub fn ready(&self) -> bool {
-            self.usable() && self.local_trusted()
+            self.readable() && self.local_trusted()
         }
 
         /// Whether Redis answers (the breaker may still be open while it settles).
@@ -164,24 +180,24 @@ mod imp {
         }
 
         /// The value of `key` in Redis, or the epochs to fill it against; `None` when Redis
-        /// failed (the breaker is then open).
+        /// failed (reads then skip it until the next heartbeat comes back).
         pub async fn lookup(&self, key: Key, deps: &[Tag], ttl: Duration, stats: &Stats) -> Option<Lookup> {
             match self.store.lookup(key, deps, ttl).await {
                 Ok(found) => Some(found),
                 Err(error) => {
-                    self.failed(&error, stats);
+                    self.read_failed(&error, stats);
                     None
                 }
             }
         }
 
         /// The epochs of `tags` (created where missing), to fill against; `None` when Redis
-        /// failed (the breaker is then open).
+        /// failed (reads then skip it until the next heartbeat comes back).
         pub async fn epochs(&self, tags: &[Tag], ttl: Duration, stats: &Stats) -> Option<Epochs> {
             match self.store.ticket(tags, ttl).await {
                 Ok(epochs) => Some(epochs),
                 Err(error) => {
-                    self.failed(&error, stats);
+                    self.read_failed(&error, stats);
                     None
                 }
             }
@@ -202,7 +218,7 @@ mod imp {
             tokio::spawn(async move {
                 if let Err(error) = remote.store.put(key, &epochs, ttl, &bytes).await {
                     if let Some(shared) = shared.upgrade() {
-                        remote.failed(&error, &shared.stats);
+                        remote.read_failed(&error, &shared.stats);
                     }
                 }
                 drop(done);
@@ -246,8 +262,18 @@ mod imp {
             Message { publisher: self.publisher, seq, body }.encode()
         }
 
-        /// A command failed: its outcome is unknown. Skip Redis until it answers again, and
-        /// trust the in-process tier only after the bus is heard again.
+        /// A read failed: its outcome cannot make a value stale (see the module), so only skip
+        /// Redis for reads until the next heartbeat comes back.
+        fn read_failed(&self, error: &TierError, stats: &Stats) {
+            stats.redis_error();
+            if !self.reads_off.swap(true, Ordering::AcqRel) {
+                tracing::debug!(target: "sqlacache", %error, "a Redis read failed; reads skip Redis until it answers a heartbeat");
+            }
+        }
+
+        /// A heartbeat or an invalidation failed: its outcome is unknown. Skip Redis until it
+        /// answers again and has settled, and trust the in-process tier only after the bus is
+        /// heard again.
         fn failed(&self, error: &TierError, stats: &Stats) {
             stats.redis_error();
             self.lease.lose();
@@ -283,6 +309,7 @@ mod imp {
                 self.failed(&error, &shared.stats);
                 return;
             }
+            self.reads_off.store(false, Ordering::Release);
             let since = self.answering_since.load(Ordering::Acquire);
             let settled = since != 0 && self.lease.now().saturating_sub(since) >= nanos(self.settle);
             if open && settled {

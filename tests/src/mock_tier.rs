@@ -33,6 +33,8 @@ pub struct MockServer(Arc<Mutex<State>>);
 struct Faults {
     /// Invalidations still to fail (not applied, not published).
     fail: AtomicUsize,
+    /// Reads (lookups, tickets, stores of filled values) still to fail.
+    fail_reads: AtomicUsize,
     /// Invalidation messages still to be lost on their way to this client's subscriptions.
     lose: AtomicUsize,
     /// This client's subscriptions hear nothing, and say nothing of it.
@@ -78,6 +80,16 @@ impl MockClient {
         self.faults.fail.store(n, Ordering::SeqCst);
     }
 
+    /// The next `n` reads this client sends (lookups, tickets, stores of filled values) fail.
+    pub fn fail_reads(&self, n: usize) {
+        self.faults.fail_reads.store(n, Ordering::SeqCst);
+    }
+
+    /// How many reads are still due to fail.
+    pub fn reads_to_fail(&self) -> usize {
+        self.faults.fail_reads.load(Ordering::SeqCst)
+    }
+
     /// The next `n` invalidation messages (not heartbeats) this client's subscriptions would
     /// hear are lost, without an error.
     pub fn lose_invalidations(&self, n: usize) {
@@ -112,20 +124,29 @@ impl MockClient {
         self.faults.calls.load(Ordering::SeqCst)
     }
 
-    /// Runs one command; an invalidation fails if one is due to.
+    /// Runs one command of `kind`; it fails if one of its kind is due to.
     fn run<T: Send + 'static>(
         &self,
-        invalidation: bool,
+        kind: Kind,
         command: impl FnOnce(&mut State) -> T,
     ) -> BoxFuture<'static, Result<T, TierError>> {
         self.faults.calls.fetch_add(1, Ordering::SeqCst);
-        let result = if invalidation && take(&self.faults.fail) {
-            Err(TierError::msg("mock: the command failed"))
-        } else {
-            Ok(command(&mut self.server.state()))
+        let due = match kind {
+            Kind::Invalidation => take(&self.faults.fail),
+            Kind::Read => take(&self.faults.fail_reads),
+            Kind::Publish => false,
         };
+        let result =
+            if due { Err(TierError::msg("mock: the command failed")) } else { Ok(command(&mut self.server.state())) };
         Box::pin(std::future::ready(result))
     }
+}
+
+/// What a command does, for the faults that apply to it.
+enum Kind {
+    Read,
+    Invalidation,
+    Publish,
 }
 
 /// Takes one from `count`, if it is not 0.
@@ -172,14 +193,14 @@ impl Store for MockClient {
         tags: &'a [Tag],
         _: Duration,
     ) -> BoxFuture<'a, Result<Lookup<Epochs>, TierError>> {
-        self.run(false, move |state| match state.values.get(&key.0) {
+        self.run(Kind::Read, move |state| match state.values.get(&key.0) {
             Some((stored, bytes)) if fresh(state, stored) => Lookup::Hit(bytes.clone()),
             _ => Lookup::Miss(epochs(state, tags)),
         })
     }
 
     fn ticket<'a>(&'a self, tags: &'a [Tag], _: Duration) -> BoxFuture<'a, Result<Epochs, TierError>> {
-        self.run(false, move |state| epochs(state, tags))
+        self.run(Kind::Read, move |state| epochs(state, tags))
     }
 
     fn put<'a>(
@@ -189,13 +210,13 @@ impl Store for MockClient {
         _: Duration,
         bytes: &'a [u8],
     ) -> BoxFuture<'a, Result<(), TierError>> {
-        self.run(false, move |state| {
+        self.run(Kind::Read, move |state| {
             state.values.insert(key.0, (ticket.clone(), bytes.to_vec()));
         })
     }
 
     fn invalidate<'a>(&'a self, tags: &'a [Tag]) -> BoxFuture<'a, Result<(), TierError>> {
-        self.run(true, move |state| tags.iter().for_each(|t| drop(state.tags.remove(&tag_key(t)))))
+        self.run(Kind::Invalidation, move |state| tags.iter().for_each(|t| drop(state.tags.remove(&tag_key(t)))))
     }
 }
 
@@ -209,7 +230,7 @@ impl Bus for MockClient {
                 let _ = gate.acquire().await;
                 self.faults.held.fetch_sub(1, Ordering::SeqCst);
             }
-            self.run(true, move |state| {
+            self.run(Kind::Invalidation, move |state| {
                 tags.iter().for_each(|t| drop(state.tags.remove(&tag_key(t))));
                 if !message.is_empty() {
                     publish(state, message);
@@ -220,7 +241,7 @@ impl Bus for MockClient {
     }
 
     fn publish<'a>(&'a self, message: &'a str) -> BoxFuture<'a, Result<(), TierError>> {
-        self.run(false, move |state| publish(state, message))
+        self.run(Kind::Publish, move |state| publish(state, message))
     }
 
     fn subscribe(&self) -> Result<Box<dyn Subscription>, TierError> {

@@ -176,6 +176,34 @@ async fn an_invalidation_that_failed_is_widened_once_the_tier_answers() {
     assert!(a.stats().degraded >= 1, "A read PostgreSQL while its breaker was open");
 }
 
+/// A read that fails on the shared tier (a slow reply on a busy machine, say) cannot make any
+/// value stale and says nothing about lost invalidations: it costs shared-tier reads until the
+/// next heartbeat, never the in-process tier, and nothing is widened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_read_keeps_the_in_process_tier_and_widens_nothing() {
+    let db = TestDb::with_schema(COUNTERS).await;
+    let (_ca, a, cb, b) = two_processes(&db).await;
+    let (errors, heard, drops) = (b.stats().redis_errors, a.stats().received, b.stats().tier_drops);
+    // Row 2 is in neither tier: B looks in the shared tier, and the lookup fails.
+    cb.fail_reads(1);
+    assert_eq!(value(&b, 2).await, 0, "the read itself succeeds");
+    assert_eq!(cb.reads_to_fail(), 0, "the lookup ran");
+    assert_eq!(b.stats().redis_errors, errors + 1);
+    until("B reads the shared tier again", || b.tiers_ready_for_tests()).await;
+    // Had the failure opened B's breaker, B would have invalidated everything on recovery and
+    // told A so.
+    assert_eq!(a.stats().received, heard, "a failed read was widened");
+    if b.stats().tier_drops == drops {
+        // (Unless a heartbeat came back late on a loaded machine, which drops the tier.)
+        let local = local_hits(&b);
+        assert_eq!(value(&b, 1).await, 0);
+        assert_eq!(local_hits(&b), local + 1, "row 1 is still served from B's in-process tier");
+    }
+    // Writes still reach B.
+    assert_eq!(bump(&a).await, 1);
+    read_until(&b, 1, "a write after the failed read").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bus_silent_without_an_error_stops_the_in_process_tier_within_the_lease() {
     let db = TestDb::with_schema(COUNTERS).await;
