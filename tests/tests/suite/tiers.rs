@@ -40,8 +40,9 @@ async fn pool_on(pg: sqlx::PgPool, url: &str, prefix: &str, memory: u64) -> Cach
 async fn ready(pools: &[&CachedPool]) {
     let start = Instant::now();
     while !pools.iter().all(|p| p.tiers_ready_for_tests()) {
-        // Only against hanging: on a loaded machine, commands that outlast the 50 ms timeout keep
-        // the breaker open (reads go to PostgreSQL meanwhile) and readiness can take a while.
+        // Only against hanging: on a loaded machine, a heartbeat that outlasts the 50 ms timeout
+        // opens the breaker for the settling time (reads go to PostgreSQL meanwhile), so
+        // readiness can take a while.
         assert!(start.elapsed() < Duration::from_secs(90), "the pools did not connect to Redis");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -87,8 +88,8 @@ async fn redis_only_is_fresh_across_processes(url: &str) {
     let (sa, sb) = (a.stats(), b.stats());
     assert!(sb.redis_hits > 0 && sa.redis_hits > 0, "values are shared: {sa:?} {sb:?}");
     assert!(sa.published >= 60, "every write is published: {sa:?}");
-    // A loaded machine may make a command outlast the 50 ms timeout: then the breaker sends
-    // reads to PostgreSQL for a while, which costs hits, never freshness (asserted above).
+    // A loaded machine may make a command outlast the 50 ms timeout: then reads skip Redis for
+    // a while, which costs hits, never freshness (asserted above).
     if sa.redis_errors + sb.redis_errors > 0 {
         eprintln!("Redis commands that timed out or failed: {} and {}", sa.redis_errors, sb.redis_errors);
     }
