@@ -22,6 +22,11 @@ async fn pool(db: &TestDb, url: &str, prefix: &str, memory: u64) -> CachedPool {
 
 /// [`pool`] over a PostgreSQL pool of the caller's.
 async fn pool_on(pg: sqlx::PgPool, url: &str, prefix: &str, memory: u64) -> CachedPool {
+    pool_timed(pg, url, prefix, memory, TIMEOUT).await
+}
+
+/// [`pool_on`] whose Redis commands may take up to `timeout`.
+async fn pool_timed(pg: sqlx::PgPool, url: &str, prefix: &str, memory: u64, timeout: Duration) -> CachedPool {
     CachedPool::builder(pg)
         .model::<Counter>()
         // Its keys in the shared Redis expire within a minute.
@@ -30,7 +35,7 @@ async fn pool_on(pg: sqlx::PgPool, url: &str, prefix: &str, memory: u64) -> Cach
         .key_prefix(prefix)
         .memory_capacity(memory)
         .lease(LEASE)
-        .redis_timeout(TIMEOUT)
+        .redis_timeout(timeout)
         .build()
         .await
         .expect("build a pool with Redis")
@@ -686,7 +691,10 @@ async fn a_user_and_password_in_the_url_are_used() {
     let db = TestDb::with_schema(COUNTERS).await;
     let prefix = unique_prefix("acl");
     let url = format!("redis://alice:secret@127.0.0.1:{port}");
-    let (a, b) = (pool(&db, &url, &prefix, 0).await, pool(&db, &url, &prefix, 0).await);
+    // Commands with room to spare (even on a loaded machine): any error is then the password's.
+    let slow = Duration::from_secs(5);
+    let a = pool_timed(db.pool.clone(), &url, &prefix, 0, slow).await;
+    let b = pool_timed(db.pool.clone(), &url, &prefix, 0, slow).await;
     ready(&[&a, &b]).await;
     for _ in 0..3 {
         value(&b, 1).await;
@@ -717,8 +725,10 @@ async fn a_silent_subscription_stops_the_in_process_tier_within_the_lease() {
     let proxy = Proxy::start(server.port());
     let db = TestDb::with_schema(COUNTERS).await;
     let prefix = unique_prefix("silent");
-    let a = pool(&db, &server.url(), &prefix, 1 << 20).await;
-    let b = pool(&db, &proxy.url(), &prefix, 1 << 20).await;
+    // Commands with room to spare (even on a loaded machine), so that only the lease can tell.
+    let slow = Duration::from_secs(5);
+    let a = pool_timed(db.pool.clone(), &server.url(), &prefix, 1 << 20, slow).await;
+    let b = pool_timed(db.pool.clone(), &proxy.url(), &prefix, 1 << 20, slow).await;
     for id in 1..=3 {
         unheard_write_is_not_served_past_the_lease(&a, &b, id, || proxy.silence_subscribers()).await;
         assert_eq!(b.stats().redis_errors, 0, "B's commands kept working");
