@@ -57,6 +57,9 @@ pub enum RedisError {
     /// The URL is not one this store connects to.
     #[error("invalid Redis URL `{0}`: {1}")]
     Url(String, &'static str),
+    /// A command failed while the client could not connect: the address, and why it could not.
+    #[error("Redis at {0} is unreachable: {1}")]
+    Unreachable(String, String),
 }
 
 /// The longest a client waits between two attempts to reconnect. A Redis that comes back is
@@ -131,6 +134,11 @@ pub type Lookup = crate::tier::Lookup<Epochs>;
 #[derive(Clone)]
 pub struct RedisStore {
     client: fred::prelude::Client,
+    /// Where it connects (`host:port`, without credentials), for errors.
+    address: String,
+    /// The last connection error, which says why a command failed while disconnected better
+    /// than the command's own timeout does.
+    connection_error: std::sync::Arc<std::sync::Mutex<Option<String>>>,
     /// `<prefix>:<format>:<scope>:`.
     namespace: String,
     epochs: Script,
@@ -182,7 +190,10 @@ impl RedisStore {
                 ))
             }
         }
-        let config = Config::from_url(url)?;
+        let mut config = Config::from_url(url)?;
+        // A first connection that fails is retried by the reconnect policy, like any later one:
+        // a process started while Redis is down uses it once it is up.
+        config.fail_fast = false;
         let client = Builder::from_config(config)
             .with_performance_config(|performance| performance.default_command_timeout = timeout)
             .with_connection_config(|connection| {
@@ -195,10 +206,19 @@ impl RedisStore {
             // reconnects.
             .set_policy(ReconnectPolicy::new_exponential(0, 20, RECONNECT_MAX.as_millis() as u32, 2))
             .build()?;
+        let connection_error = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let slot = connection_error.clone();
+        // Ends when the client is dropped.
+        drop(client.on_error(move |(error, _)| {
+            *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(readable(error.details()));
+            std::future::ready(Ok(()))
+        }));
         // Drives the connection (and reconnections) in the background.
         drop(client.connect());
         Ok(RedisStore {
             client,
+            address: address(url),
+            connection_error,
             namespace: format!("{prefix}:{FORMAT}:{scope}:"),
             epochs: Script::from_lua(EPOCHS),
             lookup: Script::from_lua(LOOKUP),
@@ -482,6 +502,34 @@ impl From<RedisError> for TierError {
     }
 }
 
+/// The message of an I/O error's details (fred gives its `Debug` form), or the details.
+fn readable(details: &str) -> String {
+    details
+        .split_once("message: \"")
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .map_or_else(|| details.to_owned(), |(message, _)| message.to_owned())
+}
+
+/// `host:port` of a URL, without its scheme, credentials or database.
+fn address(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    rest.split(['/', '?']).next().unwrap_or(rest).to_owned()
+}
+
+impl RedisStore {
+    /// A failed command as the tier reports it: while the client cannot connect, with the
+    /// address and the connection's own error (a refused connection is not a timeout).
+    fn explain(&self, error: RedisError) -> TierError {
+        if matches!(error, RedisError::Command(_)) && !self.client.is_connected() {
+            if let Some(cause) = self.connection_error.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+                return RedisError::Unreachable(self.address.clone(), cause).into();
+            }
+        }
+        error.into()
+    }
+}
+
 impl Store for RedisStore {
     type Ticket = Epochs;
 
@@ -491,11 +539,11 @@ impl Store for RedisStore {
         tags: &'a [Tag],
         ttl: Duration,
     ) -> BoxFuture<'a, Result<Lookup, TierError>> {
-        Box::pin(async move { Ok(RedisStore::lookup(self, key, tags, ttl).await?) })
+        Box::pin(async move { RedisStore::lookup(self, key, tags, ttl).await.map_err(|e| self.explain(e)) })
     }
 
     fn ticket<'a>(&'a self, tags: &'a [Tag], ttl: Duration) -> BoxFuture<'a, Result<Epochs, TierError>> {
-        Box::pin(async move { Ok(self.epochs(tags, ttl).await?) })
+        Box::pin(async move { self.epochs(tags, ttl).await.map_err(|e| self.explain(e)) })
     }
 
     fn put<'a>(
@@ -505,21 +553,23 @@ impl Store for RedisStore {
         ttl: Duration,
         bytes: &'a [u8],
     ) -> BoxFuture<'a, Result<(), TierError>> {
-        Box::pin(async move { Ok(RedisStore::put(self, key, ticket, ttl, bytes).await?) })
+        Box::pin(async move { RedisStore::put(self, key, ticket, ttl, bytes).await.map_err(|e| self.explain(e)) })
     }
 
     fn invalidate<'a>(&'a self, tags: &'a [Tag]) -> BoxFuture<'a, Result<(), TierError>> {
-        Box::pin(async move { Ok(RedisStore::invalidate(self, tags).await?) })
+        Box::pin(async move { RedisStore::invalidate(self, tags).await.map_err(|e| self.explain(e)) })
     }
 }
 
 impl Bus for RedisStore {
     fn invalidate_and_publish<'a>(&'a self, tags: &'a [Tag], message: &'a str) -> BoxFuture<'a, Result<(), TierError>> {
-        Box::pin(async move { Ok(RedisStore::invalidate_and_publish(self, tags, message).await?) })
+        Box::pin(
+            async move { RedisStore::invalidate_and_publish(self, tags, message).await.map_err(|e| self.explain(e)) },
+        )
     }
 
     fn publish<'a>(&'a self, message: &'a str) -> BoxFuture<'a, Result<(), TierError>> {
-        Box::pin(async move { Ok(RedisStore::publish(self, message).await?) })
+        Box::pin(async move { RedisStore::publish(self, message).await.map_err(|e| self.explain(e)) })
     }
 
     fn subscribe(&self) -> Result<Box<dyn crate::tier::Subscription>, TierError> {

@@ -575,43 +575,74 @@ impl Feed {
         self.lease.lose();
     }
 
-    /// Applies one notification.
-    async fn heard(&self, shared: &Arc<Shared>, payload: &str) {
-        let Some(change) = parse(payload) else {
-            // Not one of ours, or damaged: whatever it meant is unknown.
-            tracing::warn!(target: "sqlacache", payload, "an unreadable message on the change feed");
-            self.lose("an unreadable message");
-            return;
-        };
-        match change {
-            Change::Heartbeat { publisher, sent } => {
-                if publisher == self.publisher {
-                    if !self.lease.trusted() {
-                        // Writes may have been missed while it was not trusted.
-                        shared.drop_everywhere().await;
+    /// Applies notifications in the order they were sent: `payloads`, the ones that arrived
+    /// together. Their invalidations are applied at once (one round trip to Redis, one catalog
+    /// read for any number of schema changes), before any heartbeat among them renews the lease
+    /// and by the end: a listener that does one round trip per notification falls behind a busy
+    /// database (and far behind while Redis times out), and its lease lapses.
+    async fn heard(&self, shared: &Arc<Shared>, payloads: &[String]) {
+        let mut due = Due::default();
+        for payload in payloads {
+            let Some(change) = parse(payload) else {
+                // Not one of ours, or damaged: whatever it meant is unknown.
+                tracing::warn!(target: "sqlacache", payload, "an unreadable message on the change feed");
+                self.lose("an unreadable message");
+                continue;
+            };
+            match change {
+                Change::Heartbeat { publisher, sent } => {
+                    if publisher == self.publisher {
+                        // Everything sent before it is applied before it counts.
+                        due.apply(self, shared).await;
+                        if !self.lease.trusted() {
+                            // Writes may have been missed while it was not trusted.
+                            shared.drop_everywhere().await;
+                        }
+                        self.lease.renew(sent);
+                        self.heard_sent.fetch_max(sent, Ordering::AcqRel);
                     }
-                    self.lease.renew(sent);
-                    self.heard_sent.fetch_max(sent, Ordering::AcqRel);
                 }
+                Change::Schema(parts) => {
+                    let (catalog, cached) = (shared.catalog(), shared.cached_schemas());
+                    // A change named in another schema may still reach the cached tables (a
+                    // partition of one created elsewhere, their schema renamed, their feed
+                    // disabled): judged by what it touched, read from the catalog.
+                    if parts.iter().any(|part| part.matters(&catalog, &cached)) {
+                        due.schema = Some(true);
+                    } else if due.schema.is_none() {
+                        due.schema = Some(false);
+                    }
+                }
+                change => due.tags.extend(tags(&shared.catalog(), &change)),
             }
-            Change::Schema(parts) => {
-                let (catalog, cached) = (shared.catalog(), shared.cached_schemas());
-                // A change named in another schema may still reach the cached tables (a
-                // partition of one created elsewhere, their schema renamed, their feed
-                // disabled): judged by what it touched, read from the catalog.
-                if !parts.iter().any(|part| part.matters(&catalog, &cached)) && !shared.cached_tables_changed().await {
-                    return;
-                }
+        }
+        due.apply(self, shared).await;
+    }
+}
+
+/// What notifications heard together still have to apply.
+#[derive(Default)]
+struct Due {
+    tags: Vec<Tag>,
+    /// A schema change: `Some(true)` if it matters, `Some(false)` if the catalog must tell.
+    schema: Option<bool>,
+}
+
+impl Due {
+    async fn apply(&mut self, feed: &Feed, shared: &Arc<Shared>) {
+        if !self.tags.is_empty() {
+            let mut seen = std::collections::HashSet::new();
+            self.tags.retain(|tag| seen.insert(*tag));
+            shared.apply_outside(&std::mem::take(&mut self.tags)).await;
+        }
+        if let Some(matters) = self.schema.take() {
+            if matters || shared.cached_tables_changed().await {
                 shared.schema_changed_elsewhere().await;
-                if self.install {
+                if feed.install {
                     // A fed table dropped and created again has lost its triggers.
                     let shared = shared.clone();
                     tokio::spawn(async move { shared.reinstall_feed().await });
                 }
-            }
-            change => {
-                let tags = tags(&shared.catalog(), &change);
-                shared.apply_outside(&tags).await;
             }
         }
     }
@@ -662,7 +693,13 @@ async fn listen(shared: Weak<Shared>, own: PgPool, lease: Duration) {
         let Some(shared) = shared.upgrade() else { return };
         let Some(feed) = shared.feed.as_ref() else { return };
         match next {
-            Ok(Ok(Some(notification))) => feed.heard(&shared, notification.payload()).await,
+            Ok(Ok(Some(notification))) => {
+                let mut payloads = vec![notification.payload().to_owned()];
+                while let Some(next) = active.next_buffered() {
+                    payloads.push(next.payload().to_owned());
+                }
+                feed.heard(&shared, &payloads).await;
+            }
             Ok(Ok(None)) => {
                 // sqlx made the connection again: what was sent meanwhile is lost.
                 feed.lose("the listener's connection was lost");

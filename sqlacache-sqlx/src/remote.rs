@@ -226,8 +226,14 @@ mod imp {
         }
 
         /// Applies an invalidation to Redis alone (one every process hears by itself); one that
-        /// failed is widened when Redis answers.
+        /// failed is widened when Redis answers. While the breaker is open it is not even tried
+        /// (it is widened all the same): a caller such as the change feed's listener must not
+        /// wait a timeout for each.
         pub async fn invalidate_shared(&self, tags: &[Tag], stats: &Stats) {
+            if !self.usable() {
+                self.undelivered.store(true, Ordering::Release);
+                return;
+            }
             if let Err(error) = self.store.invalidate(tags).await {
                 self.undelivered.store(true, Ordering::Release);
                 self.failed(&error, stats);
@@ -312,7 +318,9 @@ mod imp {
             self.reads_off.store(false, Ordering::Release);
             let since = self.answering_since.load(Ordering::Acquire);
             let settled = since != 0 && self.lease.now().saturating_sub(since) >= nanos(self.settle);
-            if open && settled {
+            // (An invalidation skipped or failed since this beat widened is widened by the next
+            // one, before the breaker closes.)
+            if open && settled && !self.undelivered.load(Ordering::Acquire) {
                 // The others have had time to reconnect and deliver what they could not.
                 shared.drop_local();
                 self.answering_since.store(0, Ordering::Release);

@@ -49,7 +49,11 @@ impl RedisServer {
     /// Starts a server on a free port with no persistence and these extra arguments
     /// (`["--maxmemory", "1mb"]`).
     pub fn start(args: &[&str]) -> RedisServer {
-        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        RedisServer::start_on(free_port(), args)
+    }
+
+    /// Starts a server on `port` (one that clients were already told of, say).
+    pub fn start_on(port: u16, args: &[&str]) -> RedisServer {
         let mut server = RedisServer { port, args: args.iter().map(|a| a.to_string()).collect(), child: None };
         server.spawn();
         server

@@ -7,6 +7,7 @@ mod config;
 mod dependencies;
 mod freshness;
 mod interleavings;
+mod late_redis;
 mod macros;
 mod never_cached;
 mod partial_commits;

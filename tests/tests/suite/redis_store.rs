@@ -180,3 +180,21 @@ async fn a_redis_that_does_not_answer_fails_calls_within_the_timeout() {
     assert!(start.elapsed() < TIMEOUT * 10, "bounded: {:?}", start.elapsed());
     assert!(RedisStore::connect("http://not-redis", "p", "db", TIMEOUT).is_err(), "an invalid URL is an error");
 }
+
+#[tokio::test]
+async fn an_unreachable_redis_is_reported_by_its_address_and_the_connections_own_error() {
+    use sqlacache_core::tier::Store;
+    let port = sqlacache_tests::redis::free_port();
+    let nowhere = RedisStore::connect(&format!("redis://user:secret@127.0.0.1:{port}/0"), "p", "db", TIMEOUT).unwrap();
+    let start = Instant::now();
+    let message = loop {
+        let error = Store::invalidate(&nowhere, &[Tag::Table(1)]).await.unwrap_err().to_string();
+        if error.contains("unreachable") || start.elapsed() > Duration::from_secs(10) {
+            break error;
+        }
+    };
+    assert!(message.contains(&format!("Redis at 127.0.0.1:{port} is unreachable")), "{message}");
+    assert!(message.to_lowercase().contains("refused"), "a refused connection is not a timeout: {message}");
+    assert!(!message.contains("secret"), "no credentials in errors: {message}");
+    eprintln!("{message}");
+}
