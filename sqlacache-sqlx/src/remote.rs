@@ -377,6 +377,8 @@ mod imp {
         pub async fn publish(mut self, tags: &[Tag], stats: &Stats) {
             let remote = &self.0;
             let mut message = remote.message(Body::Invalidate(tags.to_vec()));
+            // Whether the other processes were told on the bus alone.
+            let mut told = false;
             loop {
                 match remote.store.invalidate_and_publish(tags, &message).await {
                     Ok(()) => {
@@ -386,6 +388,15 @@ mod imp {
                     Err(error) => {
                         remote.undelivered.store(true, Ordering::Release);
                         remote.failed(&error, stats);
+                        if !told {
+                            // The bus may still work where the tags do not (a cluster node that
+                            // holds them frozen): the others then drop their in-process copies
+                            // now, instead of serving them until this process can widen. A
+                            // process that does not hear this either does not hear its own
+                            // heartbeats, and stops trusting its tier within the lease.
+                            let alone = remote.message(Body::Invalidate(tags.to_vec()));
+                            told = remote.store.publish(&alone).await.is_ok();
+                        }
                     }
                 }
                 let since = remote.lease.now().saturating_sub(remote.opened_at.load(Ordering::Acquire));

@@ -204,6 +204,24 @@ async fn a_failed_read_keeps_the_in_process_tier_and_widens_nothing() {
     read_until(&b, 1, "a write after the failed read").await;
 }
 
+/// A writer whose invalidations keep failing while the bus works (a frozen cluster node holding
+/// the tags, the channel on another) tells the others on the bus alone: they drop their copies
+/// at once, instead of serving them until the writer can widen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_that_keeps_failing_still_reaches_the_others_by_the_bus() {
+    let db = TestDb::with_schema(COUNTERS).await;
+    let (ca, a, cb, b) = two_processes(&db).await;
+    // Every invalidation of A fails from now on (the widening ones too), and B cannot read the
+    // shared tier (the node holding the tags is frozen for it too); publishes still work.
+    ca.fail_invalidations(usize::MAX);
+    cb.fail_reads(usize::MAX);
+    assert_eq!(bump(&a).await, 1, "the write itself succeeds");
+    read_until(&b, 1, "A's tags cannot be invalidated").await;
+    assert!(b.stats().received >= 1, "B heard A's invalidation on the bus: {:?}", b.stats());
+    ca.fail_invalidations(0);
+    cb.fail_reads(0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bus_silent_without_an_error_stops_the_in_process_tier_within_the_lease() {
     let db = TestDb::with_schema(COUNTERS).await;
