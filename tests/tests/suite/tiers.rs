@@ -14,10 +14,19 @@ use std::time::{Duration, Instant};
 
 const LEASE: Duration = Duration::from_millis(300);
 const TIMEOUT: Duration = Duration::from_millis(50);
+/// The command timeout of the tests that are not about faults.
+const ROOMY: Duration = Duration::from_secs(2);
 
 /// A pool on `url` under `prefix`; `memory` 0 keeps values in Redis only.
 async fn pool(db: &TestDb, url: &str, prefix: &str, memory: u64) -> CachedPool {
     pool_on(db.pool.clone(), url, prefix, memory).await
+}
+
+/// [`pool`] whose commands have room to spare, for the tests of what pools share (not of
+/// faults): on a loaded machine a command can outlast the 50 ms timeout, and reads then skip
+/// Redis for a while, which those tests would take for values not shared.
+async fn roomy_pool(db: &TestDb, url: &str, prefix: &str, memory: u64) -> CachedPool {
+    pool_timed(db.pool.clone(), url, prefix, memory, ROOMY).await
 }
 
 /// [`pool`] over a PostgreSQL pool of the caller's.
@@ -72,7 +81,7 @@ async fn total(cache: &CachedPool) -> i64 {
 async fn redis_only_is_fresh_across_processes(url: &str) {
     let db = TestDb::with_schema(COUNTERS).await;
     let prefix = unique_prefix("strict");
-    let (a, b) = (pool(&db, url, &prefix, 0).await, pool(&db, url, &prefix, 0).await);
+    let (a, b) = (roomy_pool(&db, url, &prefix, 0).await, roomy_pool(&db, url, &prefix, 0).await);
     ready(&[&a, &b]).await;
     for i in 1..=60 {
         // Both read (and fill Redis), then a write through A returns: B's next read is fresh.
@@ -109,7 +118,7 @@ async fn redis_only_a_write_in_one_process_is_seen_at_once_by_another() {
 async fn two_tiers_deliver_writes_to_other_processes(url: &str) -> Vec<Duration> {
     let db = TestDb::with_schema(COUNTERS).await;
     let prefix = unique_prefix("tiers");
-    let (a, b) = (pool(&db, url, &prefix, 1 << 20).await, pool(&db, url, &prefix, 1 << 20).await);
+    let (a, b) = (roomy_pool(&db, url, &prefix, 1 << 20).await, roomy_pool(&db, url, &prefix, 1 << 20).await);
     ready(&[&a, &b]).await;
     let mut windows = Vec::new();
     for i in 1..=60 {
@@ -357,7 +366,7 @@ async fn invalidate_all_touches_only_its_own_prefix() {
     require_shared_redis();
     let db = TestDb::with_schema(COUNTERS).await;
     let (one, two) = (unique_prefix("one"), unique_prefix("two"));
-    let (a, b) = (pool(&db, &redis_url(), &one, 0).await, pool(&db, &redis_url(), &two, 0).await);
+    let (a, b) = (roomy_pool(&db, &redis_url(), &one, 0).await, roomy_pool(&db, &redis_url(), &two, 0).await);
     // Both values in Redis: a fill stores there off the reader's path, so read until served
     // from there.
     for cache in [&a, &b] {
@@ -534,7 +543,7 @@ async fn two_processes_share_redis_and_stay_fresh_for_each_other() {
     let db = TestDb::with_schema(COUNTERS).await;
     for memory in [0, 1 << 20] {
         let prefix = unique_prefix("processes");
-        let here = pool(&db, &redis_url(), &prefix, memory).await;
+        let here = roomy_pool(&db, &redis_url(), &prefix, memory).await;
         let mut there = Peer::start(&db, &redis_url(), &prefix, memory);
         assert_eq!(there.ask("ready"), "ready");
         ready(&[&here]).await;
@@ -692,7 +701,7 @@ async fn a_user_and_password_in_the_url_are_used() {
     let prefix = unique_prefix("acl");
     let url = format!("redis://alice:secret@127.0.0.1:{port}");
     // Commands with room to spare (even on a loaded machine): any error is then the password's.
-    let slow = Duration::from_secs(5);
+    let slow = ROOMY;
     let a = pool_timed(db.pool.clone(), &url, &prefix, 0, slow).await;
     let b = pool_timed(db.pool.clone(), &url, &prefix, 0, slow).await;
     ready(&[&a, &b]).await;
@@ -726,7 +735,7 @@ async fn a_silent_subscription_stops_the_in_process_tier_within_the_lease() {
     let db = TestDb::with_schema(COUNTERS).await;
     let prefix = unique_prefix("silent");
     // Commands with room to spare (even on a loaded machine), so that only the lease can tell.
-    let slow = Duration::from_secs(5);
+    let slow = ROOMY;
     let a = pool_timed(db.pool.clone(), &server.url(), &prefix, 1 << 20, slow).await;
     let b = pool_timed(db.pool.clone(), &proxy.url(), &prefix, 1 << 20, slow).await;
     for id in 1..=3 {
@@ -744,7 +753,7 @@ async fn a_value_in_redis_that_does_not_decode_is_a_miss_and_is_replaced() {
     require_shared_redis();
     let db = TestDb::with_schema(COUNTERS).await;
     let prefix = unique_prefix("corrupt");
-    let (a, b) = (pool(&db, &redis_url(), &prefix, 0).await, pool(&db, &redis_url(), &prefix, 0).await);
+    let (a, b) = (roomy_pool(&db, &redis_url(), &prefix, 0).await, roomy_pool(&db, &redis_url(), &prefix, 0).await);
     ready(&[&a, &b]).await;
     let written = bump(&a, 1).await;
     assert_eq!(value(&a, 1).await, written);
@@ -791,7 +800,7 @@ async fn a_value_in_redis_that_does_not_decode_is_a_miss_and_is_replaced() {
 async fn two_tiers_one_process_reads_its_own_writes_with_scripts_flushed() {
     let server = RedisServer::start(&[]);
     let db = TestDb::with_schema(COUNTERS).await;
-    let a = pool(&db, &server.url(), &unique_prefix("own-writes"), 1 << 20).await;
+    let a = roomy_pool(&db, &server.url(), &unique_prefix("own-writes"), 1 << 20).await;
     ready(&[&a]).await;
     let stop = Arc::new(AtomicBool::new(false));
     let readers: Vec<_> = (0..3)
@@ -835,7 +844,7 @@ async fn roles_and_settings_sharing_a_prefix_never_share_entries() {
     let db = TestDb::with_schema(COUNTERS).await;
     let prefix = unique_prefix("roles");
     let url = redis_url();
-    let build = |pg: sqlx::PgPool| pool_on(pg, &url, &prefix, 0);
+    let build = |pg: sqlx::PgPool| pool_timed(pg, &url, &prefix, 0, ROOMY);
     let owner = build(db.pool.clone()).await;
     let (_, options) = db.role("nosel").await;
     let stranger = build(db.pool_with(2, options).await).await;
