@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 /// println!("{} hits, {} misses, {} bypassed", stats.hits, stats.misses, stats.bypassed);
 /// # }
 /// ```
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct StatsSnapshot {
     /// Reads answered from the cache.
@@ -55,6 +55,38 @@ pub struct StatsSnapshot {
     pub tier_drops: u64,
 }
 
+/// Every counter by name, and the reads not cached by reason (those with a count).
+impl std::fmt::Debug for StatsSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        struct Reasons<'a>(&'a StatsSnapshot);
+        impl std::fmt::Debug for Reasons<'_> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                let counted = Uncached::ALL.into_iter().filter(|&r| self.0.uncached(r) > 0);
+                f.debug_map().entries(counted.map(|r| (r, self.0.uncached(r)))).finish()
+            }
+        }
+        f.debug_struct("StatsSnapshot")
+            .field("hits", &self.hits)
+            .field("misses", &self.misses)
+            .field("bypassed", &self.bypassed)
+            .field("bypassed_by_reason", &Reasons(self))
+            .field("fills_rejected", &self.fills_rejected)
+            .field("invalidations", &self.invalidations)
+            .field("full_invalidations", &self.full_invalidations)
+            .field("corrupt_entries", &self.corrupt_entries)
+            .field("statements_analyzed", &self.statements_analyzed)
+            .field("widened", &self.widened)
+            .field("coalesced", &self.coalesced)
+            .field("redis_hits", &self.redis_hits)
+            .field("redis_errors", &self.redis_errors)
+            .field("degraded", &self.degraded)
+            .field("published", &self.published)
+            .field("received", &self.received)
+            .field("tier_drops", &self.tier_drops)
+            .finish()
+    }
+}
+
 impl StatsSnapshot {
     /// Reads that bypassed the cache for `reason`.
     ///
@@ -91,8 +123,9 @@ pub enum Uncached {
     /// A function that is not immutable by `pg_proc.provolatile` (or not known to the catalog):
     /// `random()`, `nextval()`, a user function reading other tables.
     Volatile,
-    /// The result depends on the clock: `now()`, `CURRENT_DATE`, `'now'` or `'today'` in any
-    /// spelling, a bound `'now'`.
+    /// The result depends on the clock, through no function call: `CURRENT_DATE` and the other
+    /// SQL value functions, `'now'` or `'today'` in any spelling, a bound `'now'`. (A function
+    /// such as `now()` is not immutable: [`Uncached::Volatile`].)
     Clock,
     /// `TABLESAMPLE`: a different sample on every run.
     Sample,
@@ -127,11 +160,15 @@ pub enum Uncached {
     /// named a relation the analyzer did not find. A statement planned inside a transaction is
     /// not probed (reads there are never cached anyway).
     Unproven,
+    /// A read run through sqlx's own API with the pool as its executor
+    /// (`sqlx::query_as(..).fetch_all(&cache)`): sqlx does not say what type the rows become,
+    /// so it is never cached. Use `cache.query_as` to cache it.
+    PlainSqlx,
 }
 
 impl Uncached {
     /// How many reasons there are.
-    pub const COUNT: usize = 16;
+    pub const COUNT: usize = 17;
 
     /// Every reason, in index order.
     pub const ALL: [Uncached; Uncached::COUNT] = [
@@ -151,6 +188,7 @@ impl Uncached {
         Uncached::BadModel,
         Uncached::NotInFeed,
         Uncached::Unproven,
+        Uncached::PlainSqlx,
     ];
 
     /// The position of this reason in [`StatsSnapshot::bypassed_by_reason`].
@@ -173,9 +211,15 @@ const NAMED: usize = 16;
 const COUNTERS: usize = NAMED + Uncached::COUNT;
 
 /// One thread's share of the counters, alone on its cache lines.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 #[repr(align(128))]
 struct Stripe([AtomicU64; COUNTERS]);
+
+impl Default for Stripe {
+    fn default() -> Stripe {
+        Stripe(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+}
 
 fn stripe_index() -> usize {
     use std::sync::atomic::AtomicUsize;
@@ -239,10 +283,10 @@ counters! {
 }
 
 impl Stats {
-    /// Counts a read that went to the database for `reason`, and reports it to `tracing`.
+    /// Counts a read that went to the database for `reason` (the caller reports it, with the
+    /// statement and the row type).
     pub fn bypass(&self, reason: Uncached) {
         self.add(NAMED + reason.index());
-        tracing::debug!(target: "sqlacache", ?reason, "read not cached");
     }
 }
 
@@ -267,6 +311,19 @@ mod tests {
         assert_eq!(snapshot.hits, 1000 * (STRIPES as u64 + 3));
         assert_eq!(snapshot.misses, snapshot.hits);
         assert_eq!(snapshot.bypassed, 0);
+    }
+
+    #[test]
+    fn debug_names_the_reasons_counted() {
+        let stats = Stats::default();
+        stats.bypass(Uncached::Volatile);
+        stats.bypass(Uncached::Volatile);
+        stats.bypass(Uncached::PlainSqlx);
+        stats.hit();
+        let text = format!("{:?}", stats.snapshot());
+        assert!(text.contains("bypassed_by_reason: {Volatile: 2, PlainSqlx: 1}"), "{text}");
+        assert!(text.contains("hits: 1"), "{text}");
+        assert!(!text.contains("Locking"), "reasons not counted are left out: {text}");
     }
 
     #[test]

@@ -64,6 +64,12 @@ impl<'q> Execute<'q, Postgres> for Prepared {
     }
 }
 
+tokio::task_local! {
+    /// Set while a cached read's own query runs through the executor: it is counted as a hit,
+    /// a miss or a read not cached for its reason, not as a plain sqlx read.
+    pub(crate) static FILLING: ();
+}
+
 /// Where a statement runs and where its invalidations go.
 pub(crate) enum Target<'e> {
     /// On the pool; invalidations apply as soon as the statement is done.
@@ -98,6 +104,10 @@ pub(crate) fn run<'e>(shared: Arc<Shared>, target: Target<'e>, prepared: Prepare
             let ddl = plan.ddl;
             if ddl {
                 shared.ddl_started();
+            }
+            if plan.read.is_ok() && FILLING.try_with(|_| ()).is_err() {
+                // A read through sqlx's own API: the cache cannot know its row type.
+                crate::pool::not_cached(&shared.stats, sqlacache_core::Uncached::PlainSqlx, prepared.sql.as_str(), "");
             }
             let mut track_rows = false;
             if let WritePlan::Writes(w) = &plan.write {

@@ -645,7 +645,7 @@ impl Shared {
                 }
             }
             None => {
-                self.stats.bypass(Uncached::Unstorable);
+                not_cached(&self.stats, Uncached::Unstorable, "", std::any::type_name::<R>());
                 warn_once_per_type(
                     std::any::type_name::<R>(),
                     "values of this type do not read back from their stored form (a field such as \
@@ -744,6 +744,23 @@ impl Drop for BackgroundWrite {
 /// untagged enums) fail here instead of being stored and never served.
 fn round_trips<R: Stored>(bytes: &[u8]) -> bool {
     R::decode(bytes).and_then(|decoded| decoded.encode()).is_some_and(|again| again == bytes)
+}
+
+/// Counts a read not cached for `reason` and says so at debug level, naming the statement
+/// (shortened) and the row type, so "which query is never cached?" has an answer in the logs.
+pub(crate) fn not_cached(stats: &Stats, reason: Uncached, sql: &str, type_name: &str) {
+    stats.bypass(reason);
+    tracing::debug!(target: "sqlacache", ?reason, statement = shorten(sql), r#type = type_name, "read not cached");
+}
+
+/// At most 120 characters of `sql`, on one line.
+fn shorten(sql: &str) -> String {
+    let mut short: String = sql.split_whitespace().collect::<Vec<_>>().join(" ");
+    if let Some((cut, _)) = short.char_indices().nth(120) {
+        short.truncate(cut);
+        short.push('…');
+    }
+    short
 }
 
 /// Says once per type and message, at `warn` level, why reads into it are not cached.
@@ -872,8 +889,8 @@ impl CachedPool {
         let admitted = shared.admit::<T>().await;
         let plan = shared.plan(model.get_sql, true).await?;
         let mut key_hash = KeyBuilder::new(T::fingerprint());
-        let cached = shared.refusal(&plan).and_then(|read| {
-            admitted?;
+        // A model whose checks failed says so, whatever else its read runs into.
+        let cached = admitted.and_then(|()| shared.refusal(&plan)).and_then(|read| {
             key_hash.arg(&key)?;
             if !read.allowed.contains(Ops::GET) {
                 return Err(Uncached::Disabled);
@@ -900,7 +917,7 @@ impl CachedPool {
                 shared.cached_read(id, read.ttl, fill).await
             }
             Err(reason) => {
-                shared.stats.bypass(reason);
+                not_cached(&shared.stats, reason, model.get_sql, std::any::type_name::<T>());
                 Box::pin(fetch(key)).await
             }
         }

@@ -42,21 +42,21 @@ where
     // Before planning: a model used for the first time changes its table's settings.
     let admitted = shared.admit_model(model).await;
     let plan = shared.plan(sql, true).await?;
-    let cached = shared.refusal(&plan).and_then(|read| {
+    // A model whose checks failed says so, whatever else its read runs into.
+    let cached = admitted.and_then(|()| shared.refusal(&plan)).and_then(|read| {
         if !read.allowed.contains(op_of(read.op)) {
             return Err(Uncached::Disabled);
         }
-        admitted?;
         Ok((read, key?))
     });
     match cached {
         Ok((read, key)) => {
-            let fill = || (&read.deps, fill());
+            let fill = || (&read.deps, crate::executor::FILLING.scope((), fill()));
             shared.cached_read(key.finish(&read.sql, kind), read.ttl, fill).await
         }
         Err(reason) => {
-            shared.stats.bypass(reason);
-            Box::pin(fill()).await
+            crate::pool::not_cached(&shared.stats, reason, sql, std::any::type_name::<R>());
+            Box::pin(crate::executor::FILLING.scope((), fill())).await
         }
     }
 }

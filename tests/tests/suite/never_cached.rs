@@ -183,3 +183,30 @@ async fn aggregates_over_volatile_functions_are_not_cached() {
     assert_eq!(stats.uncached(sqlacache_sqlx::Uncached::Volatile), 2, "the volatile aggregate: {stats:?}");
     assert_eq!(stats.hits, 1, "the immutable aggregate is cached: {stats:?}");
 }
+
+/// A read through sqlx's own API with the pool as executor is not cached (sqlx does not say
+/// what the rows become), and is counted as such; a cached read's own query is not.
+#[tokio::test]
+async fn plain_sqlx_reads_through_the_pool_are_counted() {
+    use sqlacache_sqlx::Uncached;
+    let db = TestDb::new().await;
+    let cache = db.cache().await;
+    let before = cache.stats();
+    for _ in 0..2 {
+        let rows: Vec<(i64,)> = sqlx::query_as("SELECT id FROM users ORDER BY id").fetch_all(&cache).await.unwrap();
+        assert!(!rows.is_empty());
+    }
+    let after = cache.stats();
+    assert_eq!(after.uncached(Uncached::PlainSqlx), before.uncached(Uncached::PlainSqlx) + 2, "{after:?}");
+    assert_eq!(after.bypassed, before.bypassed + 2);
+    // A miss and a hit of the cache's own API: neither is a plain read.
+    for _ in 0..2 {
+        cache.query_as::<User>("SELECT * FROM users ORDER BY id").fetch_all().await.unwrap();
+    }
+    // A write through sqlx's API is not a read.
+    sqlx::query("UPDATE users SET name = name WHERE id = 1").execute(&cache).await.unwrap();
+    let last = cache.stats();
+    assert_eq!(last.uncached(Uncached::PlainSqlx), after.uncached(Uncached::PlainSqlx), "{last:?}");
+    assert_eq!((last.misses, last.hits), (after.misses + 1, after.hits + 1));
+    assert!(format!("{last:?}").contains("PlainSqlx: 2"), "Debug names the reason: {last:?}");
+}

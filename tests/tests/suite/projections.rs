@@ -235,3 +235,24 @@ async fn query_as_macro_caches_a_row_type_without_from_row() {
     sqlx::query("UPDATE users SET name = 'ada l.' WHERE id = 1").execute(&cache).await.unwrap();
     assert_eq!(read().fetch_one(&cache).await.unwrap().name, "ada l.");
 }
+
+/// A model of a table that does not exist (a misspelt name).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, Serialize, Deserialize, Cacheable)]
+#[cache(table = "postz")]
+struct Misspelt {
+    #[cache(pk)]
+    id: i64,
+}
+
+#[tokio::test]
+async fn a_model_of_a_misspelt_table_is_counted_as_a_bad_model() {
+    let db = TestDb::with_schema(BLOG).await;
+    let cache = CachedPool::builder(db.pool.clone()).build().await.unwrap();
+    // PostgreSQL's own error, unchanged.
+    let error = cache.get::<Misspelt>(1).await.unwrap_err();
+    assert!(error.to_string().contains("postz"), "{error}");
+    assert!(cache.query_as::<Misspelt>("SELECT id FROM posts").fetch_all().await.is_ok());
+    let stats = cache.stats();
+    assert_eq!(stats.uncached(Uncached::BadModel), 2, "{stats:?}");
+    assert_eq!(stats.uncached(Uncached::UnknownTable), 0, "{stats:?}");
+}
