@@ -91,6 +91,8 @@ pub(crate) struct Shared {
     pub pool: PgPool,
     pub store: MemoryStore,
     pub stats: Stats,
+    /// When each cause of a dropped in-process tier was last logged.
+    drops_logged: std::sync::Mutex<Vec<(&'static str, Option<std::time::Instant>, u64)>>,
     /// Behind a lock: a model first used without `.model::<T>()` adds its settings.
     config: RwLock<Config>,
     catalog: RwLock<Arc<Catalog>>,
@@ -147,7 +149,7 @@ impl Shared {
 
     /// Drops both tiers: writes made elsewhere may have been missed.
     pub async fn drop_everywhere(&self) {
-        self.drop_local();
+        self.drop_local("the change feed is heard again after it was not trusted");
         #[cfg(feature = "redis")]
         if let Some(remote) = &self.remote {
             remote.invalidate_shared(&[Tag::All], &self.stats).await;
@@ -516,10 +518,26 @@ impl Shared {
     }
 
     /// Drops the in-process tier: invalidations may have been missed.
-    pub fn drop_local(&self) {
+    /// `why` names the cause; each cause is logged at most once every ten seconds (with how
+    /// many drops it caused meanwhile), since an outage drops the tier at every heartbeat.
+    pub fn drop_local(&self, why: &'static str) {
         self.store.invalidate(&[Tag::All]);
         self.stats.tier_drop();
-        tracing::info!(target: "sqlacache", "in-process tier dropped: invalidations from other processes may have been missed");
+        let now = std::time::Instant::now();
+        let mut logged = self.drops_logged.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = match logged.iter_mut().find(|(cause, ..)| *cause == why) {
+            Some(entry) => entry,
+            None => {
+                logged.push((why, None, 0));
+                logged.last_mut().expect("just pushed")
+            }
+        };
+        entry.2 += 1;
+        if entry.1.is_none_or(|last| now.duration_since(last) >= DROP_LOG_EVERY) {
+            let drops = std::mem::take(&mut entry.2);
+            entry.1 = Some(now);
+            tracing::info!(target: "sqlacache", why, drops, "in-process tier dropped: invalidations from other processes may have been missed");
+        }
     }
 
     /// Answers a read from the cache or fills it: the freshness protocol in one place.
@@ -745,6 +763,9 @@ impl Drop for BackgroundWrite {
 fn round_trips<R: Stored>(bytes: &[u8]) -> bool {
     R::decode(bytes).and_then(|decoded| decoded.encode()).is_some_and(|again| again == bytes)
 }
+
+/// How often one cause of a dropped in-process tier is logged at most.
+const DROP_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Counts a read not cached for `reason` and says so at debug level, naming the statement
 /// (shortened) and the row type, so "which query is never cached?" has an answer in the logs.
@@ -1401,6 +1422,7 @@ impl CachedPoolBuilder {
             id: NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed),
             store: MemoryStore::new(self.capacity),
             stats: Stats::default(),
+            drops_logged: std::sync::Mutex::default(),
             config: RwLock::new(config),
             catalog: RwLock::new(Arc::new(catalog)),
             generation: AtomicU64::new(1),

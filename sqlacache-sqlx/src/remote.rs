@@ -322,7 +322,7 @@ mod imp {
             // one, before the breaker closes.)
             if open && settled && !self.undelivered.load(Ordering::Acquire) {
                 // The others have had time to reconnect and deliver what they could not.
-                shared.drop_local();
+                shared.drop_local("Redis answers again after it failed");
                 self.answering_since.store(0, Ordering::Release);
                 self.open.store(false, Ordering::Release);
                 tracing::info!(target: "sqlacache", "Redis answers again; what it held before was invalidated");
@@ -340,7 +340,9 @@ mod imp {
                 if let Body::Heartbeat(sent) = message.body {
                     if !self.lease.trusted() {
                         // Trust lapsed or messages may be missing: drop before trusting again.
-                        shared.drop_local();
+                        shared.drop_local(
+                            "the bus is heard again after a lapse of the lease, a reconnect or a gap in a publisher's messages",
+                        );
                     }
                     self.lease.renew(sent);
                 }
@@ -434,14 +436,21 @@ mod imp {
     /// Applies what the bus carries until the pool is dropped. A bus silent for several
     /// leases while Redis answers is a connection that died without an error: make it again.
     async fn listen(shared: Weak<Shared>, mut subscription: Box<dyn Subscription>, lease: Duration) {
+        // Whether anything was heard yet: a first connection is not a reconnect worth a log line.
+        let mut heard = false;
         loop {
             let event = tokio::time::timeout(lease * 4, subscription.next()).await;
             let Some(shared) = shared.upgrade() else { return };
             let Some(remote) = shared.remote.clone() else { return };
             match event {
-                Ok(Event::Message(text)) => remote.heard(&shared, &text),
+                Ok(Event::Message(text)) => {
+                    heard = true;
+                    remote.heard(&shared, &text);
+                }
                 Ok(Event::Lost) => {
-                    tracing::info!(target: "sqlacache", "the invalidation channel reconnected; the in-process tier will be dropped");
+                    if heard {
+                        tracing::info!(target: "sqlacache", "the invalidation channel reconnected; the in-process tier will be dropped");
+                    }
                     remote.lease.lose();
                     remote.seen().clear();
                 }
