@@ -30,7 +30,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await
         .map_err(|e| format!("cannot reach PostgreSQL at {url}: {e} (set DATABASE_URL, or start the server)"))?;
     sqlx::raw_sql(
-        "DROP TABLE IF EXISTS sqlacache_quickstart_orders, sqlacache_quickstart_users;
+        // One run at a time: the lock lasts until the implicit transaction of this string ends.
+        "SELECT pg_advisory_xact_lock(hashtext('sqlacache_quickstart'));
+         DROP TABLE IF EXISTS sqlacache_quickstart_orders, sqlacache_quickstart_users;
          CREATE TABLE sqlacache_quickstart_users (id bigint PRIMARY KEY, name text NOT NULL, active boolean NOT NULL);
          CREATE TABLE sqlacache_quickstart_orders (id bigint PRIMARY KEY,
              user_id bigint NOT NULL REFERENCES sqlacache_quickstart_users(id), total bigint NOT NULL);

@@ -87,7 +87,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let redis = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let pool = sqlx::PgPool::connect(&database).await?;
     sqlx::raw_sql(
-        "CREATE TABLE IF NOT EXISTS sqlacache_example_users (id bigint PRIMARY KEY, name text NOT NULL, active boolean NOT NULL);
+        // One instance at a time (instances may start together): the lock lasts until the
+        // implicit transaction of this string ends.
+        "SELECT pg_advisory_xact_lock(hashtext('sqlacache_example'));
+         CREATE TABLE IF NOT EXISTS sqlacache_example_users (id bigint PRIMARY KEY, name text NOT NULL, active boolean NOT NULL);
          INSERT INTO sqlacache_example_users VALUES (1, 'Ada', true), (2, 'Alan', true), (3, 'Edsger', false)
          ON CONFLICT DO NOTHING;",
     )
