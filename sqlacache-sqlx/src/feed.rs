@@ -492,6 +492,11 @@ pub(crate) struct Feed {
 }
 
 impl Feed {
+    /// Whether the pool installs the feed itself (`change_feed`, not `change_feed_installed`).
+    pub fn installs(&self) -> bool {
+        self.install
+    }
+
     pub fn new(lease: Duration, install: bool) -> Feed {
         Feed {
             lease: Lease::new(lease),

@@ -231,7 +231,7 @@ impl Shared {
             Ok::<(), Error>(())
         };
         if let Err(error) = result.await {
-            tracing::warn!(target: "sqlacache", %error, "the change feed could not be installed on a table created anew; its reads are not cached");
+            tracing::warn!(target: "sqlacache", %error, "the change feed could not be installed on a table it must cover; its reads are not cached");
         }
     }
 
@@ -341,6 +341,12 @@ impl Shared {
             }
         };
         self.config.write().unwrap_or_else(|e| e.into_inner()).add_model(table);
+        if self.feed.as_ref().is_some_and(|feed| feed.installs()) {
+            // One rule whatever other pools did: a pool that installs the feed covers a model's
+            // table at its first use, as `.model::<T>()` would have at `build()`. (With
+            // `change_feed_installed`, a table the migration did not cover stays `NotInFeed`.)
+            self.reinstall_feed().await;
+        }
         self.invalidate_everywhere(&catalog.family_tags(oid)).await;
         // Plans carry each table's ops and TTL: make them again (marked out of date first, so a
         // failed reload is retried by the next plan).

@@ -743,3 +743,35 @@ async fn changes_elsewhere_that_reach_the_cached_tables_are_noticed() {
         assert_eq!(value(&cache, 1).await, v);
     }
 }
+
+/// A model used without `.model::<T>()` by a pool that installs the feed: its first use covers
+/// its table, whatever another pool did, so its reads are cached and outside writes are seen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_first_used_without_registration_gets_the_feed_on_its_table() {
+    let db = TestDb::in_own_database(&format!(
+        "{COUNTERS} CREATE TABLE labels (name text, n int, v bigint NOT NULL, PRIMARY KEY (name, n));
+         INSERT INTO labels VALUES ('a', 1, 0);"
+    ))
+    .await;
+    let cache = fed(&db).await;
+    let key = ("a".to_owned(), 1);
+    assert_eq!(cache.get::<Label>(key.clone()).await.unwrap().unwrap().v, 0);
+    let start = Instant::now();
+    loop {
+        // Once the feed is heard (its lease), reads are served from the cache.
+        let hits = cache.stats().hits;
+        assert_eq!(cache.get::<Label>(key.clone()).await.unwrap().unwrap().v, 0);
+        if cache.stats().hits > hits {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "never cached: {:?}", cache.stats());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(cache.stats().uncached(Uncached::NotInFeed), 0, "{:?}", cache.stats());
+    sqlx::query("UPDATE labels SET v = 7").execute(&db.pool).await.unwrap();
+    seen_within(Instant::now(), 7, "an outside write to the model's table", || {
+        let (cache, key) = (cache.clone(), key.clone());
+        async move { cache.get::<Label>(key).await.unwrap().unwrap().v }
+    })
+    .await;
+}
