@@ -477,6 +477,8 @@ async fn with_redis_an_outside_write_invalidates_the_shared_tier_too() {
             .redis(&sqlacache_tests::redis::redis_url())
             .key_prefix(&prefix)
             .lease(LEASE)
+            // Room to spare on a loaded machine: this test is not about slow commands.
+            .redis_timeout(Duration::from_secs(2))
             .change_feed()
     };
     // Values in Redis only: a read finds them there, so only an invalidation in Redis helps.
@@ -492,7 +494,10 @@ async fn with_redis_an_outside_write_invalidates_the_shared_tier_too() {
         let (redis_hits, start) = (b.stats().redis_hits, Instant::now());
         while b.stats().redis_hits == redis_hits {
             assert_eq!(value(&b, 1).await, v - 1);
-            assert!(start.elapsed() < Duration::from_secs(10), "B never found the value in Redis");
+            // Only against hanging: reads are served only while the feed is heard within its
+            // lease, which the schema changes of the tests running alongside can keep lapsing
+            // on a loaded machine (each one costs the listener a catalog read).
+            assert!(start.elapsed() < Duration::from_secs(60), "B never found the value in Redis");
         }
         sqlx::query("UPDATE counters SET v = $1 WHERE id = 1").bind(v).execute(&db.pool).await.unwrap();
         let returned = Instant::now();

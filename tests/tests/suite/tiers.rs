@@ -458,8 +458,8 @@ async fn two_databases_sharing_one_redis_and_prefix_never_share_entries() {
     let options: sqlx::postgres::PgConnectOptions = other_url.parse().unwrap();
     let there_pool = sqlx::PgPool::connect_with(options.options([("search_path", schema.as_str())])).await.unwrap();
     let prefix = unique_prefix("dbs");
-    let a = pool(&here, &redis_url(), &prefix, 0).await;
-    let b = pool_on(there_pool.clone(), &redis_url(), &prefix, 0).await;
+    let a = roomy_pool(&here, &redis_url(), &prefix, 0).await;
+    let b = pool_timed(there_pool.clone(), &redis_url(), &prefix, 0, ROOMY).await;
     ready(&[&a, &b]).await;
     for _ in 0..3 {
         assert_eq!(value(&a, 1).await, 0);
