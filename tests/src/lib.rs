@@ -50,6 +50,20 @@ pub struct Counter {
 pub const COUNTERS: &str = "CREATE TABLE counters (id int PRIMARY KEY, v bigint NOT NULL);
     INSERT INTO counters SELECT g, 0 FROM generate_series(1, 5) g;";
 
+/// Adds one to counter `id` through `cache`; returns its new value.
+pub async fn bump(cache: &CachedPool, id: i32) -> i64 {
+    sqlx::query_scalar("UPDATE counters SET v = v + 1 WHERE id = $1 RETURNING v")
+        .bind(id)
+        .fetch_one(cache)
+        .await
+        .unwrap()
+}
+
+/// Counter `id`, read with `get` through `cache`.
+pub async fn value(cache: &CachedPool, id: i32) -> i64 {
+    cache.get::<Counter>(id).await.unwrap().expect("the row exists").v
+}
+
 /// An order row (references `users` with `ON DELETE CASCADE`).
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow, Serialize, Deserialize, Cacheable)]
 #[cache(table = "orders")]

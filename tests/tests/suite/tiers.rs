@@ -7,7 +7,7 @@ use sqlacache_sqlx::{CachedPool, Error};
 use sqlacache_tests::redis::{
     free_port, redis_url, require_shared_redis, unique_prefix, Proxy, RedisCluster, RedisServer, TlsFiles,
 };
-use sqlacache_tests::{Counter, TestDb, COUNTERS};
+use sqlacache_tests::{bump, value, Counter, TestDb, COUNTERS};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -60,18 +60,6 @@ async fn ready(pools: &[&CachedPool]) {
         assert!(start.elapsed() < Duration::from_secs(90), "the pools did not connect to Redis");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-}
-
-async fn bump(cache: &CachedPool, id: i32) -> i64 {
-    sqlx::query_scalar("UPDATE counters SET v = v + 1 WHERE id = $1 RETURNING v")
-        .bind(id)
-        .fetch_one(cache)
-        .await
-        .unwrap()
-}
-
-async fn value(cache: &CachedPool, id: i32) -> i64 {
-    cache.get::<Counter>(id).await.unwrap().expect("the row exists").v
 }
 
 async fn total(cache: &CachedPool) -> i64 {
