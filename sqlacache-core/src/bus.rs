@@ -20,7 +20,7 @@
 use crate::Tag;
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// A message on the bus.
@@ -148,12 +148,22 @@ pub struct Lease {
     lease: Duration,
     /// Nanoseconds since `origin` until which the tier is trusted; 0 while it is not.
     until: AtomicU64,
+    /// A loss was logged and no renewal has ended it yet.
+    announced: AtomicBool,
+    /// A heartbeat has given trust at least once.
+    ever: AtomicBool,
 }
 
 impl Lease {
     /// A lease of `lease`, not yet trusted.
     pub fn new(lease: Duration) -> Lease {
-        Lease { origin: Instant::now(), lease, until: AtomicU64::new(0) }
+        Lease {
+            origin: Instant::now(),
+            lease,
+            until: AtomicU64::new(0),
+            announced: AtomicBool::new(false),
+            ever: AtomicBool::new(false),
+        }
     }
 
     /// Now, on this lease's clock, for a heartbeat's send time.
@@ -171,12 +181,33 @@ impl Lease {
         self.until.store(0, Ordering::Release);
     }
 
+    /// As [`lose`](Lease::lose), for a loss its caller has logged: the renewal that ends it
+    /// says so, so that the log tells when the tier is trusted again.
+    pub fn lose_announced(&self) {
+        self.announced.store(true, Ordering::Release);
+        self.lose();
+    }
+
     /// Own heartbeat sent at `sent` came back: trusts the tier until `lease` after `sent`
     /// (never moving back). Whoever calls this drops the tier first if it was not
     /// [`trusted`](Lease::trusted): messages may have been missed while it was not.
-    pub fn renew(&self, sent: u64) {
+    ///
+    /// Returns whether this renewal ends a loss announced by
+    /// [`lose_announced`](Lease::lose_announced) (once per such loss), for a log line.
+    pub fn renew(&self, sent: u64) -> bool {
         let until = sent.saturating_add(u64::try_from(self.lease.as_nanos()).unwrap_or(u64::MAX));
         self.until.fetch_max(until, Ordering::AcqRel);
+        if !self.trusted() {
+            return false;
+        }
+        self.ever.store(true, Ordering::Release);
+        self.announced.swap(false, Ordering::AcqRel)
+    }
+
+    /// Whether a heartbeat has ever given trust: the first one ends no loss worth a log line
+    /// (there was nothing yet to miss).
+    pub fn ever_trusted(&self) -> bool {
+        self.ever.load(Ordering::Acquire)
     }
 
     /// The lease.
@@ -258,5 +289,22 @@ mod tests {
         assert!(!lease.trusted());
         lease.renew(sent);
         assert!(!lease.trusted(), "an old heartbeat does not give trust back");
+    }
+
+    #[test]
+    fn the_renewal_that_ends_an_announced_loss_says_so_once() {
+        let lease = Lease::new(Duration::from_secs(1));
+        // Long enough for a heartbeat sent at the start to be too old.
+        std::thread::sleep(Duration::from_millis(1100));
+        assert!(!lease.ever_trusted());
+        assert!(!lease.renew(lease.now()), "a first heartbeat ends no announced loss");
+        assert!(lease.ever_trusted());
+        lease.lose();
+        assert!(!lease.renew(lease.now()), "a loss nobody announced is not announced as over");
+        lease.lose_announced();
+        assert!(!lease.trusted());
+        assert!(!lease.renew(0), "too old a heartbeat: trust is not back");
+        assert!(lease.renew(lease.now()), "the renewal that gives trust back says the loss is over");
+        assert!(!lease.renew(lease.now()), "once");
     }
 }

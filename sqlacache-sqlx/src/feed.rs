@@ -576,8 +576,10 @@ impl Feed {
     fn lose(&self, why: &str) {
         if self.lease.trusted() {
             tracing::info!(target: "sqlacache", why, "the change feed may have missed writes; cached reads wait until it is heard again");
+            self.lease.lose_announced();
+        } else {
+            self.lease.lose();
         }
-        self.lease.lose();
     }
 
     /// Applies notifications in the order they were sent: `payloads`, the ones that arrived
@@ -601,9 +603,11 @@ impl Feed {
                         due.apply(self, shared).await;
                         if !self.lease.trusted() {
                             // Writes may have been missed while it was not trusted.
-                            shared.drop_everywhere().await;
+                            shared.drop_everywhere(!self.lease.ever_trusted()).await;
                         }
-                        self.lease.renew(sent);
+                        if self.lease.renew(sent) {
+                            tracing::info!(target: "sqlacache", "the change feed is heard again; cached reads resume");
+                        }
                         self.heard_sent.fetch_max(sent, Ordering::AcqRel);
                     }
                 }

@@ -148,8 +148,14 @@ impl Shared {
     }
 
     /// Drops both tiers: writes made elsewhere may have been missed.
-    pub async fn drop_everywhere(&self) {
-        self.drop_local("the change feed is heard again after it was not trusted");
+    /// `first`: the feed is heard for the first time (nothing was served yet: not worth a log
+    /// line).
+    pub async fn drop_everywhere(&self, first: bool) {
+        if first {
+            self.store.invalidate(&[Tag::All]);
+        } else {
+            self.drop_local("the change feed is heard again after it was not trusted");
+        }
         #[cfg(feature = "redis")]
         if let Some(remote) = &self.remote {
             remote.invalidate_shared(&[Tag::All], &self.stats).await;
@@ -775,9 +781,14 @@ const DROP_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Counts a read not cached for `reason` and says so at debug level, naming the statement
 /// (shortened) and the row type, so "which query is never cached?" has an answer in the logs.
+/// `type_name` is the type read (`Vec<Row>`, `Option<Row>` or `Row`): the event names `Row`.
 pub(crate) fn not_cached(stats: &Stats, reason: Uncached, sql: &str, type_name: &str) {
     stats.bypass(reason);
-    tracing::debug!(target: "sqlacache", ?reason, statement = shorten(sql), r#type = type_name, "read not cached");
+    let row = ["alloc::vec::Vec<", "core::option::Option<"]
+        .into_iter()
+        .find_map(|wrapper| type_name.strip_prefix(wrapper)?.strip_suffix('>'))
+        .unwrap_or(type_name);
+    tracing::debug!(target: "sqlacache", ?reason, statement = shorten(sql), r#type = row, "read not cached");
 }
 
 /// At most 120 characters of `sql`, on one line.

@@ -333,18 +333,25 @@ mod imp {
         fn heard(&self, shared: &Shared, text: &str) {
             let Some(message) = Message::decode(text) else {
                 tracing::warn!(target: "sqlacache", "an unreadable message on the invalidation channel; dropping the in-process tier");
-                self.lease.lose();
+                self.lease.lose_announced();
                 return;
             };
             if message.publisher == self.publisher {
                 if let Body::Heartbeat(sent) = message.body {
                     if !self.lease.trusted() {
-                        // Trust lapsed or messages may be missing: drop before trusting again.
-                        shared.drop_local(
-                            "the bus is heard again after a lapse of the lease, a reconnect or a gap in a publisher's messages",
-                        );
+                        // Trust lapsed or messages may be missing: drop before trusting again
+                        // (quietly the first time: nothing was served yet).
+                        if self.lease.ever_trusted() {
+                            shared.drop_local(
+                                "the bus is heard again after a lapse of the lease, a reconnect or a gap in a publisher's messages",
+                            );
+                        } else {
+                            shared.store.invalidate(&[Tag::All]);
+                        }
                     }
-                    self.lease.renew(sent);
+                    if self.lease.renew(sent) {
+                        tracing::info!(target: "sqlacache", "the invalidation channel is heard again; the in-process tier was dropped and serves again");
+                    }
                 }
                 // Own invalidations were applied before they were published.
                 return;
@@ -450,16 +457,25 @@ mod imp {
                 Ok(Event::Lost) => {
                     if heard {
                         tracing::info!(target: "sqlacache", "the invalidation channel reconnected; the in-process tier will be dropped");
+                        remote.lease.lose_announced();
+                    } else {
+                        remote.lease.lose();
                     }
-                    remote.lease.lose();
                     remote.seen().clear();
                 }
                 Err(_) => {
-                    remote.lease.lose();
                     if remote.usable() {
-                        tracing::info!(target: "sqlacache", "the invalidation channel is silent; reconnecting it");
+                        // (Never heard yet: Redis was down at the start, not a connection lost.)
+                        if heard {
+                            tracing::info!(target: "sqlacache", "the invalidation channel is silent; reconnecting it");
+                            remote.lease.lose_announced();
+                        } else {
+                            remote.lease.lose();
+                        }
                         drop(shared);
                         subscription.reconnect().await;
+                    } else {
+                        remote.lease.lose();
                     }
                 }
             }

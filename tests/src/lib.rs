@@ -10,6 +10,7 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub mod checker;
+pub mod logs;
 pub mod mock_tier;
 pub mod redis;
 
@@ -49,6 +50,15 @@ pub struct Counter {
 /// The `counters` table with five rows at zero.
 pub const COUNTERS: &str = "CREATE TABLE counters (id int PRIMARY KEY, v bigint NOT NULL);
     INSERT INTO counters SELECT g, 0 FROM generate_series(1, 5) g;";
+
+/// Waits until `done` holds; fails after 30 s (only against hanging) naming `what` was awaited.
+pub async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(start.elapsed() < std::time::Duration::from_secs(30), "timed out waiting until {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+}
 
 /// Adds one to counter `id` through `cache`; returns its new value.
 pub async fn bump(cache: &CachedPool, id: i32) -> i64 {

@@ -6,6 +6,9 @@
 //! cargo run --release -p sqlacache-benches --bin ratios -- feed   # the change feed's rows alone
 //! ```
 //!
+//! `--rounds N` runs N rounds instead of 5,000 (fewer rounds only check that it runs: the p99s
+//! need thousands).
+//!
 //! Each round runs the raw side and the cached side of every comparison once, alternating which
 //! goes first. Writes go to different rows on the two sides so neither updates a row the other
 //! just updated.
@@ -23,7 +26,20 @@ use std::future::Future;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-const ROUNDS: i64 = 5_000;
+/// Rounds per comparison: 5,000 unless `--rounds N` says otherwise.
+fn rounds() -> i64 {
+    static ROUNDS: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *ROUNDS.get_or_init(|| {
+        let args: Vec<String> = std::env::args().collect();
+        match args.iter().position(|a| a == "--rounds") {
+            Some(i) => args.get(i + 1).and_then(|n| n.parse().ok()).filter(|&n| n > 0).unwrap_or_else(|| {
+                eprintln!("--rounds takes a positive number");
+                std::process::exit(2)
+            }),
+            None => 5_000,
+        }
+    })
+}
 /// Invalidations timed together per sample (one is too short for the clock).
 const BATCH: u32 = 100;
 
@@ -112,7 +128,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         eprintln!("{error}");
         std::process::exit(2);
     });
-    if std::env::args().nth(1).as_deref() == Some("feed") {
+    if std::env::args().any(|a| a == "feed") {
         // Only the change feed's rows.
         for row in feed::rows(&pool).await? {
             println!("| {:<24} | {:<44} | {:<4} |", row.name, row.target, if row.met { "yes" } else { "NO" });
@@ -144,7 +160,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     }
     cache.query_as::<BenchUser>(LIST).fetch_all().await?;
     cache.query_scalar::<i64>(COUNT).fetch_one().await?;
-    for round in 0..ROUNDS {
+    for round in 0..rounds() {
         // 1: hot keys are cached; cold keys are existing rows read once each.
         let (hot, cold) = (1 + round % 100, USERS / 2 + round % (USERS / 2));
         let hit_once = async {
@@ -192,7 +208,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     }
     // 4: after the reads, since each write invalidates the table's lists and counts. The two
     // sides update different rows.
-    for round in 0..ROUNDS {
+    for round in 0..rounds() {
         let raw_once = async {
             black_box(sqlx::query(WRITE).bind(USERS - round % 500).execute(&pool).await.unwrap());
         };
@@ -211,7 +227,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     }
     let (weight, entries) = sizing.memory_usage();
 
-    println!("{ROUNDS} rounds, each side once per round, alternating which goes first; microseconds\n");
+    println!("{} rounds, each side once per round, alternating which goes first; microseconds\n", rounds());
     println!(
         "| {:<24} | {:>9} | {:>9} | {:>9} | {:>9} | {:>9} | {:>8} |",
         "operation", "raw p50", "raw p99", "cache p50", "cache p99", "ratio", "speed-up"
@@ -289,7 +305,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 /// a write with Redis against raw sqlx, a hit of the in-process tier in front of Redis, and the
 /// delivery of an invalidation from one pool to another's in-process tier.
 mod redis {
-    use super::{pair, print_pair, us, Row, ROUNDS};
+    use super::{pair, print_pair, rounds, us, Row};
     use fred::interfaces::{ClientLike, KeysInterface};
     use sqlacache_benches::{BenchUser, Samples, POINT, USERS, WRITE};
     use sqlacache_sqlx::CachedPool;
@@ -347,7 +363,7 @@ mod redis {
 
         let [mut raw_get, mut redis_hit, mut raw_miss, mut redis_miss, mut raw_hot, mut local_hit, mut raw_write, mut redis_write] =
             std::array::from_fn(|_| Samples::default());
-        for round in 0..ROUNDS {
+        for round in 0..rounds() {
             let raw_once = async {
                 let bytes: Vec<u8> = raw_redis.get(&raw_key).await.unwrap();
                 black_box(bytes);
@@ -365,7 +381,7 @@ mod redis {
             };
             pair(round, (&mut raw_miss, raw_once), (&mut redis_miss, miss_once)).await;
         }
-        for round in 0..ROUNDS {
+        for round in 0..rounds() {
             let raw_once = async {
                 black_box(sqlx::query(WRITE).bind(USERS - 1000 - round % 500).execute(pg).await.unwrap());
             };
@@ -380,7 +396,7 @@ mod redis {
         for id in 1..=100 {
             tiers.get::<BenchUser>(id).await?;
         }
-        for round in 0..ROUNDS {
+        for round in 0..rounds() {
             let hot = 1 + round % 100;
             let raw_once = async {
                 black_box(raw_point(hot).await.unwrap());
@@ -407,7 +423,7 @@ mod redis {
             delivery.push(returned.elapsed());
         }
 
-        println!("\nWith Redis ({url}), {ROUNDS} rounds as above; microseconds\n");
+        println!("\nWith Redis ({url}), {} rounds as above; microseconds\n", rounds());
         println!(
             "| {:<24} | {:>9} | {:>9} | {:>9} | {:>9} | {:>9} | {:>8} |",
             "operation", "raw p50", "raw p99", "cache p50", "cache p99", "ratio", "speed-up"
@@ -449,7 +465,7 @@ mod redis {
 /// write to an identical table without them, and the delay from an outside write's commit to
 /// the pool's invalidation.
 mod feed {
-    use super::{pair, print_pair, us, Row, ROUNDS};
+    use super::{pair, print_pair, rounds, us, Row};
     use sqlacache_benches::Samples;
     use sqlacache_sqlx::{CachedPool, Ops};
     use sqlx::{AssertSqlSafe, PgPool};
@@ -458,7 +474,7 @@ mod feed {
 
     /// The same one-row update on the plain and the fed table, interleaved.
     async fn writes(pg: &PgPool, plain: &str, fed: &str, raw: &mut Samples, triggered: &mut Samples) {
-        for round in 0..ROUNDS {
+        for round in 0..rounds() {
             let id = 1 + round % 10_000;
             let raw_once = async {
                 black_box(sqlx::query(AssertSqlSafe(plain)).bind(id).execute(pg).await.unwrap());
@@ -504,7 +520,7 @@ mod feed {
             }
             delivery.push(returned.elapsed());
         }
-        println!("\nChange feed, {ROUNDS} rounds as above; microseconds\n");
+        println!("\nChange feed, {} rounds as above; microseconds\n", rounds());
         println!(
             "| {:<24} | {:>9} | {:>9} | {:>9} | {:>9} | {:>9} | {:>8} |",
             "operation", "raw p50", "raw p99", "feed p50", "feed p99", "ratio", "speed-up"

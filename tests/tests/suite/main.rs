@@ -8,6 +8,7 @@ mod dependencies;
 mod freshness;
 mod interleavings;
 mod late_redis;
+mod logs;
 mod macros;
 mod never_cached;
 mod partial_commits;

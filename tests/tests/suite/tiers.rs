@@ -7,7 +7,7 @@ use sqlacache_sqlx::{CachedPool, Error};
 use sqlacache_tests::redis::{
     free_port, redis_url, require_shared_redis, unique_prefix, Proxy, RedisCluster, RedisServer, TlsFiles,
 };
-use sqlacache_tests::{bump, value, Counter, TestDb, COUNTERS};
+use sqlacache_tests::{bump, until, value, Counter, TestDb, COUNTERS};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -264,7 +264,7 @@ async fn redis_frozen_during_writes_then_resumed() {
     .await;
     assert_eq!(stale, 0);
     assert!(a.stats().redis_errors > 0, "writes timed out against the frozen server");
-    assert!(b.stats().tier_drops > 0, "the in-process tier was dropped before it was trusted again");
+    until("the in-process tier is dropped before it is trusted again", || b.stats().tier_drops > 0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -291,7 +291,7 @@ async fn subscriber_connections_killed() {
     })
     .await;
     assert_eq!(stale, 0);
-    assert!(b.stats().tier_drops > 0, "a reconnected subscriber drops the in-process tier");
+    until("a reconnected subscriber drops the in-process tier", || b.stats().tier_drops > 0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -421,7 +421,7 @@ async fn a_write_published_while_the_subscriber_was_away_is_not_missed() {
         // when it subscribes again, before trusting it.
         unheard_write_is_not_served_past_the_lease(&a, &b, id, || server.kill_subscribers()).await;
     }
-    assert!(b.stats().tier_drops >= 5, "{:?}", b.stats());
+    until("B drops its tier once per subscription lost", || b.stats().tier_drops >= 5).await;
 }
 
 #[tokio::test]

@@ -1,8 +1,8 @@
 //! A small REST API served from a `CachedPool` that shares Redis with every other instance.
 //!
 //! ```sh
-//! cargo run --features redis --example rest_api -- 3000 &   # uses DATABASE_URL and REDIS_URL
-//! cargo run --features redis --example rest_api -- 3001 &
+//! cargo run -p rest-api -- 3000 &                            # uses DATABASE_URL and REDIS_URL
+//! cargo run -p rest-api -- 3001 &
 //! curl localhost:3000/users/1                                # cached in the instance on 3000
 //! curl -X PUT localhost:3001/users/1 -H 'content-type: application/json' -d '{"name":"Grace"}'
 //! curl localhost:3000/users/1                                # fresh: {"id":1,"name":"Grace",..}
