@@ -488,6 +488,11 @@ pub(crate) struct Feed {
     pid: AtomicU32,
     /// Whether the pool installs the feed (and so installs it again on a table created anew).
     install: bool,
+    /// Wakes whoever waits for an own heartbeat to come back.
+    heard: tokio::sync::Notify,
+    /// Asks the one task that installs the feed again on tables created anew (requests made
+    /// while it runs coalesce into one more run).
+    reinstall: Arc<tokio::sync::Notify>,
     tasks: crate::tasks::Tasks,
 }
 
@@ -504,6 +509,8 @@ impl Feed {
             heard_sent: AtomicU64::new(0),
             pid: AtomicU32::new(0),
             install,
+            heard: tokio::sync::Notify::new(),
+            reinstall: Arc::new(tokio::sync::Notify::new()),
             tasks: crate::tasks::Tasks::default(),
         }
     }
@@ -519,10 +526,36 @@ impl Feed {
             PgPoolOptions::new().max_connections(1).min_connections(0).connect_lazy_with(options)
         };
         let lease = self.lease.duration();
-        self.tasks.spawn(listen(shared.clone(), own(), lease));
+        // The catalog reads that judge schema changes too: one that waited for a connection of
+        // a busy pool would hold every notification behind it, heartbeats included.
+        self.tasks.spawn(listen(shared.clone(), own(), own(), lease));
         // Often enough that trust comes back soon after a loss (and at start), whatever the lease.
         let every = (lease / 5).clamp(Duration::from_millis(5), Duration::from_millis(100));
-        self.tasks.spawn(heartbeats(shared, own(), every));
+        self.tasks.spawn(heartbeats(shared.clone(), own(), every));
+        if self.install {
+            // On a connection of its own too, not the application's.
+            self.tasks.spawn(reinstaller(shared, own(), self.reinstall.clone()));
+        }
+    }
+
+    /// Waits until an own heartbeat sent at or after `sent` has come back (`None`: until the
+    /// feed is trusted); false if `within` passed first.
+    pub async fn until_heard(&self, sent: Option<u64>, within: Duration) -> bool {
+        let done = || match sent {
+            Some(sent) => self.heard_sent.load(Ordering::Acquire) >= sent,
+            None => self.trusted(),
+        };
+        let wait = async {
+            loop {
+                // Made before the check: a heartbeat heard in between still wakes it.
+                let next = self.heard.notified();
+                if done() {
+                    return;
+                }
+                next.await;
+            }
+        };
+        tokio::time::timeout(within, wait).await.is_ok()
     }
 
     /// Whether cached reads may be served now: a heartbeat came back within the lease.
@@ -561,10 +594,18 @@ impl Feed {
     #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
     pub async fn sync(&self, pool: &PgPool, fed: Vec<i64>) -> Result<(), sqlx::Error> {
         let sent = self.beat(pool, fed).await?;
-        while self.heard_sent.load(Ordering::Acquire) < sent {
-            tokio::time::sleep(Duration::from_micros(200)).await;
+        // Bounded: a listener that never hears it again is an error, not a hang. Generous: on
+        // a machine loaded far past its cores, a listener has been seen to take over 30 s.
+        let within = (self.lease.duration() * 20).max(Duration::from_secs(120));
+        if self.until_heard(Some(sent), within).await {
+            Ok(())
+        } else {
+            Err(sqlx::Error::Protocol(format!(
+                "the change feed did not hear its heartbeat back within {within:?} (sent {sent}, heard up to {}, now {})",
+                self.heard_sent.load(Ordering::Acquire),
+                self.lease.now()
+            )))
         }
-        Ok(())
     }
 
     /// The listener's backend process id (for tests).
@@ -587,7 +628,7 @@ impl Feed {
     /// read for any number of schema changes), before any heartbeat among them renews the lease
     /// and by the end: a listener that does one round trip per notification falls behind a busy
     /// database (and far behind while Redis times out), and its lease lapses.
-    async fn heard(&self, shared: &Arc<Shared>, payloads: &[String]) {
+    async fn heard(&self, shared: &Arc<Shared>, payloads: &[String], catalog: &PgPool) {
         let mut due = Due::default();
         for payload in payloads {
             let Some(change) = parse(payload) else {
@@ -600,7 +641,7 @@ impl Feed {
                 Change::Heartbeat { publisher, sent } => {
                     if publisher == self.publisher {
                         // Everything sent before it is applied before it counts.
-                        due.apply(self, shared).await;
+                        due.apply(self, shared, catalog).await;
                         if !self.lease.trusted() {
                             // Writes may have been missed while it was not trusted.
                             shared.drop_everywhere(!self.lease.ever_trusted()).await;
@@ -609,6 +650,7 @@ impl Feed {
                             tracing::info!(target: "sqlacache", "the change feed is heard again; cached reads resume");
                         }
                         self.heard_sent.fetch_max(sent, Ordering::AcqRel);
+                        self.heard.notify_waiters();
                     }
                 }
                 Change::Schema(parts) => {
@@ -625,7 +667,7 @@ impl Feed {
                 change => due.tags.extend(tags(&shared.catalog(), &change)),
             }
         }
-        due.apply(self, shared).await;
+        due.apply(self, shared, catalog).await;
     }
 }
 
@@ -638,22 +680,31 @@ struct Due {
 }
 
 impl Due {
-    async fn apply(&mut self, feed: &Feed, shared: &Arc<Shared>) {
+    async fn apply(&mut self, feed: &Feed, shared: &Arc<Shared>, catalog: &PgPool) {
         if !self.tags.is_empty() {
             let mut seen = std::collections::HashSet::new();
             self.tags.retain(|tag| seen.insert(*tag));
             shared.apply_outside(&std::mem::take(&mut self.tags)).await;
         }
         if let Some(matters) = self.schema.take() {
-            if matters || shared.cached_tables_changed().await {
+            if matters || shared.cached_tables_changed(catalog).await {
                 shared.schema_changed_elsewhere().await;
                 if feed.install {
                     // A fed table dropped and created again has lost its triggers.
-                    let shared = shared.clone();
-                    tokio::spawn(async move { shared.reinstall_feed().await });
+                    feed.reinstall.notify_one();
                 }
             }
         }
+    }
+}
+
+/// Installs the feed again, through `pool`, on the configured tables that lost it, each time it
+/// is asked, until the pool is dropped.
+async fn reinstaller(shared: Weak<Shared>, pool: PgPool, wanted: Arc<tokio::sync::Notify>) {
+    loop {
+        wanted.notified().await;
+        let Some(shared) = shared.upgrade() else { return };
+        shared.reinstall_feed(&pool).await;
     }
 }
 
@@ -675,7 +726,8 @@ async fn heartbeats(shared: Weak<Shared>, pool: PgPool, every: Duration) {
 
 /// Listens until the pool is dropped. Any doubt (an error, a lost connection, a silence of
 /// several leases) ends the lease; a new connection is made after an error or a silence.
-async fn listen(shared: Weak<Shared>, own: PgPool, lease: Duration) {
+/// `catalog` makes the connection of the catalog reads that judge schema changes.
+async fn listen(shared: Weak<Shared>, own: PgPool, catalog: PgPool, lease: Duration) {
     let mut listener: Option<PgListener> = None;
     loop {
         let Some(active) = listener.as_mut() else {
@@ -707,7 +759,7 @@ async fn listen(shared: Weak<Shared>, own: PgPool, lease: Duration) {
                 while let Some(next) = active.next_buffered() {
                     payloads.push(next.payload().to_owned());
                 }
-                feed.heard(&shared, &payloads).await;
+                feed.heard(&shared, &payloads, &catalog).await;
             }
             Ok(Ok(None)) => {
                 // sqlx made the connection again: what was sent meanwhile is lost.

@@ -280,7 +280,10 @@ fn row_columns(sql: &str, key: &[String], source: &RowSource) -> Option<(RowColu
         RowSource::Append { at, qualifier } => {
             let columns: Vec<String> =
                 key.iter().map(|c| format!("{qualifier}.\"{}\"::text", c.replace('"', "\"\""))).collect();
-            let rewritten = format!("{} RETURNING {}{}", &sql[..*at], columns.join(", "), &sql[*at..]);
+            // An offset that is not a character boundary of this text (never made by the
+            // analyzer of this text) names no rows: the caller invalidates the whole table.
+            let (head, tail) = (sql.get(..*at)?, sql.get(*at..)?);
+            let rewritten = format!("{head} RETURNING {}{tail}", columns.join(", "));
             Some((RowColumns::Indexed((0..key.len()).collect()), false, Some(rewritten)))
         }
         RowSource::Returning { items, star_first: true } if items.iter().all(|(out, _)| !key.contains(out)) => {
@@ -293,5 +296,27 @@ fn row_columns(sql: &str, key: &[String], source: &RowSource) -> Option<(RowColu
             positions.map(|p| (RowColumns::Indexed(p), true, None))
         }
         RowSource::Returning { .. } => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn append(at: usize) -> RowSource {
+        RowSource::Append { at, qualifier: "t".into() }
+    }
+
+    #[test]
+    fn a_returning_is_appended_at_a_character_boundary_only() {
+        let sql = "UPDATE t SET name = 'é' WHERE id = 1";
+        let key = ["id".to_owned()];
+        let (_, _, rewritten) = row_columns(sql, &key, &append(sql.len())).expect("at the end");
+        assert_eq!(rewritten.as_deref(), Some("UPDATE t SET name = 'é' WHERE id = 1 RETURNING t.\"id\"::text"));
+        // Inside the two bytes of `é`, or past the end: no rows named (the whole table is
+        // invalidated instead), and no panic.
+        let inside = sql.find('é').expect("present") + 1;
+        assert!(row_columns(sql, &key, &append(inside)).is_none());
+        assert!(row_columns(sql, &key, &append(sql.len() + 1)).is_none());
     }
 }

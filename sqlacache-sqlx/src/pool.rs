@@ -185,10 +185,10 @@ impl Shared {
     /// Whether a schema change made elsewhere changed anything the configured tables depend
     /// on: what their names resolve to, their schemas and names, their families (a partition
     /// created in another schema), their keys and foreign keys, and whether the feed covers
-    /// them. Judged by reading the catalog again, whatever schema the change named. A catalog
+    /// them. Judged by reading the catalog again (through `pool`), whatever schema the change named. A catalog
     /// that cannot be read counts as a change.
-    pub async fn cached_tables_changed(&self) -> bool {
-        let Ok(fresh) = Catalog::load(&self.pool, 0).await else { return true };
+    pub async fn cached_tables_changed(&self, pool: &PgPool) -> bool {
+        let Ok(fresh) = Catalog::load(pool, 0).await else { return true };
         let old = self.catalog();
         let config = self.config.read().unwrap_or_else(|e| e.into_inner());
         let signature = |catalog: &Catalog| {
@@ -222,16 +222,17 @@ impl Shared {
         signature(&old) != signature(&fresh)
     }
 
-    /// Installs the change feed on the configured tables that lack it (created anew since).
-    pub async fn reinstall_feed(&self) {
+    /// Installs the change feed, through `pool`, on the configured tables that lack it
+    /// (created anew since).
+    pub async fn reinstall_feed(&self, pool: &PgPool) {
         let result = async {
-            let catalog = Catalog::load(&self.pool, 0).await?;
+            let catalog = Catalog::load(pool, 0).await?;
             let oids = configured(&self.config.read().unwrap_or_else(|e| e.into_inner()), &catalog);
             let tables = crate::feed::fed_tables(&catalog, &oids);
-            let missing = crate::feed::missing(&self.pool, &tables).await?;
+            let missing = crate::feed::missing(pool, &tables).await?;
             let lacking: Vec<&TableInfo> = tables.into_iter().filter(|t| missing.contains(&t.qualified())).collect();
             if !lacking.is_empty() {
-                crate::feed::install(&self.pool, &lacking).await?;
+                crate::feed::install(pool, &lacking).await?;
                 self.schema_epoch.fetch_add(1, Ordering::AcqRel);
             }
             Ok::<(), Error>(())
@@ -351,7 +352,7 @@ impl Shared {
             // One rule whatever other pools did: a pool that installs the feed covers a model's
             // table at its first use, as `.model::<T>()` would have at `build()`. (With
             // `change_feed_installed`, a table the migration did not cover stays `NotInFeed`.)
-            self.reinstall_feed().await;
+            self.reinstall_feed(&self.pool).await;
         }
         self.invalidate_everywhere(&catalog.family_tags(oid)).await;
         // Plans carry each table's ops and TTL: make them again (marked out of date first, so a
@@ -1468,11 +1469,8 @@ impl CachedPoolBuilder {
         }
         if let Some(feed) = &shared.feed {
             feed.start(Arc::downgrade(&shared), &shared.pool);
-            // Cached reads wait for the feed's first heartbeat; a while at most.
-            let start = std::time::Instant::now();
-            while !feed.trusted() && start.elapsed() < self.lease {
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
+            // Cached reads wait for the feed's first heartbeat; a lease at most.
+            feed.until_heard(None, self.lease).await;
         }
         Ok(CachedPool { shared })
     }

@@ -292,8 +292,14 @@ mod imp {
             }
         }
 
-        /// One heartbeat: recovers from a failure first, then publishes the heartbeat.
-        async fn beat(&self, shared: &Shared) {
+        /// One heartbeat: recovers from a failure first, then publishes the heartbeat. The pool
+        /// is held only between round trips (a pool dropped meanwhile is not kept alive by one).
+        async fn beat(&self, shared: &Weak<Shared>) {
+            let failed = |error: &TierError| {
+                if let Some(shared) = shared.upgrade() {
+                    self.failed(error, &shared.stats);
+                }
+            };
             let open = self.open.load(Ordering::Acquire);
             let first_answer = open && self.answering_since.load(Ordering::Acquire) == 0;
             let undelivered = self.undelivered.swap(false, Ordering::AcqRel);
@@ -303,7 +309,7 @@ mod imp {
                 let message = self.message(Body::Invalidate(vec![Tag::All]));
                 if let Err(error) = self.store.invalidate_and_publish(&[Tag::All], &message).await {
                     self.undelivered.store(true, Ordering::Release);
-                    self.failed(&error, &shared.stats);
+                    failed(&error);
                     return;
                 }
                 if first_answer {
@@ -312,7 +318,7 @@ mod imp {
             }
             let message = self.message(Body::Heartbeat(self.lease.now()));
             if let Err(error) = self.store.publish(&message).await {
-                self.failed(&error, &shared.stats);
+                failed(&error);
                 return;
             }
             self.reads_off.store(false, Ordering::Release);
@@ -321,6 +327,7 @@ mod imp {
             // (An invalidation skipped or failed since this beat widened is widened by the next
             // one, before the breaker closes.)
             if open && settled && !self.undelivered.load(Ordering::Acquire) {
+                let Some(shared) = shared.upgrade() else { return };
                 // The others have had time to reconnect and deliver what they could not.
                 shared.drop_local("Redis answers again after it failed");
                 self.answering_since.store(0, Ordering::Release);
@@ -434,8 +441,7 @@ mod imp {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
-            let Some(shared) = shared.upgrade() else { return };
-            let Some(remote) = shared.remote.clone() else { return };
+            let Some(remote) = shared.upgrade().and_then(|shared| shared.remote.clone()) else { return };
             remote.beat(&shared).await;
         }
     }

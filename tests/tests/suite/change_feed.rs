@@ -654,6 +654,36 @@ async fn a_pool_whose_connections_are_all_busy_still_hears_the_feed() {
     drop(busy);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_is_installed_again_on_its_own_connection_while_the_pool_is_busy() {
+    let db = TestDb::in_own_database(COUNTERS).await;
+    let one = db.pool_with(1, db.options()).await;
+    let cache = CachedPool::builder(one.clone())
+        .model::<Counter>()
+        .change_feed()
+        .build()
+        .await
+        .expect("build a pool with the change feed");
+    warm(&cache).await;
+    // The application holds the pool's only connection while the table is made anew elsewhere.
+    let busy = one.begin().await.unwrap();
+    sqlx::raw_sql("DROP TABLE counters; CREATE TABLE counters (id int PRIMARY KEY, v bigint NOT NULL)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let triggers = "SELECT count(*) FROM pg_catalog.pg_trigger WHERE tgrelid = 'counters'::regclass \
+                    AND tgname LIKE 'sqlacache_feed_%'";
+    let start = Instant::now();
+    while sqlx::query_scalar::<_, i64>(triggers).fetch_one(&db.pool).await.unwrap() < 4 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the feed was not installed again while the application held the pool's connection"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(busy);
+}
+
 /// Schema changes made elsewhere are judged by what they touch, not by the schema a message
 /// names: the feed's triggers disabled, a partition of a cached table created in another schema
 /// and written directly, the schema of the cached tables renamed, the feed removed while the
