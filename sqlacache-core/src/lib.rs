@@ -6,7 +6,6 @@
 
 pub mod analyze;
 pub mod bus;
-mod error;
 pub mod key;
 mod ops;
 #[cfg(feature = "redis")]
@@ -15,7 +14,6 @@ mod stats;
 mod store;
 pub mod tier;
 
-pub use error::Error;
 pub use ops::Ops;
 pub use stats::{Stats, StatsSnapshot, Uncached};
 pub use store::{Entry, MemoryStore, Tag};

@@ -320,6 +320,7 @@ impl MemoryStore {
 
     /// Test support: replaces every entry's bytes with bytes that do not decode, keeping its
     /// stamp and dependencies.
+    #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
     pub fn scramble_for_tests(&self) {
         let keys: Vec<u128> = self.entries.iter().map(|(k, _)| k).collect();
