@@ -264,8 +264,14 @@ impl Drop for TestDb {
                 // rollback runs lazily); they are tagged with the schema's name.
                 let kill = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1";
                 sqlx::query(kill).bind(&schema).execute(&pool).await.ok()?;
-                let drop = format!("DROP SCHEMA IF EXISTS {schema} CASCADE");
-                sqlx::raw_sql(AssertSqlSafe(drop)).execute(&pool).await.ok()?;
+                // The test's schema, and any other it made named after it (`<schema>_…`).
+                let own = "SELECT nspname::text FROM pg_catalog.pg_namespace \
+                           WHERE nspname = $1 OR starts_with(nspname, $1 || '_')";
+                let schemas: Vec<String> = sqlx::query_scalar(own).bind(&schema).fetch_all(&pool).await.ok()?;
+                for name in schemas {
+                    let drop = format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE");
+                    sqlx::raw_sql(AssertSqlSafe(drop)).execute(&pool).await.ok()?;
+                }
                 for role in roles {
                     let drop = format!("DROP OWNED BY {role}; DROP ROLE IF EXISTS {role}");
                     sqlx::raw_sql(AssertSqlSafe(drop)).execute(&pool).await.ok()?;
