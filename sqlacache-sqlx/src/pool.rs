@@ -151,11 +151,7 @@ impl Shared {
     /// `first`: the feed is heard for the first time (nothing was served yet: not worth a log
     /// line).
     pub async fn drop_everywhere(&self, first: bool) {
-        if first {
-            self.store.invalidate(&[Tag::All]);
-        } else {
-            self.drop_local("the change feed is heard again after it was not trusted");
-        }
+        self.drop_before_trust(first, "the change feed is heard again after it was not trusted");
         #[cfg(feature = "redis")]
         if let Some(remote) = &self.remote {
             remote.invalidate_shared(&[Tag::All], &self.stats).await;
@@ -527,6 +523,16 @@ impl Shared {
         self.invalidate(tags);
         if let Some(publish) = self.publish(tags.to_vec()) {
             publish.await;
+        }
+    }
+
+    /// Drops the in-process tier before a channel is trusted (again): as [`Shared::drop_local`],
+    /// but quietly the `first` time, when nothing was served yet.
+    pub fn drop_before_trust(&self, first: bool, why: &'static str) {
+        if first {
+            self.store.invalidate(&[Tag::All]);
+        } else {
+            self.drop_local(why);
         }
     }
 

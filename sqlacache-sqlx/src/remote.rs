@@ -346,15 +346,11 @@ mod imp {
             if message.publisher == self.publisher {
                 if let Body::Heartbeat(sent) = message.body {
                     if !self.lease.trusted() {
-                        // Trust lapsed or messages may be missing: drop before trusting again
-                        // (quietly the first time: nothing was served yet).
-                        if self.lease.ever_trusted() {
-                            shared.drop_local(
-                                "the bus is heard again after a lapse of the lease, a reconnect or a gap in a publisher's messages",
-                            );
-                        } else {
-                            shared.store.invalidate(&[Tag::All]);
-                        }
+                        // Trust lapsed or messages may be missing: drop before trusting again.
+                        shared.drop_before_trust(
+                            !self.lease.ever_trusted(),
+                            "the bus is heard again after a lapse of the lease, a reconnect or a gap in a publisher's messages",
+                        );
                     }
                     if self.lease.renew(sent) {
                         tracing::info!(target: "sqlacache", "the invalidation channel is heard again; the in-process tier was dropped and serves again");

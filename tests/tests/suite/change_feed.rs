@@ -21,7 +21,12 @@ async fn fed(db: &TestDb) -> CachedPool {
 }
 
 async fn fed_with(db: &TestDb, lease: Duration) -> CachedPool {
-    CachedPool::builder(db.pool.clone())
+    fed_on(&db.pool, lease).await
+}
+
+/// A pool with the change feed over `pool` (for tests that hold its connections).
+async fn fed_on(pool: &sqlx::PgPool, lease: Duration) -> CachedPool {
+    CachedPool::builder(pool.clone())
         .model::<Counter>()
         .default_ttl(Duration::from_secs(60))
         .lease(lease)
@@ -633,13 +638,7 @@ async fn schema_changes_in_schemas_that_do_not_matter_leave_the_cache_alone() {
 async fn a_pool_whose_connections_are_all_busy_still_hears_the_feed() {
     let db = TestDb::in_own_database(COUNTERS).await;
     let one = db.pool_with(1, db.options()).await;
-    let cache = CachedPool::builder(one.clone())
-        .model::<Counter>()
-        .lease(SHORT_LEASE)
-        .change_feed()
-        .build()
-        .await
-        .expect("build a pool with the change feed");
+    let cache = fed_on(&one, SHORT_LEASE).await;
     warm(&cache).await;
     // The application holds the pool's only connection for several leases.
     let busy = one.begin().await.unwrap();
@@ -658,12 +657,7 @@ async fn a_pool_whose_connections_are_all_busy_still_hears_the_feed() {
 async fn the_feed_is_installed_again_on_its_own_connection_while_the_pool_is_busy() {
     let db = TestDb::in_own_database(COUNTERS).await;
     let one = db.pool_with(1, db.options()).await;
-    let cache = CachedPool::builder(one.clone())
-        .model::<Counter>()
-        .change_feed()
-        .build()
-        .await
-        .expect("build a pool with the change feed");
+    let cache = fed_on(&one, LEASE).await;
     warm(&cache).await;
     // The application holds the pool's only connection while the table is made anew elsewhere.
     let busy = one.begin().await.unwrap();
