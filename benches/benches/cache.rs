@@ -68,7 +68,8 @@ fn list_and_count(c: &mut Criterion, f: &Fixture) {
         b.to_async(&f.rt).iter(|| async { black_box(sqlx::query_as::<_, BenchUser>(LIST).fetch_all(&f.pool).await) })
     });
     group.bench_function("hit", |b| {
-        b.to_async(&f.rt).iter(|| async { black_box(f.cache.query_as::<BenchUser>(LIST).fetch_all().await) })
+        b.to_async(&f.rt)
+            .iter(|| async { black_box(sqlacache_sqlx::query_as::<BenchUser>(LIST).fetch_all(&f.cache).await) })
     });
     group.finish();
 
@@ -77,7 +78,8 @@ fn list_and_count(c: &mut Criterion, f: &Fixture) {
         b.to_async(&f.rt).iter(|| async { black_box(sqlx::query_scalar::<_, i64>(COUNT).fetch_one(&f.pool).await) })
     });
     group.bench_function("hit", |b| {
-        b.to_async(&f.rt).iter(|| async { black_box(f.cache.query_scalar::<i64>(COUNT).fetch_one().await) })
+        b.to_async(&f.rt)
+            .iter(|| async { black_box(sqlacache_sqlx::query_scalar::<i64>(COUNT).fetch_one(&f.cache).await) })
     });
     group.finish();
 }

@@ -21,13 +21,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     for id in 1..=100 {
         cache.get::<BenchUser>(id).await?;
     }
-    cache.query_as::<BenchUser>(LIST).fetch_all().await?;
-    cache.query_scalar::<i64>(COUNT).fetch_one().await?;
+    sqlacache_sqlx::query_as::<BenchUser>(LIST).fetch_all(&cache).await?;
+    sqlacache_sqlx::query_scalar::<i64>(COUNT).fetch_one(&cache).await?;
     for i in 0..count {
         match what.as_str() {
             "get" => drop(black_box(cache.get::<BenchUser>(1 + i % 100).await?)),
-            "list" => drop(black_box(cache.query_as::<BenchUser>(LIST).fetch_all().await?)),
-            "count" => drop(black_box(cache.query_scalar::<i64>(COUNT).fetch_one().await?)),
+            "list" => drop(black_box(sqlacache_sqlx::query_as::<BenchUser>(LIST).fetch_all(&cache).await?)),
+            "count" => drop(black_box(sqlacache_sqlx::query_scalar::<i64>(COUNT).fetch_one(&cache).await?)),
             // For comparison: misses (distinct absent keys) and the raw read they replace.
             "miss" => drop(black_box(cache.get::<BenchUser>(1_000_000 + i).await?)),
             "raw" => {

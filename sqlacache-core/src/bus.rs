@@ -36,6 +36,7 @@ pub struct Message {
 
 /// What a [`Message`] says.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Body {
     /// These tags were invalidated.
     Invalidate(Vec<Tag>),
@@ -186,6 +187,11 @@ impl Lease {
     pub fn lose_announced(&self) {
         self.announced.store(true, Ordering::Release);
         self.lose();
+    }
+
+    /// Whether a loss was announced that no renewal has ended yet.
+    pub fn lost_announced(&self) -> bool {
+        self.announced.load(Ordering::Acquire)
     }
 
     /// Own heartbeat sent at `sent` came back: trusts the tier until `lease` after `sent`

@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 
 /// Something a cached read depends on and a write invalidates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Tag {
     /// Every entry depends on this tag; invalidating it drops the whole cache.
     All,

@@ -50,9 +50,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let user = cache.get::<User>(1_i64).await?;
     println!("2. get(1)      -> {user:?}   (hit: served from memory)");
     let count = "SELECT count(*) FROM sqlacache_quickstart_users WHERE active";
-    let active: i64 = cache.query_scalar(count).fetch_one().await?;
+    let active: i64 = sqlacache_sqlx::query_scalar(count).fetch_one(&cache).await?;
     println!("3. count       -> {active} active users   (miss)");
-    let active: i64 = cache.query_scalar(count).fetch_one().await?;
+    let active: i64 = sqlacache_sqlx::query_scalar(count).fetch_one(&cache).await?;
     println!("   count       -> {active} active users   (hit)");
 
     sqlx::query("UPDATE sqlacache_quickstart_users SET name = $1 WHERE id = $2")
@@ -71,11 +71,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let spend_sql = "SELECT u.name, sum(o.total)::int8 AS total FROM sqlacache_quickstart_users u \
                      JOIN sqlacache_quickstart_orders o ON o.user_id = u.id GROUP BY u.name ORDER BY u.name";
-    let spend = cache.query_as::<Spend>(spend_sql).fetch_all().await?;
+    let spend = sqlacache_sqlx::query_as::<Spend>(spend_sql).fetch_all(&cache).await?;
     println!("7. join        -> {spend:?}   (miss)");
     sqlx::query("INSERT INTO sqlacache_quickstart_orders VALUES (13, 2, 5)").execute(&cache).await?;
     println!("8. INSERT INTO orders ..   (invalidates the join)");
-    let spend = cache.query_as::<Spend>(spend_sql).fetch_all().await?;
+    let spend = sqlacache_sqlx::query_as::<Spend>(spend_sql).fetch_all(&cache).await?;
     println!("9. join        -> {spend:?}   (fresh)");
 
     let s = cache.stats();

@@ -3,6 +3,7 @@
 //! table must agree.
 
 use crate::catalog::{Catalog, TableInfo};
+use crate::error::Cause;
 use crate::plan::Policy;
 use crate::{Error, Model};
 use sqlacache_core::analyze::TableName;
@@ -99,7 +100,7 @@ impl Config {
     /// Checks the configuration against the database. The first mistake is the error.
     pub async fn check(&self, catalog: &Catalog, pool: &PgPool) -> Result<(), Error> {
         if self.default_ttl.is_zero() {
-            return Err(Error::Config("default_ttl must be greater than zero".into()));
+            return Err(Error::Config(Cause::new("default_ttl must be greater than zero")));
         }
         for table in &self.tables {
             Config::check_table(&self.tables, table, catalog, pool).await?;
@@ -122,10 +123,10 @@ impl Config {
         let info = resolve(catalog, &table.name, &table.written, &table.source)?;
         let qualified = info.qualified();
         if table.ttl.is_some_and(|ttl| ttl.is_zero()) {
-            return Err(Error::Config(format!(
+            return Err(Error::Config(Cause::new(format!(
                 "the TTL of `{qualified}` (from {}) must be greater than zero",
                 table.source
-            )));
+            ))));
         }
         let Some(declared) = table.model_key else { return Ok(info.oid) };
         check_key(info, declared, &table.source, pool).await?;
@@ -140,7 +141,7 @@ impl Config {
                 && same_table(other)
         };
         if let Some(other) = tables.iter().find(disagrees) {
-            return Err(Error::Config(format!(
+            return Err(Error::Config(Cause::new(format!(
                 "two models of `{qualified}` declare different ops or TTL: {} ({:?}, TTL {}) and {} ({:?}, TTL {}); \
                  make them agree, or set the table's with `.table(..)`",
                 other.source,
@@ -149,7 +150,7 @@ impl Config {
                 table.source,
                 table.ops,
                 ttl_text(table.ttl)
-            )));
+            ))));
         }
         Ok(info.oid)
     }
@@ -163,10 +164,10 @@ impl Config {
 
 fn resolve<'c>(catalog: &'c Catalog, name: &TableName, written: &str, source: &str) -> Result<&'c TableInfo, Error> {
     catalog.resolve(name).ok_or_else(|| {
-        Error::Config(format!(
+        Error::Config(Cause::new(format!(
             "{source} names no table: `{written}` is not in the database, or not on the search path ({})",
             catalog.search_path().join(", ")
-        ))
+        )))
     })
 }
 
@@ -203,11 +204,11 @@ async fn check_key(info: &TableInfo, declared: &[&str], source: &str, pool: &PgP
         } else {
             "mark exactly the primary-key fields with `#[cache(pk)]`"
         };
-        return Err(Error::Config(format!(
+        return Err(Error::Config(Cause::new(format!(
             "{source}: the model's key ({}) is not the primary key of `{qualified}` ({}); {hint}",
             list(declared),
             list(&primary)
-        )));
+        ))));
     }
     let rows: Vec<(Vec<String>,)> = sqlx::query_as(UNIQUE_KEYS).bind(i64::from(info.oid)).fetch_all(pool).await?;
     let mut wanted = declared.to_vec();
@@ -226,9 +227,9 @@ async fn check_key(info: &TableInfo, declared: &[&str], source: &str, pool: &PgP
         'f' => "is a foreign table and has no primary key",
         _ => "has no primary key and no unique index on those columns",
     };
-    Err(Error::Config(format!(
+    Err(Error::Config(Cause::new(format!(
         "{source}: the model's key ({}) cannot be checked to name one row: `{qualified}` {what}, so `get` could \
          return any of several rows",
         list(declared)
-    )))
+    ))))
 }

@@ -2,7 +2,7 @@
 //!
 //! Swap [`sqlx::PgPool`] for [`CachedPool`]: every write through it invalidates exactly the
 //! cached reads it may change, before the write returns; the typed reads
-//! ([`CachedPool::get`], [`CachedPool::query_as`], [`CachedPool::query_scalar`], [`query_as!`])
+//! ([`CachedPool::get`], [`query_as()`], [`query_scalar()`], [`query_as!`])
 //! are served from an in-process cache when it holds a fresh copy.
 //!
 //! Row types: [`Cacheable`] (`#[derive(Cacheable)]`) for a table's rows, read by primary key
@@ -39,30 +39,44 @@
 //! See the README for the consistency guarantees and their limits.
 #![forbid(unsafe_code)]
 
+mod admission;
+mod builder;
 mod catalog;
+mod channel;
 mod config;
+mod engine;
 mod error;
 mod executor;
 mod feed;
 mod flight;
+mod handle;
+mod local;
 mod macros;
 mod model;
 mod plan;
-mod pool;
+mod planner;
 mod proof;
 mod query;
+mod read;
+mod registry;
 mod remote;
 mod row;
+mod rowkey;
+mod schema;
 mod tasks;
-mod transaction;
-
-pub use error::Error;
-pub use feed::FeedSql;
-pub use model::{Cacheable, Model};
 #[cfg(feature = "test-hooks")]
-pub use pool::FillPoint;
-pub use pool::{CachedPool, CachedPoolBuilder};
-pub use query::{CachedMap, CachedQueryAs, CachedQueryScalar};
+#[doc(hidden)]
+pub mod testing;
+mod tiers;
+mod transaction;
+mod write;
+
+pub use builder::CachedPoolBuilder;
+pub use error::{Cause, Error};
+pub use feed::FeedSql;
+pub use handle::CachedPool;
+pub use model::{Cacheable, Model};
+pub use query::{query_as, query_scalar, CachedMap, CachedQueryAs, CachedQueryScalar};
 pub use row::{CachedRow, Storable};
 pub use sqlacache_core::{Ops, StatsSnapshot, Uncached};
 pub use sqlacache_derive::{Cacheable, CachedRow};

@@ -1,32 +1,66 @@
 //! The typed cached reads: [`CachedQueryAs`], [`CachedQueryScalar`] and the `query_as!` wrapper.
 
-use crate::pool::{kind, ModelOf};
+use crate::admission::{decide, not_cached};
+use crate::read::{cached_read, kind, FILLING};
+use crate::registry::ModelOf;
 use crate::row::Stored;
 use crate::{CachedPool, CachedRow, Storable};
 use serde::Serialize;
-use sqlacache_core::analyze::ReadOp;
 use sqlacache_core::key::KeyBuilder;
-use sqlacache_core::{Ops, Uncached};
+use sqlacache_core::Uncached;
 use sqlx::error::BoxDynError;
 use sqlx::postgres::{PgArguments, PgRow};
-use sqlx::{Arguments, Encode, Postgres, SqlStr, Type};
+use sqlx::{Arguments, Encode, Postgres, SqlSafeStr, SqlStr, Type};
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 
-fn op_of(op: ReadOp) -> Ops {
-    match op {
-        ReadOp::Fetch => Ops::FETCH,
-        ReadOp::Count => Ops::COUNT,
-        ReadOp::Exists => Ops::EXISTS,
-    }
+/// A cached query mapping rows to `T`: as [`sqlx::query_as()`], with the cache given at fetch
+/// time. `T` is any [`CachedRow`] (a `#[derive(CachedRow)]` projection or join result, a
+/// [`Cacheable`](crate::Cacheable) model, a tuple), whose fingerprint keeps the cached bytes
+/// of different row types apart. A write to any table the query reads invalidates the result.
+///
+/// ```no_run
+/// # #[derive(sqlx::FromRow, serde::Serialize, serde::Deserialize, sqlacache_sqlx::Cacheable)]
+/// # #[cache(table = "users")]
+/// # struct User { #[cache(pk)] id: i64 }
+/// # async fn demo(cache: &sqlacache_sqlx::CachedPool) -> Result<(), sqlx::Error> {
+/// let active: Vec<User> = sqlacache_sqlx::query_as::<User>("SELECT * FROM users WHERE active = $1")
+///     .bind(true)
+///     .fetch_all(cache)
+///     .await?;
+/// # Ok(()) }
+/// ```
+pub fn query_as<T>(sql: impl SqlSafeStr) -> CachedQueryAs<T>
+where
+    T: CachedRow + for<'r> sqlx::FromRow<'r, PgRow>,
+{
+    CachedQueryAs { bound: Bound::new(sql.into_sql_str(), T::fingerprint(), ModelOf::of::<T>()), row: PhantomData }
 }
 
-/// Looks up `sql`'s plan and either answers from the cache or runs `fill` (through the
-/// `CachedPool` executor, so a statement that turns out to write still invalidates). `key` is
-/// `Err` when an argument rules caching out; `model` is the row type's model, if it has one.
+/// A cached query returning one column of type `O` (counts, existence checks, ids): as
+/// [`sqlx::query_scalar()`], with the cache given at fetch time.
+///
+/// ```no_run
+/// # async fn demo(cache: &sqlacache_sqlx::CachedPool) -> Result<(), sqlx::Error> {
+/// let n: i64 = sqlacache_sqlx::query_scalar("SELECT count(*) FROM users WHERE active").fetch_one(cache).await?;
+/// # Ok(()) }
+/// ```
+pub fn query_scalar<O>(sql: impl SqlSafeStr) -> CachedQueryScalar<O>
+where
+    O: Storable + Send + Unpin + for<'r> sqlx::Decode<'r, Postgres> + Type<Postgres>,
+{
+    // Scalars have no derive: their type's name tells them apart.
+    let fingerprint = sqlacache_core::key::type_digest::<O>();
+    CachedQueryScalar { bound: Bound::new(sql.into_sql_str(), fingerprint, None), output: PhantomData }
+}
+
+/// Plans `sql` and either answers from the cache or runs `fill` (through the `CachedPool`
+/// executor, with the plan made here, so a statement that turns out to write still
+/// invalidates). `key` is `Err` when an argument rules caching out; `model` is the row type's
+/// model, if it has one.
 async fn read<R, F, Fut>(
-    pool: &CachedPool,
+    cache: &CachedPool,
     sql: &str,
     key: Result<KeyBuilder, Uncached>,
     model: Option<ModelOf>,
@@ -38,32 +72,26 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<R, sqlx::Error>>,
 {
-    let shared = &pool.shared;
+    let engine = &cache.engine;
     // Before planning: a model used for the first time changes its table's settings.
-    let admitted = shared.admit_model(model).await;
-    let plan = shared.plan(sql, true).await?;
-    // A model whose checks failed says so, whatever else its read runs into.
-    let cached = admitted.and_then(|()| shared.refusal(&plan)).and_then(|read| {
-        if !read.allowed.contains(op_of(read.op)) {
-            return Err(Uncached::Disabled);
-        }
-        Ok((read, key?))
-    });
-    match cached {
-        Ok((read, key)) => {
-            let fill = || (&read.deps, crate::executor::FILLING.scope((), fill()));
-            shared.cached_read(key.finish(&read.sql, kind), read.ttl, fill).await
+    let admitted = engine.admit(model).await;
+    let plan = engine.plan(sql, true).await?;
+    let keyed = key.as_ref().map(|_| ()).map_err(|reason| *reason);
+    match decide(&engine.schema, admitted, &plan, None, keyed) {
+        Ok(read) => {
+            let key = key.expect("decided");
+            let fill = || (&read.deps, FILLING.scope(plan.clone(), fill()));
+            cached_read(engine, key.finish(&read.sql, kind), read.ttl, fill).await
         }
         Err(reason) => {
-            crate::pool::not_cached(&shared.stats, reason, sql, std::any::type_name::<R>());
-            Box::pin(crate::executor::FILLING.scope((), fill())).await
+            not_cached(engine.stats(), reason, sql, std::any::type_name::<R>());
+            Box::pin(FILLING.scope(plan.clone(), fill())).await
         }
     }
 }
 
 /// SQL, arguments and the cache key built from them, bound together.
-struct Bound<'p> {
-    pool: &'p CachedPool,
+struct Bound {
     sql: SqlStr,
     args: PgArguments,
     /// Why not, when an argument cannot be part of a key: the read then bypasses the cache.
@@ -74,10 +102,10 @@ struct Bound<'p> {
     persistent: bool,
 }
 
-impl<'p> Bound<'p> {
-    fn new(pool: &'p CachedPool, sql: SqlStr, fingerprint: u64, model: Option<ModelOf>) -> Bound<'p> {
+impl Bound {
+    fn new(sql: SqlStr, fingerprint: u64, model: Option<ModelOf>) -> Bound {
         let key = Ok(KeyBuilder::new(fingerprint));
-        Bound { pool, sql, args: PgArguments::default(), key, model, error: None, persistent: true }
+        Bound { sql, args: PgArguments::default(), key, model, error: None, persistent: true }
     }
 
     fn bind<'t, V: Encode<'t, Postgres> + Type<Postgres> + Serialize>(&mut self, value: V) {
@@ -92,7 +120,7 @@ impl<'p> Bound<'p> {
     }
 
     /// The bound query, or the error of the first argument that failed to encode.
-    fn checked(mut self) -> Result<Bound<'p>, sqlx::Error> {
+    fn checked(mut self) -> Result<Bound, sqlx::Error> {
         match self.error.take() {
             Some(error) => Err(sqlx::Error::Encode(error)),
             None => Ok(self),
@@ -100,7 +128,7 @@ impl<'p> Bound<'p> {
     }
 }
 
-impl fmt::Debug for Bound<'_> {
+impl fmt::Debug for Bound {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Bound").field("sql", &self.sql.as_str()).field("args", &self.args.len()).finish()
     }
@@ -115,17 +143,17 @@ pub fn add_arg<V: Serialize + ?Sized>(key: &mut Result<KeyBuilder, Uncached>, va
     }
 }
 
-/// A cached query mapping rows to `T`, from [`CachedPool::query_as`].
+/// A cached query mapping rows to `T`, from [`query_as()`].
 ///
 /// Arguments are bound with [`bind`](Self::bind), which also serializes them into the cache
 /// key, so they must implement `serde::Serialize` besides sqlx's `Encode`.
 #[must_use = "a query does nothing until fetched"]
-pub struct CachedQueryAs<'p, T> {
-    bound: Bound<'p>,
+pub struct CachedQueryAs<T> {
+    bound: Bound,
     row: PhantomData<fn() -> T>,
 }
 
-impl<T> fmt::Debug for CachedQueryAs<'_, T> {
+impl<T> fmt::Debug for CachedQueryAs<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.bound.fmt(f)
     }
@@ -148,34 +176,30 @@ macro_rules! builder_methods {
         }
 
         #[doc = $all]
-        pub async fn fetch_all(self) -> Result<Vec<$out>, sqlx::Error> {
-            let Bound { pool, sql, args, key, model, persistent, .. } = self.bound.checked()?;
-            let fill = || $query(sql.clone(), args).persistent(persistent).fetch_all(pool);
-            read(pool, sql.as_str(), key, model, kind::ALL, fill).await
+        pub async fn fetch_all(self, cache: &CachedPool) -> Result<Vec<$out>, sqlx::Error> {
+            let Bound { sql, args, key, model, persistent, .. } = self.bound.checked()?;
+            let fill = || $query(sql.clone(), args).persistent(persistent).fetch_all(cache);
+            read(cache, sql.as_str(), key, model, kind::ALL, fill).await
         }
 
         #[doc = $optional]
-        pub async fn fetch_optional(self) -> Result<Option<$out>, sqlx::Error> {
-            let Bound { pool, sql, args, key, model, persistent, .. } = self.bound.checked()?;
-            let fill = || $query(sql.clone(), args).persistent(persistent).fetch_optional(pool);
-            read(pool, sql.as_str(), key, model, kind::OPTIONAL, fill).await
+        pub async fn fetch_optional(self, cache: &CachedPool) -> Result<Option<$out>, sqlx::Error> {
+            let Bound { sql, args, key, model, persistent, .. } = self.bound.checked()?;
+            let fill = || $query(sql.clone(), args).persistent(persistent).fetch_optional(cache);
+            read(cache, sql.as_str(), key, model, kind::OPTIONAL, fill).await
         }
 
         #[doc = $one]
-        pub async fn fetch_one(self) -> Result<$out, sqlx::Error> {
-            self.fetch_optional().await?.ok_or(sqlx::Error::RowNotFound)
+        pub async fn fetch_one(self, cache: &CachedPool) -> Result<$out, sqlx::Error> {
+            self.fetch_optional(cache).await?.ok_or(sqlx::Error::RowNotFound)
         }
     };
 }
 
-impl<'p, T> CachedQueryAs<'p, T>
+impl<T> CachedQueryAs<T>
 where
     T: CachedRow + for<'r> sqlx::FromRow<'r, PgRow>,
 {
-    pub(crate) fn new(pool: &'p CachedPool, sql: SqlStr) -> Self {
-        CachedQueryAs { bound: Bound::new(pool, sql, T::fingerprint(), ModelOf::of::<T>()), row: PhantomData }
-    }
-
     builder_methods!(
         T,
         sqlx::query_as_with::<_, T, _>,
@@ -185,31 +209,23 @@ where
     );
 }
 
-/// A cached query returning one column, from [`CachedPool::query_scalar`].
+/// A cached query returning one column, from [`query_scalar()`].
 #[must_use = "a query does nothing until fetched"]
-pub struct CachedQueryScalar<'p, O> {
-    bound: Bound<'p>,
+pub struct CachedQueryScalar<O> {
+    bound: Bound,
     output: PhantomData<fn() -> O>,
 }
 
-impl<O> fmt::Debug for CachedQueryScalar<'_, O> {
+impl<O> fmt::Debug for CachedQueryScalar<O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.bound.fmt(f)
     }
 }
 
-impl<'p, O> CachedQueryScalar<'p, O>
+impl<O> CachedQueryScalar<O>
 where
     O: Storable + Send + Unpin + for<'r> sqlx::Decode<'r, Postgres> + Type<Postgres>,
 {
-    pub(crate) fn new(pool: &'p CachedPool, sql: SqlStr) -> Self {
-        // Scalars have no derive: their type's name tells them apart.
-        CachedQueryScalar {
-            bound: Bound::new(pool, sql, sqlacache_core::key::type_digest::<O>(), None),
-            output: PhantomData,
-        }
-    }
-
     builder_methods!(
         O,
         sqlx::query_scalar_with::<_, O, _>,

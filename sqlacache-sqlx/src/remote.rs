@@ -58,10 +58,10 @@ pub(crate) struct RedisSettings {
 
 #[cfg(feature = "redis")]
 mod imp {
-    use super::fresh_publisher;
     use super::RedisSettings;
-    use crate::pool::Shared;
-    use sqlacache_core::bus::{Body, Lease, Message, Sequences};
+    use crate::channel::{heartbeats, Channel};
+    use crate::local::{Local, Origin};
+    use sqlacache_core::bus::{Body, Message, Sequences};
     use sqlacache_core::key::Key;
     use sqlacache_core::redis::{Lookup, RedisError, RedisStore};
     use sqlacache_core::tier::{Epochs, Event, SharedTier, Subscription, TierError};
@@ -73,11 +73,10 @@ mod imp {
     /// The Redis tier of one pool.
     pub(crate) struct Remote {
         store: Arc<dyn SharedTier>,
-        /// This pool on the bus.
-        publisher: u64,
         /// Numbers every message this pool tries to publish.
         seq: AtomicU64,
-        lease: Lease,
+        /// The bus, with this pool's lease on it.
+        channel: Channel,
         /// Whether the pool has an in-process tier whose trust the bus decides.
         two_tiers: bool,
         /// The circuit breaker: while open, reads skip Redis and the in-process tier.
@@ -116,9 +115,11 @@ mod imp {
         pub fn new(store: Arc<dyn SharedTier>, settings: &RedisSettings, two_tiers: bool) -> Remote {
             Remote {
                 store,
-                publisher: fresh_publisher(),
                 seq: AtomicU64::new(0),
-                lease: Lease::new(settings.lease),
+                channel: Channel::new(
+                    settings.lease,
+                    "the invalidation channel is heard again; the in-process tier was dropped and serves again",
+                ),
                 two_tiers,
                 open: AtomicBool::new(false),
                 reads_off: AtomicBool::new(false),
@@ -138,14 +139,21 @@ mod imp {
             self.store.wait_connected(timeout).await
         }
 
-        /// Starts the heartbeat (and, with two tiers, the subscriber) of the pool `shared`.
-        pub fn start(&self, shared: Weak<Shared>) -> Result<(), TierError> {
+        /// Starts the heartbeat (and, with two tiers, the subscriber) that keep `local`, the
+        /// pool's in-process tier, fresh. The tasks end when this is dropped.
+        pub fn start(self: &Arc<Self>, local: &Arc<Local>) -> Result<(), TierError> {
+            let (remote, local) = (Arc::downgrade(self), Arc::downgrade(local));
             if self.two_tiers {
                 let subscription = self.store.subscribe()?;
-                self.tasks.spawn(listen(shared.clone(), subscription, self.lease.duration()));
+                self.tasks.spawn(listen(remote.clone(), local.clone(), subscription));
             }
-            let every = (self.lease.duration() / 5).max(Duration::from_millis(5));
-            self.tasks.spawn(heartbeats(shared, every));
+            // The tier is held only between round trips: a pool dropped meanwhile is not kept
+            // alive by one.
+            let beats = heartbeats(self.channel.every(), move || {
+                let (remote, local) = (remote.upgrade()?, local.clone());
+                Some(async move { remote.beat(&local).await })
+            });
+            self.tasks.spawn(beats);
             Ok(())
         }
 
@@ -153,7 +161,7 @@ mod imp {
         /// the lease, and Redis is not failing (a failing Redis may hold invalidations that the
         /// other processes could not deliver).
         pub fn local_trusted(&self) -> bool {
-            !self.two_tiers || (self.lease.trusted() && self.usable())
+            !self.two_tiers || (self.channel.trusted() && self.usable())
         }
 
         /// Whether Redis is trusted: its breaker is closed.
@@ -207,7 +215,7 @@ mod imp {
         /// is dropped once it is stored, or failed.
         pub fn put<G: Send + 'static>(
             self: &Arc<Self>,
-            shared: Weak<Shared>,
+            local: Weak<Local>,
             key: Key,
             epochs: Epochs,
             ttl: Duration,
@@ -217,8 +225,8 @@ mod imp {
             let remote = self.clone();
             tokio::spawn(async move {
                 if let Err(error) = remote.store.put(key, &epochs, ttl, &bytes).await {
-                    if let Some(shared) = shared.upgrade() {
-                        remote.read_failed(&error, &shared.stats);
+                    if let Some(local) = local.upgrade() {
+                        remote.read_failed(&error, &local.stats);
                     }
                 }
                 drop(done);
@@ -253,7 +261,7 @@ mod imp {
         /// This pool on the bus, and the number of the last message it tried to publish.
         #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
         pub fn position(&self) -> (u64, u64) {
-            (self.publisher, self.seq.load(Ordering::Acquire))
+            (self.channel.publisher(), self.seq.load(Ordering::Acquire))
         }
 
         /// The number of the last message heard from `publisher` (0 if none since this pool last
@@ -265,7 +273,7 @@ mod imp {
 
         fn message(&self, body: Body) -> String {
             let seq = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
-            Message { publisher: self.publisher, seq, body }.encode()
+            Message { publisher: self.channel.publisher(), seq, body }.encode()
         }
 
         /// A read failed: its outcome cannot make a value stale (see the module), so only skip
@@ -282,22 +290,21 @@ mod imp {
         /// heard again.
         fn failed(&self, error: &TierError, stats: &Stats) {
             stats.redis_error();
-            self.lease.lose();
+            self.channel.lose_quietly();
             self.answering_since.store(0, Ordering::Release);
             if !self.open.swap(true, Ordering::AcqRel) {
-                self.opened_at.store(self.lease.now(), Ordering::Release);
+                self.opened_at.store(self.channel.now(), Ordering::Release);
                 tracing::warn!(target: "sqlacache", %error, "Redis failed; reads go to PostgreSQL until it answers again");
             } else {
                 tracing::debug!(target: "sqlacache", %error, "Redis failed");
             }
         }
 
-        /// One heartbeat: recovers from a failure first, then publishes the heartbeat. The pool
-        /// is held only between round trips (a pool dropped meanwhile is not kept alive by one).
-        async fn beat(&self, shared: &Weak<Shared>) {
+        /// One heartbeat: recovers from a failure first, then publishes the heartbeat.
+        async fn beat(&self, local: &Weak<Local>) {
             let failed = |error: &TierError| {
-                if let Some(shared) = shared.upgrade() {
-                    self.failed(error, &shared.stats);
+                if let Some(local) = local.upgrade() {
+                    self.failed(error, &local.stats);
                 }
             };
             let open = self.open.load(Ordering::Acquire);
@@ -313,23 +320,23 @@ mod imp {
                     return;
                 }
                 if first_answer {
-                    self.answering_since.store(self.lease.now().max(1), Ordering::Release);
+                    self.answering_since.store(self.channel.now().max(1), Ordering::Release);
                 }
             }
-            let message = self.message(Body::Heartbeat(self.lease.now()));
+            let message = self.message(Body::Heartbeat(self.channel.now()));
             if let Err(error) = self.store.publish(&message).await {
                 failed(&error);
                 return;
             }
             self.reads_off.store(false, Ordering::Release);
             let since = self.answering_since.load(Ordering::Acquire);
-            let settled = since != 0 && self.lease.now().saturating_sub(since) >= nanos(self.settle);
+            let settled = since != 0 && self.channel.now().saturating_sub(since) >= nanos(self.settle);
             // (An invalidation skipped or failed since this beat widened is widened by the next
             // one, before the breaker closes.)
             if open && settled && !self.undelivered.load(Ordering::Acquire) {
-                let Some(shared) = shared.upgrade() else { return };
+                let Some(local) = local.upgrade() else { return };
                 // The others have had time to reconnect and deliver what they could not.
-                shared.drop_local("Redis answers again after it failed");
+                local.drop_all("Redis answers again after it failed");
                 self.answering_since.store(0, Ordering::Release);
                 self.open.store(false, Ordering::Release);
                 tracing::info!(target: "sqlacache", "Redis answers again; what it held before was invalidated");
@@ -337,24 +344,22 @@ mod imp {
         }
 
         /// Applies one message heard on the bus.
-        fn heard(&self, shared: &Shared, text: &str) {
+        fn heard(&self, local: &Local, text: &str) {
             let Some(message) = Message::decode(text) else {
                 tracing::warn!(target: "sqlacache", "an unreadable message on the invalidation channel; dropping the in-process tier");
-                self.lease.lose_announced();
+                self.channel.lose_logged();
                 return;
             };
-            if message.publisher == self.publisher {
+            if message.publisher == self.channel.publisher() {
                 if let Body::Heartbeat(sent) = message.body {
-                    if !self.lease.trusted() {
+                    if let Some(first) = self.channel.must_drop() {
                         // Trust lapsed or messages may be missing: drop before trusting again.
-                        shared.drop_before_trust(
-                            !self.lease.ever_trusted(),
+                        local.drop_before_trust(
+                            first,
                             "the bus is heard again after a lapse of the lease, a reconnect or a gap in a publisher's messages",
                         );
                     }
-                    if self.lease.renew(sent) {
-                        tracing::info!(target: "sqlacache", "the invalidation channel is heard again; the in-process tier was dropped and serves again");
-                    }
+                    self.channel.renew(sent);
                 }
                 // Own invalidations were applied before they were published.
                 return;
@@ -363,11 +368,10 @@ mod imp {
             let mut seen = self.seen();
             if !seen.note(message.publisher, message.seq) {
                 tracing::debug!(target: "sqlacache", publisher = message.publisher, "a gap in a publisher's messages");
-                self.lease.lose();
+                self.channel.lose_quietly();
             }
             if let Body::Invalidate(tags) = message.body {
-                shared.store.invalidate(&tags);
-                shared.stats.receive();
+                local.invalidate(&tags, Origin::Peer);
             }
             drop(seen);
         }
@@ -411,7 +415,7 @@ mod imp {
                         }
                     }
                 }
-                let since = remote.lease.now().saturating_sub(remote.opened_at.load(Ordering::Acquire));
+                let since = remote.channel.now().saturating_sub(remote.opened_at.load(Ordering::Acquire));
                 if since >= nanos(remote.retry_for) {
                     break;
                 }
@@ -431,55 +435,27 @@ mod imp {
         }
     }
 
-    /// Publishes heartbeats until the pool is dropped.
-    async fn heartbeats(shared: Weak<Shared>, every: Duration) {
-        let mut ticks = tokio::time::interval(every);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    /// Applies what the bus carries until the pool is dropped. A bus silent for longer than the
+    /// channel allows while Redis answers is a connection that died without an error: make it
+    /// again.
+    async fn listen(remote: Weak<Remote>, local: Weak<Local>, mut subscription: Box<dyn Subscription>) {
+        let Some(silence) = remote.upgrade().map(|r| r.channel.silence()) else { return };
         loop {
-            ticks.tick().await;
-            let Some(remote) = shared.upgrade().and_then(|shared| shared.remote.clone()) else { return };
-            remote.beat(&shared).await;
-        }
-    }
-
-    /// Applies what the bus carries until the pool is dropped. A bus silent for several
-    /// leases while Redis answers is a connection that died without an error: make it again.
-    async fn listen(shared: Weak<Shared>, mut subscription: Box<dyn Subscription>, lease: Duration) {
-        // Whether anything was heard yet: a first connection is not a reconnect worth a log line.
-        let mut heard = false;
-        loop {
-            let event = tokio::time::timeout(lease * 4, subscription.next()).await;
-            let Some(shared) = shared.upgrade() else { return };
-            let Some(remote) = shared.remote.clone() else { return };
+            let event = tokio::time::timeout(silence, subscription.next()).await;
+            let (Some(remote), Some(local)) = (remote.upgrade(), local.upgrade()) else { return };
             match event {
-                Ok(Event::Message(text)) => {
-                    heard = true;
-                    remote.heard(&shared, &text);
-                }
+                Ok(Event::Message(text)) => remote.heard(&local, &text),
                 Ok(Event::Lost) => {
-                    if heard {
-                        tracing::info!(target: "sqlacache", "the invalidation channel reconnected; the in-process tier will be dropped");
-                        remote.lease.lose_announced();
-                    } else {
-                        remote.lease.lose();
-                    }
+                    let line = "the invalidation channel reconnected; the in-process tier will be dropped";
+                    remote.channel.lose(line, "reconnected");
                     remote.seen().clear();
                 }
-                Err(_) => {
-                    if remote.usable() {
-                        // (Never heard yet: Redis was down at the start, not a connection lost.)
-                        if heard {
-                            tracing::info!(target: "sqlacache", "the invalidation channel is silent; reconnecting it");
-                            remote.lease.lose_announced();
-                        } else {
-                            remote.lease.lose();
-                        }
-                        drop(shared);
-                        subscription.reconnect().await;
-                    } else {
-                        remote.lease.lose();
-                    }
+                Err(_) if remote.usable() => {
+                    remote.channel.lose("the invalidation channel is silent; reconnecting it", "silent");
+                    drop((remote, local));
+                    subscription.reconnect().await;
                 }
+                Err(_) => remote.channel.lose_quietly(),
             }
         }
     }
@@ -494,13 +470,4 @@ mod imp {
     fn nanos(duration: Duration) -> u64 {
         u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
     }
-}
-
-/// A random id for a pool on a bus.
-pub(crate) fn fresh_publisher() -> u64 {
-    use std::hash::BuildHasher;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    std::collections::hash_map::RandomState::new()
-        .hash_one((std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)))
 }

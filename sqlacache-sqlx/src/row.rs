@@ -51,7 +51,7 @@ impl<T: Serialize + DeserializeOwned> Storable for T {
     }
 }
 
-/// A row type whose reads [`query_as`](crate::CachedPool::query_as) and
+/// A row type whose reads [`query_as`](crate::query_as()) and
 /// [`query_as!`](crate::query_as!) can cache: any struct with serde's derives and
 /// `#[derive(CachedRow)]` (a projection, a join result, an aggregate), every
 /// [`Cacheable`](crate::Cacheable) model, and tuples of column types.
@@ -70,13 +70,12 @@ impl<T: Serialize + DeserializeOwned> Storable for T {
 /// }
 ///
 /// # async fn demo(cache: sqlacache_sqlx::CachedPool) -> Result<(), sqlx::Error> {
-/// let rows: Vec<PostWithAuthor> = cache
-///     .query_as::<PostWithAuthor>(
-///         "SELECT p.title, a.name AS author FROM posts p JOIN authors a ON a.id = p.author_id",
-///     )
-///     .fetch_all()
-///     .await?;
-/// let pairs: Vec<(i64, String)> = cache.query_as::<(i64, String)>("SELECT id, name FROM authors").fetch_all().await?;
+/// let rows: Vec<PostWithAuthor> = sqlacache_sqlx::query_as::<PostWithAuthor>(
+///     "SELECT p.title, a.name AS author FROM posts p JOIN authors a ON a.id = p.author_id",
+/// )
+/// .fetch_all(&cache)
+/// .await?;
+/// let pairs: Vec<(i64, String)> = sqlacache_sqlx::query_as::<(i64, String)>("SELECT id, name FROM authors").fetch_all(&cache).await?;
 /// # Ok(()) }
 /// ```
 #[diagnostic::on_unimplemented(

@@ -1,6 +1,8 @@
 //! Transactions whose writes invalidate the cache only once they commit.
 
-use crate::pool::Shared;
+use crate::engine::Engine;
+use crate::local::Origin;
+use crate::tiers::Delivery;
 use sqlacache_core::Tag;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnection, PgTransactionManager};
@@ -60,7 +62,7 @@ const MAX_PENDING: usize = 16 * 1024;
 
 /// What a transaction's statements left to do at its end.
 pub(crate) struct TxState {
-    shared: Arc<Shared>,
+    engine: Arc<Engine>,
     /// Tags to invalidate after `COMMIT`, without repeats.
     pending: HashSet<Tag>,
     /// A hand-written `COMMIT` or `ROLLBACK` ended the transaction: statements now run on
@@ -79,14 +81,14 @@ pub(crate) struct TxState {
 
 impl TxState {
     /// Adds tags to invalidate at commit; past the cap, the commit invalidates everything.
-    pub fn add(&mut self, shared: &Shared, tags: Vec<Tag>) {
+    pub fn add(&mut self, tags: Vec<Tag>) {
         if self.pending.contains(&Tag::All) {
             return;
         }
         self.pending.extend(tags);
         if self.pending.len() > MAX_PENDING || self.pending.contains(&Tag::All) {
             if !self.pending.contains(&Tag::All) {
-                shared.stats.widen();
+                self.engine.stats().widen();
             }
             self.pending = HashSet::from([Tag::All]);
         }
@@ -96,22 +98,23 @@ impl TxState {
     /// hand-written `COMMIT`, `COMMIT AND CHAIN`, or a string the library cannot read): apply
     /// it now, and keep it for the real end too, since the transaction may go on. With `ended`,
     /// it may be over: later statements then also apply their invalidations at once (and still
-    /// at the end). Returns what was applied, to be published.
-    pub fn committed_early(&mut self, shared: &Shared, ended: bool) -> Vec<Tag> {
+    /// at the end). Returns the rest of its delivery (to the shared tier and the other
+    /// processes).
+    pub fn committed_early(&mut self, ended: bool) -> Option<Delivery> {
         self.escaped |= ended;
         let tags: Vec<Tag> = self.pending.iter().copied().collect();
-        shared.invalidate(&tags);
-        tags
+        self.engine.apply(&tags, Origin::Early);
+        self.engine.tiers.publish(tags)
     }
 
-    /// Applies what the transaction collected here; returns it, to be published.
-    fn apply(&mut self, shared: &Shared) -> Vec<Tag> {
+    /// Applies what the transaction collected; returns the rest of its delivery.
+    fn apply(&mut self) -> Option<Delivery> {
         let tags: Vec<Tag> = self.pending.drain().collect();
-        shared.invalidate(&tags);
+        let delivery = self.engine.apply(&tags, Origin::Write);
         for _ in 0..std::mem::take(&mut self.ddl) {
-            shared.ddl_done();
+            self.engine.schema.ddl_done();
         }
-        tags
+        delivery
     }
 }
 
@@ -119,15 +122,15 @@ impl Drop for TxState {
     fn drop(&mut self) {
         // Rolled back or dropped: the schema changes are over, whichever way they went.
         for _ in 0..std::mem::take(&mut self.ddl) {
-            self.shared.ddl_done();
+            self.engine.schema.ddl_done();
         }
     }
 }
 
 impl CachedConnection {
-    pub(crate) fn parts(&mut self) -> (&mut PgConnection, &mut TxState, Arc<Shared>) {
-        let shared = self.state.shared.clone();
-        (&mut self.conn, &mut self.state, shared)
+    pub(crate) fn parts(&mut self) -> (&mut PgConnection, &mut TxState, Arc<Engine>) {
+        let engine = self.state.engine.clone();
+        (&mut self.conn, &mut self.state, engine)
     }
 
     /// The underlying connection. Writes made on it directly are **not** invalidated, and since
@@ -189,15 +192,14 @@ struct ApplyOnDrop(CachedConnection);
 
 impl Drop for ApplyOnDrop {
     fn drop(&mut self) {
-        let shared = self.0.state.shared.clone();
-        if let Some(publish) = shared.publish(self.0.state.apply(&shared)) {
-            crate::executor::finish_in_background(&shared, publish);
+        if let Some(delivery) = self.0.state.apply() {
+            self.0.state.engine.finish_in_background(delivery);
         }
     }
 }
 
 /// Polls a future in place; dropped before its end, hands the rest to a task of its own.
-struct FinishOnDrop<F: Future<Output = Result<(), sqlx::Error>> + Send + 'static>(Option<Pin<Box<F>>>, Arc<Shared>);
+struct FinishOnDrop<F: Future<Output = Result<(), sqlx::Error>> + Send + 'static>(Option<Pin<Box<F>>>, Arc<Engine>);
 
 impl<F: Future<Output = Result<(), sqlx::Error>> + Send + 'static> Future for FinishOnDrop<F> {
     type Output = F::Output;
@@ -217,7 +219,7 @@ impl<F: Future<Output = Result<(), sqlx::Error>> + Send + 'static> Drop for Fini
     fn drop(&mut self) {
         // Only ever dropped unfinished after a first poll: `commit` awaits it at once.
         if let Some(rest) = self.0.take() {
-            crate::executor::finish_in_background(&self.1, async move {
+            self.1.finish_in_background(async move {
                 let _ = rest.await;
             });
         }
@@ -225,11 +227,11 @@ impl<F: Future<Output = Result<(), sqlx::Error>> + Send + 'static> Drop for Fini
 }
 
 impl CachedTransaction {
-    /// Begins a transaction on a connection of `shared`'s pool.
-    pub(crate) async fn begin(shared: Arc<Shared>) -> Result<CachedTransaction, sqlx::Error> {
-        let conn = shared.pool.acquire().await?;
+    /// Begins a transaction on a connection of `engine`'s pool.
+    pub(crate) async fn begin(engine: Arc<Engine>) -> Result<CachedTransaction, sqlx::Error> {
+        let conn = engine.pool.acquire().await?;
         let state =
-            TxState { shared, pending: HashSet::new(), escaped: false, ddl: 0, tainted: false, role_may_differ: false };
+            TxState { engine, pending: HashSet::new(), escaped: false, ddl: 0, tainted: false, role_may_differ: false };
         // Open before `BEGIN` is sent: if it fails or is cancelled, the drop rolls back.
         let mut conn = CachedConnection { conn, open: true, state };
         PgTransactionManager::begin(&mut conn.conn, None).await?;
@@ -243,22 +245,20 @@ impl CachedTransaction {
     /// commit runs to its end even if this future is dropped: the rest of it moves to a task of
     /// its own.
     pub async fn commit(self) -> Result<(), sqlx::Error> {
-        let shared = self.conn.state.shared.clone();
+        let engine = self.conn.state.engine.clone();
         let mut apply = ApplyOnDrop(self.conn);
-        let publisher = shared.clone();
         FinishOnDrop(
             Some(Box::pin(async move {
                 let committed = PgTransactionManager::commit(&mut apply.0.conn).await;
                 if committed.is_ok() {
                     apply.0.open = false;
                 }
-                let applied = apply.0.state.apply(&publisher);
-                if let Some(publish) = publisher.publish(applied) {
-                    publish.await;
+                if let Some(delivery) = apply.0.state.apply() {
+                    delivery.await;
                 }
                 committed
             })),
-            shared,
+            engine,
         )
         .await
     }

@@ -11,6 +11,7 @@
 use crate::TestDb;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use sqlacache_sqlx::testing::Probe as _;
 use sqlacache_sqlx::{Cacheable, CachedPool, CachedRow};
 use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, PgPool};
@@ -371,13 +372,13 @@ async fn read(shared: &Shared, rng: &mut Rng, client: u64, i: u64) {
             let floor = rng.below(12) as i32;
             let sql = "SELECT count(*), coalesce(sum(n), 0)::int8 FROM Ünits WHERE n > $1";
             let r = sqlx::query_as::<_, (i64, i64)>(sql).bind(floor).fetch_one(raw);
-            let c = cache.query_as::<(i64, i64)>(sql).bind(floor).fetch_one();
+            let c = sqlacache_sqlx::query_as::<(i64, i64)>(sql).bind(floor).fetch_one(cache);
             check(shared, &[UNITS], what(sql), r, c).await
         }
         16 => {
             let sql = "SELECT id, n FROM ünits WHERE id <= $1 ORDER BY id";
             let r = sqlx::query_as::<_, (i64, i32)>(sql).bind(id).fetch_all(raw);
-            let c = cache.query_as::<(i64, i32)>(sql).bind(id).fetch_all();
+            let c = sqlacache_sqlx::query_as::<(i64, i32)>(sql).bind(id).fetch_all(cache);
             check(shared, &[UNITS_LOWER], what(sql), r, c).await
         }
         17 => {
@@ -385,21 +386,21 @@ async fn read(shared: &Shared, rng: &mut Rng, client: u64, i: u64) {
             // reached a pool connection would show here.
             let sql = "SELECT id, updated_at::text FROM accounts WHERE id <= $1 ORDER BY id";
             let r = sqlx::query_as::<_, (i64, Option<String>)>(sql).bind(id).fetch_all(raw);
-            let c = cache.query_as::<(i64, Option<String>)>(sql).bind(id).fetch_all();
+            let c = sqlacache_sqlx::query_as::<(i64, Option<String>)>(sql).bind(id).fetch_all(cache);
             check(shared, &[ACCOUNTS], what(sql), r, c).await
         }
         13 => {
             let sql = "SELECT a.owner, coalesce(sum(l.amount), 0)::int8 AS total FROM accounts a \
                        LEFT JOIN ledger l ON l.account_id = a.id WHERE a.id <= $1 GROUP BY a.owner ORDER BY a.owner";
             let r = sqlx::query_as::<_, OwnerTotal>(sql).bind(id).fetch_all(raw);
-            let c = cache.query_as::<OwnerTotal>(sql).bind(id).fetch_all();
+            let c = sqlacache_sqlx::query_as::<OwnerTotal>(sql).bind(id).fetch_all(cache);
             check(shared, &[ACCOUNTS, LEDGER], what(sql), r, c).await
         }
         14 => {
             let below = rng.below(300) as i32;
             let sql = "SELECT id, balance FROM accounts WHERE balance < $1 ORDER BY id";
             let r = sqlx::query_as::<_, (i64, i32)>(sql).bind(below).fetch_all(raw);
-            let c = cache.query_as::<(i64, i32)>(sql).bind(below).fetch_all();
+            let c = sqlacache_sqlx::query_as::<(i64, i32)>(sql).bind(below).fetch_all(cache);
             check(shared, &[ACCOUNTS], what(sql), r, c).await
         }
         12 => {
@@ -409,17 +410,17 @@ async fn read(shared: &Shared, rng: &mut Rng, client: u64, i: u64) {
             match rng.below(3) {
                 0 => {
                     let r = sqlx::query_as::<_, Account>(sql).bind(None::<String>).fetch_all(raw);
-                    let c = cache.query_as::<Account>(sql).bind(None::<String>).fetch_all();
+                    let c = sqlacache_sqlx::query_as::<Account>(sql).bind(None::<String>).fetch_all(cache);
                     check(shared, &[ACCOUNTS], what("note IS NOT DISTINCT FROM NULL"), r, c).await
                 }
                 1 => {
                     let r = sqlx::query_as::<_, Account>(sql).bind("").fetch_all(raw);
-                    let c = cache.query_as::<Account>(sql).bind("").fetch_all();
+                    let c = sqlacache_sqlx::query_as::<Account>(sql).bind("").fetch_all(cache);
                     check(shared, &[ACCOUNTS], what("note IS NOT DISTINCT FROM ''"), r, c).await
                 }
                 _ => {
                     let r = sqlx::query_as::<_, Account>(sql).bind(Some("")).fetch_all(raw);
-                    let c = cache.query_as::<Account>(sql).bind(Some("")).fetch_all();
+                    let c = sqlacache_sqlx::query_as::<Account>(sql).bind(Some("")).fetch_all(cache);
                     check(shared, &[ACCOUNTS], what("note IS NOT DISTINCT FROM Some('')"), r, c).await
                 }
             }
@@ -445,60 +446,60 @@ async fn read(shared: &Shared, rng: &mut Rng, client: u64, i: u64) {
             let (lo, hi) = (rng.below(200) as i32, rng.below(400) as i32);
             let sql = "SELECT * FROM accounts WHERE balance BETWEEN $1 AND $2 ORDER BY id";
             let r = sqlx::query_as::<_, Account>(sql).bind(lo).bind(hi).fetch_all(raw);
-            let c = cache.query_as::<Account>(sql).bind(lo).bind(hi).fetch_all();
+            let c = sqlacache_sqlx::query_as::<Account>(sql).bind(lo).bind(hi).fetch_all(cache);
             check(shared, &[ACCOUNTS], what(sql), r, c).await
         }
         4 => {
             let pattern = format!("owner{}%", rng.below(7));
             let sql = "SELECT * FROM accounts WHERE owner LIKE $1 ORDER BY id LIMIT 5";
             let r = sqlx::query_as::<_, Account>(sql).bind(&pattern).fetch_all(raw);
-            let c = cache.query_as::<Account>(sql).bind(&pattern).fetch_all();
+            let c = sqlacache_sqlx::query_as::<Account>(sql).bind(&pattern).fetch_all(cache);
             check(shared, &[ACCOUNTS], what(sql), r, c).await
         }
         5 => {
             let ids = [id, 1 + rng.below(34), 1 + rng.below(34)];
             let sql = "SELECT * FROM accounts WHERE id IN ($1, $2, $3) ORDER BY id";
             let r = sqlx::query_as::<_, Account>(sql).bind(ids[0]).bind(ids[1]).bind(ids[2]).fetch_all(raw);
-            let c = cache.query_as::<Account>(sql).bind(ids[0]).bind(ids[1]).bind(ids[2]).fetch_all();
+            let c = sqlacache_sqlx::query_as::<Account>(sql).bind(ids[0]).bind(ids[1]).bind(ids[2]).fetch_all(cache);
             check(shared, &[ACCOUNTS], what(sql), r, c).await
         }
         6 => {
             let floor = rng.below(300) as i32;
             let sql = "SELECT count(*) FROM accounts WHERE balance > $1";
             let r = sqlx::query_scalar::<_, i64>(sql).bind(floor).fetch_one(raw);
-            let c = cache.query_scalar::<i64>(sql).bind(floor).fetch_one();
+            let c = sqlacache_sqlx::query_scalar::<i64>(sql).bind(floor).fetch_one(cache);
             check(shared, &[ACCOUNTS], what(sql), r, c).await
         }
         7 => {
             let sql = "SELECT EXISTS (SELECT 1 FROM ledger WHERE account_id = $1)";
             let r = sqlx::query_scalar::<_, bool>(sql).bind(id).fetch_one(raw);
-            let c = cache.query_scalar::<bool>(sql).bind(id).fetch_one();
+            let c = sqlacache_sqlx::query_scalar::<bool>(sql).bind(id).fetch_one(cache);
             check(shared, &[LEDGER], what(sql), r, c).await
         }
         8 => {
             let amount = rng.below(50) as i32;
             let sql = "SELECT a.* FROM accounts a JOIN ledger l ON l.account_id = a.id WHERE l.amount > $1 ORDER BY a.id, l.id";
             let r = sqlx::query_as::<_, Account>(sql).bind(amount).fetch_all(raw);
-            let c = cache.query_as::<Account>(sql).bind(amount).fetch_all();
+            let c = sqlacache_sqlx::query_as::<Account>(sql).bind(amount).fetch_all(cache);
             check(shared, &[ACCOUNTS, LEDGER], what(sql), r, c).await
         }
         9 => {
             let org = 1 + rng.below(3);
             let sql = "SELECT * FROM members WHERE org = $1 ORDER BY uid";
             let r = sqlx::query_as::<_, Member>(sql).bind(org).fetch_all(raw);
-            let c = cache.query_as::<Member>(sql).bind(org).fetch_all();
+            let c = sqlacache_sqlx::query_as::<Member>(sql).bind(org).fetch_all(cache);
             check(shared, &[MEMBERS], what(sql), r, c).await
         }
         10 => {
             let sql = "SELECT coalesce(sum(amount), 0)::int8 FROM ledger WHERE account_id = $1";
             let r = sqlx::query_scalar::<_, i64>(sql).bind(id).fetch_one(raw);
-            let c = cache.query_scalar::<i64>(sql).bind(id).fetch_one();
+            let c = sqlacache_sqlx::query_scalar::<i64>(sql).bind(id).fetch_one(cache);
             check(shared, &[LEDGER], what(sql), r, c).await
         }
         _ => {
             let sql = "SELECT * FROM accounts WHERE note IS NULL ORDER BY id";
             let r = sqlx::query_as::<_, Account>(sql).fetch_all(raw);
-            let c = cache.query_as::<Account>(sql).fetch_all();
+            let c = sqlacache_sqlx::query_as::<Account>(sql).fetch_all(cache);
             check(shared, &[ACCOUNTS], what(sql), r, c).await
         }
     }

@@ -158,8 +158,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     for id in 1..=100 {
         cache.get::<BenchUser>(id).await?;
     }
-    cache.query_as::<BenchUser>(LIST).fetch_all().await?;
-    cache.query_scalar::<i64>(COUNT).fetch_one().await?;
+    sqlacache_sqlx::query_as::<BenchUser>(LIST).fetch_all(&cache).await?;
+    sqlacache_sqlx::query_scalar::<i64>(COUNT).fetch_one(&cache).await?;
     for round in 0..rounds() {
         // 1: hot keys are cached; cold keys are existing rows read once each.
         let (hot, cold) = (1 + round % 100, USERS / 2 + round % (USERS / 2));
@@ -182,14 +182,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             black_box(sqlx::query_as::<_, BenchUser>(LIST).fetch_all(&pool).await.unwrap());
         };
         let list_once = async {
-            black_box(cache.query_as::<BenchUser>(LIST).fetch_all().await.unwrap());
+            black_box(sqlacache_sqlx::query_as::<BenchUser>(LIST).fetch_all(&cache).await.unwrap());
         };
         pair(round, (&mut raw_list, raw_once), (&mut list, list_once)).await;
         let raw_once = async {
             black_box(sqlx::query_scalar::<_, i64>(COUNT).fetch_one(&pool).await.unwrap());
         };
         let count_once = async {
-            black_box(cache.query_scalar::<i64>(COUNT).fetch_one().await.unwrap());
+            black_box(sqlacache_sqlx::query_scalar::<i64>(COUNT).fetch_one(&cache).await.unwrap());
         };
         pair(round, (&mut raw_count, raw_once), (&mut count, count_once)).await;
         // 6.

@@ -63,10 +63,9 @@ async fn rename_user(State(cache): State<CachedPool>, Path(id): Path<i64>, Json(
 }
 
 async fn list_users(State(cache): State<CachedPool>, Query(filter): Query<Filter>) -> Reply<Vec<User>> {
-    let users = cache
-        .query_as::<User>("SELECT * FROM sqlacache_example_users WHERE active = $1 ORDER BY id")
+    let users = sqlacache_sqlx::query_as::<User>("SELECT * FROM sqlacache_example_users WHERE active = $1 ORDER BY id")
         .bind(filter.active.unwrap_or(true))
-        .fetch_all()
+        .fetch_all(&cache)
         .await
         .map_err(server_error)?;
     Ok(Json(users))

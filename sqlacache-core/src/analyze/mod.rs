@@ -12,6 +12,7 @@ mod parse;
 mod read;
 mod scan;
 mod session;
+mod targets;
 mod write;
 
 use session::Control;
@@ -104,6 +105,7 @@ pub enum ReadOp {
 
 /// A single read statement that may be cached.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Read {
     /// The operation.
     pub op: ReadOp,
@@ -115,6 +117,7 @@ pub struct Read {
 
 /// What a write statement does to one table.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Write {
     /// The table written.
     pub table: TableName,
@@ -198,6 +201,7 @@ pub struct FunctionName {
 
 /// The analysis of one SQL string.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Analysis {
     /// `Ok` when the string is one read statement that may be cached; otherwise why not.
     pub read: Result<Read, Uncached>,

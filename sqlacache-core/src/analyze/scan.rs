@@ -1,7 +1,7 @@
 //! One pass over a statement's tree: the relations, functions, locks and clock words it
 //! holds, and the writes nested inside it.
 
-use super::write::write_targets;
+use super::targets::write_targets;
 use super::{ident, FunctionName, TableName};
 use sqlparser::ast::{self, Expr, ObjectName, ObjectNamePart, Query, SetExpr, Statement, TableFactor, Visitor};
 use std::ops::ControlFlow;

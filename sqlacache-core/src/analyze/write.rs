@@ -3,51 +3,12 @@
 
 use super::parse::append_offset;
 use super::scan::Scan;
+use super::targets::{delete_targets, factor_name, factor_qualifier, write_targets};
 use super::{fold, ident, RowSource, TableName, Write, WriteKind};
 use sqlparser::ast::{
     self, AssignmentTarget, Expr, FromTable, ObjectName, ObjectNamePart, OnConflictAction, OnInsert, SelectItem,
-    Statement, TableFactor, TableObject, Visit,
+    Statement, TableObject, Visit,
 };
-
-pub(super) fn write_targets(statement: &Statement) -> Vec<TableName> {
-    match statement {
-        Statement::Insert(insert) => match &insert.table {
-            TableObject::TableName(name) => TableName::from_object(name).into_iter().collect(),
-            _ => Vec::new(),
-        },
-        Statement::Update(update) => factor_name(&update.table.relation).into_iter().collect(),
-        Statement::Delete(delete) => delete_targets(delete),
-        Statement::Merge(merge) => factor_name(&merge.table).into_iter().collect(),
-        _ => Vec::new(),
-    }
-}
-
-pub(super) fn factor_name(factor: &TableFactor) -> Option<TableName> {
-    match factor {
-        TableFactor::Table { name, .. } => TableName::from_object(name),
-        _ => None,
-    }
-}
-
-pub(super) fn factor_qualifier(factor: &TableFactor) -> Option<String> {
-    match factor {
-        TableFactor::Table { name, alias, .. } => match alias {
-            Some(alias) => Some(alias.name.to_string()),
-            None => name.0.last().map(|part| part.to_string()),
-        },
-        _ => None,
-    }
-}
-
-pub(super) fn delete_targets(delete: &ast::Delete) -> Vec<TableName> {
-    let from = match &delete.from {
-        FromTable::WithFromKeyword(tables) | FromTable::WithoutKeyword(tables) => tables,
-    };
-    from.iter()
-        .filter_map(|t| factor_name(&t.relation))
-        .chain(delete.tables.iter().filter_map(TableName::from_object))
-        .collect()
-}
 
 /// Adds the effect of one top-level statement. Returns `true` when it may change anything.
 /// What one top-level statement does to cached data.

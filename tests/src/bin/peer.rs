@@ -11,6 +11,7 @@
 //! peer <database url> <schema> <redis url|-> <key prefix> <memory capacity> <lease ms> [feed]
 //! ```
 
+use sqlacache_sqlx::testing::Probe as _;
 use sqlacache_sqlx::CachedPool;
 use sqlacache_tests::Counter;
 use sqlx::postgres::PgConnectOptions;

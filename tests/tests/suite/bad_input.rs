@@ -1,6 +1,7 @@
 //! Bad input gets PostgreSQL's own error and loses nothing.
 
 use serde::{Deserialize, Serialize};
+use sqlacache_sqlx::testing::Probe as _;
 use sqlacache_sqlx::Cacheable;
 use sqlacache_tests::{TestDb, User};
 
@@ -42,7 +43,7 @@ async fn malformed_sql_returns_the_raw_error_and_keeps_the_cache() {
     assert_eq!(cache.stats().hits, hits + 1, "failed statements changed nothing, so nothing was invalidated");
     assert_eq!(cache.stats().full_invalidations, 0);
 
-    let err = cache.query_as::<User>("SELECT * FORM users").fetch_all().await.unwrap_err();
+    let err = sqlacache_sqlx::query_as::<User>("SELECT * FORM users").fetch_all(&cache).await.unwrap_err();
     let raw = sqlx::query_as::<_, User>("SELECT * FORM users").fetch_all(&db.pool).await.unwrap_err();
     assert_eq!(describe(&err), describe(&raw), "typed reads too");
 }
@@ -53,13 +54,16 @@ async fn corrupt_entries_are_misses_and_are_replaced() {
     let cache = db.cache().await;
     let list = "SELECT * FROM users ORDER BY id";
     let user = cache.get::<User>(1_i64).await.unwrap();
-    let users = cache.query_as::<User>(list).fetch_all().await.unwrap();
-    let count: i64 = cache.query_scalar("SELECT count(*) FROM users").fetch_one().await.unwrap();
+    let users = sqlacache_sqlx::query_as::<User>(list).fetch_all(&cache).await.unwrap();
+    let count: i64 = sqlacache_sqlx::query_scalar("SELECT count(*) FROM users").fetch_one(&cache).await.unwrap();
 
     cache.scramble_entries_for_tests();
     assert_eq!(cache.get::<User>(1_i64).await.unwrap(), user);
-    assert_eq!(cache.query_as::<User>(list).fetch_all().await.unwrap(), users);
-    assert_eq!(cache.query_scalar::<i64>("SELECT count(*) FROM users").fetch_one().await.unwrap(), count);
+    assert_eq!(sqlacache_sqlx::query_as::<User>(list).fetch_all(&cache).await.unwrap(), users);
+    assert_eq!(
+        sqlacache_sqlx::query_scalar::<i64>("SELECT count(*) FROM users").fetch_one(&cache).await.unwrap(),
+        count
+    );
     let stats = cache.stats();
     assert_eq!(stats.corrupt_entries, 3);
     assert_eq!(cache.get::<User>(1_i64).await.unwrap(), user);
@@ -82,8 +86,8 @@ async fn row_types_never_read_each_others_bytes() {
     let cache = db.builder().model::<UserName>().build().await.unwrap();
     let sql = "SELECT * FROM users WHERE id = $1";
     for _ in 0..2 {
-        let full = cache.query_as::<User>(sql).bind(1_i64).fetch_one().await.unwrap();
-        let short = cache.query_as::<UserName>(sql).bind(1_i64).fetch_one().await.unwrap();
+        let full = sqlacache_sqlx::query_as::<User>(sql).bind(1_i64).fetch_one(&cache).await.unwrap();
+        let short = sqlacache_sqlx::query_as::<UserName>(sql).bind(1_i64).fetch_one(&cache).await.unwrap();
         assert_eq!((full.name.as_str(), short.name.as_str()), ("ada", "ada"));
         assert_eq!(cache.get::<UserName>(1_i64).await.unwrap().unwrap().name, "ada");
         assert!(cache.get::<User>(1_i64).await.unwrap().unwrap().active);

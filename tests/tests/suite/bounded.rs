@@ -39,7 +39,7 @@ async fn too_many_missing_names_start_the_set_over() {
     let tables: Vec<String> = (0..1100).map(|i| format!("missing_{i}")).collect();
     let sql = format!("SELECT count(*) FROM {}", tables.join(", "));
     let raw = sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql.clone())).fetch_one(&db.pool).await.unwrap_err();
-    let cached = cache.query_scalar::<i64>(AssertSqlSafe(sql)).fetch_one().await.unwrap_err();
+    let cached = sqlacache_sqlx::query_scalar::<i64>(AssertSqlSafe(sql)).fetch_one(&cache).await.unwrap_err();
     assert_eq!(cached.to_string(), raw.to_string(), "PostgreSQL's own error, unchanged");
     assert_eq!(cache.stats().widened, 1, "the set of missing names started over");
     // Caching goes on.
@@ -50,7 +50,7 @@ async fn too_many_missing_names_start_the_set_over() {
     // A table created under one of the names is found and read fresh.
     sqlx::raw_sql("CREATE TABLE missing_7 (id int); INSERT INTO missing_7 VALUES (1)").execute(&cache).await.unwrap();
     for _ in 0..2 {
-        let n = cache.query_scalar::<i64>("SELECT count(*) FROM missing_7").fetch_one().await.unwrap();
+        let n = sqlacache_sqlx::query_scalar::<i64>("SELECT count(*) FROM missing_7").fetch_one(&cache).await.unwrap();
         assert_eq!(n, 1);
     }
 }

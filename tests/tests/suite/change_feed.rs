@@ -3,6 +3,7 @@
 //! changes) reach the cache through PostgreSQL's triggers and LISTEN/NOTIFY, and a listener that
 //! lost its connection or went silent stops cached reads until it is heard again.
 
+use sqlacache_sqlx::testing::Probe as _;
 use sqlacache_sqlx::{CachedPool, Error, Ops, Uncached};
 use sqlacache_tests::{database_url, Counter, TestDb, COUNTERS};
 use sqlx::postgres::PgListener;
@@ -41,7 +42,10 @@ async fn value(cache: &CachedPool, id: i32) -> i64 {
 }
 
 async fn total(cache: &CachedPool) -> i64 {
-    cache.query_scalar::<i64>("SELECT coalesce(sum(v), 0)::bigint FROM counters").fetch_one().await.unwrap()
+    sqlacache_sqlx::query_scalar::<i64>("SELECT coalesce(sum(v), 0)::bigint FROM counters")
+        .fetch_one(cache)
+        .await
+        .unwrap()
 }
 
 /// Hits served so far.
@@ -353,7 +357,7 @@ async fn reads_of_tables_the_feed_does_not_cover_are_not_cached() {
     let db = TestDb::in_own_database(&format!("{COUNTERS} CREATE TABLE other (id int PRIMARY KEY);")).await;
     let cache = fed(&db).await;
     for _ in 0..2 {
-        cache.query_scalar::<i64>("SELECT count(*) FROM other").fetch_one().await.unwrap();
+        sqlacache_sqlx::query_scalar::<i64>("SELECT count(*) FROM other").fetch_one(&cache).await.unwrap();
     }
     assert_eq!(cache.stats().uncached(Uncached::NotInFeed), 2);
     assert_eq!(cache.stats().hits, 0);
@@ -596,7 +600,7 @@ async fn a_column_added_elsewhere_is_noticed() {
     let db = TestDb::in_own_database(COUNTERS).await;
     let cache = fed(&db).await;
     let sql = "SELECT c::text FROM counters c WHERE id = 1";
-    let read = || async { cache.query_scalar::<String>(sql).fetch_one().await.unwrap() };
+    let read = || async { sqlacache_sqlx::query_scalar::<String>(sql).fetch_one(&cache).await.unwrap() };
     assert_eq!(read().await, "(1,0)");
     let before = hits(&cache);
     assert_eq!(read().await, "(1,0)");
@@ -723,7 +727,9 @@ async fn changes_elsewhere_that_reach_the_cached_tables_are_noticed() {
         .build()
         .await
         .unwrap();
-    let sum = || async { cache.query_scalar::<i64>("SELECT sum(v)::int8 FROM parts").fetch_one().await.unwrap() };
+    let sum = || async {
+        sqlacache_sqlx::query_scalar::<i64>("SELECT sum(v)::int8 FROM parts").fetch_one(&cache).await.unwrap()
+    };
     cache.feed_sync_for_tests().await.unwrap();
     assert_eq!((sum().await, sum().await), (10, 10));
     assert!(hits(&cache) >= 1, "the parent is cached: {:?}", cache.stats());
@@ -748,7 +754,7 @@ async fn changes_elsewhere_that_reach_the_cached_tables_are_noticed() {
     loop {
         let raw = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM counters").fetch_one(&db.pool).await;
         assert!(raw.is_err(), "the raw pool no longer finds the table");
-        if cache.query_scalar::<i64>("SELECT count(*) FROM counters").fetch_one().await.is_err() {
+        if sqlacache_sqlx::query_scalar::<i64>("SELECT count(*) FROM counters").fetch_one(&cache).await.is_err() {
             break;
         }
         assert!(start.elapsed() < Duration::from_secs(10), "the cache still answers for a table that is gone");

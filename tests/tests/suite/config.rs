@@ -9,8 +9,8 @@ async fn ops_decide_what_is_cached() {
     let db = TestDb::new().await;
     let cache = db.builder().table("orders", Ops::GET, Duration::from_secs(60)).build().await.unwrap();
     for _ in 0..2 {
-        cache.query_as::<Order>("SELECT * FROM orders").fetch_all().await.unwrap();
-        cache.query_scalar::<i64>("SELECT count(*) FROM orders").fetch_one().await.unwrap();
+        sqlacache_sqlx::query_as::<Order>("SELECT * FROM orders").fetch_all(&cache).await.unwrap();
+        sqlacache_sqlx::query_scalar::<i64>("SELECT count(*) FROM orders").fetch_one(&cache).await.unwrap();
     }
     let stats = cache.stats();
     assert_eq!((stats.hits, stats.bypassed), (0, 4), "fetch and count pass straight to the database");
@@ -19,8 +19,8 @@ async fn ops_decide_what_is_cached() {
     assert_eq!(cache.stats().hits, 1, "get is cached");
 
     let joined = "SELECT u.* FROM users u JOIN orders o ON o.user_id = u.id";
-    cache.query_as::<User>(joined).fetch_all().await.unwrap();
-    cache.query_as::<User>(joined).fetch_all().await.unwrap();
+    sqlacache_sqlx::query_as::<User>(joined).fetch_all(&cache).await.unwrap();
+    sqlacache_sqlx::query_as::<User>(joined).fetch_all(&cache).await.unwrap();
     assert_eq!(cache.stats().hits, 1, "a join is cached only if every table allows it");
 }
 
@@ -29,15 +29,18 @@ async fn wildcard_and_disabled_tables() {
     let db = TestDb::new().await;
     let cache = db.builder().disable_table("notes").build().await.unwrap();
     for _ in 0..2 {
-        cache.query_scalar::<i64>("SELECT count(*) FROM audit_log").fetch_one().await.unwrap();
-        cache.query_scalar::<i64>("SELECT count(*) FROM notes").fetch_one().await.unwrap();
+        sqlacache_sqlx::query_scalar::<i64>("SELECT count(*) FROM audit_log").fetch_one(&cache).await.unwrap();
+        sqlacache_sqlx::query_scalar::<i64>("SELECT count(*) FROM notes").fetch_one(&cache).await.unwrap();
     }
     let stats = cache.stats();
     assert_eq!((stats.hits, stats.bypassed), (1, 2), "audit_log falls under *, notes is disabled");
 
     let only_configured = db.builder().wildcard(Ops::NONE).build().await.unwrap();
     for _ in 0..2 {
-        only_configured.query_scalar::<i64>("SELECT count(*) FROM audit_log").fetch_one().await.unwrap();
+        sqlacache_sqlx::query_scalar::<i64>("SELECT count(*) FROM audit_log")
+            .fetch_one(&only_configured)
+            .await
+            .unwrap();
     }
     assert_eq!(only_configured.stats().hits, 0);
 }
@@ -72,7 +75,7 @@ async fn manual_invalidation() {
         for id in 1..=3_i64 {
             c.get::<User>(id).await.unwrap();
         }
-        c.query_scalar::<i64>("SELECT count(*) FROM users").fetch_one().await.unwrap();
+        sqlacache_sqlx::query_scalar::<i64>("SELECT count(*) FROM users").fetch_one(&c).await.unwrap();
     };
     warm(cache.clone()).await;
     // Changed behind the cache's back.
@@ -107,10 +110,9 @@ async fn memory_stays_under_capacity() {
     let capacity = 256 * 1024;
     let cache = CachedPool::builder(db.pool.clone()).model::<User>().memory_capacity(capacity).build().await.unwrap();
     for start in 0..1500_i64 {
-        cache
-            .query_as::<User>("SELECT * FROM users WHERE id > $1 ORDER BY id")
+        sqlacache_sqlx::query_as::<User>("SELECT * FROM users WHERE id > $1 ORDER BY id")
             .bind(start % 200)
-            .fetch_all()
+            .fetch_all(&cache)
             .await
             .unwrap();
         cache.get::<User>(start).await.unwrap();
@@ -127,10 +129,16 @@ async fn the_op_is_read_from_the_parsed_statement() {
     let cache = db.builder().table("users", Ops::FETCH, Duration::from_secs(60)).build().await.unwrap();
     for _ in 0..2 {
         // A string that merely contains `count(` is a fetch, and cached.
-        cache.query_as::<User>("SELECT * FROM users WHERE name <> 'count(*)'").fetch_all().await.unwrap();
+        sqlacache_sqlx::query_as::<User>("SELECT * FROM users WHERE name <> 'count(*)'")
+            .fetch_all(&cache)
+            .await
+            .unwrap();
         // A real count is not: the table does not allow `count`.
-        cache.query_scalar::<i64>("SELECT count(*) FROM users").fetch_one().await.unwrap();
-        cache.query_scalar::<bool>("SELECT EXISTS (SELECT 1 FROM users WHERE id = 1)").fetch_one().await.unwrap();
+        sqlacache_sqlx::query_scalar::<i64>("SELECT count(*) FROM users").fetch_one(&cache).await.unwrap();
+        sqlacache_sqlx::query_scalar::<bool>("SELECT EXISTS (SELECT 1 FROM users WHERE id = 1)")
+            .fetch_one(&cache)
+            .await
+            .unwrap();
     }
     let stats = cache.stats();
     assert_eq!((stats.hits, stats.bypassed), (1, 4));
@@ -145,7 +153,7 @@ async fn pools_on_one_thread_keep_their_own_plans() {
     let disabled = db.builder().disable_table("users").build().await.unwrap();
     for cache in [&caching, &disabled, &caching, &disabled] {
         cache.get::<User>(1_i64).await.unwrap();
-        cache.query_scalar::<i64>("SELECT count(*) FROM users").fetch_one().await.unwrap();
+        sqlacache_sqlx::query_scalar::<i64>("SELECT count(*) FROM users").fetch_one(cache).await.unwrap();
     }
     let (on, off) = (caching.stats(), disabled.stats());
     assert_eq!((on.hits, on.bypassed), (2, 0));
@@ -191,9 +199,8 @@ async fn unknown_tables_fail_the_build_by_name() {
     let qualified = format!("{other}.ledger");
     let cache = pool().disable_table(&qualified).build().await.unwrap();
     for _ in 0..2 {
-        cache
-            .query_scalar::<i64>(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {qualified}")))
-            .fetch_one()
+        sqlacache_sqlx::query_scalar::<i64>(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {qualified}")))
+            .fetch_one(&cache)
             .await
             .unwrap();
     }

@@ -7,7 +7,7 @@ async fn joins_depend_on_both_tables() {
     let db = TestDb::new().await;
     let cache = db.cache().await;
     let sql = "SELECT DISTINCT u.* FROM users u JOIN orders o ON o.user_id = u.id WHERE o.total >= $1 ORDER BY u.id";
-    let read = || async { cache.query_as::<User>(sql).bind(70_i32).fetch_all().await.unwrap() };
+    let read = || async { sqlacache_sqlx::query_as::<User>(sql).bind(70_i32).fetch_all(&cache).await.unwrap() };
     assert_eq!(read().await.iter().map(|u| u.id).collect::<Vec<_>>(), [1, 2]);
     read().await;
     assert_eq!(cache.stats().hits, 1);
@@ -24,11 +24,11 @@ async fn subqueries_and_ctes_depend_on_their_tables() {
     let cache = db.cache().await;
     let sub = "SELECT * FROM users WHERE id IN (SELECT user_id FROM orders WHERE total > 60) ORDER BY id";
     let cte = "WITH big AS (SELECT user_id FROM orders WHERE total > 60) SELECT count(*) FROM users WHERE id IN (SELECT user_id FROM big)";
-    assert_eq!(cache.query_as::<User>(sub).fetch_all().await.unwrap().len(), 2);
-    assert_eq!(cache.query_scalar::<i64>(cte).fetch_one().await.unwrap(), 2);
+    assert_eq!(sqlacache_sqlx::query_as::<User>(sub).fetch_all(&cache).await.unwrap().len(), 2);
+    assert_eq!(sqlacache_sqlx::query_scalar::<i64>(cte).fetch_one(&cache).await.unwrap(), 2);
     sqlx::query("INSERT INTO orders VALUES (13, 3, 500)").execute(&cache).await.unwrap();
-    assert_eq!(cache.query_as::<User>(sub).fetch_all().await.unwrap().len(), 3);
-    assert_eq!(cache.query_scalar::<i64>(cte).fetch_one().await.unwrap(), 3);
+    assert_eq!(sqlacache_sqlx::query_as::<User>(sub).fetch_all(&cache).await.unwrap().len(), 3);
+    assert_eq!(sqlacache_sqlx::query_scalar::<i64>(cte).fetch_one(&cache).await.unwrap(), 3);
 }
 
 #[tokio::test]
@@ -37,16 +37,16 @@ async fn on_delete_cascade_and_set_null_reach_children() {
     let cache = db.cache().await;
     let orders = "SELECT * FROM orders ORDER BY id";
     let notes = "SELECT user_id FROM notes ORDER BY id";
-    assert_eq!(cache.query_as::<Order>(orders).fetch_all().await.unwrap().len(), 3);
+    assert_eq!(sqlacache_sqlx::query_as::<Order>(orders).fetch_all(&cache).await.unwrap().len(), 3);
     assert_eq!(cache.get::<Order>(10_i64).await.unwrap().map(|o| o.total), Some(100));
-    let before: Vec<Option<i64>> = cache.query_scalar(notes).fetch_all().await.unwrap();
+    let before: Vec<Option<i64>> = sqlacache_sqlx::query_scalar(notes).fetch_all(&cache).await.unwrap();
     assert_eq!(before, [Some(1), Some(2)]);
 
     sqlx::query("DELETE FROM users WHERE id = $1").bind(1_i64).execute(&cache).await.unwrap();
 
-    assert_eq!(cache.query_as::<Order>(orders).fetch_all().await.unwrap().len(), 1, "cascaded delete");
+    assert_eq!(sqlacache_sqlx::query_as::<Order>(orders).fetch_all(&cache).await.unwrap().len(), 1, "cascaded delete");
     assert_eq!(cache.get::<Order>(10_i64).await.unwrap(), None, "point read of a cascaded row");
-    let after: Vec<Option<i64>> = cache.query_scalar(notes).fetch_all().await.unwrap();
+    let after: Vec<Option<i64>> = sqlacache_sqlx::query_scalar(notes).fetch_all(&cache).await.unwrap();
     assert_eq!(after, [None, Some(2)], "ON DELETE SET NULL");
 }
 
@@ -62,7 +62,9 @@ async fn cascades_are_transitive_and_found_for_tables_created_later() {
     .execute(&cache)
     .await
     .unwrap();
-    let count = || async { cache.query_scalar::<i64>("SELECT count(*) FROM line_items").fetch_one().await.unwrap() };
+    let count = || async {
+        sqlacache_sqlx::query_scalar::<i64>("SELECT count(*) FROM line_items").fetch_one(&cache).await.unwrap()
+    };
     assert_eq!(count().await, 2);
     sqlx::query("DELETE FROM users WHERE id = 1").execute(&cache).await.unwrap();
     assert_eq!(count().await, 1, "users -> orders -> line_items");
@@ -73,8 +75,9 @@ async fn schema_qualified_and_unqualified_names_are_one_table() {
     let db = TestDb::new().await;
     let cache = db.cache().await;
     let qualified = format!("SELECT count(*) FROM {}.users", db.schema);
-    let read =
-        || async { cache.query_scalar::<i64>(sqlx::AssertSqlSafe(qualified.clone())).fetch_one().await.unwrap() };
+    let read = || async {
+        sqlacache_sqlx::query_scalar::<i64>(sqlx::AssertSqlSafe(qualified.clone())).fetch_one(&cache).await.unwrap()
+    };
     assert_eq!(read().await, 3);
     sqlx::query("DELETE FROM users WHERE id = 3").execute(&cache).await.unwrap();
     assert_eq!(read().await, 2);
@@ -82,5 +85,5 @@ async fn schema_qualified_and_unqualified_names_are_one_table() {
         .execute(&cache)
         .await
         .unwrap();
-    assert_eq!(cache.query_scalar::<i64>("SELECT count(*) FROM users").fetch_one().await.unwrap(), 1);
+    assert_eq!(sqlacache_sqlx::query_scalar::<i64>("SELECT count(*) FROM users").fetch_one(&cache).await.unwrap(), 1);
 }

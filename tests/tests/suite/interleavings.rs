@@ -5,7 +5,9 @@
 //! two: C (committed) and I (invalidation applied). Each of the ten interleavings must leave the
 //! cache fresh, and a fill is refused exactly when an invalidation came between its S and its T.
 
-use sqlacache_sqlx::{CachedPool, FillPoint};
+use sqlacache_sqlx::testing::FillPoint;
+use sqlacache_sqlx::testing::Hooks as _;
+use sqlacache_sqlx::CachedPool;
 use sqlacache_tests::{TestDb, User};
 use sqlx::AssertSqlSafe;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};

@@ -1,6 +1,7 @@
 //! A process that starts while Redis is down: it works on PostgreSQL alone, then uses Redis
 //! once Redis comes up, and no other process misses its writes on the way.
 
+use sqlacache_sqlx::testing::Probe as _;
 use sqlacache_sqlx::CachedPool;
 use sqlacache_tests::redis::{free_port, unique_prefix, RedisServer};
 use sqlacache_tests::{bump, value, Counter, TestDb, COUNTERS};

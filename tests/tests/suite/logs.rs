@@ -2,6 +2,7 @@
 //! per cause, not at every heartbeat), and its end is logged too; the first connection is not a
 //! reconnect; a read that is not cached names its statement and row type.
 
+use sqlacache_sqlx::testing::Probe as _;
 use sqlacache_sqlx::CachedPool;
 use sqlacache_tests::logs::{capture, Lines};
 use sqlacache_tests::redis::{free_port, unique_prefix, RedisServer};
@@ -135,11 +136,11 @@ fn a_read_that_is_not_cached_names_its_statement_and_row_type() {
     let lines = capture(|_| async move {
         let db = TestDb::with_schema(COUNTERS).await;
         let cache = CachedPool::builder(db.pool.clone()).model::<Counter>().build().await.expect("build");
-        let rows = cache
-            .query_as::<Counter>("SELECT id, v FROM counters WHERE v > extract(epoch FROM now())")
-            .fetch_all()
-            .await
-            .expect("a read that depends on the clock");
+        let rows =
+            sqlacache_sqlx::query_as::<Counter>("SELECT id, v FROM counters WHERE v > extract(epoch FROM now())")
+                .fetch_all(&cache)
+                .await
+                .expect("a read that depends on the clock");
         assert!(rows.is_empty());
         let stats = format!("{:?}", cache.stats());
         assert!(stats.contains("bypassed_by_reason: {Volatile: 1}"), "the stats name the reason: {stats}");

@@ -5,7 +5,7 @@ use sqlacache_tests::{TestDb, User};
 async fn twice_bypassed(cache: &sqlacache_sqlx::CachedPool, sql: &'static str) {
     let before = cache.stats();
     for _ in 0..2 {
-        cache.query_as::<User>(sql).fetch_all().await.unwrap();
+        sqlacache_sqlx::query_as::<User>(sql).fetch_all(cache).await.unwrap();
     }
     let after = cache.stats();
     assert_eq!(after.hits, before.hits, "{sql} was served from the cache");
@@ -45,7 +45,8 @@ async fn temporary_relations_never_shadow_a_cached_name() {
         tx.commit().await.unwrap();
         sqlx::raw_sql(sqlx::AssertSqlSafe(create)).execute(&cache).await.unwrap();
         for _ in 0..3 {
-            let cached = cache.query_as::<User>("SELECT * FROM users ORDER BY id").fetch_all().await.unwrap();
+            let cached =
+                sqlacache_sqlx::query_as::<User>("SELECT * FROM users ORDER BY id").fetch_all(&cache).await.unwrap();
             let raw = sqlx::query_as::<_, User>("SELECT * FROM users ORDER BY id").fetch_all(&pool).await.unwrap();
             assert_eq!(cached, raw, "{create}");
             assert_eq!(cached.len(), 3, "{create}: the real table");
@@ -97,7 +98,7 @@ async fn function_volatility_comes_from_the_catalog() {
     let qualified = format!("SELECT {helpers}.lower(name) FROM users WHERE id = 1");
     let read = |sql: String| {
         let cache = cache.clone();
-        async move { cache.query_scalar::<String>(sqlx::AssertSqlSafe(sql)).fetch_one().await.unwrap() }
+        async move { sqlacache_sqlx::query_scalar::<String>(sqlx::AssertSqlSafe(sql)).fetch_one(&cache).await.unwrap() }
     };
     assert_eq!(read(qualified.clone()).await, "bob");
     assert_eq!(read(r#"SELECT "LOWER"(name) FROM users WHERE id = 1"#.into()).await, "cy");
@@ -113,8 +114,10 @@ async fn function_volatility_comes_from_the_catalog() {
     for sql in ["SELECT twice(id) FROM users WHERE id = 1", "SELECT lower(coalesce(name, 'x')) FROM users WHERE id = 1"]
     {
         for _ in 0..2 {
-            let _: Vec<String> =
-                cache.query_scalar(sqlx::AssertSqlSafe(format!("SELECT ({sql})::text"))).fetch_all().await.unwrap();
+            let _: Vec<String> = sqlacache_sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT ({sql})::text")))
+                .fetch_all(&cache)
+                .await
+                .unwrap();
         }
     }
     assert_eq!(cache.stats().hits, 2);
@@ -133,7 +136,7 @@ async fn clock_dependent_reads_are_not_cached() {
         "SELECT count(*) FROM users TABLESAMPLE SYSTEM (100)",
     ] {
         for _ in 0..2 {
-            cache.query_scalar::<i64>(sqlx::AssertSqlSafe(sql)).fetch_one().await.unwrap();
+            sqlacache_sqlx::query_scalar::<i64>(sqlx::AssertSqlSafe(sql)).fetch_one(&cache).await.unwrap();
         }
     }
     let stats = cache.stats();
@@ -176,8 +179,8 @@ async fn aggregates_over_volatile_functions_are_not_cached() {
     .unwrap();
     let cache = db.cache().await;
     for _ in 0..2 {
-        cache.query_scalar::<i64>("SELECT jitter_sum(id) FROM users").fetch_one().await.unwrap();
-        cache.query_scalar::<i64>("SELECT plain_sum(id) FROM users").fetch_one().await.unwrap();
+        sqlacache_sqlx::query_scalar::<i64>("SELECT jitter_sum(id) FROM users").fetch_one(&cache).await.unwrap();
+        sqlacache_sqlx::query_scalar::<i64>("SELECT plain_sum(id) FROM users").fetch_one(&cache).await.unwrap();
     }
     let stats = cache.stats();
     assert_eq!(stats.uncached(sqlacache_sqlx::Uncached::Volatile), 2, "the volatile aggregate: {stats:?}");
@@ -201,7 +204,7 @@ async fn plain_sqlx_reads_through_the_pool_are_counted() {
     assert_eq!(after.bypassed, before.bypassed + 2);
     // A miss and a hit of the cache's own API: neither is a plain read.
     for _ in 0..2 {
-        cache.query_as::<User>("SELECT * FROM users ORDER BY id").fetch_all().await.unwrap();
+        sqlacache_sqlx::query_as::<User>("SELECT * FROM users ORDER BY id").fetch_all(&cache).await.unwrap();
     }
     // A write through sqlx's API is not a read.
     sqlx::query("UPDATE users SET name = name WHERE id = 1").execute(&cache).await.unwrap();

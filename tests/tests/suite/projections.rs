@@ -22,7 +22,7 @@ struct PostWithAuthor {
 const JOIN: &str = "SELECT p.title, a.name AS author FROM posts p JOIN authors a ON a.id = p.author_id ORDER BY p.id";
 
 async fn joined(cache: &CachedPool) -> Vec<PostWithAuthor> {
-    cache.query_as::<PostWithAuthor>(JOIN).fetch_all().await.unwrap()
+    sqlacache_sqlx::query_as::<PostWithAuthor>(JOIN).fetch_all(cache).await.unwrap()
 }
 
 async fn raw_joined(db: &TestDb) -> Vec<PostWithAuthor> {
@@ -65,19 +65,19 @@ async fn aggregates_tuples_and_tuple_structs_are_cached_and_fresh() {
     let tuples_sql = "SELECT id, title FROM posts ORDER BY id";
     let titles_sql = "SELECT title FROM posts ORDER BY id";
     for _ in 0..2 {
-        let counts = cache.query_as::<PostCount>(counts_sql).fetch_all().await.unwrap();
+        let counts = sqlacache_sqlx::query_as::<PostCount>(counts_sql).fetch_all(&cache).await.unwrap();
         assert_eq!(counts, vec![PostCount { author_id: 1, posts: 2 }, PostCount { author_id: 2, posts: 1 }]);
-        let pairs = cache.query_as::<(i64, String)>(tuples_sql).fetch_all().await.unwrap();
+        let pairs = sqlacache_sqlx::query_as::<(i64, String)>(tuples_sql).fetch_all(&cache).await.unwrap();
         assert_eq!(pairs[0], (10, "engines".to_owned()));
-        let titles = cache.query_as::<TitleOnly>(titles_sql).fetch_optional().await.unwrap();
+        let titles = sqlacache_sqlx::query_as::<TitleOnly>(titles_sql).fetch_optional(&cache).await.unwrap();
         assert_eq!(titles, Some(TitleOnly("engines".into())));
     }
     assert_eq!(cache.stats().hits, 3);
 
     sqlx::query("INSERT INTO posts VALUES (13, 2, 'axles')").execute(&cache).await.unwrap();
-    let counts = cache.query_as::<PostCount>(counts_sql).fetch_all().await.unwrap();
+    let counts = sqlacache_sqlx::query_as::<PostCount>(counts_sql).fetch_all(&cache).await.unwrap();
     assert_eq!(counts[1], PostCount { author_id: 2, posts: 2 }, "the insert invalidated the aggregate");
-    let pairs = cache.query_as::<(i64, String)>(tuples_sql).fetch_all().await.unwrap();
+    let pairs = sqlacache_sqlx::query_as::<(i64, String)>(tuples_sql).fetch_all(&cache).await.unwrap();
     assert_eq!(pairs.last(), Some(&(13, "axles".to_owned())));
 }
 
@@ -93,9 +93,9 @@ async fn row_types_reading_the_same_sql_keep_their_own_entries() {
     let cache = CachedPool::builder(db.pool.clone()).build().await.unwrap();
     let sql = "SELECT id, title FROM posts ORDER BY id";
     for _ in 0..2 {
-        let structs = cache.query_as::<Titled>(sql).fetch_all().await.unwrap();
-        let tuples = cache.query_as::<(i64, String)>(sql).fetch_all().await.unwrap();
-        let swapped = cache.query_as::<(i64, Option<String>)>(sql).fetch_all().await.unwrap();
+        let structs = sqlacache_sqlx::query_as::<Titled>(sql).fetch_all(&cache).await.unwrap();
+        let tuples = sqlacache_sqlx::query_as::<(i64, String)>(sql).fetch_all(&cache).await.unwrap();
+        let swapped = sqlacache_sqlx::query_as::<(i64, Option<String>)>(sql).fetch_all(&cache).await.unwrap();
         assert_eq!(structs.len(), tuples.len());
         assert!(structs.iter().zip(&tuples).all(|(s, t)| s.id == t.0 && s.title == t.1));
         assert_eq!(swapped[0].1.as_deref(), Some("engines"));
@@ -125,15 +125,15 @@ async fn a_model_takes_its_own_settings_at_first_use_without_registration() {
     let names = "SELECT name FROM authors ORDER BY id";
     // Before `Author` is used, the table follows the wildcard.
     for _ in 0..2 {
-        cache.query_as::<AuthorName>(names).fetch_all().await.unwrap();
+        sqlacache_sqlx::query_as::<AuthorName>(names).fetch_all(&cache).await.unwrap();
     }
     assert_eq!(cache.stats().hits, 1);
 
     // First use: `ops(get)` caches `get` and not lists, whichever row type reads the table.
     for _ in 0..2 {
         assert_eq!(cache.get::<Author>(1).await.unwrap().unwrap().name, "ada");
-        assert_eq!(cache.query_as::<Author>(list).fetch_all().await.unwrap().len(), 2);
-        assert_eq!(cache.query_as::<AuthorName>(names).fetch_all().await.unwrap().len(), 2);
+        assert_eq!(sqlacache_sqlx::query_as::<Author>(list).fetch_all(&cache).await.unwrap().len(), 2);
+        assert_eq!(sqlacache_sqlx::query_as::<AuthorName>(names).fetch_all(&cache).await.unwrap().len(), 2);
     }
     let stats = cache.stats();
     assert_eq!(stats.hits, 2, "one more hit: the second get");
@@ -147,7 +147,7 @@ async fn a_model_takes_its_own_settings_at_first_use_without_registration() {
     let registered = CachedPool::builder(db.pool.clone()).model::<Author>().build().await.unwrap();
     for _ in 0..2 {
         registered.get::<Author>(1).await.unwrap();
-        registered.query_as::<AuthorName>(names).fetch_all().await.unwrap();
+        sqlacache_sqlx::query_as::<AuthorName>(names).fetch_all(&registered).await.unwrap();
     }
     assert_eq!((registered.stats().hits, registered.stats().uncached(Uncached::Disabled)), (1, 2));
 }
@@ -167,12 +167,16 @@ async fn what_was_cached_under_other_settings_is_dropped_at_first_use() {
     let db = TestDb::with_schema(BLOG).await;
     let cache = CachedPool::builder(db.pool.clone()).build().await.unwrap();
     let titles = "SELECT title FROM posts ORDER BY id";
-    let before = cache.query_as::<TitleOnly>(titles).fetch_all().await.unwrap();
+    let before = sqlacache_sqlx::query_as::<TitleOnly>(titles).fetch_all(&cache).await.unwrap();
     // A write the cache does not see: the TTL would be the only backstop.
     sqlx::query("UPDATE posts SET title = 'unseen' WHERE id = 10").execute(cache.inner()).await.unwrap();
-    assert_eq!(cache.query_as::<TitleOnly>(titles).fetch_all().await.unwrap(), before, "served from the cache");
+    assert_eq!(
+        sqlacache_sqlx::query_as::<TitleOnly>(titles).fetch_all(&cache).await.unwrap(),
+        before,
+        "served from the cache"
+    );
     cache.get::<Post>(11).await.unwrap();
-    let after = cache.query_as::<TitleOnly>(titles).fetch_all().await.unwrap();
+    let after = sqlacache_sqlx::query_as::<TitleOnly>(titles).fetch_all(&cache).await.unwrap();
     assert_eq!(after[0], TitleOnly("unseen".into()), "the first use of `Post` dropped the table's entries");
 }
 
@@ -194,7 +198,8 @@ async fn a_model_that_does_not_check_out_at_first_use_is_never_cached() {
     for _ in 0..3 {
         let post = cache.get::<PostByTitle>("engines".to_owned()).await.unwrap().unwrap();
         assert_eq!(post.title, "engines");
-        let all = cache.query_as::<PostByTitle>("SELECT * FROM posts ORDER BY id").fetch_all().await.unwrap();
+        let all =
+            sqlacache_sqlx::query_as::<PostByTitle>("SELECT * FROM posts ORDER BY id").fetch_all(&cache).await.unwrap();
         assert_eq!(all.len(), 4);
     }
     let stats = cache.stats();
@@ -202,7 +207,7 @@ async fn a_model_that_does_not_check_out_at_first_use_is_never_cached() {
     assert_eq!(stats.uncached(Uncached::BadModel), 6);
     // Other row types of the table still follow the wildcard.
     for _ in 0..2 {
-        cache.query_as::<TitleOnly>("SELECT title FROM posts ORDER BY id").fetch_all().await.unwrap();
+        sqlacache_sqlx::query_as::<TitleOnly>("SELECT title FROM posts ORDER BY id").fetch_all(&cache).await.unwrap();
     }
     assert_eq!(cache.stats().hits, 1);
 }
@@ -213,7 +218,7 @@ async fn an_explicit_table_setting_overrides_a_model() {
     let cache = db.builder().table("users", Ops::COUNT, Duration::from_secs(60)).build().await.unwrap();
     for _ in 0..2 {
         cache.get::<User>(1).await.unwrap();
-        cache.query_scalar::<i64>("SELECT count(*) FROM users").fetch_one().await.unwrap();
+        sqlacache_sqlx::query_scalar::<i64>("SELECT count(*) FROM users").fetch_one(&cache).await.unwrap();
     }
     assert_eq!(cache.stats().hits, 1, "only the count: `.table` replaced the model's ops");
 }
@@ -251,7 +256,7 @@ async fn a_model_of_a_misspelt_table_is_counted_as_a_bad_model() {
     // PostgreSQL's own error, unchanged.
     let error = cache.get::<Misspelt>(1).await.unwrap_err();
     assert!(error.to_string().contains("postz"), "{error}");
-    assert!(cache.query_as::<Misspelt>("SELECT id FROM posts").fetch_all().await.is_ok());
+    assert!(sqlacache_sqlx::query_as::<Misspelt>("SELECT id FROM posts").fetch_all(&cache).await.is_ok());
     let stats = cache.stats();
     assert_eq!(stats.uncached(Uncached::BadModel), 2, "{stats:?}");
     assert_eq!(stats.uncached(Uncached::UnknownTable), 0, "{stats:?}");

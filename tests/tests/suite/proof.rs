@@ -5,7 +5,7 @@ use sqlacache_tests::TestDb;
 use sqlx::AssertSqlSafe;
 
 async fn count(cache: &CachedPool, sql: &str) -> i64 {
-    cache.query_scalar::<i64>(AssertSqlSafe(sql.to_owned())).fetch_one().await.unwrap()
+    sqlacache_sqlx::query_scalar::<i64>(AssertSqlSafe(sql.to_owned())).fetch_one(cache).await.unwrap()
 }
 
 /// PostgreSQL folds only ASCII letters: unquoted `Ät` is the table `"Ät"`, not `ät`.
@@ -37,9 +37,9 @@ async fn clock_words_in_arguments_of_any_length_are_not_cached() {
     for word in ["now", " Today", "tomorrow  ", "YESTERDAY"] {
         for pad in [0, 1, 44, 48, 60, 92, 96, 200] {
             let arg = format!("{word}{}", " ".repeat(pad));
-            cache.query_scalar::<i64>(sql).bind(&arg).fetch_one().await.unwrap();
+            sqlacache_sqlx::query_scalar::<i64>(sql).bind(&arg).fetch_one(&cache).await.unwrap();
             let arg = format!("{}{word}", " ".repeat(pad));
-            cache.query_scalar::<i64>(sql).bind(&arg).fetch_one().await.unwrap();
+            sqlacache_sqlx::query_scalar::<i64>(sql).bind(&arg).fetch_one(&cache).await.unwrap();
         }
     }
     let stats = cache.stats();
@@ -47,10 +47,9 @@ async fn clock_words_in_arguments_of_any_length_are_not_cached() {
     assert_eq!(stats.uncached(Uncached::Clock), 64);
     // Other text is cached.
     for _ in 0..2 {
-        cache
-            .query_scalar::<i64>(sql)
+        sqlacache_sqlx::query_scalar::<i64>(sql)
             .bind("2020-01-01 now-ish".replace("now-ish", "12:00"))
-            .fetch_one()
+            .fetch_one(&cache)
             .await
             .unwrap();
     }
@@ -108,7 +107,7 @@ async fn functions_operators_and_casts_in_every_spelling_are_judged_by_postgres(
     ] {
         let hits = cache.stats().hits;
         for _ in 0..2 {
-            cache.query_scalar::<i64>(AssertSqlSafe(sql)).bind("one").fetch_one().await.unwrap();
+            sqlacache_sqlx::query_scalar::<i64>(AssertSqlSafe(sql)).bind("one").fetch_one(&cache).await.unwrap();
         }
         assert_eq!(cache.stats().hits, hits + 1, "{sql} is proven and cached: {:?}", cache.stats());
     }

@@ -1,7 +1,9 @@
 //! The fill race and concurrent writers and readers.
 
 use serde::{Deserialize, Serialize};
-use sqlacache_sqlx::{Cacheable, CachedPool, FillPoint};
+use sqlacache_sqlx::testing::FillPoint;
+use sqlacache_sqlx::testing::{Hooks as _, Probe as _};
+use sqlacache_sqlx::{Cacheable, CachedPool};
 use sqlacache_tests::{TestDb, User};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
@@ -37,9 +39,8 @@ async fn fill_held_across_a_write_is_rejected() {
             let cache = cache.clone();
             tokio::spawn(async move {
                 if list {
-                    let rows = cache
-                        .query_as::<User>("SELECT * FROM users WHERE active ORDER BY id")
-                        .fetch_all()
+                    let rows = sqlacache_sqlx::query_as::<User>("SELECT * FROM users WHERE active ORDER BY id")
+                        .fetch_all(&cache)
                         .await
                         .unwrap();
                     rows[0].name.clone()
@@ -55,7 +56,10 @@ async fn fill_held_across_a_write_is_rejected() {
 
         assert_eq!(cache.stats().fills_rejected, 1, "list={list}: the straddling fill was refused");
         let now = if list {
-            cache.query_as::<User>("SELECT * FROM users WHERE active ORDER BY id").fetch_all().await.unwrap()[0]
+            sqlacache_sqlx::query_as::<User>("SELECT * FROM users WHERE active ORDER BY id")
+                .fetch_all(&cache)
+                .await
+                .unwrap()[0]
                 .name
                 .clone()
         } else {
@@ -139,12 +143,16 @@ async fn reads_started_after_a_write_see_it() {
                 assert!(got >= floor, "get({id}) returned {got}, older than the published write {floor}");
 
                 let floors: Vec<i64> = published.iter().map(|p| p.load(Ordering::SeqCst)).collect();
-                let list = cache.query_as::<Counter>("SELECT * FROM counters ORDER BY id").fetch_all().await.unwrap();
+                let list = sqlacache_sqlx::query_as::<Counter>("SELECT * FROM counters ORDER BY id")
+                    .fetch_all(&cache)
+                    .await
+                    .unwrap();
                 for (row, floor) in list.iter().zip(&floors) {
                     assert!(row.n >= *floor, "list row {} returned {}, older than {floor}", row.id, row.n);
                 }
                 let floor_sum: i64 = published.iter().map(|p| p.load(Ordering::SeqCst)).sum();
-                let sum: i64 = cache.query_scalar("SELECT sum(n)::int8 FROM counters").fetch_one().await.unwrap();
+                let sum: i64 =
+                    sqlacache_sqlx::query_scalar("SELECT sum(n)::int8 FROM counters").fetch_one(&cache).await.unwrap();
                 assert!(sum >= floor_sum, "sum {sum} older than {floor_sum}");
                 reads += 1;
                 // Cache hits complete without waiting; let the writers run.

@@ -1,12 +1,12 @@
 //! A read that starts after a write returned sees that write: point reads and lists.
 
+use sqlacache_sqlx::{CachedPool, Uncached};
 use sqlacache_tests::{TestDb, User};
 
 async fn active_list(cache: &sqlacache_sqlx::CachedPool) -> Vec<i64> {
-    let users: Vec<User> = cache
-        .query_as::<User>("SELECT * FROM users WHERE active = $1 ORDER BY id")
+    let users: Vec<User> = sqlacache_sqlx::query_as::<User>("SELECT * FROM users WHERE active = $1 ORDER BY id")
         .bind(true)
-        .fetch_all()
+        .fetch_all(cache)
         .await
         .unwrap();
     users.into_iter().map(|u| u.id).collect()
@@ -59,13 +59,13 @@ async fn lists_gain_and_lose_rows() {
 async fn count_and_exists_follow_writes() {
     let db = TestDb::new().await;
     let cache = db.cache().await;
-    let count =
-        || async { cache.query_scalar::<i64>("SELECT count(*) FROM users WHERE active").fetch_one().await.unwrap() };
+    let count = || async {
+        sqlacache_sqlx::query_scalar::<i64>("SELECT count(*) FROM users WHERE active").fetch_one(&cache).await.unwrap()
+    };
     let exists = || async {
-        cache
-            .query_scalar::<bool>("SELECT EXISTS (SELECT 1 FROM users WHERE name = $1)")
+        sqlacache_sqlx::query_scalar::<bool>("SELECT EXISTS (SELECT 1 FROM users WHERE name = $1)")
             .bind("zed")
-            .fetch_one()
+            .fetch_one(&cache)
             .await
             .unwrap()
     };
@@ -85,14 +85,30 @@ async fn count_and_exists_follow_writes() {
 async fn fetch_one_and_optional() {
     let db = TestDb::new().await;
     let cache = db.cache().await;
-    let one: User = cache.query_as::<User>("SELECT * FROM users WHERE id = $1").bind(1_i64).fetch_one().await.unwrap();
+    let one: User = sqlacache_sqlx::query_as::<User>("SELECT * FROM users WHERE id = $1")
+        .bind(1_i64)
+        .fetch_one(&cache)
+        .await
+        .unwrap();
     assert_eq!(one.name, "ada");
-    let none = cache.query_as::<User>("SELECT * FROM users WHERE id = $1").bind(42_i64).fetch_optional().await.unwrap();
+    let none = sqlacache_sqlx::query_as::<User>("SELECT * FROM users WHERE id = $1")
+        .bind(42_i64)
+        .fetch_optional(&cache)
+        .await
+        .unwrap();
     assert_eq!(none, None);
-    let err = cache.query_as::<User>("SELECT * FROM users WHERE id = $1").bind(42_i64).fetch_one().await.unwrap_err();
+    let err = sqlacache_sqlx::query_as::<User>("SELECT * FROM users WHERE id = $1")
+        .bind(42_i64)
+        .fetch_one(&cache)
+        .await
+        .unwrap_err();
     assert!(matches!(err, sqlx::Error::RowNotFound), "{err:?}");
     sqlx::query("UPDATE users SET name = 'ada3' WHERE id = 1").execute(&cache).await.unwrap();
-    let one: User = cache.query_as::<User>("SELECT * FROM users WHERE id = $1").bind(1_i64).fetch_one().await.unwrap();
+    let one: User = sqlacache_sqlx::query_as::<User>("SELECT * FROM users WHERE id = $1")
+        .bind(1_i64)
+        .fetch_one(&cache)
+        .await
+        .unwrap();
     assert_eq!(one.name, "ada3");
 }
 
@@ -121,7 +137,11 @@ async fn repeated_statements_are_analyzed_once() {
     let cache = db.cache().await;
     let round = || async {
         cache.get::<User>(1_i64).await.unwrap();
-        cache.query_as::<User>("SELECT * FROM users WHERE active = $1").bind(true).fetch_all().await.unwrap();
+        sqlacache_sqlx::query_as::<User>("SELECT * FROM users WHERE active = $1")
+            .bind(true)
+            .fetch_all(&cache)
+            .await
+            .unwrap();
         sqlx::query("UPDATE users SET name = name WHERE id = $1").bind(2_i64).execute(&cache).await.unwrap();
     };
     round().await;
@@ -133,4 +153,23 @@ async fn repeated_statements_are_analyzed_once() {
     let stats = cache.stats();
     assert_eq!(stats.statements_analyzed, analyzed, "hits and repeated writes do not parse SQL again");
     assert!(stats.hits >= 50);
+}
+
+/// A typed read plans its SQL once: its own query runs with the plan the read made, even when
+/// no plan may be kept (once a hand-written transaction went through the pool, a new statement
+/// is planned anew at each use).
+#[tokio::test]
+async fn a_read_plans_its_statement_once_even_when_no_plan_is_kept() {
+    let db = TestDb::new().await;
+    let cache = CachedPool::builder(db.pool_with(1, db.options()).await).model::<User>().build().await.unwrap();
+    sqlx::raw_sql("BEGIN").execute(&cache).await.unwrap();
+    sqlx::raw_sql("ROLLBACK").execute(&cache).await.unwrap();
+    let before = cache.stats().statements_analyzed;
+    for n in 1..=3 {
+        let users: Vec<User> =
+            sqlacache_sqlx::query_as("SELECT * FROM users WHERE id = $1").bind(1_i64).fetch_all(&cache).await.unwrap();
+        assert_eq!(users.len(), 1);
+        assert_eq!(cache.stats().statements_analyzed, before + n, "read {n} planned its statement once");
+    }
+    assert_eq!(cache.stats().uncached(Uncached::Session), 3, "and counted why it was not cached");
 }

@@ -10,20 +10,24 @@ use sqlacache_tests::TestDb;
 async fn arguments_are_keyed_with_their_type_and_nullness() {
     let db = TestDb::new().await;
     let cache = db.cache().await;
-    let is_null = |sql: &'static str| cache.query_scalar::<bool>(sql);
+    let is_null = |sql: &'static str| sqlacache_sqlx::query_scalar::<bool>(sql);
     for _ in 0..2 {
         assert!(is_null("SELECT $1::text IS NULL FROM users WHERE id = 1")
             .bind(None::<String>)
-            .fetch_one()
+            .fetch_one(&cache)
             .await
             .unwrap());
-        assert!(!is_null("SELECT $1::text IS NULL FROM users WHERE id = 1").bind("").fetch_one().await.unwrap());
+        assert!(!is_null("SELECT $1::text IS NULL FROM users WHERE id = 1").bind("").fetch_one(&cache).await.unwrap());
         assert!(is_null("SELECT $1::int8 IS NULL FROM users WHERE id = 1")
             .bind(None::<i64>)
-            .fetch_one()
+            .fetch_one(&cache)
             .await
             .unwrap());
-        assert!(!is_null("SELECT $1::int8 IS NULL FROM users WHERE id = 1").bind(0_i64).fetch_one().await.unwrap());
+        assert!(!is_null("SELECT $1::int8 IS NULL FROM users WHERE id = 1")
+            .bind(0_i64)
+            .fetch_one(&cache)
+            .await
+            .unwrap());
     }
     assert_eq!(cache.stats().hits, 4, "each argument has its own entry");
 }
@@ -35,7 +39,7 @@ async fn a_bound_clock_word_is_not_cached() {
     for word in ["now", "today", " Tomorrow "] {
         let sql = "SELECT count(*) FROM users WHERE $1::timestamptz > '2000-01-01'";
         for _ in 0..2 {
-            cache.query_scalar::<i64>(sql).bind(word).fetch_one().await.unwrap();
+            sqlacache_sqlx::query_scalar::<i64>(sql).bind(word).fetch_one(&cache).await.unwrap();
         }
     }
     assert_eq!(cache.stats().hits, 0);
@@ -76,9 +80,9 @@ async fn same_named_types_never_decode_each_others_bytes() {
     for _ in 0..2 {
         assert_eq!(cache.get::<a::Person>(1_i64).await.unwrap(), Some(a::Person { id: 1, n: Some(5) }));
         assert_eq!(cache.get::<b::Person>(1_i64).await.unwrap(), Some(b::Person { id: 1, n: 5 }));
-        let all: Vec<b::Person> = cache.query_as("SELECT * FROM people").fetch_all().await.unwrap();
+        let all: Vec<b::Person> = sqlacache_sqlx::query_as("SELECT * FROM people").fetch_all(&cache).await.unwrap();
         assert_eq!(all, [b::Person { id: 1, n: 5 }]);
-        let all: Vec<a::Person> = cache.query_as("SELECT * FROM people").fetch_all().await.unwrap();
+        let all: Vec<a::Person> = sqlacache_sqlx::query_as("SELECT * FROM people").fetch_all(&cache).await.unwrap();
         assert_eq!(all, [a::Person { id: 1, n: Some(5) }]);
     }
     assert_eq!(cache.stats().corrupt_entries, 0);

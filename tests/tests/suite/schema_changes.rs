@@ -17,7 +17,7 @@ async fn shadowing(db: &TestDb) -> (CachedPool, String) {
 }
 
 async fn names(cache: &CachedPool) -> Vec<String> {
-    cache.query_scalar("SELECT name FROM users ORDER BY id").persistent(false).fetch_all().await.unwrap()
+    sqlacache_sqlx::query_scalar("SELECT name FROM users ORDER BY id").persistent(false).fetch_all(cache).await.unwrap()
 }
 
 #[tokio::test]
@@ -134,7 +134,7 @@ async fn cascades_into_partitions_and_children_invalidate_the_family() {
     )
     .await;
     let cache = CachedPool::builder(db.pool.clone()).build().await.unwrap();
-    let count = |sql: &'static str| cache.query_scalar::<i64>(sql).fetch_one();
+    let count = |sql: &'static str| sqlacache_sqlx::query_scalar::<i64>(sql).fetch_one(&cache);
     assert_eq!(count("SELECT count(*) FROM items").await.unwrap(), 1);
     assert_eq!(count("SELECT count(*) FROM base").await.unwrap(), 1);
     sqlx::query("DELETE FROM owners WHERE id = 1").execute(&cache).await.unwrap();
@@ -156,7 +156,7 @@ async fn joining_or_leaving_a_family_invalidates_the_family() {
     )
     .await;
     let cache = CachedPool::builder(db.pool.clone()).build().await.unwrap();
-    let count = |sql: &'static str| cache.query_scalar::<i64>(sql).fetch_one();
+    let count = |sql: &'static str| sqlacache_sqlx::query_scalar::<i64>(sql).fetch_one(&cache);
     for (ddl, read, expected) in [
         ("ALTER TABLE extra INHERIT base", "SELECT count(*) FROM base", 3),
         ("ALTER TABLE extra NO INHERIT base", "SELECT count(*) FROM base", 1),
@@ -188,7 +188,7 @@ async fn a_write_overlapping_a_schema_change_trusts_no_plan() {
     )
     .await;
     let cache = CachedPool::builder(db.pool.clone()).build().await.unwrap();
-    let base = || cache.query_scalar::<i64>("SELECT count(*) FROM base").fetch_one();
+    let base = || sqlacache_sqlx::query_scalar::<i64>("SELECT count(*) FROM base").fetch_one(&cache);
     let mut holder = db.pool.acquire().await.unwrap();
     sqlx::query("SELECT pg_advisory_lock(4242)").execute(&mut *holder).await.unwrap();
 

@@ -94,7 +94,7 @@ async fn session_changes_through_the_pool_never_reach_its_other_connections() {
         assert_eq!(every_session(&pool, 2).await, before, "{statement}: a pool connection changed");
         // (A statement the library cannot read may have written anything: the first read may
         // miss.)
-        let count = || cache.query_scalar::<i64>("SELECT count(*) FROM users").fetch_one();
+        let count = || sqlacache_sqlx::query_scalar::<i64>("SELECT count(*) FROM users").fetch_one(&cache);
         assert_eq!((name_of(&cache, 1).await, count().await.unwrap()), ("ada".to_owned(), 3), "{statement}");
         let hits = cache.stats().hits;
         assert_eq!((name_of(&cache, 1).await, count().await.unwrap()), ("ada".to_owned(), 3), "{statement}");
@@ -112,7 +112,7 @@ async fn a_setting_on_one_connection_never_answers_for_another() {
     .await;
     let pool = db.pool_with(2, db.options().options([("timezone", "UTC")])).await;
     let cache = CachedPool::builder(pool.clone()).build().await.unwrap();
-    let read = || cache.query_scalar::<String>("SELECT at::text FROM events WHERE id = 1").fetch_one();
+    let read = || sqlacache_sqlx::query_scalar::<String>("SELECT at::text FROM events WHERE id = 1").fetch_one(&cache);
     assert_eq!(read().await.unwrap(), "2024-01-01 00:00:00+00");
 
     sqlx::raw_sql("SET TIME ZONE 'Asia/Tokyo'").execute(&cache).await.unwrap();
@@ -246,7 +246,7 @@ async fn tenant_policies_never_leak_rows_between_tenants() {
     sqlx::raw_sql(AssertSqlSafe(grant)).execute(&db.pool).await.unwrap();
     let pool = db.pool_with(1, options).await;
     let cache = CachedPool::builder(pool.clone()).build().await.unwrap();
-    let bodies = || cache.query_scalar::<String>("SELECT body FROM docs ORDER BY id").fetch_all();
+    let bodies = || sqlacache_sqlx::query_scalar::<String>("SELECT body FROM docs ORDER BY id").fetch_all(&cache);
     let raw = || sqlx::query_scalar::<_, String>("SELECT body FROM docs ORDER BY id").fetch_all(&pool);
 
     for (tenant, how) in [(1, "SET"), (2, "SET"), (1, "set_config"), (2, "set_config")] {
@@ -273,7 +273,7 @@ async fn row_level_security_tables_are_not_cached() {
         "SELECT count(*) FROM parts_1",
     ] {
         for _ in 0..2 {
-            cache.query_scalar::<i64>(sql).fetch_one().await.unwrap();
+            sqlacache_sqlx::query_scalar::<i64>(sql).fetch_one(&cache).await.unwrap();
         }
     }
     let stats = cache.stats();
@@ -322,7 +322,7 @@ async fn privileges_revoked_through_the_pool_are_seen() {
         .execute(&cache)
         .await
         .unwrap();
-    let count = || cache.query_scalar::<i64>("SELECT count(*) FROM mine").fetch_one();
+    let count = || sqlacache_sqlx::query_scalar::<i64>("SELECT count(*) FROM mine").fetch_one(&cache);
     assert_eq!(count().await.unwrap(), 1);
     assert_eq!(count().await.unwrap(), 1);
     let revoke = format!("REVOKE SELECT ON mine FROM {role}");

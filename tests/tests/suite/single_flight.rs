@@ -1,7 +1,9 @@
 //! Concurrent misses of one read run one database query; a waiter takes the result only from the
 //! cache, so only if the fill was accepted.
 
-use sqlacache_sqlx::{CachedPool, FillPoint};
+use sqlacache_sqlx::testing::FillPoint;
+use sqlacache_sqlx::testing::Hooks as _;
+use sqlacache_sqlx::CachedPool;
 use sqlacache_tests::{TestDb, User};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -45,7 +47,7 @@ fn spawn_readers(cache: &CachedPool, n: usize) -> Vec<tokio::task::JoinHandle<Ve
     (0..n)
         .map(|_| {
             let cache = cache.clone();
-            tokio::spawn(async move { cache.query_as::<User>(LIST).fetch_all().await.unwrap() })
+            tokio::spawn(async move { sqlacache_sqlx::query_as::<User>(LIST).fetch_all(&cache).await.unwrap() })
         })
         .collect()
 }
@@ -89,7 +91,7 @@ async fn waiters_never_take_a_refused_fill() {
     assert_eq!(names.iter().filter(|n| *n == "ada").count(), 1, "only the leader returns what it read: {names:?}");
     assert_eq!(names.iter().filter(|n| *n == "new").count(), 19, "the waiters read again: {names:?}");
     assert_eq!(cache.stats().fills_rejected, 1);
-    assert_eq!(cache.query_as::<User>(LIST).fetch_all().await.unwrap()[0].name, "new");
+    assert_eq!(sqlacache_sqlx::query_as::<User>(LIST).fetch_all(&cache).await.unwrap()[0].name, "new");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

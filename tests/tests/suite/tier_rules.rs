@@ -6,6 +6,7 @@ use sqlacache_core::key::Key;
 use sqlacache_core::redis::RedisStore;
 use sqlacache_core::tier::{Lookup, SharedTier, Store};
 use sqlacache_core::{MemoryStore, Tag};
+use sqlacache_sqlx::testing::Probe as _;
 use sqlacache_sqlx::CachedPool;
 use sqlacache_tests::mock_tier::{MockClient, MockServer};
 use sqlacache_tests::redis::{redis_url, require_shared_redis, unique_prefix};

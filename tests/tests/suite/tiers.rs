@@ -3,6 +3,7 @@
 //! at once; with two tiers, once the invalidation is delivered, and never later than the lease
 //! after the write returned, whatever happens to Redis.
 
+use sqlacache_sqlx::testing::Probe as _;
 use sqlacache_sqlx::{CachedPool, Error};
 use sqlacache_tests::redis::{
     free_port, redis_url, require_shared_redis, unique_prefix, Proxy, RedisCluster, RedisServer, TlsFiles,
@@ -63,7 +64,7 @@ async fn ready(pools: &[&CachedPool]) {
 }
 
 async fn total(cache: &CachedPool) -> i64 {
-    cache.query_scalar::<i64>("SELECT sum(v)::bigint FROM counters").fetch_one().await.unwrap()
+    sqlacache_sqlx::query_scalar::<i64>("SELECT sum(v)::bigint FROM counters").fetch_one(cache).await.unwrap()
 }
 
 async fn redis_only_is_fresh_across_processes(url: &str) {
@@ -838,7 +839,7 @@ async fn roles_and_settings_sharing_a_prefix_never_share_entries() {
     let stranger = build(db.pool_with(2, options).await).await;
     ready(&[&owner, &stranger]).await;
     async fn read(cache: &CachedPool) -> Result<i64, sqlx::Error> {
-        cache.query_scalar::<i64>("SELECT v FROM counters WHERE id = 1").fetch_one().await
+        sqlacache_sqlx::query_scalar::<i64>("SELECT v FROM counters WHERE id = 1").fetch_one(cache).await
     }
     for _ in 0..3 {
         assert_eq!(read(&owner).await.unwrap(), 0);
@@ -855,8 +856,8 @@ async fn roles_and_settings_sharing_a_prefix_never_share_entries() {
     ready(&[&iso, &plain]).await;
     let sql = "SELECT (interval '1 day' * (v + 1))::text FROM counters WHERE id = 1";
     for _ in 0..3 {
-        assert_eq!(iso.query_scalar::<String>(sql).fetch_one().await.unwrap(), "P1D");
-        assert_eq!(plain.query_scalar::<String>(sql).fetch_one().await.unwrap(), "1 day");
+        assert_eq!(sqlacache_sqlx::query_scalar::<String>(sql).fetch_one(&iso).await.unwrap(), "P1D");
+        assert_eq!(sqlacache_sqlx::query_scalar::<String>(sql).fetch_one(&plain).await.unwrap(), "1 day");
     }
     assert!(iso.stats().redis_hits >= 2 && plain.stats().redis_hits >= 2);
 }

@@ -9,9 +9,9 @@ async fn read_all(cache: &CachedPool) {
     for id in 1..=4_i64 {
         cache.get::<User>(id).await.unwrap();
     }
-    cache.query_as::<User>("SELECT * FROM users WHERE active ORDER BY id").fetch_all().await.unwrap();
-    cache.query_scalar::<i64>("SELECT count(*) FROM users").fetch_one().await.unwrap();
-    cache.query_as::<Order>("SELECT * FROM orders ORDER BY id").fetch_all().await.unwrap();
+    sqlacache_sqlx::query_as::<User>("SELECT * FROM users WHERE active ORDER BY id").fetch_all(cache).await.unwrap();
+    sqlacache_sqlx::query_scalar::<i64>("SELECT count(*) FROM users").fetch_one(cache).await.unwrap();
+    sqlacache_sqlx::query_as::<Order>("SELECT * FROM orders ORDER BY id").fetch_all(cache).await.unwrap();
 }
 
 /// Every cached read equals the same read on the raw pool.
@@ -23,13 +23,17 @@ async fn assert_fresh(cache: &CachedPool, pool: &PgPool, case: &str) {
     }
     let sql = "SELECT * FROM users WHERE active ORDER BY id";
     let truth: Vec<User> = sqlx::query_as(sql).fetch_all(pool).await.unwrap();
-    assert_eq!(cache.query_as::<User>(sql).fetch_all().await.unwrap(), truth, "{case}: list is stale");
+    assert_eq!(sqlacache_sqlx::query_as::<User>(sql).fetch_all(cache).await.unwrap(), truth, "{case}: list is stale");
     let truth: i64 = sqlx::query_scalar("SELECT count(*) FROM users").fetch_one(pool).await.unwrap();
-    let cached = cache.query_scalar::<i64>("SELECT count(*) FROM users").fetch_one().await.unwrap();
+    let cached = sqlacache_sqlx::query_scalar::<i64>("SELECT count(*) FROM users").fetch_one(cache).await.unwrap();
     assert_eq!(cached, truth, "{case}: count is stale");
     let sql = "SELECT * FROM orders ORDER BY id";
     let truth: Vec<Order> = sqlx::query_as(sql).fetch_all(pool).await.unwrap();
-    assert_eq!(cache.query_as::<Order>(sql).fetch_all().await.unwrap(), truth, "{case}: orders are stale");
+    assert_eq!(
+        sqlacache_sqlx::query_as::<Order>(sql).fetch_all(cache).await.unwrap(),
+        truth,
+        "{case}: orders are stale"
+    );
 }
 
 async fn assert_hit(cache: &CachedPool, id: i64, case: &str) {

@@ -1,0 +1,388 @@
+//! [`CachedPoolBuilder`]: the settings of a pool, checked against the schema by `build()`.
+
+use crate::catalog::Catalog;
+use crate::config::{Config, TableConfig};
+use crate::engine::Engine;
+use crate::error::Cause;
+use crate::feed::listener::Feed;
+use crate::feed::sql::{fed_tables, install, missing, sql as feed_sql, FeedSql};
+use crate::handle::CachedPool;
+use crate::local::Local;
+use crate::registry::Registry;
+use crate::remote::{RedisSettings, Remote};
+use crate::schema::{configured, Schema};
+use crate::tiers::Tiers;
+use crate::{Cacheable, CachedRow, Error};
+use sqlacache_core::analyze::TableName;
+use sqlacache_core::Ops;
+use sqlx::PgPool;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Configures a [`CachedPool`]. Obtained from [`CachedPool::builder`].
+///
+/// Tables not configured are cached under the `*` wildcard (all operations, the default TTL)
+/// unless disabled. A read touching several tables uses the smallest TTL and is cached only if
+/// every table allows its operation.
+///
+/// ```no_run
+/// # async fn demo(pool: sqlx::PgPool) -> Result<(), sqlacache_sqlx::Error> {
+/// use sqlacache_sqlx::{CachedPool, Ops};
+/// use std::time::Duration;
+/// let cache = CachedPool::builder(pool)
+///     .table("orders", Ops::GET | Ops::COUNT, Duration::from_secs(60))
+///     .disable_table("audit_log")
+///     .default_ttl(Duration::from_secs(600))
+///     .memory_capacity(256 * 1024 * 1024)
+///     .build()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[must_use = "call build() to create the pool"]
+pub struct CachedPoolBuilder {
+    pool: PgPool,
+    tables: Vec<TableConfig>,
+    disabled: Vec<(TableName, String)>,
+    models: Vec<u64>,
+    default_ttl: Duration,
+    wildcard: Ops,
+    capacity: u64,
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    redis: Option<RedisSettings>,
+    lease: Duration,
+    feed: FeedMode,
+    #[cfg(feature = "test-hooks")]
+    pub(crate) fill_hook: Option<crate::engine::FillHook>,
+    #[cfg(feature = "test-hooks")]
+    pub(crate) invalidate_hook: Option<crate::local::InvalidateHook>,
+}
+
+impl fmt::Debug for CachedPoolBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CachedPoolBuilder")
+            .field("tables", &self.tables)
+            .field("disabled", &self.disabled)
+            .field("default_ttl", &self.default_ttl)
+            .field("wildcard", &self.wildcard)
+            .field("memory_capacity", &self.capacity)
+            .field("redis", &self.redis.as_ref().map(|r| (&r.prefix, r.timeout)))
+            .field("lease", &self.lease)
+            .field("feed", &self.feed)
+            .finish()
+    }
+}
+
+impl CachedPool {
+    /// Starts configuring a cache in front of `pool`.
+    pub fn builder(pool: PgPool) -> CachedPoolBuilder {
+        CachedPoolBuilder::new(pool)
+    }
+}
+
+impl CachedPoolBuilder {
+    fn new(pool: PgPool) -> CachedPoolBuilder {
+        CachedPoolBuilder {
+            pool,
+            tables: Vec::new(),
+            disabled: Vec::new(),
+            models: Vec::new(),
+            default_ttl: Duration::from_secs(3600),
+            wildcard: Ops::ALL,
+            capacity: 64 * 1024 * 1024,
+            redis: None,
+            lease: Duration::from_millis(500),
+            feed: FeedMode::Off,
+            #[cfg(feature = "test-hooks")]
+            fill_hook: None,
+            #[cfg(feature = "test-hooks")]
+            invalidate_hook: None,
+        }
+    }
+
+    /// Registers the model `T`: its table takes the ops and TTL of its `#[cache(..)]`
+    /// attribute, and reads into `T` may be cached. `build()` fails if the table does not exist
+    /// or `T`'s `#[cache(pk)]` fields are not its primary key, in order. (A model used without
+    /// this call is checked and registered at its first use; see [`Uncached::BadModel`](crate::Uncached::BadModel).)
+    pub fn model<T: Cacheable>(mut self) -> Self {
+        self.tables.push(TableConfig::registered(&T::MODEL, std::any::type_name::<T>()));
+        self.models.push(T::fingerprint());
+        self
+    }
+
+    /// Configures a table by SQL name (`orders`, `app.orders`), overriding the settings of a
+    /// model of that table; the last call for a table wins. `build()` fails if no such table is
+    /// on the search path.
+    pub fn table(mut self, name: &str, ops: Ops, ttl: Duration) -> Self {
+        self.tables.push(TableConfig::table(name, ops, ttl));
+        self
+    }
+
+    /// Never caches reads of this table, whatever else configures it (its writes still
+    /// invalidate). `build()` fails if no such table is on the search path.
+    pub fn disable_table(mut self, name: &str) -> Self {
+        self.disabled.push((TableName::parse(name), name.to_owned()));
+        self
+    }
+
+    /// The TTL of tables configured without one and of the `*` wildcard. Default: one hour.
+    pub fn default_ttl(mut self, ttl: Duration) -> Self {
+        self.default_ttl = ttl;
+        self
+    }
+
+    /// The operations cached for tables that are not configured. Default: [`Ops::ALL`];
+    /// [`Ops::NONE`] caches configured tables only.
+    pub fn wildcard(mut self, ops: Ops) -> Self {
+        self.wildcard = ops;
+        self
+    }
+
+    /// The most bytes the in-process store holds. Default: 64 MiB. With `redis` (feature `redis`),
+    /// `0` keeps values in Redis only.
+    pub fn memory_capacity(mut self, bytes: u64) -> Self {
+        self.capacity = bytes;
+        self
+    }
+
+    /// Keeps cached values in Redis too, shared by every process that uses the same Redis, key
+    /// prefix and database, and keeps the in-process tiers of those processes fresh for each
+    /// other (see the crate's README for the guarantees).
+    ///
+    /// `url` is `redis://[user:password@]host:port[/db]`, or `redis-cluster://host:port` for a
+    /// Redis Cluster; with the `redis-tls` feature also `rediss://` and `rediss-cluster://`
+    /// (trusting the system's root certificates, and those named by `SSL_CERT_FILE` or
+    /// `SSL_CERT_DIR`). `build()` fails on an invalid URL; an unreachable Redis is not an error:
+    /// the pool works on PostgreSQL alone and starts using Redis when it answers.
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: sqlx::PgPool) -> Result<(), sqlacache_sqlx::Error> {
+    /// let cache = sqlacache_sqlx::CachedPool::builder(pool)
+    ///     .redis("redis://127.0.0.1:6379/0")
+    ///     .key_prefix("myapp")
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "redis")]
+    pub fn redis(mut self, url: &str) -> Self {
+        self.redis_settings().url = url.to_owned();
+        self
+    }
+
+    /// The prefix of every Redis key and channel of this pool. Default: `sqlacache`.
+    #[cfg(feature = "redis")]
+    pub fn key_prefix(mut self, prefix: &str) -> Self {
+        self.redis_settings().prefix = prefix.to_owned();
+        self
+    }
+
+    /// How long a Redis command may take before it counts as failed (and reads go to
+    /// PostgreSQL). Default: 100 ms.
+    #[cfg(feature = "redis")]
+    pub fn redis_timeout(mut self, timeout: Duration) -> Self {
+        self.redis_settings().timeout = timeout;
+        self
+    }
+
+    /// How long after it last heard its own heartbeat a process may still trust what it has not
+    /// heard: with Redis, how long it serves its in-process tier after the invalidation channel
+    /// went silent; with the change feed, how long it serves cached reads after the feed went
+    /// silent. It bounds how late a write made elsewhere can be seen when a channel fails
+    /// without an error. Default: 500 ms.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// Listens to a change feed in PostgreSQL, so that writes made outside this pool (other
+    /// services, `psql`, migrations, `cache.inner()`) invalidate what they change, and installs
+    /// it on the configured tables (those of `.table(..)` and `.model::<T>()`, with their
+    /// partitions) if it is not there. Idempotent; replicas starting together take turns.
+    ///
+    /// With the feed, reads of tables it does not cover are not cached
+    /// ([`Uncached::NotInFeed`](crate::Uncached::NotInFeed)), and cached reads are served only while the pool has heard
+    /// its own heartbeat through the feed within the [lease](Self::lease). Installing needs
+    /// CREATE on the database (for the schema `sqlacache`) and ownership of (or TRIGGER on)
+    /// each table; `build()` fails with [`Error::Feed`] without them. Reporting schema
+    /// changes made elsewhere needs a superuser (an event trigger); without one, `build()`
+    /// logs a warning and [`CachedPool::refresh_catalog`] is the way. See the README.
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: sqlx::PgPool) -> Result<(), sqlacache_sqlx::Error> {
+    /// use sqlacache_sqlx::{CachedPool, Ops};
+    /// let cache = CachedPool::builder(pool)
+    ///     .table("orders", Ops::ALL, std::time::Duration::from_secs(60))
+    ///     .change_feed()
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn change_feed(mut self) -> Self {
+        self.feed = FeedMode::Install;
+        self
+    }
+
+    /// Listens to a change feed installed beforehand (from a migration, with the SQL of
+    /// [`change_feed_sql`](Self::change_feed_sql)), without installing anything: for roles that
+    /// may not create triggers. `build()` fails with [`Error::Feed`], naming the tables, if a
+    /// configured table does not have the feed.
+    pub fn change_feed_installed(mut self) -> Self {
+        self.feed = FeedMode::Installed;
+        self
+    }
+
+    /// The SQL that installs (and removes) the change feed on the tables configured so far,
+    /// for a migration tool; see [`FeedSql`]. Fails if a configured table does not exist.
+    pub async fn change_feed_sql(&self) -> Result<FeedSql, Error> {
+        let config = Config::new(self.tables.clone(), self.disabled.clone(), self.default_ttl, self.wildcard);
+        let catalog = Catalog::load(&self.pool, 1).await?;
+        config.check(&catalog, &self.pool).await?;
+        Ok(feed_sql(&fed_tables(&catalog, &configured(&config, &catalog))))
+    }
+
+    /// Uses `tier` as the shared tier instead of a Redis connection: any store that keeps the
+    /// freshness contract of [`sqlacache_core::tier`], with the bus of the processes sharing
+    /// it. The key prefix is then the tier's business; the timeout and the lease apply as with
+    /// Redis. It also lets an application test how its replicas behave when the shared tier
+    /// fails, without a server.
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: sqlx::PgPool, url: &str) -> Result<(), Box<dyn std::error::Error>> {
+    /// use sqlacache_core::redis::RedisStore;
+    /// use std::{sync::Arc, time::Duration};
+    /// let tier = RedisStore::connect(url, "myapp", "db1", Duration::from_millis(100))?;
+    /// let cache = sqlacache_sqlx::CachedPool::builder(pool).shared_tier(Arc::new(tier)).build().await?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "redis")]
+    pub fn shared_tier(mut self, tier: Arc<dyn sqlacache_core::tier::SharedTier>) -> Self {
+        self.redis_settings().tier = Some(tier);
+        self
+    }
+
+    #[cfg(feature = "redis")]
+    fn redis_settings(&mut self) -> &mut RedisSettings {
+        let lease = self.lease;
+        self.redis.get_or_insert_with(|| RedisSettings {
+            tier: None,
+            url: String::new(),
+            prefix: "sqlacache".to_owned(),
+            timeout: Duration::from_millis(100),
+            lease,
+        })
+    }
+
+    /// Reads the schema (tables, primary keys, foreign-key actions), checks the configuration
+    /// against it, and creates the pool.
+    ///
+    /// Fails with [`Error::Config`], naming the mistake, when a table given to
+    /// [`table`](Self::table), [`disable_table`](Self::disable_table) or a model is not in the
+    /// database (or not on the search path of the pool's connections), when a model's key is not
+    /// its table's primary key, when two models of one table declare different settings, and
+    /// when a TTL is zero. Create the tables (run migrations) first.
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: sqlx::PgPool) {
+    /// let error = sqlacache_sqlx::CachedPool::builder(pool).disable_table("audti_log").build().await.unwrap_err();
+    /// assert!(error.to_string().contains("audti_log"));
+    /// # }
+    /// ```
+    pub async fn build(mut self) -> Result<CachedPool, Error> {
+        let local = local_tier(self.capacity, &mut self);
+        let config = Config::new(self.tables, self.disabled, self.default_ttl, self.wildcard);
+        let mut catalog = Catalog::load(&self.pool, 1).await?;
+        config.check(&catalog, &self.pool).await?;
+        let feed = match self.feed {
+            FeedMode::Off => None,
+            mode => {
+                let tables = fed_tables(&catalog, &configured(&config, &catalog));
+                if mode == FeedMode::Install {
+                    install(&self.pool, &tables).await?;
+                } else {
+                    let missing = missing(&self.pool, &tables).await?;
+                    if !missing.is_empty() {
+                        return Err(Error::Feed(Cause::new(format!(
+                            "the change feed is not installed on {}: run the `install` SQL of \
+                             `change_feed_sql()` (from a migration), or use `change_feed()`",
+                            missing.join(", ")
+                        ))));
+                    }
+                }
+                // Read again, with the triggers.
+                catalog = Catalog::load(&self.pool, 1).await?;
+                Some(Feed::new(self.lease, mode == FeedMode::Install))
+            }
+        };
+        if let Some(redis) = self.redis.as_mut() {
+            redis.lease = self.lease;
+        }
+        let remote = connect_redis(self.redis.as_ref(), &self.pool, self.capacity).await?;
+        let tiers = Tiers { local: Arc::new(local), remote };
+        let schema = Schema::new(self.pool.clone(), config, catalog);
+        #[cfg_attr(not(feature = "test-hooks"), allow(unused_mut))]
+        let mut engine = Engine::new(self.pool, schema, Registry::new(&self.models), tiers, feed);
+        #[cfg(feature = "test-hooks")]
+        {
+            engine.fill_hook = self.fill_hook.take();
+        }
+        engine.start().map_err(|e| Error::Redis(Cause::from_source("the invalidation channel", e)))?;
+        if let Some(feed) = &engine.feed {
+            // Cached reads wait for the feed's first heartbeat; a lease at most.
+            feed.until_heard(None, self.lease).await;
+        }
+        Ok(CachedPool { engine: Arc::new(engine) })
+    }
+}
+
+/// Whether and how a pool uses the change feed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FeedMode {
+    Off,
+    Install,
+    Installed,
+}
+
+/// The in-process tier, with the invalidation hook of tests.
+#[cfg_attr(not(feature = "test-hooks"), allow(unused_variables))]
+fn local_tier(capacity: u64, builder: &mut CachedPoolBuilder) -> Local {
+    #[cfg_attr(not(feature = "test-hooks"), allow(unused_mut))]
+    let mut local = Local::new(capacity);
+    #[cfg(feature = "test-hooks")]
+    {
+        local.invalidate_hook = builder.invalidate_hook.take();
+    }
+    local
+}
+
+/// Connects to Redis, if configured, under the identity of the database (so that two
+/// databases sharing one Redis never share entries), waiting for it at most its timeout.
+#[cfg_attr(not(feature = "redis"), allow(clippy::unused_async))]
+async fn connect_redis(
+    settings: Option<&RedisSettings>,
+    pool: &PgPool,
+    capacity: u64,
+) -> Result<Option<Arc<Remote>>, Error> {
+    #[cfg(feature = "redis")]
+    if let Some(settings) = settings {
+        let remote = match &settings.tier {
+            Some(tier) if settings.url.is_empty() => Remote::new(tier.clone(), settings, capacity > 0),
+            Some(_) => {
+                return Err(Error::Redis(Cause::new("both a Redis URL and a shared tier were given".to_owned())))
+            }
+            None if settings.url.is_empty() => {
+                return Err(Error::Redis(Cause::new("a key prefix or timeout was set without a Redis URL".to_owned())));
+            }
+            None => {
+                let scope = crate::catalog::database_identity(pool).await?;
+                Remote::connect(settings, &scope, capacity > 0)
+                    .map_err(|e| Error::Redis(Cause::from_source("the Redis URL cannot be used", e)))?
+            }
+        };
+        remote.wait_connected(settings.timeout).await;
+        return Ok(Some(Arc::new(remote)));
+    }
+    #[cfg(not(feature = "redis"))]
+    let _ = (settings, pool, capacity);
+    Ok(None)
+}

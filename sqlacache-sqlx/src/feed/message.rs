@@ -1,0 +1,182 @@
+//! The messages of the change feed (see the parent module for their grammar), and the tags a
+//! change invalidates.
+
+use crate::catalog::{Actions, Catalog};
+use sqlacache_core::key::row_id;
+use sqlacache_core::Tag;
+
+/// What a message asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Change {
+    /// Rows of a table, by the text of their keys.
+    Rows { table: u32, op: char, keys: Vec<Vec<String>> },
+    /// A table as a whole.
+    Table { table: u32, op: char },
+    /// The schema, where these parts say.
+    Schema(Vec<Ddl>),
+    /// A heartbeat.
+    Heartbeat { publisher: u64, sent: u64 },
+}
+
+/// What a schema change touched.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Ddl {
+    /// Something in a schema (or the schema itself).
+    Schema(String),
+    /// A function, by schema and name.
+    Function(String, String),
+    /// Anything else.
+    Any,
+}
+
+impl Ddl {
+    fn parse(word: &str) -> Option<Ddl> {
+        if word == "*" {
+            return Some(Ddl::Any);
+        }
+        if let Some(schema) = word.strip_prefix('s') {
+            return Some(Ddl::Schema(unhex(schema)?));
+        }
+        let (schema, name) = word.strip_prefix('f')?.split_once('.')?;
+        Some(Ddl::Function(unhex(schema)?, unhex(name)?))
+    }
+
+    /// Whether a pool that caches reads of tables in the `cached` schemas must take this
+    /// change into account.
+    pub fn matters(&self, catalog: &Catalog, cached: &[String]) -> bool {
+        match self {
+            Ddl::Any => true,
+            Ddl::Schema(schema) => catalog.searched(schema) || cached.contains(schema),
+            Ddl::Function(schema, name) => catalog.searched(schema) || catalog.calls(schema, name),
+        }
+    }
+}
+
+/// Text from the hex of its UTF-8 bytes.
+fn unhex(hex: &str) -> Option<String> {
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| hex.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
+        .collect::<Option<Vec<u8>>>()?;
+    String::from_utf8(bytes).ok()
+}
+
+/// Reads a message; `None` if it is not one of the feed's.
+pub(crate) fn parse(payload: &str) -> Option<Change> {
+    let mut words = payload.split(' ');
+    let kind = words.next()?;
+    let change = match kind {
+        "d" => {
+            let parts = words.map(Ddl::parse).collect::<Option<Vec<_>>>()?;
+            return (!parts.is_empty()).then_some(Change::Schema(parts));
+        }
+        "h" => Change::Heartbeat { publisher: words.next()?.parse().ok()?, sent: words.next()?.parse().ok()? },
+        "t" | "r" => {
+            let table = words.next()?.parse().ok()?;
+            let op = single(words.next()?)?;
+            if kind == "t" {
+                Change::Table { table, op }
+            } else {
+                let keys = words.by_ref().map(key).collect::<Option<Vec<_>>>()?;
+                if keys.is_empty() {
+                    return None;
+                }
+                return Some(Change::Rows { table, op, keys });
+            }
+        }
+        _ => return None,
+    };
+    words.next().is_none().then_some(change)
+}
+
+fn single(word: &str) -> Option<char> {
+    let mut chars = word.chars();
+    let c = chars.next()?;
+    chars.next().is_none().then_some(c)
+}
+
+/// One key of a message: its columns' text.
+fn key(word: &str) -> Option<Vec<String>> {
+    word.split(',')
+        .map(|part| match part.strip_prefix('x') {
+            Some(hex) => unhex(hex),
+            None => {
+                let digits = part.strip_prefix('-').unwrap_or(part);
+                (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())).then(|| part.to_owned())
+            }
+        })
+        .collect()
+}
+
+/// The tags a change invalidates: the table, its family and what cascades from it, as a write
+/// through the pool would (a cascade also fires the triggers of the tables it reaches, when they
+/// are fed).
+pub(crate) fn tags(catalog: &Catalog, change: &Change) -> Vec<Tag> {
+    let (table, op, keys) = match change {
+        Change::Rows { table, op, keys } => (*table, *op, Some(keys)),
+        Change::Table { table, op } => (*table, *op, None),
+        Change::Schema(_) => return vec![Tag::All],
+        Change::Heartbeat { .. } => return Vec::new(),
+    };
+    // A table created after the catalog was read has no family or actions it knows: no
+    // cached read depends on it (one that joins a known family was reported as a schema change).
+    let actions = match op {
+        'u' => Actions::Update,
+        'd' => Actions::Delete,
+        't' => Actions::Truncate,
+        _ => Actions::None,
+    };
+    let mut tags = catalog.write_tags(table, actions);
+    match keys {
+        Some(keys) => tags.extend(keys.iter().map(|k| Tag::Row(row_id(table, k)))),
+        None => tags.push(Tag::Rows(table)),
+    }
+    tags
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_read_back() {
+        assert_eq!(
+            parse("d * s6170 f7075626c6963.6c6f776572"),
+            Some(Change::Schema(vec![
+                Ddl::Any,
+                Ddl::Schema("ap".into()),
+                Ddl::Function("public".into(), "lower".into())
+            ]))
+        );
+        assert_eq!(parse("h 7 99"), Some(Change::Heartbeat { publisher: 7, sent: 99 }));
+        assert_eq!(parse("t 16384 t"), Some(Change::Table { table: 16384, op: 't' }));
+        assert_eq!(
+            parse("r 16384 u 1 -2 x616263,7"),
+            Some(Change::Rows {
+                table: 16384,
+                op: 'u',
+                keys: vec![vec!["1".into()], vec!["-2".into()], vec!["abc".into(), "7".into()]]
+            })
+        );
+        assert_eq!(parse("r 1 i x"), Some(Change::Rows { table: 1, op: 'i', keys: vec![vec![String::new()]] }));
+        for bad in [
+            "",
+            "q",
+            "d",
+            "d 1",
+            "d s6",
+            "d f70",
+            "h 1",
+            "t x i",
+            "t 1 io",
+            "r 1 i",
+            "r 1 i 1a",
+            "r 1 i xzz",
+            "r 1 i x6",
+            "r 1 i -",
+            "t 1 i 2",
+        ] {
+            assert_eq!(parse(bad), None, "{bad:?}");
+        }
+    }
+}

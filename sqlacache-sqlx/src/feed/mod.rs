@@ -1,0 +1,37 @@
+//! The change feed: writes the pool never sees (other services, `psql`, migrations, cron jobs,
+//! functions, `cache.inner()`), told by PostgreSQL itself.
+//!
+//! - **Triggers.** Each fed table has four statement-level `AFTER` triggers, one per event
+//!   (`INSERT`, `UPDATE` and `DELETE` with transition tables, which PostgreSQL allows one event
+//!   at a time, and `TRUNCATE`). Each statement sends one `pg_notify` on [`CHANNEL`] naming the
+//!   table and the primary keys it touched; a message that would pass the payload limit names
+//!   the table alone. PostgreSQL delivers notifications at commit, in commit order, and never
+//!   for a rolled-back transaction.
+//! - **Schema changes.** An event trigger (which needs a superuser to create) sends a message
+//!   at the end of every DDL command; without it, call `CachedPool::refresh_catalog` after
+//!   changing the schema elsewhere.
+//! - **The listener.** Each pool listens on a connection of its own (not one of its pool's)
+//!   and applies each message as an invalidation: in-process, and in Redis when the pool has it.
+//!   Its own writes come back too; applying them again costs at most a miss.
+//! - **Nothing lost silently.** The pool publishes a heartbeat through the same channel (on a
+//!   connection of its own, so a busy pool does not delay it) and
+//!   serves cached reads only while it has heard one back within the lease: a heartbeat heard
+//!   proves every commit before it was delivered. A lost connection, an error or a silence ends
+//!   that trust; the tiers are dropped before cached reads are served again.
+//!
+//! Message forms (text, space-separated):
+//!
+//! - `r <table oid> <op> <key> <key> ...`: rows changed; `op` is `i`, `u` or `d`; a key is its
+//!   columns' text forms joined by `,`, each as is when it is an integer, else `x` and the hex
+//!   of its UTF-8 bytes;
+//! - `t <table oid> <op>`: the table changed (a truncate is `op` `t`);
+//! - `d <part> ...`: the schema changed; a part is `s` and the hex of a schema's name (something
+//!   in it changed), `f` and the hex of a function's schema and name joined by `.`, or `*`
+//!   (anything else: roles, extensions);
+//! - `h <publisher> <sent>`: a pool's heartbeat.
+
+pub(crate) mod listener;
+pub(crate) mod message;
+pub(crate) mod sql;
+
+pub use sql::FeedSql;

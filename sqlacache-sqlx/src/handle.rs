@@ -1,0 +1,153 @@
+//! [`CachedPool`], the public handle: cheap to clone, every clone sharing one engine.
+
+use crate::engine::Engine;
+use crate::local::Origin;
+use crate::rowkey::row_of;
+use crate::{Cacheable, Error};
+use sqlacache_core::analyze::TableName;
+use sqlacache_core::{StatsSnapshot, Tag};
+use sqlx::PgPool;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+
+/// A [`PgPool`] with a query cache in front of it.
+///
+/// Every write made through it (with any sqlx API: `query`, `query_as`, `query!`, `raw_sql`)
+/// invalidates the cached reads it may change before the write returns; reads made with the
+/// typed calls ([`get`](CachedPool::get), [`query_as`](crate::query_as()),
+/// [`query_scalar`](crate::query_scalar()), [`query_as!`](crate::query_as!)) are answered from
+/// the cache when it holds a fresh copy. Cloning is cheap and clones share one cache.
+///
+/// ```no_run
+/// # async fn demo(pool: sqlx::PgPool) -> Result<(), sqlacache_sqlx::Error> {
+/// use sqlacache_sqlx::{CachedPool, Ops};
+/// use std::time::Duration;
+/// let cache = CachedPool::builder(pool)
+///     .table("orders", Ops::ALL, Duration::from_secs(60))
+///     .build()
+///     .await?;
+/// sqlx::query("UPDATE orders SET paid = true WHERE id = $1").bind(7_i64).execute(&cache).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct CachedPool {
+    pub(crate) engine: Arc<Engine>,
+}
+
+impl fmt::Debug for CachedPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CachedPool")
+            .field("pool", &self.engine.pool)
+            .field("store", self.engine.store())
+            .field("stats", &self.engine.stats().snapshot())
+            .finish()
+    }
+}
+
+impl CachedPool {
+    /// The wrapped pool.
+    ///
+    /// Writes made through it **bypass invalidation**: use it for migrations, `PgListener`,
+    /// `COPY` and other work that must reach the connection itself, and invalidate by hand
+    /// afterwards if cached tables changed.
+    pub fn inner(&self) -> &PgPool {
+        &self.engine.pool
+    }
+
+    /// A snapshot of the counters.
+    ///
+    /// ```no_run
+    /// # fn demo(cache: &sqlacache_sqlx::CachedPool) {
+    /// let s = cache.stats();
+    /// println!("{} hits, {} misses", s.hits, s.misses);
+    /// # }
+    /// ```
+    pub fn stats(&self) -> StatsSnapshot {
+        let mut snapshot = self.engine.stats().snapshot();
+        snapshot.widened += self.engine.store().tables_sharing_a_clock();
+        snapshot
+    }
+
+    /// Bytes held by cached entries (by the store's weight formula) and the number of entries.
+    pub fn memory_usage(&self) -> (u64, usize) {
+        (self.engine.store().weight(), self.engine.store().len())
+    }
+
+    /// Reads the row of `T` with primary key `key`, from the cache when it holds a fresh copy.
+    /// Absent rows are cached too, and an `INSERT` of that key invalidates them.
+    ///
+    /// A composite key is a tuple, in field order (declare the fields in the order of the
+    /// table's `PRIMARY KEY` so writes can be matched to single rows).
+    ///
+    /// ```no_run
+    /// # #[derive(sqlx::FromRow, serde::Serialize, serde::Deserialize, sqlacache_sqlx::Cacheable)]
+    /// # #[cache(table = "users")]
+    /// # struct User { #[cache(pk)] id: i64 }
+    /// # async fn demo(cache: &sqlacache_sqlx::CachedPool) -> Result<(), sqlx::Error> {
+    /// let user: Option<User> = cache.get::<User>(1).await?;
+    /// # Ok(()) }
+    /// ```
+    // Not an `async fn`: the read's own future is the call's, with no layer around it.
+    pub fn get<T: Cacheable>(&self, key: T::Key) -> impl Future<Output = Result<Option<T>, sqlx::Error>> + Send + '_ {
+        crate::read::get::<T>(&self.engine, key)
+    }
+
+    /// Begins a transaction. Writes made in it invalidate the cache when
+    /// [`commit`](crate::CachedTransaction::commit) returns; a rollback, or dropping the
+    /// transaction, invalidates nothing.
+    pub async fn begin(&self) -> Result<crate::CachedTransaction, sqlx::Error> {
+        crate::transaction::CachedTransaction::begin(self.engine.clone()).await
+    }
+
+    /// Invalidates cached reads of the rows of `T` with these keys (and every multi-row read of
+    /// its table), for changes made where the cache cannot see them.
+    pub async fn invalidate_rows<T: Cacheable>(&self, keys: &[T::Key]) -> Result<(), Error> {
+        let plan = self.engine.plan(T::MODEL.get_sql, true).await?;
+        let Some(single) = plan.read.as_ref().ok().and_then(|r| r.single.as_ref()) else {
+            return self.invalidate_table(T::MODEL.table).await;
+        };
+        let mut tags = vec![Tag::Table(single.0)];
+        for key in keys {
+            match row_of::<T>(single, key) {
+                Some(row) => tags.push(Tag::Row(row)),
+                None => {
+                    tags.push(Tag::Rows(single.0));
+                    break;
+                }
+            }
+        }
+        self.engine.tiers.apply_now(&tags, Origin::Write).await;
+        Ok(())
+    }
+
+    /// Invalidates every cached read of a table (by SQL name, such as `users` or `app.users`).
+    pub async fn invalidate_table(&self, table: &str) -> Result<(), Error> {
+        let name = TableName::parse(table);
+        let schema = &self.engine.schema;
+        let mut catalog = schema.catalog();
+        if catalog.resolve(&name).is_none() {
+            schema.reload(catalog.generation).await?;
+            catalog = schema.catalog();
+        }
+        let info = catalog.resolve(&name).ok_or_else(|| Error::UnknownTable(table.to_owned()))?;
+        self.engine.tiers.apply_now(&catalog.family_tags(info.oid), Origin::Write).await;
+        Ok(())
+    }
+
+    /// Drops every cached read (in Redis too, under this pool's key prefix and database, and in
+    /// the other processes).
+    pub async fn invalidate_all(&self) -> Result<(), Error> {
+        self.engine.tiers.apply_now(&[Tag::All], Origin::Write).await;
+        Ok(())
+    }
+
+    /// Reads the schema again (tables, keys, foreign keys). Schema changes made through the
+    /// pool are noticed by themselves; call this after changing the schema elsewhere.
+    pub async fn refresh_catalog(&self) -> Result<(), Error> {
+        let schema = &self.engine.schema;
+        schema.changed();
+        schema.reload(schema.generation()).await?;
+        Ok(())
+    }
+}

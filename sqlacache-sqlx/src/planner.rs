@@ -1,0 +1,149 @@
+//! Plans of SQL strings, memoized: once per pool in a shared memo, and per thread in front of
+//! it, so a repeated statement is neither parsed again nor shares a reference count between
+//! threads.
+
+use crate::catalog::TableInfo;
+use crate::plan::{self, Context, Plan};
+use crate::schema::Schema;
+use sqlacache_core::analyze::{analyze, TableName};
+use sqlacache_core::{Stats, Tag, Uncached};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Per-thread copies of plans, by pool and SQL. Small and bounded: a thread that sees too many
+/// statements or pools starts over (the shared memo still holds every plan).
+mod local_plans {
+    use super::Plan;
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    const MAX_POOLS: usize = 8;
+    const MAX_PLANS: usize = 512;
+
+    /// quick_cache's hasher: std's SipHash cost more than the rest of a plan lookup.
+    type Map<K, V> = HashMap<K, V, quick_cache::DefaultHashBuilder>;
+    /// Plans by SQL, of one pool.
+    type PoolPlans = Map<Box<str>, Arc<Plan>>;
+
+    thread_local! {
+        static PLANS: RefCell<Map<u64, PoolPlans>> = RefCell::default();
+    }
+
+    pub fn get(pool: u64, sql: &str) -> Option<Arc<Plan>> {
+        PLANS.with(|plans| plans.borrow().get(&pool)?.get(sql).cloned())
+    }
+
+    pub fn put(pool: u64, sql: &str, plan: Arc<Plan>) {
+        PLANS.with(|plans| {
+            let mut plans = plans.borrow_mut();
+            if plans.len() >= MAX_POOLS && !plans.contains_key(&pool) {
+                plans.clear();
+            }
+            let mine = plans.entry(pool).or_default();
+            if mine.len() >= MAX_PLANS {
+                mine.clear();
+            }
+            mine.insert(sql.into(), plan);
+        });
+    }
+}
+
+/// Numbers planners for the per-thread plan copies.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The planner of one pool: turns SQL into plans against its [`Schema`].
+pub(crate) struct Planner {
+    /// Tells this pool's per-thread plan copies from other pools'.
+    id: u64,
+    plans: quick_cache::sync::Cache<String, Arc<Plan>>,
+    /// Whether the pool listens to a change feed (reads of tables it does not cover are not
+    /// cached).
+    feed: bool,
+}
+
+impl Planner {
+    pub fn new(feed: bool) -> Planner {
+        Planner { id: NEXT_ID.fetch_add(1, Ordering::Relaxed), plans: quick_cache::sync::Cache::new(4096), feed }
+    }
+
+    /// The memoized plan of `sql`, if it is current: what almost every call finds. Otherwise
+    /// [`Planner::plan_slow`] makes it.
+    #[inline]
+    pub fn memoized(&self, schema: &Schema, sql: &str) -> Option<Arc<Plan>> {
+        if !schema.current() {
+            return None;
+        }
+        let generation = schema.generation();
+        if let Some(plan) = local_plans::get(self.id, sql).filter(|p| p.generation == generation) {
+            return Some(plan);
+        }
+        let plan = self.plans.get(sql).filter(|p| p.generation == generation)?;
+        local_plans::put(self.id, sql, Arc::new(Plan::clone(&plan)));
+        Some(plan)
+    }
+
+    /// Plans `sql` anew (reading the catalog again first if it must), and memoizes the plan.
+    ///
+    /// With `may_reload` false (inside a transaction, whose connection may be the pool's only
+    /// one) the catalog is never read again: the plan is made from the catalog at hand, and
+    /// names it does not know make writes invalidate everything.
+    pub async fn plan_slow(
+        &self,
+        schema: &Schema,
+        stats: &Stats,
+        sql: &str,
+        may_reload: bool,
+    ) -> Result<Arc<Plan>, sqlx::Error> {
+        if may_reload && !schema.current() {
+            schema.reload(schema.generation()).await?;
+        }
+        let analysis = analyze(sql);
+        stats.statement_analyzed();
+        let mut reloaded = false;
+        loop {
+            let catalog = schema.catalog();
+            let (plan, fresh_names) = {
+                let config = schema.config();
+                let policy = |info: &TableInfo| config.policy(&catalog, info);
+                let cx = Context { catalog: &catalog, policy: &policy, feed: self.feed };
+                let (plan, unresolved) = plan::plan(sql, &analysis, &cx);
+                let missing = catalog.missing.lock().unwrap_or_else(|e| e.into_inner());
+                let fresh: Vec<TableName> = unresolved.0.into_iter().filter(|n| !missing.contains(n)).collect();
+                (plan, fresh)
+            };
+            if !fresh_names.is_empty() && !reloaded && may_reload {
+                // A table created after the catalog was read: read it again, once.
+                schema.reload(catalog.generation).await?;
+                reloaded = true;
+                continue;
+            }
+            // Once the pool's connections may differ (one may be inside a hand-written
+            // transaction), no read is cached, and none is probed on them.
+            let unprovable = !may_reload || schema.sessions_differ();
+            if unprovable && (!fresh_names.is_empty() || !schema.current() || plan.read.is_ok()) {
+                // Made without the latest schema, or a read it cannot prove here (the
+                // transaction's connection may be the pool's only one): used once, never
+                // memoized. Reads in a transaction are not cached anyway.
+                let mut plan = plan;
+                if plan.read.is_ok() {
+                    plan.read = Err(Uncached::Unproven);
+                }
+                return Ok(Arc::new(plan));
+            }
+            let mut plan = plan;
+            if let Ok(read) = &plan.read {
+                // Asked of PostgreSQL once, here; never on a hit.
+                let tables: Vec<u32> =
+                    read.deps.iter().filter_map(|t| if let Tag::Table(oid) = t { Some(*oid) } else { None }).collect();
+                if let Err(reason) = crate::proof::prove(schema.pool(), sql, &tables).await {
+                    plan.read = Err(reason);
+                }
+            }
+            schema.note_missing(&catalog, fresh_names, stats);
+            let plan = Arc::new(plan);
+            self.plans.insert(sql.to_owned(), plan.clone());
+            return Ok(plan);
+        }
+    }
+}
