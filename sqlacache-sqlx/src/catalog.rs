@@ -182,15 +182,18 @@ fn oid(value: i64) -> u32 {
 }
 
 impl Catalog {
-    /// Reads the catalog. All three queries run on one connection so they see one search path.
+    /// Reads the catalog: every query in one read-only `REPEATABLE READ` transaction, so they
+    /// see one search path and one snapshot (a table created or dropped between two of them
+    /// cannot appear in one and not the other).
     pub async fn load(pool: &PgPool, generation: u64) -> Result<Catalog, sqlx::Error> {
-        let mut conn = pool.acquire().await?;
+        let mut conn = pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY").await?;
         let rows = sqlx::query(TABLES).fetch_all(&mut *conn).await?;
         let fks = sqlx::query(FOREIGN_KEYS).fetch_all(&mut *conn).await?;
         let inherits = sqlx::query(INHERITS).fetch_all(&mut *conn).await?;
         let functions = sqlx::query(FUNCTIONS).fetch_all(&mut *conn).await?;
         let path = sqlx::query(SEARCH_PATH).fetch_one(&mut *conn).await?;
         let session: String = sqlx::query_scalar(SESSION).fetch_one(&mut *conn).await?;
+        conn.commit().await?;
         let search_path: Vec<String> = path.try_get("path")?;
         let (setting, user): (String, String) = (path.try_get("setting")?, path.try_get("user_name")?);
         let named = setting.split(',').map(|s| s.trim().trim_matches('"').replace("\"\"", "\"")).map(|s| {
@@ -200,7 +203,6 @@ impl Catalog {
                 s
             }
         });
-        drop(conn);
 
         let mut catalog =
             Catalog { generation, session: *blake3::hash(session.as_bytes()).as_bytes(), ..Catalog::default() };
