@@ -447,11 +447,14 @@ mod imp {
                 Ok(Event::Message(text)) => remote.heard(&local, &text),
                 Ok(Event::Lost) => {
                     let line = "the invalidation channel reconnected; the in-process tier will be dropped";
-                    remote.channel.lose(line, "reconnected");
+                    remote.channel.lose(line, "the connection of the subscription was made again");
                     remote.seen().clear();
                 }
                 Err(_) if remote.usable() => {
-                    remote.channel.lose("the invalidation channel is silent; reconnecting it", "silent");
+                    remote.channel.lose(
+                        "the invalidation channel is silent; reconnecting it",
+                        "nothing heard within four leases",
+                    );
                     drop((remote, local));
                     subscription.reconnect().await;
                 }
