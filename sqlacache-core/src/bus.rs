@@ -17,7 +17,7 @@
 //! This module holds the wire form and the bookkeeping, without any I/O, so the rules are
 //! tested without a server.
 
-use crate::Tag;
+use crate::store::Tag;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

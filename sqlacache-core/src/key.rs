@@ -15,7 +15,7 @@
 //! gives the same digest. The SQL enters a key as its own digest ([`SqlDigest`]), computed once
 //! per statement, so a key costs the same for a long statement as for a short one.
 
-use crate::Uncached;
+use crate::stats::Uncached;
 use serde::ser::{self, Serialize};
 use std::fmt;
 

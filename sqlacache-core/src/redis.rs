@@ -32,9 +32,9 @@
 //! caller must treat a failed [`RedisStore::invalidate`] as possibly not applied, and a failed
 //! [`RedisStore::get`] as a miss.
 
+use crate::store::Tag;
 use crate::tier::{BoxFuture, Bus, Store, TierError};
 pub use crate::tier::{Epochs, Event};
-use crate::Tag;
 use fred::interfaces::{EventInterface, KeysInterface, PubsubInterface};
 use fred::prelude::{Builder, ClientLike, Config, Error as FredError, ReconnectPolicy, Value};
 use fred::types::scripts::Script;

@@ -35,7 +35,7 @@
 //! message hears [`Event::Lost`].
 
 use crate::key::Key;
-use crate::{MemoryStore, Tag};
+use crate::store::{MemoryStore, Tag};
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;

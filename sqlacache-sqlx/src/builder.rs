@@ -1,18 +1,20 @@
 //! [`CachedPoolBuilder`]: the settings of a pool, checked against the schema by `build()`.
 
+use crate::cacheable::Cacheable;
 use crate::catalog::Catalog;
 use crate::config::{Config, TableConfig};
 use crate::engine::Engine;
 use crate::error::Cause;
+use crate::error::Error;
 use crate::feed::listener::Feed;
 use crate::feed::sql::{fed_tables, install, missing, sql as feed_sql, FeedSql};
 use crate::handle::CachedPool;
 use crate::local::Local;
 use crate::registry::Registry;
 use crate::remote::{RedisSettings, Remote};
+use crate::row::CachedRow;
 use crate::schema::{configured, Schema};
 use crate::tiers::Tiers;
-use crate::{Cacheable, CachedRow, Error};
 use sqlacache_core::analyze::TableName;
 use sqlacache_core::Ops;
 use sqlx::PgPool;

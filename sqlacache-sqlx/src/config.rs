@@ -4,8 +4,9 @@
 
 use crate::catalog::{Catalog, TableInfo};
 use crate::error::Cause;
+use crate::error::Error;
+use crate::model::Model;
 use crate::plan::Policy;
-use crate::{Error, Model};
 use sqlacache_core::analyze::TableName;
 use sqlacache_core::Ops;
 use sqlx::PgPool;

@@ -6,11 +6,11 @@
 
 use crate::admission::not_cached;
 use crate::engine::Engine;
+use crate::handle::CachedPool;
 use crate::plan::{Plan, WritePlan};
 use crate::read::FILLING;
 use crate::transaction::{CachedConnection, TxState};
 use crate::write::{self, Step};
-use crate::CachedPool;
 use futures_core::future::BoxFuture;
 use futures_core::stream::BoxStream;
 use futures_util::{stream, TryStreamExt};

@@ -1,9 +1,10 @@
 //! [`CachedPool`], the public handle: cheap to clone, every clone sharing one engine.
 
+use crate::cacheable::Cacheable;
 use crate::engine::Engine;
+use crate::error::Error;
 use crate::local::Origin;
 use crate::rowkey::row_of;
-use crate::{Cacheable, Error};
 use sqlacache_core::analyze::TableName;
 use sqlacache_core::{StatsSnapshot, Tag};
 use sqlx::PgPool;
@@ -96,7 +97,7 @@ impl CachedPool {
     /// Begins a transaction. Writes made in it invalidate the cache when
     /// [`commit`](crate::CachedTransaction::commit) returns; a rollback, or dropping the
     /// transaction, invalidates nothing.
-    pub async fn begin(&self) -> Result<crate::CachedTransaction, sqlx::Error> {
+    pub async fn begin(&self) -> Result<crate::transaction::CachedTransaction, sqlx::Error> {
         crate::transaction::CachedTransaction::begin(self.engine.clone()).await
     }
 

@@ -41,6 +41,7 @@
 
 mod admission;
 mod builder;
+mod cacheable;
 mod catalog;
 mod channel;
 mod config;
@@ -72,10 +73,11 @@ mod transaction;
 mod write;
 
 pub use builder::CachedPoolBuilder;
+pub use cacheable::Cacheable;
 pub use error::{Cause, Error};
 pub use feed::FeedSql;
 pub use handle::CachedPool;
-pub use model::{Cacheable, Model};
+pub use model::Model;
 pub use query::{query_as, query_scalar, CachedMap, CachedQueryAs, CachedQueryScalar};
 pub use row::{CachedRow, Storable};
 pub use sqlacache_core::{Ops, StatsSnapshot, Uncached};

@@ -1,10 +1,12 @@
 //! The typed cached reads: [`CachedQueryAs`], [`CachedQueryScalar`] and the `query_as!` wrapper.
 
 use crate::admission::{decide, not_cached};
+use crate::handle::CachedPool;
 use crate::read::{cached_read, kind, FILLING};
 use crate::registry::ModelOf;
+use crate::row::CachedRow;
+use crate::row::Storable;
 use crate::row::Stored;
-use crate::{CachedPool, CachedRow, Storable};
 use serde::Serialize;
 use sqlacache_core::key::KeyBuilder;
 use sqlacache_core::Uncached;

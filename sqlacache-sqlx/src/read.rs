@@ -1,13 +1,14 @@
 //! The read protocol: answer from a tier or fill, in one place, and `get` by primary key.
 
 use crate::admission::{decide, not_cached, warn_once_per_type};
+use crate::cacheable::Cacheable;
 use crate::engine::Engine;
 use crate::flight::Role;
 use crate::plan::Plan;
 use crate::registry::ModelOf;
+use crate::row::CachedRow;
 use crate::row::Stored;
 use crate::rowkey::row_of;
-use crate::{Cacheable, CachedRow};
 use sqlacache_core::key::{Key, KeyBuilder};
 use sqlacache_core::{Ops, Tag, Uncached};
 use sqlx::postgres::PgArguments;

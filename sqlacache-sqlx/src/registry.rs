@@ -2,10 +2,12 @@
 //! first use, checked as `build()` would have.
 
 use crate::config::{Config, TableConfig};
+use crate::error::Error;
 use crate::local::Origin;
+use crate::model::Model;
+use crate::row::CachedRow;
 use crate::schema::Schema;
 use crate::tiers::Tiers;
-use crate::{CachedRow, Error, Model};
 use sqlacache_core::Uncached;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::RwLock;

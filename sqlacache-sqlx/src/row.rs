@@ -1,7 +1,7 @@
 //! Row types that can be cached: [`CachedRow`] (any decodable, storable row: a projection, a
 //! join, a tuple) and the stored form of a read's result.
 
-use crate::Model;
+use crate::model::Model;
 use serde::de::{Deserialize, DeserializeOwned, Deserializer};
 use serde::ser::{Serialize, Serializer};
 

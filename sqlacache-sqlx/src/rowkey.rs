@@ -1,7 +1,7 @@
 //! Row identities: of a model's row by its key, and of a written row from its output columns.
 
+use crate::cacheable::Cacheable;
 use crate::plan::RowColumns;
-use crate::Cacheable;
 use sqlacache_core::key::{row_id, row_id_of};
 use sqlacache_core::Tag;
 use sqlx::postgres::{PgRow, PgTypeInfo, PgValueFormat};

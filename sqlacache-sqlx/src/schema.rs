@@ -4,8 +4,8 @@
 
 use crate::catalog::{Catalog, TableInfo};
 use crate::config::Config;
+use crate::error::Error;
 use crate::feed::sql::{fed_tables, install, missing};
-use crate::Error;
 use sqlacache_core::analyze::TableName;
 use sqlacache_core::Stats;
 use sqlx::PgPool;

@@ -259,7 +259,7 @@ const INSTALL_LOCK: i64 = 0x5351_4c41_4665_6564;
 
 /// Installs the feed on `tables`, in one transaction. Then tries to install the event trigger;
 /// returns whether schema changes are reported.
-pub(crate) async fn install(pool: &PgPool, tables: &[&TableInfo]) -> Result<bool, crate::Error> {
+pub(crate) async fn install(pool: &PgPool, tables: &[&TableInfo]) -> Result<bool, crate::error::Error> {
     // The functions as they are: replacing them needs their owner, so they are left alone
     // when they are already right.
     let current: Vec<String> = sqlx::query_scalar(
@@ -271,7 +271,7 @@ pub(crate) async fn install(pool: &PgPool, tables: &[&TableInfo]) -> Result<bool
     .await?;
     let sql = sql_with(tables, current != [feed_body(), ddl_body()]);
     let failed = |e: sqlx::Error| {
-        crate::Error::Feed(Cause::from_source(
+        crate::error::Error::Feed(Cause::from_source(
             format!(
                 "cannot install the change feed. It needs CREATE on the database (for the schema `{SCHEMA}`), \
              and to own each fed table (or hold TRIGGER on it); a migration can install it instead \
