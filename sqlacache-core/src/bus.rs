@@ -21,7 +21,7 @@ use crate::store::Tag;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A message on the bus.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -143,9 +143,15 @@ impl Sequences {
 /// The tier is trusted until `heard + lease`, where `heard` is when this process sent the last
 /// heartbeat it has received back. When it loses trust (the lease ran out, or a loss was seen),
 /// the next heartbeat received back first drops the tier, then trusts it again.
+///
+/// The lease is measured on the boot-time clock (`CLOCK_BOOTTIME` on Linux), which keeps
+/// counting while the machine is suspended: on `Instant`'s clock, which stops then, a process
+/// resumed after a sleep would still trust a tier that missed every invalidation sent meanwhile.
+/// (Elsewhere it falls back to `Instant`.)
 #[derive(Debug)]
 pub struct Lease {
-    origin: Instant,
+    /// The clock's reading when the lease was made.
+    origin: u64,
     lease: Duration,
     /// Nanoseconds since `origin` until which the tier is trusted; 0 while it is not.
     until: AtomicU64,
@@ -159,7 +165,7 @@ impl Lease {
     /// A lease of `lease`, not yet trusted.
     pub fn new(lease: Duration) -> Lease {
         Lease {
-            origin: Instant::now(),
+            origin: clock(),
             lease,
             until: AtomicU64::new(0),
             announced: AtomicBool::new(false),
@@ -169,7 +175,7 @@ impl Lease {
 
     /// Now, on this lease's clock, for a heartbeat's send time.
     pub fn now(&self) -> u64 {
-        u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        clock().saturating_sub(self.origin)
     }
 
     /// Whether the tier may be served now.
@@ -222,6 +228,21 @@ impl Lease {
     }
 }
 
+/// Nanoseconds on the clock leases are measured with: since boot, suspended time included.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub fn clock() -> u64 {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+    let seconds = u64::try_from(now.tv_sec).unwrap_or(0);
+    seconds.saturating_mul(1_000_000_000).saturating_add(u64::try_from(now.tv_nsec).unwrap_or(0))
+}
+
+/// Nanoseconds on the clock leases are measured with: `Instant`'s, from the first reading.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+pub fn clock() -> u64 {
+    static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    u64::try_from(ORIGIN.get_or_init(std::time::Instant::now).elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,6 +292,21 @@ mod tests {
         assert!(!seen.note(u64::MAX, 1));
         assert!(seen.note(u64::MAX, 2));
         assert!(!seen.note(0, 2), "forgotten: the next number is a first heard after 1");
+    }
+
+    /// The kernel's own count of time since boot, suspended time included (`/proc/uptime`, to
+    /// the hundredth of a second) is the lease's clock: a sleep of the machine ends leases.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn leases_are_measured_on_the_clock_that_counts_suspended_time() {
+        let uptime = || {
+            let text = std::fs::read_to_string("/proc/uptime").expect("/proc/uptime");
+            let seconds: f64 = text.split_whitespace().next().and_then(|s| s.parse().ok()).expect("a number");
+            (seconds * 1e9) as u64
+        };
+        let (before, ours, after) = (uptime(), clock(), uptime());
+        let tolerance = 20_000_000; // the file's resolution, 10 ms, and some
+        assert!(ours + tolerance >= before && ours <= after + tolerance, "{before} <= {ours} <= {after}");
     }
 
     #[test]
