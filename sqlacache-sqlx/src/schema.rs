@@ -188,7 +188,7 @@ impl Schema {
     /// them. Judged by reading the catalog again (through `pool`), whatever schema the change
     /// named. A catalog that cannot be read counts as a change.
     pub async fn cached_tables_changed(&self, pool: &PgPool) -> bool {
-        let Ok(fresh) = Catalog::load(pool, 0).await else { return true };
+        let Ok(fresh) = Catalog::load_tables(pool).await else { return true };
         let old = self.catalog();
         let config = self.config();
         let signature = |catalog: &Catalog| {
@@ -226,7 +226,7 @@ impl Schema {
     /// (created anew since).
     pub async fn reinstall_feed(&self, pool: &PgPool) {
         let result = async {
-            let catalog = Catalog::load(pool, 0).await?;
+            let catalog = Catalog::load_tables(pool).await?;
             let oids = configured(&self.config(), &catalog);
             let tables = fed_tables(&catalog, &oids);
             let lacking = missing(pool, &tables).await?;
