@@ -85,12 +85,14 @@ impl Feed {
         // a busy pool would hold every notification behind it, heartbeats included.
         self.tasks.spawn(listen(parts.clone(), own(), own(), self.channel.silence()));
         let beats_pool = own();
+        let every = self.channel.every();
         // The feed and the schema are held only while a heartbeat is made, not while it is sent.
-        let beats = heartbeats(self.channel.every(), move || {
+        // One that hangs (a stuck connection) is given up after five periods: it holds no state.
+        let beats = heartbeats(every, move || {
             let Held { feed, schema, .. } = parts.upgrade()?;
             let beat = feed.beat(&beats_pool, schema.fed_oids());
             Some(async move {
-                if let Err(error) = beat.await {
+                if let Ok(Err(error)) = tokio::time::timeout(every * 5, beat).await {
                     tracing::debug!(target: "sqlacache", %error, "a change-feed heartbeat failed");
                 }
             })
@@ -130,12 +132,12 @@ impl Feed {
     /// Sends one heartbeat through `pool`, if every table of `fed` (oids) still has the feed's
     /// triggers, enabled: a feed removed or disabled (by `remove_all`, `DROP TRIGGER`,
     /// `ALTER TABLE .. DISABLE TRIGGER`) then ends the lease instead of being trusted. Returns
-    /// its send time.
+    /// its send time, or `None` when it was not sent.
     fn beat(
         &self,
         pool: &PgPool,
         fed: Vec<i64>,
-    ) -> impl std::future::Future<Output = Result<u64, sqlx::Error>> + Send + 'static {
+    ) -> impl std::future::Future<Output = Result<Option<u64>, sqlx::Error>> + Send + 'static {
         const BEAT: &str = "SELECT pg_catalog.pg_notify($1, $2) \
             WHERE (SELECT count(*) FROM pg_catalog.pg_trigger \
                     WHERE tgrelid = ANY($3::int8[]::pg_catalog.oid[]) AND tgenabled <> 'D' \
@@ -148,8 +150,9 @@ impl Feed {
             let done = sqlx::query(BEAT).bind(CHANNEL).bind(payload).bind(fed).execute(&pool).await?;
             if done.rows_affected() == 0 {
                 tracing::debug!(target: "sqlacache", "a table this pool reads lost the change feed's triggers: no heartbeat");
+                return Ok(None);
             }
-            Ok(sent)
+            Ok(Some(sent))
         }
     }
 
@@ -157,7 +160,11 @@ impl Feed {
     /// has come back (for tests).
     #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
     pub async fn sync(&self, pool: &PgPool, fed: Vec<i64>) -> Result<(), sqlx::Error> {
-        let sent = self.beat(pool, fed).await?;
+        let Some(sent) = self.beat(pool, fed.clone()).await? else {
+            return Err(sqlx::Error::Protocol(format!(
+                "no heartbeat was sent: a table this pool reads lacks the change feed's triggers (oids {fed:?})"
+            )));
+        };
         // Bounded: a listener that never hears it again is an error, not a hang. Generous: on
         // a machine loaded far past its cores, a listener has been seen to take over 30 s.
         let within = (self.channel.lease() * 20).max(Duration::from_secs(120));
