@@ -94,26 +94,34 @@ impl Engine {
         &self.tiers.local.store
     }
 
-    /// The plan of `sql`: memoized ([`Planner::memoized`]) or made ([`Planner::plan_slow`]).
+    /// The plan of `sql`: memoized ([`Planner::memoized`]) or made ([`Engine::plan_slow`]).
     pub async fn plan(&self, sql: &str, may_reload: bool) -> Result<Arc<Plan>, sqlx::Error> {
         match self.planner.memoized(&self.schema, sql) {
             Some(plan) => Ok(plan),
-            None => Box::pin(self.planner.plan_slow(&self.schema, self.stats(), sql, may_reload)).await,
+            None => self.plan_slow(sql, may_reload).await,
         }
     }
 
-    /// Whether reads into a row type with this model may be cached as far as its model goes
-    /// (see [`Registry::admit`]).
+    /// Makes the plan of `sql` (see [`Planner::plan_slow`]); boxed, so the planner's large
+    /// future is no part of a read's.
+    pub async fn plan_slow(&self, sql: &str, may_reload: bool) -> Result<Arc<Plan>, sqlx::Error> {
+        Box::pin(self.planner.plan_slow(&self.schema, self.stats(), sql, may_reload)).await
+    }
+
+    /// Whether reads into a row type with this model may be cached as far as its model goes:
+    /// known ([`Registry::known`]), or decided by registering it ([`Engine::register`]).
     pub async fn admit(&self, model: Option<ModelOf>) -> Result<(), Uncached> {
         match self.models.known(model) {
-            Some(verdict) => verdict,
-            None => Box::pin(self.register(model)).await,
+            Ok(verdict) => verdict,
+            Err(unknown) => self.register(unknown).await,
         }
     }
 
-    async fn register(&self, model: Option<ModelOf>) -> Result<(), Uncached> {
+    /// Registers a model first used without `.model::<T>()` (see [`Registry::register`]);
+    /// boxed, as [`Engine::plan_slow`].
+    pub async fn register(&self, model: ModelOf) -> Result<(), Uncached> {
         let installs_feed = self.feed.as_ref().is_some_and(|feed| feed.installs());
-        self.models.admit(model, Parts { schema: &self.schema, tiers: &self.tiers, installs_feed }).await
+        Box::pin(self.models.register(model, Parts { schema: &self.schema, tiers: &self.tiers, installs_feed })).await
     }
 
     /// Applies an invalidation (see [`Tiers::apply`]).

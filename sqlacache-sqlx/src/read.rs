@@ -36,12 +36,12 @@ pub(crate) async fn get<T: Cacheable>(engine: &Engine, key: T::Key) -> Result<Op
     // Before planning: a model used for the first time changes its table's settings.
     // (Both looked up in place: on a hit, neither needs a future of its own.)
     let admitted = match engine.models.known(ModelOf::of::<T>()) {
-        Some(verdict) => verdict,
-        None => engine.admit(ModelOf::of::<T>()).await,
+        Ok(verdict) => verdict,
+        Err(unknown) => engine.register(unknown).await,
     };
     let plan = match engine.planner.memoized(&engine.schema, model.get_sql) {
         Some(plan) => plan,
-        None => engine.plan(model.get_sql, true).await?,
+        None => engine.plan_slow(model.get_sql, true).await?,
     };
     // Built in place: a key builder is large, and a hit should not copy it around.
     let mut key_hash = KeyBuilder::new(T::fingerprint());

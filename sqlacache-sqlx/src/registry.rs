@@ -65,26 +65,12 @@ impl Registry {
         models
     }
 
-    /// Whether reads into this model may be cached as far as its model goes. A model's
-    /// settings apply from its first use: one that was not given to `.model::<T>()` is checked
-    /// and registered then (see [`Registry::register`]).
-    pub async fn admit(&self, model: Option<ModelOf>, parts: Parts<'_>) -> Result<(), Uncached> {
-        let Some(ModelOf { fingerprint, model, type_name }) = model else { return Ok(()) };
-        match self.verdict(fingerprint) {
-            Some(true) => Ok(()),
-            Some(false) => Err(Uncached::BadModel),
-            None => Box::pin(self.register(fingerprint, model, type_name, parts)).await,
-        }
-    }
-
     /// Applies the settings of a model first used without `.model::<T>()`: checks them as
     /// `build()` does, adds them, drops what is cached of the table (it may have been cached
     /// under other settings), and plans again. A model that does not check out is never cached.
-    async fn register(
+    pub async fn register(
         &self,
-        fingerprint: u64,
-        model: Model,
-        type_name: &'static str,
+        ModelOf { fingerprint, model, type_name }: ModelOf,
         Parts { schema, tiers, installs_feed }: Parts<'_>,
     ) -> Result<(), Uncached> {
         let _one_at_a_time = self.registering.lock().await;
@@ -128,12 +114,16 @@ impl Registry {
         reloaded.map_err(|_| Uncached::BadModel)
     }
 
-    /// The verdict on a model already known (always `Ok` without a model); `None` when it must
-    /// be registered first.
+    /// The verdict on a model already known (always `Ok` without a model), or the model to
+    /// [`register`](Registry::register) first.
     #[inline]
-    pub fn known(&self, model: Option<ModelOf>) -> Option<Result<(), Uncached>> {
-        let Some(model) = model else { return Some(Ok(())) };
-        Some(if self.verdict(model.fingerprint)? { Ok(()) } else { Err(Uncached::BadModel) })
+    pub fn known(&self, model: Option<ModelOf>) -> Result<Result<(), Uncached>, ModelOf> {
+        let Some(model) = model else { return Ok(Ok(())) };
+        match self.verdict(model.fingerprint) {
+            Some(true) => Ok(Ok(())),
+            Some(false) => Ok(Err(Uncached::BadModel)),
+            None => Err(model),
+        }
     }
 
     fn verdict(&self, fingerprint: u64) -> Option<bool> {

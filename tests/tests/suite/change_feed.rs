@@ -37,6 +37,17 @@ async fn fed_on(pool: &sqlx::PgPool, lease: Duration) -> CachedPool {
         .expect("build a pool with the change feed")
 }
 
+/// A pool of one connection with the change feed, warm, and that connection taken by the
+/// application (in a transaction it holds until the last item is dropped).
+async fn busy_fed_pool(lease: Duration) -> (TestDb, CachedPool, sqlx::Transaction<'static, sqlx::Postgres>) {
+    let db = TestDb::in_own_database(COUNTERS).await;
+    let one = db.pool_with(1, db.options()).await;
+    let cache = fed_on(&one, lease).await;
+    warm(&cache).await;
+    let busy = one.begin().await.unwrap();
+    (db, cache, busy)
+}
+
 async fn value(cache: &CachedPool, id: i32) -> i64 {
     cache.get::<Counter>(id).await.unwrap().expect("the row exists").v
 }
@@ -640,12 +651,8 @@ async fn schema_changes_in_schemas_that_do_not_matter_leave_the_cache_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_whose_connections_are_all_busy_still_hears_the_feed() {
-    let db = TestDb::in_own_database(COUNTERS).await;
-    let one = db.pool_with(1, db.options()).await;
-    let cache = fed_on(&one, SHORT_LEASE).await;
-    warm(&cache).await;
     // The application holds the pool's only connection for several leases.
-    let busy = one.begin().await.unwrap();
+    let (_db, cache, busy) = busy_fed_pool(SHORT_LEASE).await;
     let start = Instant::now();
     while start.elapsed() < SHORT_LEASE * 4 {
         let before = hits(&cache);
@@ -659,12 +666,8 @@ async fn a_pool_whose_connections_are_all_busy_still_hears_the_feed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_feed_is_installed_again_on_its_own_connection_while_the_pool_is_busy() {
-    let db = TestDb::in_own_database(COUNTERS).await;
-    let one = db.pool_with(1, db.options()).await;
-    let cache = fed_on(&one, LEASE).await;
-    warm(&cache).await;
     // The application holds the pool's only connection while the table is made anew elsewhere.
-    let busy = one.begin().await.unwrap();
+    let (db, _cache, busy) = busy_fed_pool(LEASE).await;
     sqlx::raw_sql("DROP TABLE counters; CREATE TABLE counters (id int PRIMARY KEY, v bigint NOT NULL)")
         .execute(&db.pool)
         .await
