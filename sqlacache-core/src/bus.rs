@@ -40,21 +40,31 @@ pub struct Message {
 pub enum Body {
     /// These tags were invalidated.
     Invalidate(Vec<Tag>),
+    /// These tags were invalidated by a strict write: every member that hears it acknowledges
+    /// it (with [`Body::Ack`], on the publisher's own channel) once it has applied it.
+    Acked(Vec<Tag>),
+    /// The sender applied the publisher's message with this number (sent on the publisher's
+    /// acknowledgement channel, numbered 0: acknowledgements are not counted for gaps).
+    Ack(u64),
     /// The publisher is alive; sent at the publisher's `sent` (nanoseconds on its own clock),
     /// so that it can tell, when it receives its own heartbeat, when the bus last carried it.
     Heartbeat(u64),
 }
 
 impl Message {
-    /// The text form: `<publisher hex> <seq> i <tags>` or `<publisher hex> <seq> h <sent>`.
+    /// The text form: `<publisher hex> <seq>` and then `i <tags>` (`s <tags>` when acknowledged),
+    /// `h <sent>` or `k <seq acknowledged>`.
     pub fn encode(&self) -> String {
         let mut out = format!("{:x} {} ", self.publisher, self.seq);
         match &self.body {
             Body::Heartbeat(sent) => {
                 let _ = write!(out, "h {sent}");
             }
-            Body::Invalidate(tags) => {
-                out.push('i');
+            Body::Ack(seq) => {
+                let _ = write!(out, "k {seq}");
+            }
+            Body::Invalidate(tags) | Body::Acked(tags) => {
+                out.push(if matches!(self.body, Body::Acked(_)) { 's' } else { 'i' });
                 for tag in tags {
                     let _ = match tag {
                         Tag::All => write!(out, " a"),
@@ -73,15 +83,17 @@ impl Message {
         let mut words = text.split(' ');
         let publisher = u64::from_str_radix(words.next()?, 16).ok()?;
         let seq = words.next()?.parse().ok()?;
-        let body = match words.next()? {
-            "h" => {
-                let sent = words.next()?.parse().ok()?;
-                if words.next().is_some() {
-                    return None;
-                }
-                Body::Heartbeat(sent)
-            }
-            "i" => Body::Invalidate(words.map(decode_tag).collect::<Option<Vec<_>>>()?),
+        let kind = words.next()?;
+        let tags = |words: std::str::Split<'_, char>| words.map(decode_tag).collect::<Option<Vec<_>>>();
+        let number = |mut words: std::str::Split<'_, char>| -> Option<u64> {
+            let number = words.next()?.parse().ok()?;
+            words.next().is_none().then_some(number)
+        };
+        let body = match kind {
+            "h" => Body::Heartbeat(number(words)?),
+            "k" => Body::Ack(number(words)?),
+            "i" => Body::Invalidate(tags(words)?),
+            "s" => Body::Acked(tags(words)?),
             _ => return None,
         };
         Some(Message { publisher, seq, body })
@@ -117,13 +129,42 @@ impl Sequences {
             self.last.insert(publisher, seq);
             return false;
         }
-        match self.last.insert(publisher, seq) {
+        match self.last.get_mut(&publisher) {
             // First heard: only its first message proves nothing was missed. Anything it sent
             // before may have been sent after this process started listening (and lost), so a
             // later first number counts as a gap: a process that starts among running ones, or
             // reconnects, drops its tier once per publisher (it holds little by then).
-            None => seq == 1,
-            Some(last) => seq == last + 1,
+            None => {
+                self.last.insert(publisher, seq);
+                seq == 1
+            }
+            // A number already passed is a message sent again (a publisher tries a message
+            // whose outcome it does not know again, with its number): nothing new is missing.
+            Some(last) if seq <= *last => true,
+            Some(last) => std::mem::replace(last, seq) + 1 == seq,
+        }
+    }
+
+    /// Notes a heartbeat, which carries the number of its publisher's last invalidation that
+    /// had reached the server before it was sent; returns `false` when this process has not
+    /// heard that one (a gap), or the bookkeeping had to start over.
+    pub fn note_heartbeat(&mut self, publisher: u64, seq: u64) -> bool {
+        if self.last.len() >= MAX_PUBLISHERS && !self.last.contains_key(&publisher) {
+            self.last.clear();
+            self.last.insert(publisher, seq);
+            return false;
+        }
+        match self.last.get_mut(&publisher) {
+            // First heard: as for an invalidation, only "nothing sent yet" proves nothing missed.
+            None => {
+                self.last.insert(publisher, seq);
+                seq == 0
+            }
+            Some(last) if seq <= *last => true,
+            Some(last) => {
+                *last = seq;
+                false
+            }
         }
     }
 
@@ -257,6 +298,8 @@ mod tests {
                 body: Body::Invalidate(vec![Tag::All, Tag::Table(5), Tag::Rows(u32::MAX), Tag::Row(u128::MAX)]),
             },
             Message { publisher: 0, seq: 0, body: Body::Invalidate(vec![]) },
+            Message { publisher: 3, seq: 4, body: Body::Acked(vec![Tag::Table(1), Tag::All]) },
+            Message { publisher: 9, seq: 0, body: Body::Ack(u64::MAX) },
         ];
         for message in messages {
             assert_eq!(Message::decode(&message.encode()), Some(message));
@@ -265,9 +308,22 @@ mod tests {
 
     #[test]
     fn malformed_messages_are_refused() {
-        for text in
-            ["", "x 1 h 2", "1 y h 2", "1 2 q", "1 2 h", "1 2 h 3 4", "1 2 i t", "1 2 i ax", "1 2 i z1", "1 2 i w-1"]
-        {
+        for text in [
+            "",
+            "x 1 h 2",
+            "1 y h 2",
+            "1 2 q",
+            "1 2 h",
+            "1 2 h 3 4",
+            "1 2 i t",
+            "1 2 i ax",
+            "1 2 i z1",
+            "1 2 i w-1",
+            "1 0 k",
+            "1 0 k x",
+            "1 0 k 1 2",
+            "1 2 s t",
+        ] {
             assert_eq!(Message::decode(text), None, "{text:?}");
         }
     }
@@ -280,7 +336,22 @@ mod tests {
         assert!(seen.note(2, 1), "a publisher's first message");
         assert!(!seen.note(1, 8), "7 is missing");
         assert!(seen.note(1, 9));
-        assert!(!seen.note(2, 1), "a repeat is not the next number either");
+        assert!(seen.note(2, 1), "a message sent again is no gap");
+        assert!(seen.note(1, 7), "one sent again late, after a gap was seen");
+        assert!(seen.note(1, 10));
+        assert_eq!(seen.last(1), Some(10), "a repeat does not move the count back");
+    }
+
+    #[test]
+    fn a_heartbeat_reveals_an_invalidation_not_heard() {
+        let mut seen = Sequences::default();
+        assert!(seen.note_heartbeat(1, 0), "nothing sent yet");
+        assert!(seen.note(1, 1));
+        assert!(seen.note_heartbeat(1, 1));
+        assert!(seen.note_heartbeat(1, 0), "an older heartbeat, overtaken");
+        assert!(!seen.note_heartbeat(1, 2), "invalidation 2 reached the server and not here");
+        assert!(seen.note(1, 3), "the gap was counted once");
+        assert!(!seen.note_heartbeat(2, 4), "first heard after it had sent invalidations");
     }
 
     #[test]

@@ -53,6 +53,9 @@ pub struct StatsSnapshot {
     /// Times the in-process tier was dropped because invalidations may have been missed (a
     /// reconnect, a gap in a publisher's messages, a lease that ran out).
     pub tier_drops: u64,
+    /// Strict writes that returned at their deadline: a member did not acknowledge in time (it
+    /// was frozen, slow, partitioned or gone), or the bus does not know its members.
+    pub strict_deadlines: u64,
 }
 
 /// Every counter by name, and the reads not cached by reason (those with a count).
@@ -83,6 +86,7 @@ impl std::fmt::Debug for StatsSnapshot {
             .field("published", &self.published)
             .field("received", &self.received)
             .field("tier_drops", &self.tier_drops)
+            .field("strict_deadlines", &self.strict_deadlines)
             .finish()
     }
 }
@@ -267,6 +271,7 @@ macro_rules! counters {
 counters! {
     0: hit => hits,
     1: miss => misses,
+    2: strict_deadline => strict_deadlines,
     3: fill_rejected => fills_rejected,
     4: invalidation => invalidations,
     5: full_invalidation => full_invalidations,

@@ -168,6 +168,52 @@ pub trait Bus: Send + Sync {
 
     /// Waits until the bus is connected, or `timeout` passes; whether it is.
     fn wait_connected(&self, timeout: Duration) -> BoxFuture<'_, bool>;
+
+    /// Registers `member` as one that keeps an in-process tier, for `lease` from now on the
+    /// bus's clock, then publishes `message` (its heartbeat): a strict write published after
+    /// the heartbeat waits for this member. A bus without membership only publishes (its
+    /// strict writers then wait out the lease).
+    fn join_and_publish<'a>(
+        &'a self,
+        member: u64,
+        lease: Duration,
+        message: &'a str,
+    ) -> BoxFuture<'a, Result<(), TierError>> {
+        let _ = (member, lease);
+        self.publish(message)
+    }
+
+    /// As [`Bus::invalidate_and_publish`], and returns the members registered (by
+    /// [`Bus::join_and_publish`]) whose registration had not expired when the message was
+    /// published, in the same step: `None` when the bus does not know its members.
+    fn invalidate_and_publish_to_members<'a>(
+        &'a self,
+        tags: &'a [Tag],
+        message: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<u64>>, TierError>> {
+        Box::pin(async move { self.invalidate_and_publish(tags, message).await.map(|()| None) })
+    }
+
+    /// Sends `message` (an acknowledgement) to `member`'s own channel, which its
+    /// [`Bus::subscribe_as`] subscription hears. A bus without acknowledgements drops it.
+    fn acknowledge<'a>(&'a self, member: u64, message: &'a str) -> BoxFuture<'a, Result<(), TierError>> {
+        let _ = (member, message);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// The identity of the server this bus reaches (Redis's `run_id`), or `None` when it has
+    /// none to give: a process that sees a different one after a failure (a restart, a
+    /// failover) invalidates everything, since the server may have come back without
+    /// invalidations it had applied; `None` always counts as different.
+    fn instance(&self) -> BoxFuture<'_, Result<Option<String>, TierError>> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
+
+    /// As [`Bus::subscribe`], also hearing what is sent to `member`'s own channel.
+    fn subscribe_as(&self, member: u64) -> Result<Box<dyn Subscription>, TierError> {
+        let _ = member;
+        self.subscribe()
+    }
 }
 
 /// A shared tier: a store whose tickets are [`Epochs`], with the bus of the processes that

@@ -14,6 +14,7 @@ use crate::registry::Registry;
 use crate::remote::{RedisSettings, Remote};
 use crate::row::CachedRow;
 use crate::schema::{configured, Schema};
+use crate::strict::Consistency;
 use crate::tiers::Tiers;
 use sqlacache_core::analyze::TableName;
 use sqlacache_core::Ops;
@@ -53,6 +54,7 @@ pub struct CachedPoolBuilder {
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     redis: Option<RedisSettings>,
     lease: Duration,
+    consistency: Consistency,
     feed: FeedMode,
     #[cfg(feature = "test-hooks")]
     pub(crate) fill_hook: Option<crate::engine::FillHook>,
@@ -70,6 +72,7 @@ impl fmt::Debug for CachedPoolBuilder {
             .field("memory_capacity", &self.capacity)
             .field("redis", &self.redis.as_ref().map(|r| (&r.prefix, r.timeout)))
             .field("lease", &self.lease)
+            .field("consistency", &self.consistency)
             .field("feed", &self.feed)
             .finish()
     }
@@ -94,6 +97,7 @@ impl CachedPoolBuilder {
             capacity: 64 * 1024 * 1024,
             redis: None,
             lease: Duration::from_millis(500),
+            consistency: Consistency::Lease,
             feed: FeedMode::Off,
             #[cfg(feature = "test-hooks")]
             fill_hook: None,
@@ -197,6 +201,28 @@ impl CachedPoolBuilder {
         self
     }
 
+    /// What a write guarantees to the in-process tiers of other processes (with Redis);
+    /// default [`Consistency::Lease`]. With [`Consistency::Strict`], a write returns only once
+    /// every other process that keeps an in-process tier has dropped what it invalidates (and
+    /// acknowledged), or at most a lease later. Every process of a fleet acknowledges strict
+    /// writes, whatever its own mode.
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: sqlx::PgPool) -> Result<(), sqlacache_sqlx::Error> {
+    /// use sqlacache_sqlx::Consistency;
+    /// let cache = sqlacache_sqlx::CachedPool::builder(pool)
+    ///     .redis("redis://127.0.0.1:6379")
+    ///     .change_feed()
+    ///     .consistency(Consistency::Strict)
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn consistency(mut self, consistency: Consistency) -> Self {
+        self.consistency = consistency;
+        self
+    }
+
     /// Listens to a change feed in PostgreSQL, so that writes made outside this pool (other
     /// services, `psql`, migrations, `cache.inner()`) invalidate what they change, and installs
     /// it on the configured tables (those of `.table(..)` and `.model::<T>()`, with their
@@ -272,6 +298,8 @@ impl CachedPoolBuilder {
             prefix: "sqlacache".to_owned(),
             timeout: Duration::from_millis(100),
             lease,
+            strict: false,
+            fed: false,
         })
     }
 
@@ -318,6 +346,8 @@ impl CachedPoolBuilder {
         };
         if let Some(redis) = self.redis.as_mut() {
             redis.lease = self.lease;
+            redis.strict = self.consistency == Consistency::Strict;
+            redis.fed = feed.is_some();
         }
         let remote = connect_redis(self.redis.as_ref(), &self.pool, self.capacity).await?;
         let tiers = Tiers { local: Arc::new(local), remote };

@@ -64,12 +64,15 @@ mod remote;
 mod row;
 mod rowkey;
 mod schema;
+mod strict;
 mod tasks;
 #[cfg(feature = "test-hooks")]
 #[doc(hidden)]
 pub mod testing;
 mod tiers;
 mod transaction;
+#[cfg(feature = "redis")]
+mod undelivered;
 mod write;
 
 pub use builder::CachedPoolBuilder;
@@ -82,6 +85,7 @@ pub use query::{query_as, query_scalar, CachedMap, CachedQueryAs, CachedQuerySca
 pub use row::{CachedRow, Storable};
 pub use sqlacache_core::{Ops, StatsSnapshot, Uncached};
 pub use sqlacache_derive::{Cacheable, CachedRow};
+pub use strict::Consistency;
 pub use transaction::{CachedConnection, CachedTransaction};
 
 /// The README's Rust examples, compiled as doctests.

@@ -54,6 +54,11 @@ pub(crate) struct RedisSettings {
     pub prefix: String,
     pub timeout: std::time::Duration,
     pub lease: std::time::Duration,
+    /// Whether writes wait for the other processes (see [`crate::strict`]).
+    pub strict: bool,
+    /// Whether the pool has the change feed, which carries a strict write's invalidation to
+    /// every process when this one cannot reach Redis.
+    pub fed: bool,
 }
 
 #[cfg(feature = "redis")]
@@ -61,6 +66,8 @@ mod imp {
     use super::RedisSettings;
     use crate::channel::{heartbeats, Channel};
     use crate::local::{Local, Origin};
+    use crate::strict::{deadline, Acks};
+    use crate::undelivered::Undelivered;
     use sqlacache_core::bus::{Body, Message, Sequences};
     use sqlacache_core::key::Key;
     use sqlacache_core::redis::{Lookup, RedisError, RedisStore};
@@ -73,8 +80,12 @@ mod imp {
     /// The Redis tier of one pool.
     pub(crate) struct Remote {
         store: Arc<dyn SharedTier>,
-        /// Numbers every message this pool tries to publish.
+        /// Numbers every invalidation this pool tries to publish.
         seq: AtomicU64,
+        /// The highest number of an invalidation that reached Redis. Heartbeats carry it (a
+        /// lost heartbeat loses nothing, so it takes no number of its own): a process that
+        /// hears one without having heard that invalidation has missed it.
+        delivered: AtomicU64,
         /// The bus, with this pool's lease on it.
         channel: Channel,
         /// Whether the pool has an in-process tier whose trust the bus decides.
@@ -83,9 +94,15 @@ mod imp {
         open: AtomicBool,
         /// A read failed: reads skip Redis until the next heartbeat comes back.
         reads_off: AtomicBool,
-        /// An invalidation may not have reached Redis: everything there is invalidated before
-        /// the breaker closes.
-        undelivered: AtomicBool,
+        /// Invalidations that may not have reached Redis: delivered again before the breaker
+        /// closes.
+        undelivered: Undelivered,
+        /// The number of a delivery of [`Remote::undelivered`] that failed: the next one is
+        /// sent with it (a repeat, not a gap, for whoever heard the first).
+        redelivery: std::sync::Mutex<Option<u64>>,
+        /// The identity (run id) of the Redis server when it last answered: `None` until
+        /// asked, `Some(None)` where it has none to give.
+        instance: std::sync::Mutex<Option<Option<String>>>,
         /// When (on the lease's clock) Redis first answered again after a failure; 0 if it has
         /// not yet.
         answering_since: AtomicU64,
@@ -101,6 +118,18 @@ mod imp {
         tasks: crate::tasks::Tasks,
         /// The last message number heard from each publisher (written by the listener only).
         seen: std::sync::Mutex<Sequences>,
+        /// Whether this pool's writes wait for the other processes' acknowledgements.
+        strict: bool,
+        /// Whether the change feed carries this pool's writes too (see [`Pending::publish`]).
+        fed: bool,
+        /// The writes of this pool waiting for acknowledgements.
+        acks: Acks,
+        /// Whether the subscription has heard an own heartbeat since it was (re)made: only then
+        /// does a heartbeat register this pool as a member that acknowledges.
+        listening: AtomicBool,
+        /// The send time of the last heartbeat that did not register this pool: one heard back
+        /// gives no trust (a strict writer might not have waited for this pool).
+        unregistered: AtomicU64,
     }
 
     impl Remote {
@@ -116,6 +145,7 @@ mod imp {
             Remote {
                 store,
                 seq: AtomicU64::new(0),
+                delivered: AtomicU64::new(0),
                 channel: Channel::new(
                     settings.lease,
                     "the invalidation channel is heard again; the in-process tier was dropped and serves again",
@@ -123,7 +153,9 @@ mod imp {
                 two_tiers,
                 open: AtomicBool::new(false),
                 reads_off: AtomicBool::new(false),
-                undelivered: AtomicBool::new(false),
+                undelivered: Undelivered::default(),
+                redelivery: std::sync::Mutex::new(None),
+                instance: std::sync::Mutex::new(None),
                 answering_since: AtomicU64::new(0),
                 settle: settling_time(settings),
                 opened_at: AtomicU64::new(0),
@@ -131,6 +163,11 @@ mod imp {
                 retry_every: settings.timeout.clamp(Duration::from_millis(5), Duration::from_millis(50)),
                 tasks: crate::tasks::Tasks::default(),
                 seen: std::sync::Mutex::default(),
+                strict: settings.strict,
+                fed: settings.fed,
+                acks: Acks::default(),
+                listening: AtomicBool::new(false),
+                unregistered: AtomicU64::new(0),
             }
         }
 
@@ -143,8 +180,9 @@ mod imp {
         /// pool's in-process tier, fresh. The tasks end when this is dropped.
         pub fn start(self: &Arc<Self>, local: &Arc<Local>) -> Result<(), TierError> {
             let (remote, local) = (Arc::downgrade(self), Arc::downgrade(local));
-            if self.two_tiers {
-                let subscription = self.store.subscribe()?;
+            // A strict writer hears acknowledgements on its subscription.
+            if self.two_tiers || self.strict {
+                let subscription = self.store.subscribe_as(self.channel.publisher())?;
                 self.tasks.spawn(listen(remote.clone(), local.clone(), subscription));
             }
             // The tier is held only between round trips: a pool dropped meanwhile is not kept
@@ -239,19 +277,19 @@ mod imp {
         /// wait a timeout for each.
         pub async fn invalidate_shared(&self, tags: &[Tag], stats: &Stats) {
             if !self.usable() {
-                self.undelivered.store(true, Ordering::Release);
+                self.undelivered.add(tags);
                 return;
             }
             if let Err(error) = self.store.invalidate(tags).await {
-                self.undelivered.store(true, Ordering::Release);
+                self.undelivered.add(tags);
                 self.failed(&error, stats);
             }
         }
 
         /// An invalidation to publish; if it is dropped before it is delivered, it counts as
         /// not delivered (and is widened when Redis answers).
-        pub fn pending(self: &Arc<Self>) -> Pending {
-            Pending(self.clone(), false)
+        pub fn pending(self: &Arc<Self>, tags: Vec<Tag>) -> Pending {
+            Pending { remote: self.clone(), tags, done: false }
         }
 
         fn seen(&self) -> std::sync::MutexGuard<'_, Sequences> {
@@ -271,9 +309,36 @@ mod imp {
             self.seen().last(publisher).unwrap_or(0)
         }
 
-        fn message(&self, body: Body) -> String {
+        /// The next message, with its number.
+        fn numbered(&self, body: Body) -> (u64, String) {
             let seq = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
-            Message { publisher: self.channel.publisher(), seq, body }.encode()
+            (seq, Message { publisher: self.channel.publisher(), seq, body }.encode())
+        }
+
+        /// Deletes `tags` in Redis and publishes `message` (number `seq`); when strict, then
+        /// waits until every other member acknowledged it, or its deadline.
+        async fn deliver(&self, tags: &[Tag], (seq, message): &(u64, String), stats: &Stats) -> Result<(), TierError> {
+            if !self.strict {
+                return self.store.invalidate_and_publish(tags, message).await;
+            }
+            // Before it is sent: an acknowledgement may come before the answer.
+            let expected = self.acks.expect(*seq);
+            let members = self.store.invalidate_and_publish_to_members(tags, message).await?;
+            let by = deadline(tokio::time::Instant::now(), self.channel.lease());
+            let all = match members {
+                Some(mut members) => {
+                    members.retain(|member| *member != self.channel.publisher());
+                    expected.all(&members, by).await
+                }
+                None => {
+                    tokio::time::sleep_until(by).await;
+                    false
+                }
+            };
+            if !all {
+                stats.strict_deadline();
+            }
+            Ok(())
         }
 
         /// A read failed: its outcome cannot make a value stale (see the module), so only skip
@@ -309,37 +374,66 @@ mod imp {
             };
             let open = self.open.load(Ordering::Acquire);
             let first_answer = open && self.answering_since.load(Ordering::Acquire) == 0;
-            let undelivered = self.undelivered.swap(false, Ordering::AcqRel);
-            if first_answer || undelivered {
-                // Widen: whatever this process could not deliver while Redis failed, nothing
-                // stored before now is served again.
-                let message = self.message(Body::Invalidate(vec![Tag::All]));
-                if let Err(error) = self.store.invalidate_and_publish(&[Tag::All], &message).await {
-                    self.undelivered.store(true, Ordering::Release);
-                    failed(&error);
-                    return;
-                }
+            let unasked = self.instance.lock().unwrap_or_else(|e| e.into_inner()).is_none();
+            if first_answer || unasked {
+                let instance = match self.store.instance().await {
+                    Ok(instance) => instance,
+                    Err(error) => return failed(&error),
+                };
+                let known = self.instance.lock().unwrap_or_else(|e| e.into_inner()).replace(instance.clone());
                 if first_answer {
+                    // A server restarted from a snapshot, or a replica promoted in its place,
+                    // may have come back without invalidations it had applied: then nothing
+                    // stored before is trusted. The same server lost nothing: only what this
+                    // process could not deliver is delivered again, and the other processes
+                    // keep what they hold.
+                    if !matches!((known, instance), (Some(Some(was)), Some(is)) if was == is) {
+                        self.undelivered.add(&[Tag::All]);
+                    }
                     self.answering_since.store(self.channel.now().max(1), Ordering::Release);
                 }
             }
-            let message = self.message(Body::Heartbeat(self.channel.now()));
-            if let Err(error) = self.store.publish(&message).await {
+            if let Some(tags) = self.undelivered.take() {
+                // Whatever this process could not deliver while Redis failed is delivered now.
+                let again = self.redelivery.lock().unwrap_or_else(|e| e.into_inner()).take();
+                let seq = again.unwrap_or_else(|| self.seq.fetch_add(1, Ordering::AcqRel) + 1);
+                let body = Body::Invalidate(tags.clone());
+                let message = Message { publisher: self.channel.publisher(), seq, body }.encode();
+                if let Err(error) = self.store.invalidate_and_publish(&tags, &message).await {
+                    self.undelivered.add(&tags);
+                    *self.redelivery.lock().unwrap_or_else(|e| e.into_inner()) = Some(seq);
+                    return failed(&error);
+                }
+                self.delivered.fetch_max(seq, Ordering::AcqRel);
+            }
+            let sent = self.channel.now();
+            let seq = self.delivered.load(Ordering::Acquire);
+            let message = Message { publisher: self.channel.publisher(), seq, body: Body::Heartbeat(sent) }.encode();
+            // A pool with an in-process tier registers as a member that acknowledges strict
+            // writes, once its subscription hears it (until then it would only make writers
+            // wait); a heartbeat that did not register it gives no trust when heard back.
+            let result = if self.two_tiers && self.listening.load(Ordering::Acquire) {
+                self.store.join_and_publish(self.channel.publisher(), self.channel.lease() * 2, &message).await
+            } else {
+                self.unregistered.fetch_max(sent, Ordering::AcqRel);
+                self.store.publish(&message).await
+            };
+            if let Err(error) = result {
                 failed(&error);
                 return;
             }
             self.reads_off.store(false, Ordering::Release);
             let since = self.answering_since.load(Ordering::Acquire);
             let settled = since != 0 && self.channel.now().saturating_sub(since) >= nanos(self.settle);
-            // (An invalidation skipped or failed since this beat widened is widened by the next
-            // one, before the breaker closes.)
-            if open && settled && !self.undelivered.load(Ordering::Acquire) {
+            // (An invalidation skipped or failed since this beat delivered is delivered by the
+            // next one, before the breaker closes.)
+            if open && settled && self.undelivered.is_empty() {
                 let Some(local) = local.upgrade() else { return };
                 // The others have had time to reconnect and deliver what they could not.
                 local.drop_all("Redis answers again after it failed");
                 self.answering_since.store(0, Ordering::Release);
                 self.open.store(false, Ordering::Release);
-                tracing::info!(target: "sqlacache", "Redis answers again; what it held before was invalidated");
+                tracing::info!(target: "sqlacache", "Redis answers again; what this process could not deliver was delivered");
             }
         }
 
@@ -350,8 +444,17 @@ mod imp {
                 self.channel.lose_logged();
                 return;
             };
+            if let Body::Ack(seq) = message.body {
+                // On this pool's own channel: `publisher` is the member acknowledging.
+                self.acks.heard(message.publisher, seq);
+                return;
+            }
             if message.publisher == self.channel.publisher() {
                 if let Body::Heartbeat(sent) = message.body {
+                    self.listening.store(true, Ordering::Release);
+                    if sent <= self.unregistered.load(Ordering::Acquire) {
+                        return;
+                    }
                     if let Some(first) = self.channel.must_drop() {
                         // Trust lapsed or messages may be missing: drop before trusting again.
                         local.drop_before_trust(
@@ -366,19 +469,44 @@ mod imp {
             }
             // Under the lock, so that whoever learns this message was heard finds it applied.
             let mut seen = self.seen();
-            if !seen.note(message.publisher, message.seq) {
+            let heard = match message.body {
+                Body::Heartbeat(_) => seen.note_heartbeat(message.publisher, message.seq),
+                _ => seen.note(message.publisher, message.seq),
+            };
+            if !heard {
                 tracing::debug!(target: "sqlacache", publisher = message.publisher, "a gap in a publisher's messages");
                 self.channel.lose_quietly();
             }
-            if let Body::Invalidate(tags) = message.body {
-                local.invalidate(&tags, Origin::Peer);
+            match message.body {
+                Body::Invalidate(tags) => local.invalidate(&tags, Origin::Peer),
+                Body::Acked(tags) => {
+                    local.invalidate(&tags, Origin::Peer);
+                    self.acknowledge(message.publisher, message.seq);
+                }
+                _ => {}
             }
             drop(seen);
+        }
+
+        /// Tells `publisher` that its message `seq` was applied here, off the listener's path. A
+        /// lost acknowledgement costs the writer its deadline, nothing else.
+        fn acknowledge(&self, publisher: u64, seq: u64) {
+            let ack = Message { publisher: self.channel.publisher(), seq: 0, body: Body::Ack(seq) }.encode();
+            let store = self.store.clone();
+            tokio::spawn(async move {
+                if let Err(error) = store.acknowledge(publisher, &ack).await {
+                    tracing::debug!(target: "sqlacache", %error, "an acknowledgement failed");
+                }
+            });
         }
     }
 
     /// An invalidation on its way to Redis; see [`Remote::pending`].
-    pub(crate) struct Pending(Arc<Remote>, bool);
+    pub(crate) struct Pending {
+        remote: Arc<Remote>,
+        tags: Vec<Tag>,
+        done: bool,
+    }
 
     impl Pending {
         /// Deletes `tags` in Redis and tells the other processes, before the write returns. An
@@ -390,19 +518,28 @@ mod imp {
         /// shorter than that delays the write, never its invalidation; during a longer outage,
         /// writes return at once (and the other processes, if they reach Redis, may serve old
         /// values until this one reconnects and widens what it could not deliver).
-        pub async fn publish(mut self, tags: &[Tag], stats: &Stats) {
-            let remote = &self.0;
-            let mut message = remote.message(Body::Invalidate(tags.to_vec()));
+        ///
+        /// In strict mode the write also waits for the other processes (see [`crate::strict`]).
+        /// If it could not reach Redis at all and the pool has the change feed, it waits a lease
+        /// after its commit instead: every process hears the commit on the feed, and applies it
+        /// or stops trusting its tiers within a lease.
+        pub async fn publish(mut self, stats: &Stats) {
+            let (remote, tags) = (&self.remote, &self.tags[..]);
+            // After the commit.
+            let committed = tokio::time::Instant::now();
+            let body = || if remote.strict { Body::Acked(tags.to_vec()) } else { Body::Invalidate(tags.to_vec()) };
+            let message = remote.numbered(body());
             // Whether the other processes were told on the bus alone.
             let mut told = false;
             loop {
-                match remote.store.invalidate_and_publish(tags, &message).await {
+                match remote.deliver(tags, &message, stats).await {
                     Ok(()) => {
                         stats.publish();
-                        break;
+                        remote.delivered.fetch_max(message.0, Ordering::AcqRel);
+                        self.done = true;
+                        return;
                     }
                     Err(error) => {
-                        remote.undelivered.store(true, Ordering::Release);
                         remote.failed(&error, stats);
                         if !told {
                             // The bus may still work where the tags do not (a cluster node that
@@ -410,8 +547,9 @@ mod imp {
                             // now, instead of serving them until this process can widen. A
                             // process that does not hear this either does not hear its own
                             // heartbeats, and stops trusting its tier within the lease.
-                            let alone = remote.message(Body::Invalidate(tags.to_vec()));
-                            told = remote.store.publish(&alone).await.is_ok();
+                            // (With the same number: the others take the full delivery that
+                            // follows for a repeat.)
+                            told = remote.store.publish(&message.1).await.is_ok();
                         }
                     }
                 }
@@ -419,18 +557,22 @@ mod imp {
                 if since >= nanos(remote.retry_for) {
                     break;
                 }
+                // Sent again with its number: the others take a repeat for what it is.
                 tokio::time::sleep(remote.retry_every).await;
-                // A new number: the first try may have been delivered after all.
-                message = remote.message(Body::Invalidate(tags.to_vec()));
             }
-            self.1 = true;
+            // Given up: delivered again when Redis answers (see the module).
+            remote.undelivered.add(tags);
+            self.done = true;
+            if remote.strict && remote.fed {
+                tokio::time::sleep_until(deadline(committed, remote.channel.lease())).await;
+            }
         }
     }
 
     impl Drop for Pending {
         fn drop(&mut self) {
-            if !self.1 {
-                self.0.undelivered.store(true, Ordering::Release);
+            if !self.done {
+                self.remote.undelivered.add(&self.tags);
             }
         }
     }
@@ -446,6 +588,7 @@ mod imp {
             match event {
                 Ok(Event::Message(text)) => remote.heard(&local, &text),
                 Ok(Event::Lost) => {
+                    remote.listening.store(false, Ordering::Release);
                     let line = "the invalidation channel reconnected; the in-process tier will be dropped";
                     remote.channel.lose(line, "the connection of the subscription was made again");
                     remote.seen().clear();
@@ -455,6 +598,7 @@ mod imp {
                         "the invalidation channel is silent; reconnecting it",
                         "nothing heard within four leases",
                     );
+                    remote.listening.store(false, Ordering::Release);
                     drop((remote, local));
                     subscription.reconnect().await;
                 }

@@ -78,10 +78,10 @@ impl Tiers {
 #[cfg(feature = "redis")]
 fn publish(remote: &Arc<Remote>, local: &Arc<Local>, tags: Vec<Tag>) -> Delivery {
     // Taken now: dropped unfinished (no runtime left to finish it), it counts as not delivered.
-    let pending = remote.pending();
+    let pending = remote.pending(tags.clone());
     let local = local.clone();
     Box::pin(async move {
-        pending.publish(&tags, &local.stats).await;
+        pending.publish(&local.stats).await;
         // Between the invalidation here and the one in Redis, a read of this process may have
         // taken the old value from Redis and kept it here, stamped after the first; its own bus
         // message does not come back to it. Invalidating here again, once Redis is done, makes

@@ -23,6 +23,19 @@ pub fn unique_prefix(name: &str) -> String {
     format!("sqlacache_t_{name}_{}_{nanos}_{n}", std::process::id())
 }
 
+/// Waits until every pool has Redis and (with two tiers) has heard the bus.
+pub async fn tiers_ready(pools: &[&sqlacache_sqlx::CachedPool]) {
+    use sqlacache_sqlx::testing::Probe as _;
+    let start = Instant::now();
+    while !pools.iter().all(|p| p.tiers_ready_for_tests()) {
+        // Only against hanging: on a loaded machine, a heartbeat that outlasts a short timeout
+        // opens the breaker for the settling time (reads go to PostgreSQL meanwhile), so
+        // readiness can take a while.
+        assert!(start.elapsed() < Duration::from_secs(90), "the pools did not connect to Redis");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Whether a Redis answers `PING` at `port` within `wait`.
 fn answers(port: u16, wait: Duration) -> bool {
     let Ok(mut stream) = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), wait) else { return false };

@@ -42,6 +42,11 @@ pub(crate) struct Feed {
     heard_sent: AtomicU64,
     /// The listener's backend process id (0 while it has none).
     pid: AtomicU32,
+    /// Whether the listener has heard everything since it was last trusted: no connection was
+    /// lost and nothing unreadable came. A lapse of the lease alone (a stalled process, a slow
+    /// listener) then loses nothing, since notifications arrive in commit order once it
+    /// catches up: the tiers are kept. Anything else drops them before trust comes back.
+    unbroken: Arc<std::sync::atomic::AtomicBool>,
     /// Whether the pool installs the feed (and so installs it again on a table created anew).
     install: bool,
     /// Wakes whoever waits for an own heartbeat to come back.
@@ -63,6 +68,7 @@ impl Feed {
             channel: Channel::new(lease, "the change feed is heard again; cached reads resume"),
             heard_sent: AtomicU64::new(0),
             pid: AtomicU32::new(0),
+            unbroken: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             install,
             heard: tokio::sync::Notify::new(),
             reinstall: Arc::new(tokio::sync::Notify::new()),
@@ -146,9 +152,12 @@ impl Feed {
         let sent = self.channel.now();
         let payload = format!("h {} {sent}", self.channel.publisher());
         let pool = pool.clone();
+        let unbroken = self.unbroken.clone();
         async move {
             let done = sqlx::query(BEAT).bind(CHANNEL).bind(payload).bind(fed).execute(&pool).await?;
             if done.rows_affected() == 0 {
+                // Writes made meanwhile send nothing: heard or not, they are lost.
+                unbroken.store(false, Ordering::Release);
                 tracing::debug!(target: "sqlacache", "a table this pool reads lost the change feed's triggers: no heartbeat");
                 return Ok(None);
             }
@@ -186,6 +195,7 @@ impl Feed {
     }
 
     fn lose(&self, why: &str) {
+        self.unbroken.store(false, Ordering::Release);
         self.channel.lose("the change feed may have missed writes; cached reads wait until it is heard again", why);
     }
 
@@ -209,8 +219,11 @@ impl Feed {
                         // Everything sent before it is applied before it counts.
                         due.apply(self, schema, tiers, catalog).await;
                         if let Some(first) = self.channel.must_drop() {
-                            // Writes may have been missed while it was not trusted.
-                            tiers.drop_everywhere(first).await;
+                            // Writes may have been missed while it was not trusted, unless
+                            // everything was heard since (a lapse of the lease alone).
+                            if !self.unbroken.swap(true, Ordering::AcqRel) {
+                                tiers.drop_everywhere(first).await;
+                            }
                         }
                         self.channel.renew(sent);
                         self.heard_sent.fetch_max(sent, Ordering::AcqRel);
@@ -298,7 +311,12 @@ async fn listen(parts: Parts, own: PgPool, catalog: PgPool, silence: Duration) {
             }
             continue;
         };
-        let next = tokio::time::timeout(silence, active.try_recv()).await;
+        let mut next = tokio::time::timeout(silence, active.try_recv()).await;
+        if next.is_err() {
+            // A process resumed after a stall finds its timer and its socket ready at once:
+            // what arrived meanwhile is read before the silence counts.
+            next = tokio::time::timeout(Duration::from_millis(50), active.try_recv()).await;
+        }
         let Some(Held { feed, schema, tiers }) = parts.upgrade() else { return };
         match next {
             Ok(Ok(Some(notification))) => {

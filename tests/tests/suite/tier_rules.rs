@@ -144,8 +144,9 @@ async fn a_lost_invalidation_is_caught_by_the_gap_in_its_publishers_numbers() {
     cb.lose_invalidations(1);
     assert_eq!(bump(&a).await, 1);
     let (publisher, seq) = a.bus_position_for_tests().unwrap();
-    // B hears A's next message (a heartbeat) and sees the gap.
-    until("B hears A again", || b.heard_from_for_tests(publisher) > seq).await;
+    // B hears A's next heartbeat, which carries the number of A's last invalidation, and sees
+    // the gap.
+    until("B hears A again", || b.heard_from_for_tests(publisher) >= seq).await;
     assert_eq!(value(&b, 1).await, 1, "the gap did not stop B serving its in-process copy");
     // B drops its tier when it next hears its own heartbeat, before it trusts the tier again.
     until("B drops its in-process tier", || b.stats().tier_drops >= 1).await;

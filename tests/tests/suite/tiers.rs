@@ -6,7 +6,7 @@
 use sqlacache_sqlx::testing::Probe as _;
 use sqlacache_sqlx::{CachedPool, Error};
 use sqlacache_tests::redis::{
-    free_port, redis_url, require_shared_redis, unique_prefix, Proxy, RedisCluster, RedisServer, TlsFiles,
+    free_port, redis_url, require_shared_redis, tiers_ready, unique_prefix, Proxy, RedisCluster, RedisServer, TlsFiles,
 };
 use sqlacache_tests::{bump, until, value, Counter, TestDb, COUNTERS};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -51,18 +51,6 @@ async fn pool_timed(pg: sqlx::PgPool, url: &str, prefix: &str, memory: u64, time
         .expect("build a pool with Redis")
 }
 
-/// Waits until every pool has Redis and (with two tiers) has heard the bus.
-async fn ready(pools: &[&CachedPool]) {
-    let start = Instant::now();
-    while !pools.iter().all(|p| p.tiers_ready_for_tests()) {
-        // Only against hanging: on a loaded machine, a heartbeat that outlasts the 50 ms timeout
-        // opens the breaker for the settling time (reads go to PostgreSQL meanwhile), so
-        // readiness can take a while.
-        assert!(start.elapsed() < Duration::from_secs(90), "the pools did not connect to Redis");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 async fn total(cache: &CachedPool) -> i64 {
     sqlacache_sqlx::query_scalar::<i64>("SELECT sum(v)::bigint FROM counters").fetch_one(cache).await.unwrap()
 }
@@ -71,7 +59,7 @@ async fn redis_only_is_fresh_across_processes(url: &str) {
     let db = TestDb::with_schema(COUNTERS).await;
     let prefix = unique_prefix("strict");
     let (a, b) = (roomy_pool(&db, url, &prefix, 0).await, roomy_pool(&db, url, &prefix, 0).await);
-    ready(&[&a, &b]).await;
+    tiers_ready(&[&a, &b]).await;
     for i in 1..=60 {
         // Both read (and fill Redis), then a write through A returns: B's next read is fresh.
         let _ = (value(&b, 1).await, total(&b).await, value(&a, 1).await);
@@ -108,7 +96,7 @@ async fn two_tiers_deliver_writes_to_other_processes(url: &str) -> Vec<Duration>
     let db = TestDb::with_schema(COUNTERS).await;
     let prefix = unique_prefix("tiers");
     let (a, b) = (roomy_pool(&db, url, &prefix, 1 << 20).await, roomy_pool(&db, url, &prefix, 1 << 20).await);
-    ready(&[&a, &b]).await;
+    tiers_ready(&[&a, &b]).await;
     let mut windows = Vec::new();
     for i in 1..=60 {
         let _ = (value(&b, 2).await, value(&b, 2).await, total(&b).await);
@@ -161,7 +149,7 @@ async fn under_load(
     let db = TestDb::with_schema(COUNTERS).await;
     let prefix = unique_prefix("fault");
     let (a, b) = (pool(&db, url, &prefix, memory).await, pool(&db, url, &prefix, memory).await);
-    ready(&[&a, &b]).await;
+    tiers_ready(&[&a, &b]).await;
     // (returned at, value) of every write, in order.
     let written: Arc<Mutex<Vec<(Instant, i64)>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
@@ -217,7 +205,7 @@ async fn under_load(
         .collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
     fault.await;
-    ready(&[&a, &b]).await;
+    tiers_ready(&[&a, &b]).await;
     back.store(true, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
@@ -366,7 +354,7 @@ async fn invalidate_all_touches_only_its_own_prefix() {
     // timeout; the breaker then sends a read to PostgreSQL, which says nothing: read again.)
     let start = Instant::now();
     loop {
-        ready(&[&b]).await;
+        tiers_ready(&[&b]).await;
         let (hits, errors) = (b.stats().redis_hits, b.stats().redis_errors);
         value(&b, 5).await;
         if b.stats().redis_hits == hits + 1 {
@@ -384,7 +372,7 @@ async fn invalidate_all_touches_only_its_own_prefix() {
 async fn until_redis_hit(cache: &CachedPool, id: i32) {
     let start = Instant::now();
     loop {
-        ready(&[cache]).await;
+        tiers_ready(&[cache]).await;
         let hits = cache.stats().redis_hits;
         value(cache, id).await;
         if cache.stats().redis_hits > hits {
@@ -398,7 +386,7 @@ async fn until_redis_hit(cache: &CachedPool, id: i32) {
 /// B caches row `id`, `cut` keeps B from hearing the bus, and A writes the row: whatever B reads
 /// from a lease after the write returned on is fresh.
 async fn unheard_write_is_not_served_past_the_lease(a: &CachedPool, b: &CachedPool, id: i32, cut: impl FnOnce()) {
-    ready(&[a, b]).await;
+    tiers_ready(&[a, b]).await;
     let before = value(b, id).await;
     assert_eq!(value(b, id).await, before, "cached in B");
     cut();
@@ -449,7 +437,7 @@ async fn two_databases_sharing_one_redis_and_prefix_never_share_entries() {
     let prefix = unique_prefix("dbs");
     let a = roomy_pool(&here, &redis_url(), &prefix, 0).await;
     let b = pool_timed(there_pool.clone(), &redis_url(), &prefix, 0, ROOMY).await;
-    ready(&[&a, &b]).await;
+    tiers_ready(&[&a, &b]).await;
     for _ in 0..3 {
         assert_eq!(value(&a, 1).await, 0);
         assert_eq!(value(&b, 1).await, 1000);
@@ -535,7 +523,7 @@ async fn two_processes_share_redis_and_stay_fresh_for_each_other() {
         let here = roomy_pool(&db, &redis_url(), &prefix, memory).await;
         let mut there = Peer::start(&db, &redis_url(), &prefix, memory);
         assert_eq!(there.ask("ready"), "ready");
-        ready(&[&here]).await;
+        tiers_ready(&[&here]).await;
         let mut windows = Vec::new();
         for _ in 0..30 {
             // The other process caches the row; this one writes it.
@@ -588,7 +576,7 @@ async fn a_write_a_late_reconnecting_process_could_not_deliver_is_not_missed() {
     let prefix = unique_prefix("late");
     let a = pool(&db, &proxy.url(), &prefix, 0).await;
     let b = pool(&db, &server.url(), &prefix, 0).await;
-    ready(&[&a, &b]).await;
+    tiers_ready(&[&a, &b]).await;
     for _ in 0..3 {
         value(&b, 1).await;
     }
@@ -616,7 +604,7 @@ async fn a_write_a_late_reconnecting_process_could_not_deliver_is_not_missed() {
         assert_eq!(value(&b, 1).await, written, "B served a value older than A's write");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    ready(&[&a, &b]).await;
+    tiers_ready(&[&a, &b]).await;
     assert_eq!(value(&b, 1).await, written);
     assert!(b.stats().redis_hits > 0);
 }
@@ -693,7 +681,7 @@ async fn a_user_and_password_in_the_url_are_used() {
     let slow = ROOMY;
     let a = pool_timed(db.pool.clone(), &url, &prefix, 0, slow).await;
     let b = pool_timed(db.pool.clone(), &url, &prefix, 0, slow).await;
-    ready(&[&a, &b]).await;
+    tiers_ready(&[&a, &b]).await;
     for _ in 0..3 {
         value(&b, 1).await;
         let written = bump(&a, 1).await;
@@ -732,7 +720,7 @@ async fn a_silent_subscription_stops_the_in_process_tier_within_the_lease() {
         assert_eq!(b.stats().redis_errors, 0, "B's commands kept working");
         proxy.unsilence_subscribers();
     }
-    ready(&[&a, &b]).await;
+    tiers_ready(&[&a, &b]).await;
     assert!(b.stats().degraded > 0);
 }
 
@@ -743,7 +731,7 @@ async fn a_value_in_redis_that_does_not_decode_is_a_miss_and_is_replaced() {
     let db = TestDb::with_schema(COUNTERS).await;
     let prefix = unique_prefix("corrupt");
     let (a, b) = (roomy_pool(&db, &redis_url(), &prefix, 0).await, roomy_pool(&db, &redis_url(), &prefix, 0).await);
-    ready(&[&a, &b]).await;
+    tiers_ready(&[&a, &b]).await;
     let written = bump(&a, 1).await;
     assert_eq!(value(&a, 1).await, written);
     // Damage the stored value's payload, keeping its header (so its epochs still hold).
@@ -790,7 +778,7 @@ async fn two_tiers_one_process_reads_its_own_writes_with_scripts_flushed() {
     let server = RedisServer::start(&[]);
     let db = TestDb::with_schema(COUNTERS).await;
     let a = roomy_pool(&db, &server.url(), &unique_prefix("own-writes"), 1 << 20).await;
-    ready(&[&a]).await;
+    tiers_ready(&[&a]).await;
     let stop = Arc::new(AtomicBool::new(false));
     let readers: Vec<_> = (0..3)
         .map(|_| {
@@ -837,7 +825,7 @@ async fn roles_and_settings_sharing_a_prefix_never_share_entries() {
     let owner = build(db.pool.clone()).await;
     let (_, options) = db.role("nosel").await;
     let stranger = build(db.pool_with(2, options).await).await;
-    ready(&[&owner, &stranger]).await;
+    tiers_ready(&[&owner, &stranger]).await;
     async fn read(cache: &CachedPool) -> Result<i64, sqlx::Error> {
         sqlacache_sqlx::query_scalar::<i64>("SELECT v FROM counters WHERE id = 1").fetch_one(cache).await
     }
@@ -853,7 +841,7 @@ async fn roles_and_settings_sharing_a_prefix_never_share_entries() {
     let style = |name: &'static str| db.options().options([("IntervalStyle", name)]);
     let iso = build(db.pool_with(2, style("iso_8601")).await).await;
     let plain = build(db.pool_with(2, style("postgres")).await).await;
-    ready(&[&iso, &plain]).await;
+    tiers_ready(&[&iso, &plain]).await;
     let sql = "SELECT (interval '1 day' * (v + 1))::text FROM counters WHERE id = 1";
     for _ in 0..3 {
         assert_eq!(sqlacache_sqlx::query_scalar::<String>(sql).fetch_one(&iso).await.unwrap(), "P1D");
@@ -876,7 +864,7 @@ async fn a_writer_briefly_cut_off_from_redis_returns_once_its_write_is_delivered
         let a = pool(&db, &proxy.url(), &prefix, memory).await;
         let b = pool(&db, &server.url(), &prefix, memory).await;
         for _ in 0..3 {
-            ready(&[&a, &b]).await;
+            tiers_ready(&[&a, &b]).await;
             let before = value(&b, 1).await;
             assert_eq!(value(&b, 1).await, before);
             proxy.block();

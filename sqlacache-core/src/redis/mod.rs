@@ -44,6 +44,8 @@ use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+mod fleet;
+
 /// The version of the stored form; part of every key.
 pub const FORMAT: u32 = 1;
 
@@ -144,6 +146,8 @@ pub struct RedisStore {
     epochs: Script,
     lookup: Script,
     invalidate: Script,
+    join: Script,
+    strict: Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -223,6 +227,8 @@ impl RedisStore {
             epochs: Script::from_lua(EPOCHS),
             lookup: Script::from_lua(LOOKUP),
             invalidate: Script::from_lua(INVALIDATE),
+            join: Script::from_lua(fleet::JOIN),
+            strict: Script::from_lua(fleet::STRICT),
         })
     }
 
@@ -405,13 +411,16 @@ impl RedisStore {
         Ok(())
     }
 
-    /// Listens on this store's channel, on a connection of its own.
-    pub fn subscribe(&self) -> Result<Subscription, RedisError> {
+    /// Listens on this store's channel, on a connection of its own; with `member`, also on
+    /// that member's acknowledgement channel.
+    pub fn subscribe(&self, member: Option<u64>) -> Result<Subscription, RedisError> {
         let client = self.client.clone_new();
         let messages = client.message_rx();
         let reconnects = client.reconnect_rx();
         drop(client.connect());
-        Ok(Subscription { client, channel: self.channel(), messages, reconnects, subscribed: false })
+        let mut channels = vec![self.channel()];
+        channels.extend(member.map(|member| self.ack_channel(member)));
+        Ok(Subscription { client, channels, messages, reconnects, subscribed: false })
     }
 
     /// Waits until the client is connected, or `timeout` passes.
@@ -434,7 +443,8 @@ fn split_stored(stored: &[u8]) -> Option<(Deps<'_>, &[u8])> {
 /// A subscription to a store's channel; see [`RedisStore::subscribe`].
 pub struct Subscription {
     client: fred::prelude::Client,
-    channel: String,
+    /// The bus channel, and the acknowledgement channel of the member listening, if any.
+    channels: Vec<String>,
     messages: tokio::sync::broadcast::Receiver<fred::types::Message>,
     reconnects: tokio::sync::broadcast::Receiver<fred::types::config::Server>,
     subscribed: bool,
@@ -442,7 +452,7 @@ pub struct Subscription {
 
 impl std::fmt::Debug for Subscription {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Subscription").field("channel", &self.channel).finish_non_exhaustive()
+        f.debug_struct("Subscription").field("channels", &self.channels).finish_non_exhaustive()
     }
 }
 
@@ -452,10 +462,11 @@ impl Subscription {
         use tokio::sync::broadcast::error::RecvError;
         loop {
             if !self.subscribed {
+                let channels = self.channels.clone();
                 let result = if self.client.is_clustered() {
-                    self.client.ssubscribe(self.channel.as_str()).await
+                    self.client.ssubscribe(channels).await
                 } else {
-                    self.client.subscribe(self.channel.as_str()).await
+                    self.client.subscribe(channels).await
                 };
                 match result {
                     Ok(()) => self.subscribed = true,
@@ -476,7 +487,7 @@ impl Subscription {
                     Err(RecvError::Closed) => std::future::pending::<()>().await,
                 },
                 message = self.messages.recv() => match message {
-                    Ok(message) if *message.channel == *self.channel => {
+                    Ok(message) if self.channels.iter().any(|c| *message.channel == **c) => {
                         if let Some(text) = message.value.into_string() {
                             return Event::Message(text);
                         }
@@ -573,7 +584,43 @@ impl Bus for RedisStore {
     }
 
     fn subscribe(&self) -> Result<Box<dyn crate::tier::Subscription>, TierError> {
-        Ok(Box::new(RedisStore::subscribe(self)?))
+        Ok(Box::new(RedisStore::subscribe(self, None)?))
+    }
+
+    fn instance(&self) -> BoxFuture<'_, Result<Option<String>, TierError>> {
+        Box::pin(async move { RedisStore::instance(self).await.map_err(|e| self.explain(e)) })
+    }
+
+    fn subscribe_as(&self, member: u64) -> Result<Box<dyn crate::tier::Subscription>, TierError> {
+        Ok(Box::new(RedisStore::subscribe(self, Some(member))?))
+    }
+
+    fn join_and_publish<'a>(
+        &'a self,
+        member: u64,
+        lease: Duration,
+        message: &'a str,
+    ) -> BoxFuture<'a, Result<(), TierError>> {
+        Box::pin(async move {
+            RedisStore::join_and_publish(self, member, lease, message).await.map_err(|e| self.explain(e))
+        })
+    }
+
+    fn invalidate_and_publish_to_members<'a>(
+        &'a self,
+        tags: &'a [Tag],
+        message: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<u64>>, TierError>> {
+        Box::pin(async move {
+            RedisStore::invalidate_and_publish_to_members(self, tags, message)
+                .await
+                .map(Some)
+                .map_err(|e| self.explain(e))
+        })
+    }
+
+    fn acknowledge<'a>(&'a self, member: u64, message: &'a str) -> BoxFuture<'a, Result<(), TierError>> {
+        Box::pin(async move { RedisStore::acknowledge(self, member, message).await.map_err(|e| self.explain(e)) })
     }
 
     fn wait_connected(&self, timeout: Duration) -> BoxFuture<'_, bool> {
