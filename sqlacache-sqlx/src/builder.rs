@@ -10,6 +10,7 @@ use crate::feed::listener::Feed;
 use crate::feed::sql::{fed_tables, install, missing, sql as feed_sql, FeedSql};
 use crate::handle::CachedPool;
 use crate::local::Local;
+use crate::neighbours::Neighbours;
 use crate::registry::Registry;
 use crate::remote::{RedisSettings, Remote};
 use crate::row::CachedRow;
@@ -55,11 +56,16 @@ pub struct CachedPoolBuilder {
     redis: Option<RedisSettings>,
     lease: Duration,
     consistency: Consistency,
+    /// The key prefix: of Redis keys and channels, and the scope of the in-process bus.
+    prefix: String,
     feed: FeedMode,
     #[cfg(feature = "test-hooks")]
     pub(crate) fill_hook: Option<crate::engine::FillHook>,
     #[cfg(feature = "test-hooks")]
     pub(crate) invalidate_hook: Option<crate::local::InvalidateHook>,
+    /// The pool stands for a process of its own: it joins no in-process bus.
+    #[cfg(feature = "test-hooks")]
+    pub(crate) separate: bool,
 }
 
 impl fmt::Debug for CachedPoolBuilder {
@@ -98,11 +104,14 @@ impl CachedPoolBuilder {
             redis: None,
             lease: Duration::from_millis(500),
             consistency: Consistency::Lease,
+            prefix: "sqlacache".to_owned(),
             feed: FeedMode::Off,
             #[cfg(feature = "test-hooks")]
             fill_hook: None,
             #[cfg(feature = "test-hooks")]
             invalidate_hook: None,
+            #[cfg(feature = "test-hooks")]
+            separate: false,
         }
     }
 
@@ -177,9 +186,12 @@ impl CachedPoolBuilder {
     }
 
     /// The prefix of every Redis key and channel of this pool. Default: `sqlacache`.
-    #[cfg(feature = "redis")]
+    ///
+    /// Pools of one process over one database with the same prefix share an in-process bus:
+    /// each applies the others' writes to its in-process tier before the write returns, with
+    /// or without Redis. Give a pool a prefix of its own to keep it apart.
     pub fn key_prefix(mut self, prefix: &str) -> Self {
-        self.redis_settings().prefix = prefix.to_owned();
+        self.prefix = prefix.to_owned();
         self
     }
 
@@ -295,7 +307,7 @@ impl CachedPoolBuilder {
         self.redis.get_or_insert_with(|| RedisSettings {
             tier: None,
             url: String::new(),
-            prefix: "sqlacache".to_owned(),
+            prefix: String::new(),
             timeout: Duration::from_millis(100),
             lease,
             strict: false,
@@ -345,12 +357,24 @@ impl CachedPoolBuilder {
             }
         };
         if let Some(redis) = self.redis.as_mut() {
+            redis.prefix.clone_from(&self.prefix);
             redis.lease = self.lease;
             redis.strict = self.consistency == Consistency::Strict;
             redis.fed = feed.is_some();
         }
-        let remote = connect_redis(self.redis.as_ref(), &self.pool, self.capacity).await?;
-        let tiers = Tiers { local: Arc::new(local), remote };
+        let identity = crate::catalog::database_identity(&self.pool).await?;
+        let remote = connect_redis(self.redis.as_ref(), &identity, self.capacity).await?;
+        let local = Arc::new(local);
+        // A pool that keeps nothing in process has nothing for the others to invalidate.
+        #[cfg_attr(not(feature = "test-hooks"), allow(unused_mut))]
+        let mut joins = self.capacity > 0;
+        #[cfg(feature = "test-hooks")]
+        {
+            joins &= !self.separate;
+        }
+        let scope = joins.then(|| format!("{identity}/{}", self.prefix));
+        let neighbours = Arc::new(Neighbours::join(scope, &local));
+        let tiers = Tiers { local, remote, neighbours };
         let schema = Schema::new(self.pool.clone(), config, catalog);
         #[cfg_attr(not(feature = "test-hooks"), allow(unused_mut))]
         let mut engine = Engine::new(self.pool, schema, Registry::new(&self.models), tiers, feed);
@@ -392,7 +416,7 @@ fn local_tier(capacity: u64, builder: &mut CachedPoolBuilder) -> Local {
 #[cfg_attr(not(feature = "redis"), allow(clippy::unused_async))]
 async fn connect_redis(
     settings: Option<&RedisSettings>,
-    pool: &PgPool,
+    identity: &str,
     capacity: u64,
 ) -> Result<Option<Arc<Remote>>, Error> {
     #[cfg(feature = "redis")]
@@ -403,18 +427,15 @@ async fn connect_redis(
                 return Err(Error::Redis(Cause::new("both a Redis URL and a shared tier were given".to_owned())))
             }
             None if settings.url.is_empty() => {
-                return Err(Error::Redis(Cause::new("a key prefix or timeout was set without a Redis URL".to_owned())));
+                return Err(Error::Redis(Cause::new("a Redis timeout was set without a Redis URL".to_owned())));
             }
-            None => {
-                let scope = crate::catalog::database_identity(pool).await?;
-                Remote::connect(settings, &scope, capacity > 0)
-                    .map_err(|e| Error::Redis(Cause::from_source("the Redis URL cannot be used", e)))?
-            }
+            None => Remote::connect(settings, identity, capacity > 0)
+                .map_err(|e| Error::Redis(Cause::from_source("the Redis URL cannot be used", e)))?,
         };
         remote.wait_connected(settings.timeout).await;
         return Ok(Some(Arc::new(remote)));
     }
     #[cfg(not(feature = "redis"))]
-    let _ = (settings, pool, capacity);
+    let _ = (settings, identity, capacity);
     Ok(None)
 }

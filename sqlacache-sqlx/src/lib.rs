@@ -54,6 +54,7 @@ mod handle;
 mod local;
 mod macros;
 mod model;
+mod neighbours;
 mod plan;
 mod planner;
 mod proof;

@@ -11,6 +11,9 @@
 //!   [`sqlacache_core::bus::Lease`]): each process publishes a heartbeat and trusts its tier
 //!   for a lease after one that came back. A reconnect, a gap in a publisher's numbers or a
 //!   failed Redis command ends the trust, and the tier is dropped before it is trusted again.
+//!   A lapse of the lease alone (a stalled process, a slow listener) also ends the trust, but
+//!   drops nothing: the subscription, unbroken, hears what it missed in order before the
+//!   heartbeat that renews the trust.
 //! - **A read that fails** (a lookup, a ticket or a store of a filled value, by an error or a
 //!   timeout) only makes reads skip Redis until the next heartbeat comes back. Its outcome
 //!   cannot make anything stale (a value is stored against the epochs taken before the read, so
@@ -130,6 +133,14 @@ mod imp {
         /// The send time of the last heartbeat that did not register this pool: one heard back
         /// gives no trust (a strict writer might not have waited for this pool).
         unregistered: AtomicU64,
+        /// Whether the subscription has heard everything since the tier was last trusted: no
+        /// reconnect, no gap in a publisher's numbers, nothing unreadable, no failed heartbeat
+        /// or invalidation. A lapse of the lease alone (a stalled process, a slow listener)
+        /// then lost nothing, since one connection hears the messages in the order Redis sent
+        /// them: the in-process tier is kept. Anything else drops it before trust comes back.
+        /// Cleared before the trust it ends, so that a heartbeat heard in between cannot renew
+        /// the trust without the drop.
+        unbroken: AtomicBool,
     }
 
     impl Remote {
@@ -168,6 +179,7 @@ mod imp {
                 acks: Acks::default(),
                 listening: AtomicBool::new(false),
                 unregistered: AtomicU64::new(0),
+                unbroken: AtomicBool::new(false),
             }
         }
 
@@ -355,6 +367,7 @@ mod imp {
         /// heard again.
         fn failed(&self, error: &TierError, stats: &Stats) {
             stats.redis_error();
+            self.unbroken.store(false, Ordering::Release);
             self.channel.lose_quietly();
             self.answering_since.store(0, Ordering::Release);
             if !self.open.swap(true, Ordering::AcqRel) {
@@ -441,6 +454,7 @@ mod imp {
         fn heard(&self, local: &Local, text: &str) {
             let Some(message) = Message::decode(text) else {
                 tracing::warn!(target: "sqlacache", "an unreadable message on the invalidation channel; dropping the in-process tier");
+                self.unbroken.store(false, Ordering::Release);
                 self.channel.lose_logged();
                 return;
             };
@@ -455,12 +469,15 @@ mod imp {
                     if sent <= self.unregistered.load(Ordering::Acquire) {
                         return;
                     }
+                    // Messages may be missing unless everything was heard since trust ended (a
+                    // lapse of the lease alone): then drop before trusting again.
                     if let Some(first) = self.channel.must_drop() {
-                        // Trust lapsed or messages may be missing: drop before trusting again.
-                        local.drop_before_trust(
-                            first,
-                            "the bus is heard again after a lapse of the lease, a reconnect or a gap in a publisher's messages",
-                        );
+                        if !self.unbroken.swap(true, Ordering::AcqRel) {
+                            local.drop_before_trust(
+                                first,
+                                "the bus is heard again after a reconnect, a gap in a publisher's messages or a Redis failure",
+                            );
+                        }
                     }
                     self.channel.renew(sent);
                 }
@@ -475,6 +492,7 @@ mod imp {
             };
             if !heard {
                 tracing::debug!(target: "sqlacache", publisher = message.publisher, "a gap in a publisher's messages");
+                self.unbroken.store(false, Ordering::Release);
                 self.channel.lose_quietly();
             }
             match message.body {
@@ -589,11 +607,13 @@ mod imp {
                 Ok(Event::Message(text)) => remote.heard(&local, &text),
                 Ok(Event::Lost) => {
                     remote.listening.store(false, Ordering::Release);
+                    remote.unbroken.store(false, Ordering::Release);
                     let line = "the invalidation channel reconnected; the in-process tier will be dropped";
                     remote.channel.lose(line, "the connection of the subscription was made again");
                     remote.seen().clear();
                 }
                 Err(_) if remote.usable() => {
+                    remote.unbroken.store(false, Ordering::Release);
                     remote.channel.lose(
                         "the invalidation channel is silent; reconnecting it",
                         "nothing heard within four leases",
@@ -602,7 +622,10 @@ mod imp {
                     drop((remote, local));
                     subscription.reconnect().await;
                 }
-                Err(_) => remote.channel.lose_quietly(),
+                Err(_) => {
+                    remote.unbroken.store(false, Ordering::Release);
+                    remote.channel.lose_quietly();
+                }
             }
         }
     }

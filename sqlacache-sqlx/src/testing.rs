@@ -18,6 +18,10 @@ pub trait Hooks: Sized {
 
     /// Runs `hook` (blocking its thread) just before each invalidation applies.
     fn invalidate_hook(self, hook: impl Fn() + Send + Sync + 'static) -> Self;
+
+    /// The pool stands for a process of its own: it joins no in-process bus, so the other
+    /// pools of the test hear of its writes only as other processes would.
+    fn separate_process(self) -> Self;
 }
 
 impl Hooks for CachedPoolBuilder {
@@ -31,6 +35,11 @@ impl Hooks for CachedPoolBuilder {
 
     fn invalidate_hook(mut self, hook: impl Fn() + Send + Sync + 'static) -> Self {
         self.invalidate_hook = Some(Arc::new(hook));
+        self
+    }
+
+    fn separate_process(mut self) -> Self {
+        self.separate = true;
         self
     }
 }

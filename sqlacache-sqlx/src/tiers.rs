@@ -2,6 +2,7 @@
 //! which every invalidation passes: [`Tiers::apply`].
 
 use crate::local::{Local, Origin};
+use crate::neighbours::Neighbours;
 use crate::remote::Remote;
 use futures_core::future::BoxFuture;
 use sqlacache_core::Tag;
@@ -11,10 +12,12 @@ use std::sync::Arc;
 /// caused it returns once it is done. Dropped unfinished, it counts as not delivered.
 pub(crate) type Delivery = BoxFuture<'static, ()>;
 
-/// The in-process tier and, with Redis, the shared tier with its bus.
+/// The in-process tier and, with Redis, the shared tier with its bus; and the other pools of
+/// this process that share the in-process bus.
 pub(crate) struct Tiers {
     pub local: Arc<Local>,
     pub remote: Option<Arc<Remote>>,
+    pub neighbours: Arc<Neighbours>,
 }
 
 impl Tiers {
@@ -25,10 +28,13 @@ impl Tiers {
             return None;
         }
         self.local.invalidate(tags, origin);
+        if matches!(origin, Origin::Write | Origin::Early) {
+            self.neighbours.invalidate(tags);
+        }
         #[cfg(feature = "redis")]
         if let Some(remote) = &self.remote {
             match origin {
-                Origin::Write => return Some(publish(remote, &self.local, tags.to_vec())),
+                Origin::Write => return Some(publish(remote, &self.local, &self.neighbours, tags.to_vec())),
                 Origin::Outside => {
                     let (remote, local, tags) = (remote.clone(), self.local.clone(), tags.to_vec());
                     return Some(Box::pin(async move { remote.invalidate_shared(&tags, &local.stats).await }));
@@ -44,7 +50,7 @@ impl Tiers {
     pub fn publish(&self, tags: Vec<Tag>) -> Option<Delivery> {
         #[cfg(feature = "redis")]
         if let (Some(remote), false) = (&self.remote, tags.is_empty()) {
-            return Some(publish(remote, &self.local, tags));
+            return Some(publish(remote, &self.local, &self.neighbours, tags));
         }
         let _ = tags;
         None
@@ -76,10 +82,10 @@ impl Tiers {
 
 /// Deletes `tags` in Redis and tells the other processes, then invalidates here again.
 #[cfg(feature = "redis")]
-fn publish(remote: &Arc<Remote>, local: &Arc<Local>, tags: Vec<Tag>) -> Delivery {
+fn publish(remote: &Arc<Remote>, local: &Arc<Local>, neighbours: &Arc<Neighbours>, tags: Vec<Tag>) -> Delivery {
     // Taken now: dropped unfinished (no runtime left to finish it), it counts as not delivered.
     let pending = remote.pending(tags.clone());
-    let local = local.clone();
+    let (local, neighbours) = (local.clone(), neighbours.clone());
     Box::pin(async move {
         pending.publish(&local.stats).await;
         // Between the invalidation here and the one in Redis, a read of this process may have
@@ -88,5 +94,7 @@ fn publish(remote: &Arc<Remote>, local: &Arc<Local>, tags: Vec<Tag>) -> Delivery
         // any such copy stale: its stamp was taken before its Redis read, which Redis answered
         // before it applied the invalidation.
         local.store.invalidate(&tags);
+        // The same holds for the other pools of this process.
+        neighbours.invalidate_again(&tags);
     })
 }

@@ -270,7 +270,7 @@ pub async fn run(config: Config) -> Report {
     let prefix = crate::redis::unique_prefix("checker");
     let mut caches = Vec::new();
     for _ in 0..if config.redis.is_some() { 2 } else { 1 } {
-        let builder = CachedPool::builder(db.pool.clone())
+        let builder = crate::builder(db.pool.clone())
             .model::<Account>()
             .model::<Entry>()
             // `Member` is registered at its first use, while the other clients run (with the

@@ -128,6 +128,14 @@ pub struct TestDb {
     own_database: Option<String>,
 }
 
+/// `CachedPool::builder(pool)` for a pool that stands for a process of its own: the pools of
+/// one test, and of the tests running beside it, hear of each other's writes only as separate
+/// processes would (the in-process bus has tests of its own).
+pub fn builder(pool: PgPool) -> CachedPoolBuilder {
+    use sqlacache_sqlx::testing::Hooks as _;
+    CachedPool::builder(pool).separate_process()
+}
+
 impl TestDb {
     /// Creates a fresh schema holding [`SCHEMA`].
     pub async fn new() -> TestDb {
@@ -215,7 +223,7 @@ impl TestDb {
 
     /// A builder over this schema's pool with the test row types configured.
     pub fn builder(&self) -> CachedPoolBuilder {
-        CachedPool::builder(self.pool.clone()).model::<User>().model::<Order>().model::<Membership>()
+        builder(self.pool.clone()).model::<User>().model::<Order>().model::<Membership>()
     }
 
     /// A cache with the default configuration.

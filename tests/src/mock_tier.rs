@@ -39,6 +39,9 @@ struct Faults {
     lose: AtomicUsize,
     /// This client's subscriptions hear nothing, and say nothing of it.
     deaf: AtomicBool,
+    /// While set, what this client's subscriptions would hear waits here, in order: a
+    /// subscription that falls behind (a stalled process) without losing anything.
+    stalled: Mutex<Option<Vec<Held>>>,
     /// Commands this client ran (failed or not).
     calls: AtomicU64,
     /// While set, invalidations wait for a permit before they are applied.
@@ -46,6 +49,9 @@ struct Faults {
     /// Invalidations waiting at the gate.
     held: AtomicUsize,
 }
+
+/// A message held back from one subscription, and where it goes when the stall ends.
+type Held = (mpsc::UnboundedSender<Event>, String);
 
 /// One process's connection to a [`MockServer`].
 pub struct MockClient {
@@ -99,6 +105,21 @@ impl MockClient {
     /// Whether this client's subscriptions hear nothing (without an error).
     pub fn deafen(&self, deaf: bool) {
         self.faults.deaf.store(deaf, Ordering::SeqCst);
+    }
+
+    /// While `stalled`, this client's subscriptions hear nothing yet; when it ends they hear,
+    /// in order, everything that was held back.
+    pub fn stall(&self, stalled: bool) {
+        // Under the server's lock, so that nothing published meanwhile overtakes what was held.
+        let _state = self.server.state();
+        let mut held = self.faults.stalled.lock().unwrap_or_else(|e| e.into_inner());
+        if stalled {
+            held.get_or_insert_with(Vec::new);
+        } else if let Some(held) = held.take() {
+            for (to, message) in held {
+                let _ = to.send(Event::Message(message));
+            }
+        }
     }
 
     /// From now on, each invalidation this client sends waits (before it is applied) until
@@ -180,7 +201,14 @@ fn publish(state: &mut State, message: &str) {
     let invalidation = Message::decode(message).is_some_and(|m| matches!(m.body, Body::Invalidate(_)));
     state.subscribers.retain(|(faults, to)| {
         let lost = faults.deaf.load(Ordering::SeqCst) || (invalidation && take(&faults.lose));
-        lost || to.send(Event::Message(message.to_owned())).is_ok()
+        if lost {
+            return true;
+        }
+        if let Some(held) = faults.stalled.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            held.push((to.clone(), message.to_owned()));
+            return !to.is_closed();
+        }
+        to.send(Event::Message(message.to_owned())).is_ok()
     });
 }
 

@@ -27,7 +27,7 @@ async fn fed_with(db: &TestDb, lease: Duration) -> CachedPool {
 
 /// A pool with the change feed over `pool` (for tests that hold its connections).
 async fn fed_on(pool: &sqlx::PgPool, lease: Duration) -> CachedPool {
-    CachedPool::builder(pool.clone())
+    sqlacache_tests::builder(pool.clone())
         .model::<Counter>()
         .default_ttl(Duration::from_secs(60))
         .lease(lease)
@@ -383,7 +383,7 @@ async fn a_role_that_may_not_install_gets_a_clear_error_and_can_use_a_feed_insta
         .await
         .unwrap();
     let as_role = db.pool_with(4, options).await;
-    let builder = || CachedPool::builder(as_role.clone()).model::<Counter>().lease(LEASE);
+    let builder = || sqlacache_tests::builder(as_role.clone()).model::<Counter>().lease(LEASE);
     let error = builder().change_feed().build().await.expect_err("the role may not create triggers");
     assert!(matches!(error, Error::Feed(_)), "{error:?}");
     assert!(error.to_string().contains("cannot install the change feed"), "{error}");
@@ -457,7 +457,8 @@ async fn rows_with_text_and_composite_keys_are_named_exactly() {
          INSERT INTO labels VALUES ('plain', 1, 0), ('a b,c', 2, 0), ('x41', -3, 0), ('ünï 😀', 4, 0), ('', 5, 0), ('12', 6, 0);",
     )
     .await;
-    let cache = CachedPool::builder(db.pool.clone()).model::<Label>().lease(LEASE).change_feed().build().await.unwrap();
+    let cache =
+        sqlacache_tests::builder(db.pool.clone()).model::<Label>().lease(LEASE).change_feed().build().await.unwrap();
     let keys: Vec<(String, i32)> =
         sqlx::query_as("SELECT name, n FROM labels ORDER BY n").fetch_all(&db.pool).await.unwrap();
     let read = |key: (String, i32)| {
@@ -491,7 +492,7 @@ async fn with_redis_an_outside_write_invalidates_the_shared_tier_too() {
     let db = TestDb::with_schema(COUNTERS).await;
     let prefix = sqlacache_tests::redis::unique_prefix("feed");
     let build = || {
-        CachedPool::builder(db.pool.clone())
+        sqlacache_tests::builder(db.pool.clone())
             .model::<Counter>()
             .default_ttl(Duration::from_secs(60))
             .redis(&sqlacache_tests::redis::redis_url())
@@ -541,7 +542,7 @@ async fn remove_all_leaves_nothing_of_the_feed_in_the_database() {
     let options = PgConnectOptions::from_str(&database_url()).unwrap().database(&name);
     let pool = PgPoolOptions::new().max_connections(4).connect_with(options).await.unwrap();
     sqlx::raw_sql(COUNTERS).execute(&pool).await.unwrap();
-    let builder = || CachedPool::builder(pool.clone()).model::<Counter>().lease(LEASE);
+    let builder = || sqlacache_tests::builder(pool.clone()).model::<Counter>().lease(LEASE);
     let cache = builder().change_feed().build().await.unwrap();
     let sql = builder().change_feed_sql().await.unwrap();
     let leftovers = || async {
@@ -723,7 +724,7 @@ async fn changes_elsewhere_that_reach_the_cached_tables_are_noticed() {
          CREATE SCHEMA elsewhere;",
     )
     .await;
-    let cache = CachedPool::builder(db.pool.clone())
+    let cache = sqlacache_tests::builder(db.pool.clone())
         .table("parts", Ops::ALL, Duration::from_secs(60))
         .lease(LEASE)
         .change_feed()
@@ -771,7 +772,7 @@ async fn changes_elsewhere_that_reach_the_cached_tables_are_noticed() {
     let db = TestDb::in_own_database(COUNTERS).await;
     let cache = fed(&db).await;
     warm(&cache).await;
-    let sql = CachedPool::builder(db.pool.clone()).model::<Counter>().change_feed_sql().await.unwrap();
+    let sql = sqlacache_tests::builder(db.pool.clone()).model::<Counter>().change_feed_sql().await.unwrap();
     sqlx::raw_sql(AssertSqlSafe(sql.remove_all)).execute(&db.pool).await.unwrap();
     sqlx::query("UPDATE counters SET v = 9 WHERE id = 1").execute(&db.pool).await.unwrap();
     seen_within(Instant::now(), 9, "row 1 after the feed was removed", || value(&cache, 1)).await;

@@ -108,7 +108,8 @@ async fn memory_stays_under_capacity() {
     )
     .await;
     let capacity = 256 * 1024;
-    let cache = CachedPool::builder(db.pool.clone()).model::<User>().memory_capacity(capacity).build().await.unwrap();
+    let cache =
+        sqlacache_tests::builder(db.pool.clone()).model::<User>().memory_capacity(capacity).build().await.unwrap();
     for start in 0..1500_i64 {
         sqlacache_sqlx::query_as::<User>("SELECT * FROM users WHERE id > $1 ORDER BY id")
             .bind(start % 200)
@@ -181,7 +182,7 @@ struct Misspelt {
 #[tokio::test]
 async fn unknown_tables_fail_the_build_by_name() {
     let db = TestDb::new().await;
-    let pool = || CachedPool::builder(db.pool.clone());
+    let pool = || sqlacache_tests::builder(db.pool.clone());
     let error = build_error(pool().table("ordrs", Ops::ALL, Duration::from_secs(60))).await;
     assert!(error.contains("`ordrs`") && error.contains(".table("), "{error}");
     let error = build_error(pool().disable_table("audti_log")).await;
@@ -272,7 +273,7 @@ mod keys {
 #[tokio::test]
 async fn a_model_key_that_is_not_the_primary_key_fails_the_build() {
     let db = TestDb::new().await;
-    let pool = || CachedPool::builder(db.pool.clone());
+    let pool = || sqlacache_tests::builder(db.pool.clone());
     let error = build_error(pool().model::<keys::Swapped>()).await;
     let table = format!("{}.memberships", db.schema);
     assert!(error.contains(&table), "{error}");

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 const LEASE: Duration = Duration::from_millis(300);
 
 fn builder(db: &TestDb, url: &str, prefix: &str, memory: u64) -> CachedPoolBuilder {
-    CachedPool::builder(db.pool.clone())
+    sqlacache_tests::builder(db.pool.clone())
         .model::<Counter>()
         .default_ttl(Duration::from_secs(60))
         .redis(url)
@@ -88,11 +88,14 @@ async fn one_members_outage_costs_the_others_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stalled_feed_listener_empties_neither_its_tier_nor_redis() {
     let server = RedisServer::start(&[]);
-    let db = TestDb::with_schema(COUNTERS).await;
+    let db = TestDb::in_own_database(COUNTERS).await;
     let prefix = unique_prefix("stall");
     let stall = Arc::new(AtomicU64::new(0));
     let hook = stall.clone();
+    // (A timeout long enough that a loaded machine does not fail Redis commands: this is about
+    // a stall, not an outage.)
     let a = builder(&db, &server.url(), &prefix, 1 << 20)
+        .redis_timeout(Duration::from_secs(1))
         .change_feed()
         .invalidate_hook(move || {
             let ms = hook.swap(0, Ordering::SeqCst);
@@ -102,7 +105,12 @@ async fn a_stalled_feed_listener_empties_neither_its_tier_nor_redis() {
         .await
         .unwrap();
     // Redis only: its hits are what Redis still holds.
-    let c = builder(&db, &server.url(), &prefix, 0).change_feed().build().await.unwrap();
+    let c = builder(&db, &server.url(), &prefix, 0)
+        .redis_timeout(Duration::from_secs(1))
+        .change_feed()
+        .build()
+        .await
+        .unwrap();
     for round in 0..3 {
         tiers_ready(&[&a, &c]).await;
         while !(a.feed_trusted_for_tests() && c.feed_trusted_for_tests()) {

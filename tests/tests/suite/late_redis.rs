@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 /// A pool on `url`; `memory` 0 keeps values in Redis only; `feed` adds the change feed.
 async fn pool(db: &TestDb, url: &str, prefix: &str, memory: u64, feed: bool) -> CachedPool {
-    let builder = CachedPool::builder(db.pool.clone())
+    let builder = sqlacache_tests::builder(db.pool.clone())
         .model::<Counter>()
         .default_ttl(Duration::from_secs(60))
         .redis(url)

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 /// A pool of two tiers on the Redis at `url` (which may be down), with a short lease and room to
 /// spare for commands on a busy machine.
 async fn two_tiers(db: &TestDb, url: &str) -> CachedPool {
-    CachedPool::builder(db.pool.clone())
+    sqlacache_tests::builder(db.pool.clone())
         .model::<Counter>()
         .redis(url)
         .key_prefix(&unique_prefix("logs"))
@@ -102,7 +102,7 @@ fn a_pool_whose_redis_is_up_logs_no_reconnect_and_no_outage() {
 fn a_lost_change_feed_is_logged_and_so_is_its_return() {
     let lines = capture(|lines| async move {
         let db = TestDb::with_schema(COUNTERS).await;
-        let cache = CachedPool::builder(db.pool.clone())
+        let cache = sqlacache_tests::builder(db.pool.clone())
             .model::<Counter>()
             .change_feed()
             .build()
@@ -135,7 +135,7 @@ fn a_lost_change_feed_is_logged_and_so_is_its_return() {
 fn a_read_that_is_not_cached_names_its_statement_and_row_type() {
     let lines = capture(|_| async move {
         let db = TestDb::with_schema(COUNTERS).await;
-        let cache = CachedPool::builder(db.pool.clone()).model::<Counter>().build().await.expect("build");
+        let cache = sqlacache_tests::builder(db.pool.clone()).model::<Counter>().build().await.expect("build");
         let rows =
             sqlacache_sqlx::query_as::<Counter>("SELECT id, v FROM counters WHERE v > extract(epoch FROM now())")
                 .fetch_all(&cache)

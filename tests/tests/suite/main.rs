@@ -12,6 +12,7 @@ mod late_redis;
 mod logs;
 mod macros;
 mod never_cached;
+mod one_process;
 mod partial_commits;
 mod projections;
 mod proof;

@@ -32,7 +32,7 @@ async fn locking_volatile_and_unreadable_reads_bypass() {
 async fn temporary_relations_never_shadow_a_cached_name() {
     let db = TestDb::new().await;
     let pool = db.pool_with(2, db.options()).await;
-    let cache = sqlacache_sqlx::CachedPool::builder(pool.clone()).model::<User>().build().await.unwrap();
+    let cache = sqlacache_tests::builder(pool.clone()).model::<User>().build().await.unwrap();
     for create in [
         "CREATE TEMP TABLE users (id bigint PRIMARY KEY, name text NOT NULL, active boolean NOT NULL)",
         "CREATE TABLE pg_temp.users (id bigint PRIMARY KEY, name text NOT NULL, active boolean NOT NULL)",

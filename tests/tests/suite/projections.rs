@@ -32,7 +32,7 @@ async fn raw_joined(db: &TestDb) -> Vec<PostWithAuthor> {
 #[tokio::test]
 async fn a_join_result_is_cached_and_a_write_to_either_table_invalidates_it() {
     let db = TestDb::with_schema(BLOG).await;
-    let cache = CachedPool::builder(db.pool.clone()).build().await.unwrap();
+    let cache = sqlacache_tests::builder(db.pool.clone()).build().await.unwrap();
     assert_eq!(joined(&cache).await, raw_joined(&db).await);
     assert_eq!(joined(&cache).await, raw_joined(&db).await);
     assert_eq!(cache.stats().hits, 1, "the join result is served from the cache");
@@ -60,7 +60,7 @@ struct TitleOnly(String);
 #[tokio::test]
 async fn aggregates_tuples_and_tuple_structs_are_cached_and_fresh() {
     let db = TestDb::with_schema(BLOG).await;
-    let cache = CachedPool::builder(db.pool.clone()).build().await.unwrap();
+    let cache = sqlacache_tests::builder(db.pool.clone()).build().await.unwrap();
     let counts_sql = "SELECT author_id, count(*) AS posts FROM posts GROUP BY author_id ORDER BY author_id";
     let tuples_sql = "SELECT id, title FROM posts ORDER BY id";
     let titles_sql = "SELECT title FROM posts ORDER BY id";
@@ -90,7 +90,7 @@ struct Titled {
 #[tokio::test]
 async fn row_types_reading_the_same_sql_keep_their_own_entries() {
     let db = TestDb::with_schema(BLOG).await;
-    let cache = CachedPool::builder(db.pool.clone()).build().await.unwrap();
+    let cache = sqlacache_tests::builder(db.pool.clone()).build().await.unwrap();
     let sql = "SELECT id, title FROM posts ORDER BY id";
     for _ in 0..2 {
         let structs = sqlacache_sqlx::query_as::<Titled>(sql).fetch_all(&cache).await.unwrap();
@@ -120,7 +120,7 @@ struct AuthorName {
 #[tokio::test]
 async fn a_model_takes_its_own_settings_at_first_use_without_registration() {
     let db = TestDb::with_schema(BLOG).await;
-    let cache = CachedPool::builder(db.pool.clone()).build().await.unwrap();
+    let cache = sqlacache_tests::builder(db.pool.clone()).build().await.unwrap();
     let list = "SELECT * FROM authors ORDER BY id";
     let names = "SELECT name FROM authors ORDER BY id";
     // Before `Author` is used, the table follows the wildcard.
@@ -144,7 +144,7 @@ async fn a_model_takes_its_own_settings_at_first_use_without_registration() {
     assert_eq!(cache.stats().misses - stats.misses, 1, "the model's one-second TTL applies");
 
     // Registered up front, the same.
-    let registered = CachedPool::builder(db.pool.clone()).model::<Author>().build().await.unwrap();
+    let registered = sqlacache_tests::builder(db.pool.clone()).model::<Author>().build().await.unwrap();
     for _ in 0..2 {
         registered.get::<Author>(1).await.unwrap();
         sqlacache_sqlx::query_as::<AuthorName>(names).fetch_all(&registered).await.unwrap();
@@ -165,7 +165,7 @@ struct Post {
 #[tokio::test]
 async fn what_was_cached_under_other_settings_is_dropped_at_first_use() {
     let db = TestDb::with_schema(BLOG).await;
-    let cache = CachedPool::builder(db.pool.clone()).build().await.unwrap();
+    let cache = sqlacache_tests::builder(db.pool.clone()).build().await.unwrap();
     let titles = "SELECT title FROM posts ORDER BY id";
     let before = sqlacache_sqlx::query_as::<TitleOnly>(titles).fetch_all(&cache).await.unwrap();
     // A write the cache does not see: the TTL would be the only backstop.
@@ -194,7 +194,7 @@ struct PostByTitle {
 async fn a_model_that_does_not_check_out_at_first_use_is_never_cached() {
     let db = TestDb::with_schema(BLOG).await;
     sqlx::query("INSERT INTO posts VALUES (13, 2, 'engines')").execute(&db.pool).await.unwrap();
-    let cache = CachedPool::builder(db.pool.clone()).build().await.unwrap();
+    let cache = sqlacache_tests::builder(db.pool.clone()).build().await.unwrap();
     for _ in 0..3 {
         let post = cache.get::<PostByTitle>("engines".to_owned()).await.unwrap().unwrap();
         assert_eq!(post.title, "engines");
@@ -232,7 +232,7 @@ async fn query_as_macro_caches_a_row_type_without_from_row() {
         active: bool,
     }
     let db = TestDb::new().await;
-    let cache = CachedPool::builder(db.pool.clone()).build().await.unwrap();
+    let cache = sqlacache_tests::builder(db.pool.clone()).build().await.unwrap();
     let read = || sqlacache_sqlx::query_as!(UserView, "SELECT id, name, active FROM users WHERE id = $1", 1_i64);
     let first = read().fetch_one(&cache).await.unwrap();
     assert_eq!(read().fetch_one(&cache).await.unwrap(), first);
@@ -252,7 +252,7 @@ struct Misspelt {
 #[tokio::test]
 async fn a_model_of_a_misspelt_table_is_counted_as_a_bad_model() {
     let db = TestDb::with_schema(BLOG).await;
-    let cache = CachedPool::builder(db.pool.clone()).build().await.unwrap();
+    let cache = sqlacache_tests::builder(db.pool.clone()).build().await.unwrap();
     // PostgreSQL's own error, unchanged.
     let error = cache.get::<Misspelt>(1).await.unwrap_err();
     assert!(error.to_string().contains("postz"), "{error}");

@@ -16,7 +16,7 @@ async fn non_ascii_names_resolve_as_postgres_folds_them() {
            INSERT INTO "Ät" VALUES (1); INSERT INTO "ät" VALUES (1), (2);"#,
     )
     .await;
-    let cache = CachedPool::builder(db.pool.clone()).build().await.unwrap();
+    let cache = sqlacache_tests::builder(db.pool.clone()).build().await.unwrap();
     for round in 0..3_i64 {
         assert_eq!(count(&cache, "SELECT count(*) FROM Ät").await, 1 + round);
         assert_eq!(count(&cache, "SELECT count(*) FROM ÄT").await, 1 + round);
@@ -32,7 +32,7 @@ async fn non_ascii_names_resolve_as_postgres_folds_them() {
 #[tokio::test]
 async fn clock_words_in_arguments_of_any_length_are_not_cached() {
     let db = TestDb::new().await;
-    let cache = CachedPool::builder(db.pool.clone()).build().await.unwrap();
+    let cache = sqlacache_tests::builder(db.pool.clone()).build().await.unwrap();
     let sql = "SELECT count(*) FROM users WHERE $1::timestamptz > '2000-01-01'";
     for word in ["now", " Today", "tomorrow  ", "YESTERDAY"] {
         for pad in [0, 1, 44, 48, 60, 92, 96, 200] {
@@ -74,7 +74,7 @@ CREATE DOMAIN day_d AS date;
 #[tokio::test]
 async fn functions_operators_and_casts_in_every_spelling_are_judged_by_postgres() {
     let db = TestDb::with_schema(PROVEN).await;
-    let cache = CachedPool::builder(db.pool.clone()).build().await.unwrap();
+    let cache = sqlacache_tests::builder(db.pool.clone()).build().await.unwrap();
     let refused = [
         // Attribute notation is a function call.
         ("SELECT count(*) FROM notes n WHERE n.jitter < 2", Uncached::Volatile),
@@ -127,7 +127,7 @@ async fn a_read_postgres_cannot_vouch_for_is_not_cached() {
     );
     sqlx::raw_sql(AssertSqlSafe(setup)).execute(&db.pool).await.unwrap();
     let pool = db.pool_with(1, options).await;
-    let cache = CachedPool::builder(pool).build().await.unwrap();
+    let cache = sqlacache_tests::builder(pool).build().await.unwrap();
     for _ in 0..2 {
         assert_eq!(count(&cache, "SELECT count(*) FROM notes").await, 2);
     }

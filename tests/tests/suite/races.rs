@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use sqlacache_sqlx::testing::FillPoint;
 use sqlacache_sqlx::testing::{Hooks as _, Probe as _};
-use sqlacache_sqlx::{Cacheable, CachedPool};
+use sqlacache_sqlx::Cacheable;
 use sqlacache_tests::{TestDb, User};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
@@ -88,7 +88,7 @@ async fn reads_started_after_a_write_see_it() {
          INSERT INTO counters SELECT g, 0 FROM generate_series(0, 3) g;",
     )
     .await;
-    let cache = CachedPool::builder(db.pool.clone()).model::<Counter>().build().await.unwrap();
+    let cache = sqlacache_tests::builder(db.pool.clone()).model::<Counter>().build().await.unwrap();
     let published: Arc<Vec<AtomicI64>> = Arc::new((0..ROWS).map(|_| AtomicI64::new(0)).collect());
     let done = Arc::new(AtomicBool::new(false));
 

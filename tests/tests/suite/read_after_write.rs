@@ -1,6 +1,6 @@
 //! A read that starts after a write returned sees that write: point reads and lists.
 
-use sqlacache_sqlx::{CachedPool, Uncached};
+use sqlacache_sqlx::Uncached;
 use sqlacache_tests::{TestDb, User};
 
 async fn active_list(cache: &sqlacache_sqlx::CachedPool) -> Vec<i64> {
@@ -161,7 +161,7 @@ async fn repeated_statements_are_analyzed_once() {
 #[tokio::test]
 async fn a_read_plans_its_statement_once_even_when_no_plan_is_kept() {
     let db = TestDb::new().await;
-    let cache = CachedPool::builder(db.pool_with(1, db.options()).await).model::<User>().build().await.unwrap();
+    let cache = sqlacache_tests::builder(db.pool_with(1, db.options()).await).model::<User>().build().await.unwrap();
     sqlx::raw_sql("BEGIN").execute(&cache).await.unwrap();
     sqlx::raw_sql("ROLLBACK").execute(&cache).await.unwrap();
     let before = cache.stats().statements_analyzed;

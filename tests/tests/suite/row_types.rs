@@ -3,7 +3,7 @@
 //! equal text means the same row.
 
 use serde::{Deserialize, Serialize};
-use sqlacache_sqlx::{Cacheable, CachedPool, CachedRow, Uncached};
+use sqlacache_sqlx::{Cacheable, CachedRow, Uncached};
 use sqlacache_tests::TestDb;
 
 #[tokio::test]
@@ -74,7 +74,8 @@ mod b {
 #[tokio::test]
 async fn same_named_types_never_decode_each_others_bytes() {
     let db = TestDb::with_schema(PEOPLE).await;
-    let cache = CachedPool::builder(db.pool.clone()).model::<a::Person>().model::<b::Person>().build().await.unwrap();
+    let cache =
+        sqlacache_tests::builder(db.pool.clone()).model::<a::Person>().model::<b::Person>().build().await.unwrap();
     assert_ne!(a::Person::fingerprint(), b::Person::fingerprint(), "aliases resolve to other types");
     assert_eq!(a::Person::MODEL.fingerprint, b::Person::MODEL.fingerprint, "the tokens alone are alike");
     for _ in 0..2 {
@@ -104,7 +105,7 @@ async fn row_types_that_do_not_round_trip_are_refused_not_corrupted() {
          INSERT INTO settings VALUES (1, '{\"a\": [1, 2]}');",
     )
     .await;
-    let cache = CachedPool::builder(db.pool.clone()).model::<Setting>().build().await.unwrap();
+    let cache = sqlacache_tests::builder(db.pool.clone()).model::<Setting>().build().await.unwrap();
     for _ in 0..3 {
         let setting = cache.get::<Setting>(1_i64).await.unwrap().unwrap();
         assert_eq!(setting.value, serde_json::json!({"a": [1, 2]}));
@@ -130,7 +131,7 @@ async fn get_honours_rename_all() {
            INSERT INTO accounts VALUES (7, 'seven');"#,
     )
     .await;
-    let cache = CachedPool::builder(db.pool.clone()).model::<Account>().build().await.unwrap();
+    let cache = sqlacache_tests::builder(db.pool.clone()).model::<Account>().build().await.unwrap();
     assert_eq!(Account::MODEL.primary_key, ["accountId"]);
     for _ in 0..2 {
         let account = cache.get::<Account>(7_i64).await.unwrap().unwrap();
@@ -162,7 +163,7 @@ async fn keys_that_compare_equal_in_other_spellings_are_not_row_identities() {
 }
 
 async fn equal_spellings_are_one_row(db: &TestDb) {
-    let cache = CachedPool::builder(db.pool.clone()).model::<Login>().build().await.unwrap();
+    let cache = sqlacache_tests::builder(db.pool.clone()).model::<Login>().build().await.unwrap();
     let seen = |key: &'static str| {
         let cache = cache.clone();
         async move { cache.get::<Login>(key.to_owned()).await.unwrap().map(|l| l.seen) }

@@ -13,7 +13,7 @@ async fn shadowing(db: &TestDb) -> (CachedPool, String) {
     sqlx::raw_sql(AssertSqlSafe(format!("CREATE SCHEMA {first}"))).execute(&db.pool).await.unwrap();
     let options = db.options().options([("search_path", format!("{first}, {}", db.schema).as_str())]);
     let pool = db.pool_with(4, options).await;
-    (CachedPool::builder(pool).build().await.unwrap(), first)
+    (sqlacache_tests::builder(pool).build().await.unwrap(), first)
 }
 
 async fn names(cache: &CachedPool) -> Vec<String> {
@@ -67,7 +67,7 @@ async fn a_pool_of_one_in_a_transaction_never_waits_for_the_catalog() {
         .connect_with(db.options())
         .await
         .unwrap();
-    let cache = CachedPool::builder(pool).build().await.unwrap();
+    let cache = sqlacache_tests::builder(pool).build().await.unwrap();
     let work = async {
         let mut tx = cache.begin().await.unwrap();
         sqlx::raw_sql("CREATE TABLE fresh (id bigint PRIMARY KEY)").execute(&mut *tx).await.unwrap();
@@ -111,7 +111,7 @@ async fn a_generated_key_changes_with_its_base_column() {
          INSERT INTO codes VALUES (1);",
     )
     .await;
-    let cache = CachedPool::builder(db.pool.clone()).model::<Code>().build().await.unwrap();
+    let cache = sqlacache_tests::builder(db.pool.clone()).model::<Code>().build().await.unwrap();
     assert!(cache.get::<Code>(10_i64).await.unwrap().is_some());
     assert!(cache.get::<Code>(20_i64).await.unwrap().is_none());
     sqlx::query("UPDATE codes SET base = 2 WHERE base = 1").execute(&cache).await.unwrap();
@@ -133,7 +133,7 @@ async fn cascades_into_partitions_and_children_invalidate_the_family() {
          INSERT INTO child VALUES (20, 1);",
     )
     .await;
-    let cache = CachedPool::builder(db.pool.clone()).build().await.unwrap();
+    let cache = sqlacache_tests::builder(db.pool.clone()).build().await.unwrap();
     let count = |sql: &'static str| sqlacache_sqlx::query_scalar::<i64>(sql).fetch_one(&cache);
     assert_eq!(count("SELECT count(*) FROM items").await.unwrap(), 1);
     assert_eq!(count("SELECT count(*) FROM base").await.unwrap(), 1);
@@ -155,7 +155,7 @@ async fn joining_or_leaving_a_family_invalidates_the_family() {
          INSERT INTO parts VALUES (1); INSERT INTO parts_high VALUES (100), (101);",
     )
     .await;
-    let cache = CachedPool::builder(db.pool.clone()).build().await.unwrap();
+    let cache = sqlacache_tests::builder(db.pool.clone()).build().await.unwrap();
     let count = |sql: &'static str| sqlacache_sqlx::query_scalar::<i64>(sql).fetch_one(&cache);
     for (ddl, read, expected) in [
         ("ALTER TABLE extra INHERIT base", "SELECT count(*) FROM base", 3),
@@ -187,7 +187,7 @@ async fn a_write_overlapping_a_schema_change_trusts_no_plan() {
          CREATE TRIGGER hold BEFORE INSERT ON extra FOR EACH ROW EXECUTE FUNCTION hold();",
     )
     .await;
-    let cache = CachedPool::builder(db.pool.clone()).build().await.unwrap();
+    let cache = sqlacache_tests::builder(db.pool.clone()).build().await.unwrap();
     let base = || sqlacache_sqlx::query_scalar::<i64>("SELECT count(*) FROM base").fetch_one(&cache);
     let mut holder = db.pool.acquire().await.unwrap();
     sqlx::query("SELECT pg_advisory_lock(4242)").execute(&mut *holder).await.unwrap();
@@ -233,7 +233,7 @@ async fn an_abandoned_reload_keeps_the_schema_change_pending() {
         .connect_with(options)
         .await
         .unwrap();
-    let cache = CachedPool::builder(pool.clone()).build().await.unwrap();
+    let cache = sqlacache_tests::builder(pool.clone()).build().await.unwrap();
     assert_eq!(names(&cache).await, ["ada", "bob", "cy"]);
     let create = format!("CREATE TABLE {first}.users AS SELECT 1::bigint AS id, 'shadow'::text AS name");
     sqlx::raw_sql(AssertSqlSafe(create)).execute(&cache).await.unwrap();

@@ -15,7 +15,7 @@ async fn hand_written_transactions_through_the_pool_are_never_cached() {
     let db = TestDb::new().await;
     // One connection: the hand-written transaction is the connection every read runs on.
     let pool = db.pool_with(1, db.options()).await;
-    let cache = CachedPool::builder(pool).model::<User>().build().await.unwrap();
+    let cache = sqlacache_tests::builder(pool).model::<User>().build().await.unwrap();
     assert_eq!(name_of(&cache, 1).await, "ada");
 
     sqlx::raw_sql("BEGIN").execute(&cache).await.unwrap();
@@ -86,7 +86,7 @@ async fn session_changes_through_the_pool_never_reach_its_other_connections() {
         "BEGIN; SET TIME ZONE 'Asia/Tokyo'; COMMIT",
     ] {
         let pool = db.pool_with(2, db.options()).await;
-        let cache = CachedPool::builder(pool.clone()).model::<User>().build().await.unwrap();
+        let cache = sqlacache_tests::builder(pool.clone()).model::<User>().build().await.unwrap();
         let before = every_session(&pool, 2).await;
         assert_eq!(name_of(&cache, 1).await, "ada");
 
@@ -111,7 +111,7 @@ async fn a_setting_on_one_connection_never_answers_for_another() {
     )
     .await;
     let pool = db.pool_with(2, db.options().options([("timezone", "UTC")])).await;
-    let cache = CachedPool::builder(pool.clone()).build().await.unwrap();
+    let cache = sqlacache_tests::builder(pool.clone()).build().await.unwrap();
     let read = || sqlacache_sqlx::query_scalar::<String>("SELECT at::text FROM events WHERE id = 1").fetch_one(&cache);
     assert_eq!(read().await.unwrap(), "2024-01-01 00:00:00+00");
 
@@ -141,7 +141,7 @@ async fn supported_session_configuration_keeps_caching() {
         .connect_with(options)
         .await
         .unwrap();
-    let cache = CachedPool::builder(pool).model::<User>().build().await.unwrap();
+    let cache = sqlacache_tests::builder(pool).model::<User>().build().await.unwrap();
     let mut tx = cache.begin().await.unwrap();
     sqlx::raw_sql("SET LOCAL search_path TO pg_catalog").execute(&mut *tx).await.unwrap();
     sqlx::raw_sql("SET LOCAL ROLE postgres").execute(&mut *tx).await.unwrap();
@@ -158,7 +158,7 @@ async fn supported_session_configuration_keeps_caching() {
 async fn session_changes_inside_a_transaction_close_its_connection() {
     let db = TestDb::new().await;
     let pool = db.pool_with(2, db.options()).await;
-    let cache = CachedPool::builder(pool.clone()).model::<User>().build().await.unwrap();
+    let cache = sqlacache_tests::builder(pool.clone()).model::<User>().build().await.unwrap();
     let before = every_session(&pool, 2).await;
     for (statement, end) in [
         ("SET TIME ZONE 'Asia/Tokyo'", "commit"),
@@ -193,7 +193,7 @@ async fn session_changes_inside_a_transaction_close_its_connection() {
 async fn an_unreadable_begin_through_the_pool_is_never_cached_past_its_rollback() {
     let db = TestDb::new().await;
     let pool = db.pool_with(1, db.options()).await;
-    let cache = CachedPool::builder(pool).model::<User>().build().await.unwrap();
+    let cache = sqlacache_tests::builder(pool).model::<User>().build().await.unwrap();
     assert_eq!(name_of(&cache, 1).await, "ada");
     sqlx::raw_sql("BEGIN ISOLATION LEVEL SERIALIZABLE, READ WRITE, NOT DEFERRABLE").execute(&cache).await.unwrap();
     sqlx::query("UPDATE users SET name = 'uncommitted' WHERE id = 1").execute(&cache).await.unwrap();
@@ -207,7 +207,7 @@ async fn an_unreadable_begin_through_the_pool_is_never_cached_past_its_rollback(
 async fn a_failed_string_with_begin_stops_caching() {
     let db = TestDb::new().await;
     let pool = db.pool_with(1, db.options()).await;
-    let cache = CachedPool::builder(pool).model::<User>().build().await.unwrap();
+    let cache = sqlacache_tests::builder(pool).model::<User>().build().await.unwrap();
     let error = sqlx::raw_sql("BEGIN; UPDATE users SET name = 'half' WHERE id = 1; SELECT 1/0; COMMIT")
         .execute(&cache)
         .await
@@ -245,7 +245,7 @@ async fn tenant_policies_never_leak_rows_between_tenants() {
     let grant = format!("GRANT SELECT, INSERT, UPDATE ON docs, parts, parts_1, parts_2 TO {role}");
     sqlx::raw_sql(AssertSqlSafe(grant)).execute(&db.pool).await.unwrap();
     let pool = db.pool_with(1, options).await;
-    let cache = CachedPool::builder(pool.clone()).build().await.unwrap();
+    let cache = sqlacache_tests::builder(pool.clone()).build().await.unwrap();
     let bodies = || sqlacache_sqlx::query_scalar::<String>("SELECT body FROM docs ORDER BY id").fetch_all(&cache);
     let raw = || sqlx::query_scalar::<_, String>("SELECT body FROM docs ORDER BY id").fetch_all(&pool);
 
@@ -265,7 +265,7 @@ async fn tenant_policies_never_leak_rows_between_tenants() {
 #[tokio::test]
 async fn row_level_security_tables_are_not_cached() {
     let db = TestDb::with_schema(TENANTS).await;
-    let cache = CachedPool::builder(db.pool.clone()).build().await.unwrap();
+    let cache = sqlacache_tests::builder(db.pool.clone()).build().await.unwrap();
     for sql in [
         "SELECT count(*) FROM docs",
         "SELECT count(*) FROM parts",
@@ -298,7 +298,7 @@ async fn writes_the_raw_pool_accepts_are_never_refused() {
     );
     sqlx::raw_sql(AssertSqlSafe(grant)).execute(&db.pool).await.unwrap();
     let pool = db.pool_with(2, options).await;
-    let cache = CachedPool::builder(pool.clone()).build().await.unwrap();
+    let cache = sqlacache_tests::builder(pool.clone()).build().await.unwrap();
     for sql in [
         "INSERT INTO inbox VALUES (1, 'a role that may insert but not read')",
         "INSERT INTO ruled VALUES (1, 'rewritten by a rule')",
@@ -317,7 +317,7 @@ async fn privileges_revoked_through_the_pool_are_seen() {
     let grant = format!("GRANT CREATE ON SCHEMA {} TO {role}", db.schema);
     sqlx::raw_sql(AssertSqlSafe(grant)).execute(&db.pool).await.unwrap();
     let pool = db.pool_with(2, options).await;
-    let cache = CachedPool::builder(pool.clone()).build().await.unwrap();
+    let cache = sqlacache_tests::builder(pool.clone()).build().await.unwrap();
     sqlx::raw_sql("CREATE TABLE mine (id bigint PRIMARY KEY); INSERT INTO mine VALUES (1)")
         .execute(&cache)
         .await
@@ -381,7 +381,7 @@ async fn only_statements_that_may_change_the_session_cost_a_connection() {
     ))
     .await;
     let pool = db.pool_with(1, db.options()).await;
-    let cache = CachedPool::builder(pool.clone()).model::<User>().build().await.unwrap();
+    let cache = sqlacache_tests::builder(pool.clone()).model::<User>().build().await.unwrap();
     let pid = || async { sqlx::query_scalar::<_, i32>("SELECT pg_backend_pid()").fetch_one(&pool).await.unwrap() };
     let first = pid().await;
     for kept in [

@@ -4,7 +4,7 @@
 //! process of its own.
 
 use sqlacache_sqlx::testing::{Hooks as _, Probe as _};
-use sqlacache_sqlx::{CachedPool, CachedPoolBuilder, Consistency};
+use sqlacache_sqlx::{CachedPoolBuilder, Consistency};
 use sqlacache_tests::redis::{redis_url, require_shared_redis, tiers_ready, unique_prefix, Proxy, RedisServer};
 use sqlacache_tests::{bump, value, Counter, TestDb, COUNTERS};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 const LEASE: Duration = Duration::from_millis(300);
 
 fn builder(db: &TestDb, url: &str, prefix: &str, consistency: Consistency) -> CachedPoolBuilder {
-    CachedPool::builder(db.pool.clone())
+    sqlacache_tests::builder(db.pool.clone())
         .model::<Counter>()
         .default_ttl(Duration::from_secs(60))
         .redis(url)

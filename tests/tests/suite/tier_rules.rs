@@ -79,7 +79,7 @@ async fn every_store_keeps_the_freshness_contract() {
 const LEASE: Duration = Duration::from_millis(300);
 
 async fn pool(db: &TestDb, tier: &Arc<MockClient>) -> CachedPool {
-    CachedPool::builder(db.pool.clone())
+    sqlacache_tests::builder(db.pool.clone())
         .model::<Counter>()
         .default_ttl(TTL)
         .shared_tier(tier.clone() as Arc<dyn SharedTier>)
@@ -275,11 +275,53 @@ async fn a_read_during_the_shared_invalidation_never_outlives_the_write() {
 async fn a_url_and_a_shared_tier_together_fail_build() {
     let db = TestDb::with_schema(COUNTERS).await;
     let tier: Arc<dyn SharedTier> = MockServer::new().client();
-    let error = CachedPool::builder(db.pool.clone())
+    let error = sqlacache_tests::builder(db.pool.clone())
         .redis("redis://127.0.0.1:1")
         .shared_tier(tier)
         .build()
         .await
         .expect_err("two shared tiers");
     assert!(error.to_string().contains("both a Redis URL and a shared tier"), "{error}");
+}
+
+/// B's subscription falls behind for longer than the lease (a stalled process) but loses
+/// nothing: B stops serving its in-process tier while it cannot vouch for it, hears A's write in
+/// order before its own heartbeat renews the trust, and keeps the rest of the tier. Messages
+/// that are lost instead (a gap in A's numbers) still cost B the whole tier.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_that_falls_behind_keeps_the_tier_and_a_gap_drops_it() {
+    let db = TestDb::with_schema(COUNTERS).await;
+    let (_ca, a, cb, b) = two_processes(&db).await;
+    // Row 2 in B's in-process tier too.
+    let start = Instant::now();
+    loop {
+        let local = local_hits(&b);
+        assert_eq!(value(&b, 2).await, 0);
+        if local_hits(&b) > local {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "row 2 is never served from B's in-process tier");
+    }
+    let drops = b.stats().tier_drops;
+    cb.stall(true);
+    // (A write that names its row: row 2 stays cached.)
+    sqlx::query("UPDATE counters SET v = v + 1 WHERE id = 1").execute(&a).await.unwrap();
+    until("B stops trusting its tier", || !b.tiers_ready_for_tests()).await;
+    // Untrusted: B reads past its tier and sees the write.
+    assert_eq!(value(&b, 1).await, 1, "B served its old copy after its lease lapsed");
+    cb.stall(false);
+    until("B trusts its tier again", || b.tiers_ready_for_tests()).await;
+    assert_eq!(value(&b, 1).await, 1, "B missed the write it heard late");
+    let local = local_hits(&b);
+    assert_eq!(value(&b, 2).await, 0);
+    assert_eq!(b.stats().tier_drops, drops, "a subscription that only fell behind dropped the tier");
+    assert_eq!(local_hits(&b), local + 1, "row 2 is still served from B's in-process tier: {:?}", b.stats());
+
+    // Lost, not late: B cannot vouch for its tier and drops it.
+    cb.deafen(true);
+    assert_eq!(bump(&a).await, 2);
+    until("B stops trusting its tier", || !b.tiers_ready_for_tests()).await;
+    cb.deafen(false);
+    until("B drops its in-process tier", || b.stats().tier_drops > drops).await;
+    read_until(&b, 2, "after the lost write").await;
 }

@@ -37,7 +37,7 @@ async fn pool_on(pg: sqlx::PgPool, url: &str, prefix: &str, memory: u64) -> Cach
 
 /// [`pool_on`] whose Redis commands may take up to `timeout`.
 async fn pool_timed(pg: sqlx::PgPool, url: &str, prefix: &str, memory: u64, timeout: Duration) -> CachedPool {
-    CachedPool::builder(pg)
+    sqlacache_tests::builder(pg)
         .model::<Counter>()
         // Its keys in the shared Redis expire within a minute.
         .default_ttl(Duration::from_secs(60))
@@ -323,7 +323,7 @@ fn redis_filler(server: &RedisServer) -> impl Drop {
 async fn an_invalid_url_fails_build_and_an_unreachable_redis_does_not() {
     let db = TestDb::with_schema(COUNTERS).await;
     for url in ["http://127.0.0.1:6379", "127.0.0.1:6379", "redis://[::1"] {
-        let error = CachedPool::builder(db.pool.clone()).redis(url).build().await.unwrap_err();
+        let error = sqlacache_tests::builder(db.pool.clone()).redis(url).build().await.unwrap_err();
         assert!(matches!(error, Error::Redis(_)), "{url}: {error}");
         assert!(error.to_string().contains("Redis"), "{error}");
     }
