@@ -2,9 +2,12 @@
 //! its in-process tier.
 //!
 //! Every process publishes its invalidations, and a heartbeat, on one channel. Messages carry
-//! the publisher's id and a sequence number that counts every message it tried to send, so a
-//! receiver sees a **gap** when one was lost (a publish whose outcome was unknown, a dropped
-//! connection). The channel itself is at-most-once; these rules make a loss visible:
+//! the publisher's id and a sequence number that counts every message it tried to send, and a
+//! heartbeat the number below which all had reached the server, so a receiver sees a **gap**
+//! when one was lost (a publish whose outcome was unknown, a dropped connection): a number it
+//! has not heard that the publisher's heartbeat says had settled. (Messages sent at once by
+//! several tasks of one publisher may overtake each other: that alone is no gap.) The channel
+//! itself is at-most-once; these rules make a loss visible:
 //!
 //! - a gap in a publisher's numbers, a reconnect of the subscriber, or a lagging receiver means
 //!   messages may be missing: the in-process tier is dropped before it serves again;
@@ -18,7 +21,7 @@
 //! tested without a server.
 
 use crate::store::Tag;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -111,71 +114,144 @@ fn decode_tag(word: &str) -> Option<Tag> {
     })
 }
 
-/// Publishers heard from, with the last sequence number of each.
+/// The numbers of one publisher's invalidations, and which of them are still on their way.
+///
+/// Several tasks of one process publish at once, so message 8 may reach the server before
+/// message 7: a heartbeat must not claim 8 while 7 is in flight, or a receiver that has not yet
+/// heard 7 would take it for lost. So a heartbeat carries [`Outgoing::settled`], below which
+/// every invalidation has reached the server or been given up (and is then widened).
+#[derive(Debug, Default)]
+pub struct Outgoing {
+    last: u64,
+    open: BTreeSet<u64>,
+}
+
+impl Outgoing {
+    /// The next number, open until [`Outgoing::close`].
+    pub fn take(&mut self) -> u64 {
+        self.last += 1;
+        self.open.insert(self.last);
+        self.last
+    }
+
+    /// The message `seq` reached the server, or was given up.
+    pub fn close(&mut self, seq: u64) {
+        self.open.remove(&seq);
+    }
+
+    /// The highest number below which (inclusive) no message is on its way.
+    pub fn settled(&self) -> u64 {
+        self.open.first().map_or(self.last, |first| first - 1)
+    }
+
+    /// The last number taken.
+    pub fn last(&self) -> u64 {
+        self.last
+    }
+}
+
+/// Publishers heard from: the highest number heard from each, and the lower ones not heard yet.
+///
+/// Messages of one publisher may arrive out of order (see [`Outgoing`]), so a number skipped is
+/// only missing, not lost: it is lost when the publisher's heartbeat says it had settled. A
+/// heartbeat comes every fraction of a lease, so a loss is still seen within one.
 #[derive(Debug, Default)]
 pub struct Sequences {
-    last: HashMap<u64, u64>,
+    heard: HashMap<u64, Heard>,
+}
+
+#[derive(Debug, Default)]
+struct Heard {
+    last: u64,
+    missing: BTreeSet<u64>,
 }
 
 /// Publishers remembered; past this the map starts over (and the caller drops its tier).
 const MAX_PUBLISHERS: usize = 4096;
 
+/// Numbers of one publisher awaited at once; past this they count as lost.
+const MAX_MISSING: u64 = 1024;
+
 impl Sequences {
-    /// Notes a message; returns `false` when messages of this publisher may have been lost in
-    /// between (a gap), or the bookkeeping had to start over.
+    /// Notes a message; returns `false` when messages of this publisher may have been lost
+    /// before it, or the bookkeeping had to start over.
     pub fn note(&mut self, publisher: u64, seq: u64) -> bool {
-        if self.last.len() >= MAX_PUBLISHERS && !self.last.contains_key(&publisher) {
-            self.last.clear();
-            self.last.insert(publisher, seq);
-            return false;
-        }
-        match self.last.get_mut(&publisher) {
+        let Some(heard) = self.publisher(publisher, seq) else { return false };
+        match heard {
             // First heard: only its first message proves nothing was missed. Anything it sent
             // before may have been sent after this process started listening (and lost), so a
-            // later first number counts as a gap: a process that starts among running ones, or
+            // later first number counts as a loss: a process that starts among running ones, or
             // reconnects, drops its tier once per publisher (it holds little by then).
-            None => {
-                self.last.insert(publisher, seq);
-                seq == 1
+            None => seq == 1,
+            // A number already passed: one that overtook it arrived first, or a message sent
+            // again (a publisher tries a message whose outcome it does not know again, with its
+            // number).
+            Some(heard) if seq <= heard.last => {
+                heard.missing.remove(&seq);
+                true
             }
-            // A number already passed is a message sent again (a publisher tries a message
-            // whose outcome it does not know again, with its number): nothing new is missing.
-            Some(last) if seq <= *last => true,
-            Some(last) => std::mem::replace(last, seq) + 1 == seq,
+            Some(heard) => {
+                let skipped = seq - heard.last - 1;
+                if skipped + heard.missing.len() as u64 > MAX_MISSING {
+                    heard.missing.clear();
+                    heard.last = seq;
+                    return false;
+                }
+                heard.missing.extend(heard.last + 1..seq);
+                heard.last = seq;
+                true
+            }
         }
     }
 
-    /// Notes a heartbeat, which carries the number of its publisher's last invalidation that
-    /// had reached the server before it was sent; returns `false` when this process has not
-    /// heard that one (a gap), or the bookkeeping had to start over.
-    pub fn note_heartbeat(&mut self, publisher: u64, seq: u64) -> bool {
-        if self.last.len() >= MAX_PUBLISHERS && !self.last.contains_key(&publisher) {
-            self.last.clear();
-            self.last.insert(publisher, seq);
-            return false;
-        }
-        match self.last.get_mut(&publisher) {
+    /// Notes a heartbeat, which carries the number below which every invalidation of its
+    /// publisher had reached the server (or was given up) before it was sent; returns `false`
+    /// when this process has not heard one of those (a loss), or the bookkeeping had to start
+    /// over.
+    pub fn note_heartbeat(&mut self, publisher: u64, settled: u64) -> bool {
+        let Some(heard) = self.publisher(publisher, settled) else { return false };
+        match heard {
             // First heard: as for an invalidation, only "nothing sent yet" proves nothing missed.
-            None => {
-                self.last.insert(publisher, seq);
-                seq == 0
-            }
-            Some(last) if seq <= *last => true,
-            Some(last) => {
-                *last = seq;
+            None => settled == 0,
+            Some(heard) if settled > heard.last => {
+                heard.last = settled;
+                heard.missing.clear();
                 false
             }
+            Some(heard) => match heard.missing.first() {
+                Some(&first) if first <= settled => {
+                    heard.missing = heard.missing.split_off(&(settled + 1));
+                    false
+                }
+                _ => true,
+            },
         }
     }
 
-    /// The last number heard from `publisher`, if any since the bookkeeping last started over.
+    /// What is known of `publisher`: `Some(None)` when it was first heard now (with `seq`),
+    /// `None` when the bookkeeping had to start over.
+    fn publisher(&mut self, publisher: u64, seq: u64) -> Option<Option<&mut Heard>> {
+        if !self.heard.contains_key(&publisher) {
+            let full = self.heard.len() >= MAX_PUBLISHERS;
+            if full {
+                self.heard.clear();
+            }
+            self.heard.insert(publisher, Heard { last: seq, missing: BTreeSet::new() });
+            return if full { None } else { Some(None) };
+        }
+        Some(self.heard.get_mut(&publisher))
+    }
+
+    /// The number up to which every message of `publisher` was heard (or counted lost), if
+    /// any was since the bookkeeping last started over.
     pub fn last(&self, publisher: u64) -> Option<u64> {
-        self.last.get(&publisher).copied()
+        let heard = self.heard.get(&publisher)?;
+        Some(heard.missing.first().map_or(heard.last, |first| first - 1))
     }
 
     /// Forgets everyone: after a reconnect, numbers restart from whatever arrives next.
     pub fn clear(&mut self) {
-        self.last.clear();
+        self.heard.clear();
     }
 }
 
@@ -329,17 +405,30 @@ mod tests {
     }
 
     #[test]
-    fn a_gap_in_a_publishers_numbers_is_seen() {
+    fn a_publishers_first_number_says_whether_anything_was_missed() {
         let mut seen = Sequences::default();
         assert!(!seen.note(1, 5), "1 to 4 may have been lost before this process heard any");
         assert!(seen.note(1, 6));
         assert!(seen.note(2, 1), "a publisher's first message");
-        assert!(!seen.note(1, 8), "7 is missing");
-        assert!(seen.note(1, 9));
-        assert!(seen.note(2, 1), "a message sent again is no gap");
-        assert!(seen.note(1, 7), "one sent again late, after a gap was seen");
-        assert!(seen.note(1, 10));
-        assert_eq!(seen.last(1), Some(10), "a repeat does not move the count back");
+        assert!(seen.note(2, 1), "a message sent again is no loss");
+        assert_eq!(seen.last(2), Some(1));
+    }
+
+    #[test]
+    fn messages_that_overtake_each_other_are_no_loss() {
+        let mut seen = Sequences::default();
+        assert!(seen.note_heartbeat(1, 0));
+        assert!(seen.note(1, 2), "1 is still on its way");
+        assert!(seen.note(1, 4));
+        assert_eq!(seen.last(1), Some(0), "everything up to 0 was heard");
+        assert!(seen.note_heartbeat(1, 0), "a heartbeat that claims nothing missing");
+        assert!(seen.note(1, 1));
+        assert_eq!(seen.last(1), Some(2));
+        assert!(seen.note(1, 3));
+        assert_eq!(seen.last(1), Some(4));
+        assert!(seen.note_heartbeat(1, 4), "all heard");
+        assert!(seen.note(1, 4), "a repeat");
+        assert_eq!(seen.last(1), Some(4), "a repeat does not move the count back");
     }
 
     #[test]
@@ -350,8 +439,41 @@ mod tests {
         assert!(seen.note_heartbeat(1, 1));
         assert!(seen.note_heartbeat(1, 0), "an older heartbeat, overtaken");
         assert!(!seen.note_heartbeat(1, 2), "invalidation 2 reached the server and not here");
-        assert!(seen.note(1, 3), "the gap was counted once");
+        assert!(seen.note(1, 3), "the loss was counted once");
+        assert!(seen.note(1, 5), "4 may still be on its way");
+        assert!(seen.note_heartbeat(1, 3));
+        assert!(!seen.note_heartbeat(1, 4), "4 settled and was not heard");
+        assert!(seen.note_heartbeat(1, 5), "counted once");
+        assert!(seen.note(1, 4), "heard late: no new loss");
         assert!(!seen.note_heartbeat(2, 4), "first heard after it had sent invalidations");
+    }
+
+    #[test]
+    fn too_many_numbers_awaited_count_as_lost() {
+        let mut seen = Sequences::default();
+        assert!(seen.note(1, 1));
+        assert!(seen.note(1, 2 + MAX_MISSING), "1024 numbers on their way");
+        assert!(!seen.note(1, 4 + MAX_MISSING), "one more is too many");
+        assert_eq!(seen.last(1), Some(4 + MAX_MISSING), "and the count starts over");
+        assert!(seen.note(1, 5 + MAX_MISSING));
+    }
+
+    #[test]
+    fn a_heartbeat_carries_the_number_below_which_nothing_is_on_its_way() {
+        let mut out = Outgoing::default();
+        assert_eq!(out.settled(), 0);
+        let (a, b, c) = (out.take(), out.take(), out.take());
+        assert_eq!((a, b, c, out.last()), (1, 2, 3, 3));
+        assert_eq!(out.settled(), 0);
+        out.close(b);
+        assert_eq!(out.settled(), 0, "1 is still on its way");
+        out.close(a);
+        assert_eq!(out.settled(), 2);
+        out.close(c);
+        out.close(c);
+        assert_eq!(out.settled(), 3);
+        assert_eq!(out.take(), 4);
+        assert_eq!(out.settled(), 3);
     }
 
     #[test]

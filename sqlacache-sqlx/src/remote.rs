@@ -71,7 +71,7 @@ mod imp {
     use crate::local::{Local, Origin};
     use crate::strict::{deadline, Acks};
     use crate::undelivered::Undelivered;
-    use sqlacache_core::bus::{Body, Message, Sequences};
+    use sqlacache_core::bus::{Body, Message, Outgoing, Sequences};
     use sqlacache_core::key::Key;
     use sqlacache_core::redis::{Lookup, RedisError, RedisStore};
     use sqlacache_core::tier::{Epochs, Event, SharedTier, Subscription, TierError};
@@ -83,12 +83,11 @@ mod imp {
     /// The Redis tier of one pool.
     pub(crate) struct Remote {
         store: Arc<dyn SharedTier>,
-        /// Numbers every invalidation this pool tries to publish.
-        seq: AtomicU64,
-        /// The highest number of an invalidation that reached Redis. Heartbeats carry it (a
-        /// lost heartbeat loses nothing, so it takes no number of its own): a process that
-        /// hears one without having heard that invalidation has missed it.
-        delivered: AtomicU64,
+        /// Numbers every invalidation this pool tries to publish, and knows which are still
+        /// on their way. Heartbeats carry the number below which none is (a lost heartbeat
+        /// loses nothing, so it takes no number of its own): a process that hears one without
+        /// having heard those invalidations has missed one.
+        numbers: std::sync::Mutex<Outgoing>,
         /// The bus, with this pool's lease on it.
         channel: Channel,
         /// Whether the pool has an in-process tier whose trust the bus decides.
@@ -155,8 +154,7 @@ mod imp {
         pub fn new(store: Arc<dyn SharedTier>, settings: &RedisSettings, two_tiers: bool) -> Remote {
             Remote {
                 store,
-                seq: AtomicU64::new(0),
-                delivered: AtomicU64::new(0),
+                numbers: std::sync::Mutex::default(),
                 channel: Channel::new(
                     settings.lease,
                     "the invalidation channel is heard again; the in-process tier was dropped and serves again",
@@ -301,29 +299,32 @@ mod imp {
         /// An invalidation to publish; if it is dropped before it is delivered, it counts as
         /// not delivered (and is widened when Redis answers).
         pub fn pending(self: &Arc<Self>, tags: Vec<Tag>) -> Pending {
-            Pending { remote: self.clone(), tags, done: false }
+            Pending { remote: self.clone(), tags, seq: None, done: false }
         }
 
         fn seen(&self) -> std::sync::MutexGuard<'_, Sequences> {
             self.seen.lock().unwrap_or_else(|e| e.into_inner())
         }
 
+        fn numbers(&self) -> std::sync::MutexGuard<'_, Outgoing> {
+            self.numbers.lock().unwrap_or_else(|e| e.into_inner())
+        }
+
         /// This pool on the bus, and the number of the last message it tried to publish.
         #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
         pub fn position(&self) -> (u64, u64) {
-            (self.channel.publisher(), self.seq.load(Ordering::Acquire))
+            (self.channel.publisher(), self.numbers().last())
         }
 
-        /// The number of the last message heard from `publisher` (0 if none since this pool last
-        /// started its bookkeeping over).
+        /// The number up to which every message from `publisher` was heard (0 if none since
+        /// this pool last started its bookkeeping over).
         #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
         pub fn heard_from(&self, publisher: u64) -> u64 {
             self.seen().last(publisher).unwrap_or(0)
         }
 
-        /// The next message, with its number.
-        fn numbered(&self, body: Body) -> (u64, String) {
-            let seq = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
+        /// A message with `seq`, a number taken from [`Remote::numbers`].
+        fn numbered(&self, seq: u64, body: Body) -> (u64, String) {
             (seq, Message { publisher: self.channel.publisher(), seq, body }.encode())
         }
 
@@ -408,19 +409,19 @@ mod imp {
             }
             if let Some(tags) = self.undelivered.take() {
                 // Whatever this process could not deliver while Redis failed is delivered now.
+                // (A number stays open until it is delivered: heartbeats do not claim it.)
                 let again = self.redelivery.lock().unwrap_or_else(|e| e.into_inner()).take();
-                let seq = again.unwrap_or_else(|| self.seq.fetch_add(1, Ordering::AcqRel) + 1);
-                let body = Body::Invalidate(tags.clone());
-                let message = Message { publisher: self.channel.publisher(), seq, body }.encode();
+                let seq = again.unwrap_or_else(|| self.numbers().take());
+                let (seq, message) = self.numbered(seq, Body::Invalidate(tags.clone()));
                 if let Err(error) = self.store.invalidate_and_publish(&tags, &message).await {
                     self.undelivered.add(&tags);
                     *self.redelivery.lock().unwrap_or_else(|e| e.into_inner()) = Some(seq);
                     return failed(&error);
                 }
-                self.delivered.fetch_max(seq, Ordering::AcqRel);
+                self.numbers().close(seq);
             }
             let sent = self.channel.now();
-            let seq = self.delivered.load(Ordering::Acquire);
+            let seq = self.numbers().settled();
             let message = Message { publisher: self.channel.publisher(), seq, body: Body::Heartbeat(sent) }.encode();
             // A pool with an in-process tier registers as a member that acknowledges strict
             // writes, once its subscription hears it (until then it would only make writers
@@ -523,6 +524,8 @@ mod imp {
     pub(crate) struct Pending {
         remote: Arc<Remote>,
         tags: Vec<Tag>,
+        /// Its number, once taken: closed when it is dropped.
+        seq: Option<u64>,
         done: bool,
     }
 
@@ -546,14 +549,15 @@ mod imp {
             // After the commit.
             let committed = tokio::time::Instant::now();
             let body = || if remote.strict { Body::Acked(tags.to_vec()) } else { Body::Invalidate(tags.to_vec()) };
-            let message = remote.numbered(body());
+            let seq = remote.numbers().take();
+            self.seq = Some(seq);
+            let message = remote.numbered(seq, body());
             // Whether the other processes were told on the bus alone.
             let mut told = false;
             loop {
                 match remote.deliver(tags, &message, stats).await {
                     Ok(()) => {
                         stats.publish();
-                        remote.delivered.fetch_max(message.0, Ordering::AcqRel);
                         self.done = true;
                         return;
                     }
@@ -589,8 +593,13 @@ mod imp {
 
     impl Drop for Pending {
         fn drop(&mut self) {
+            // Delivered, or widened: either way no longer on its way. (Widened before it is
+            // closed, so that a heartbeat that says it settled comes after the widening.)
             if !self.done {
                 self.remote.undelivered.add(&self.tags);
+            }
+            if let Some(seq) = self.seq {
+                self.remote.numbers().close(seq);
             }
         }
     }

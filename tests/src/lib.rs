@@ -10,6 +10,7 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub mod checker;
+pub mod fleet;
 pub mod logs;
 pub mod mock_tier;
 pub mod redis;

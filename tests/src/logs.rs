@@ -23,11 +23,13 @@ impl Lines {
     }
 }
 
-/// The subscriber of the whole test process, installed once: it records an event into the
-/// [`Lines`] of the thread that emits it, if that thread is capturing (see [`capture`]). A
-/// scoped subscriber per test (`with_default`) is not enough: a callsite first reached on another
-/// thread while no subscriber wanted it may stay disabled for all.
-struct ByThread;
+/// The subscriber of the whole test process, installed once. `ByThread(None)` records an event
+/// into the [`Lines`] of the thread that emits it, if that thread is capturing (see
+/// [`capture`]). A scoped subscriber per test (`with_default`) is not enough: a callsite first
+/// reached on another thread while no subscriber wanted it may stay disabled for all.
+/// `ByThread(Some(prefix))` prints the events of INFO and above to standard error after
+/// `prefix` instead (for the processes of a fleet, whose output a test shows).
+struct ByThread(Option<String>);
 
 thread_local! {
     static CAPTURING: std::cell::RefCell<Option<Lines>> = const { std::cell::RefCell::new(None) };
@@ -64,7 +66,11 @@ impl Subscriber for ByThread {
     }
 
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        metadata.target().starts_with("sqlacache") && CAPTURING.with(|c| c.borrow().is_some())
+        metadata.target().starts_with("sqlacache")
+            && match self.0 {
+                Some(_) => *metadata.level() <= tracing::Level::INFO,
+                None => CAPTURING.with(|c| c.borrow().is_some()),
+            }
     }
 
     fn new_span(&self, _: &Attributes<'_>) -> Id {
@@ -78,6 +84,9 @@ impl Subscriber for ByThread {
     fn event(&self, event: &Event<'_>) {
         let mut fields = Fields(event.metadata().level().to_string());
         event.record(&mut fields);
+        if let Some(prefix) = &self.0 {
+            return eprintln!("{prefix}{}", fields.0);
+        }
         CAPTURING.with(|c| {
             if let Some(lines) = &*c.borrow() {
                 lines.0.lock().unwrap_or_else(|e| e.into_inner()).push(fields.0);
@@ -97,7 +106,7 @@ pub fn capture<F: Future<Output = ()>>(test: impl FnOnce(Lines) -> F) -> Lines {
     static INSTALL: std::sync::Once = std::sync::Once::new();
     INSTALL.call_once(|| {
         // Fails only if another global subscriber is set; the tests set none.
-        let _ = tracing::subscriber::set_global_default(ByThread);
+        let _ = tracing::subscriber::set_global_default(ByThread(None));
     });
     // A callsite registered while the subscriber was being installed may have kept an old answer.
     tracing::callsite::rebuild_interest_cache();
@@ -113,4 +122,11 @@ pub fn capture<F: Future<Output = ()>>(test: impl FnOnce(Lines) -> F) -> Lines {
         std::panic::resume_unwind(panic);
     }
     lines
+}
+
+/// Prints the library's events (INFO and above) of this process to standard error after
+/// `prefix`.
+pub fn to_stderr(prefix: &str) {
+    // Fails only if another global subscriber is set.
+    let _ = tracing::subscriber::set_global_default(ByThread(Some(prefix.to_owned())));
 }
