@@ -1,13 +1,17 @@
 //! A small REST API served from a `CachedPool` that shares Redis with every other instance.
 //!
 //! ```sh
-//! cargo run -p rest-api -- 3000 &                            # uses DATABASE_URL and REDIS_URL
-//! cargo run -p rest-api -- 3001 &
+//! cargo run -p rest-api -- 3000 --strict &                   # uses DATABASE_URL and REDIS_URL
+//! cargo run -p rest-api -- 3001 --strict &
 //! curl localhost:3000/users/1                                # cached in the instance on 3000
 //! curl -X PUT localhost:3001/users/1 -H 'content-type: application/json' -d '{"name":"Grace"}'
 //! curl localhost:3000/users/1                                # fresh: {"id":1,"name":"Grace",..}
 //! curl localhost:3000/stats                                  # hits, Redis hits, invalidations received
 //! ```
+//!
+//! With `--strict` (`Consistency::Strict`) the `PUT` returns only once the other instance has
+//! dropped its in-process copy, so the `GET` after it is fresh however soon it follows; without
+//! it, the other instance may serve its copy until the invalidation arrives (within the lease).
 //!
 //! Routes: `GET /users/{id}`, `PUT /users/{id}` (JSON `{"name": ..}`), `GET /users?active=true`,
 //! `GET /stats`.
@@ -16,7 +20,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use sqlacache_sqlx::{Cacheable, CachedPool};
+use sqlacache_sqlx::{Cacheable, CachedPool, Consistency};
 
 #[derive(Debug, sqlx::FromRow, serde::Serialize, serde::Deserialize, Cacheable)]
 #[cache(table = "sqlacache_example_users", ops(all), ttl = 600)]
@@ -74,14 +78,22 @@ async fn list_users(State(cache): State<CachedPool>, Query(filter): Query<Filter
 async fn stats(State(cache): State<CachedPool>) -> String {
     let s = cache.stats();
     format!(
-        "hits {} (from Redis {}), misses {}, invalidations received from other instances {}\n",
-        s.hits, s.redis_hits, s.misses, s.received
+        "hits {} (from Redis {}), misses {}, invalidations received from other instances {}, \
+         strict writes that waited out their deadline {}\n",
+        s.hits, s.redis_hits, s.misses, s.received, s.strict_deadlines
     )
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let port: u16 = std::env::args().nth(1).map_or(Ok(3000), |p| p.parse())?;
+    let mut port = 3000;
+    let mut consistency = Consistency::Lease;
+    for arg in std::env::args().skip(1) {
+        match arg.as_str() {
+            "--strict" => consistency = Consistency::Strict,
+            _ => port = arg.parse().map_err(|_| format!("usage: rest-api [PORT] [--strict], not {arg:?}"))?,
+        }
+    }
     let database = std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     let redis = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let pool = sqlx::PgPool::connect(&database).await?;
@@ -95,14 +107,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     )
     .execute(&pool)
     .await?;
-    let cache = CachedPool::builder(pool).model::<User>().redis(&redis).key_prefix("sqlacache_example").build().await?;
+    let cache = CachedPool::builder(pool)
+        .model::<User>()
+        .redis(&redis)
+        .key_prefix("sqlacache_example")
+        .consistency(consistency)
+        .build()
+        .await?;
     let app = Router::new()
         .route("/users", get(list_users))
         .route("/users/{id}", get(get_user).put(rename_user))
         .route("/stats", get(stats))
         .with_state(cache);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
-    println!("listening on http://127.0.0.1:{port}");
+    println!("listening on http://127.0.0.1:{port} ({consistency:?})");
     axum::serve(listener, app).await?;
     Ok(())
 }
