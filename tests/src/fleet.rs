@@ -228,18 +228,20 @@ impl Member {
 
     /// Freezes the process (`SIGSTOP`).
     pub fn freeze(&self) {
-        signal(&self.child, "STOP");
+        assert!(signal(&self.child, "STOP"), "kill -STOP {}", self.child.id());
     }
 
     /// Resumes a frozen process (`SIGCONT`).
     pub fn resume(&self) {
-        signal(&self.child, "CONT");
+        assert!(signal(&self.child, "CONT"), "kill -CONT {}", self.child.id());
     }
 }
 
-fn signal(child: &Child, name: &str) {
-    let status = Command::new("kill").arg(format!("-{name}")).arg(child.id().to_string()).status().expect("run kill");
-    assert!(status.success(), "kill -{name} {}", child.id());
+/// Sends `SIG<name>` to `child`; whether it was delivered.
+fn signal(child: &Child, name: &str) -> bool {
+    let mut kill = Command::new("kill");
+    kill.arg(format!("-{name}")).arg(child.id().to_string()).stderr(Stdio::null());
+    kill.status().expect("run kill").success()
 }
 
 /// A fleet over one test database and one Redis server.
@@ -361,9 +363,7 @@ impl Drop for Fleet {
     fn drop(&mut self) {
         for member in &mut self.members {
             if !member.killed {
-                let mut resume = Command::new("kill");
-                resume.arg("-CONT").arg(member.child.id().to_string()).stderr(std::process::Stdio::null());
-                let _ = resume.status();
+                signal(&member.child, "CONT");
             }
             let _ = member.child.kill();
             let _ = member.child.wait();
