@@ -52,11 +52,17 @@ pub enum Body {
     /// The publisher is alive; sent at the publisher's `sent` (nanoseconds on its own clock),
     /// so that it can tell, when it receives its own heartbeat, when the bus last carried it.
     Heartbeat(u64),
+    /// The sender's change-feed listener heard, without a break since the shared tier was last
+    /// made whole, every change committed before the publisher's change-feed heartbeat sent at
+    /// this time, and applied each to the shared tier (sent on the publisher's own channel,
+    /// numbered 0). The publisher, whose listener lost its connection, then need not empty
+    /// the shared tier.
+    Vouch(u64),
 }
 
 impl Message {
     /// The text form: `<publisher hex> <seq>` and then `i <tags>` (`s <tags>` when acknowledged),
-    /// `h <sent>` or `k <seq acknowledged>`.
+    /// `h <sent>`, `k <seq acknowledged>` or `v <sent vouched for>`.
     pub fn encode(&self) -> String {
         let mut out = format!("{:x} {} ", self.publisher, self.seq);
         match &self.body {
@@ -65,6 +71,9 @@ impl Message {
             }
             Body::Ack(seq) => {
                 let _ = write!(out, "k {seq}");
+            }
+            Body::Vouch(sent) => {
+                let _ = write!(out, "v {sent}");
             }
             Body::Invalidate(tags) | Body::Acked(tags) => {
                 out.push(if matches!(self.body, Body::Acked(_)) { 's' } else { 'i' });
@@ -95,6 +104,7 @@ impl Message {
         let body = match kind {
             "h" => Body::Heartbeat(number(words)?),
             "k" => Body::Ack(number(words)?),
+            "v" => Body::Vouch(number(words)?),
             "i" => Body::Invalidate(tags(words)?),
             "s" => Body::Acked(tags(words)?),
             _ => return None,
@@ -376,6 +386,7 @@ mod tests {
             Message { publisher: 0, seq: 0, body: Body::Invalidate(vec![]) },
             Message { publisher: 3, seq: 4, body: Body::Acked(vec![Tag::Table(1), Tag::All]) },
             Message { publisher: 9, seq: 0, body: Body::Ack(u64::MAX) },
+            Message { publisher: 10, seq: 0, body: Body::Vouch(42) },
         ];
         for message in messages {
             assert_eq!(Message::decode(&message.encode()), Some(message));
@@ -398,6 +409,8 @@ mod tests {
             "1 0 k",
             "1 0 k x",
             "1 0 k 1 2",
+            "1 0 v",
+            "1 0 v 1 2",
             "1 2 s t",
         ] {
             assert_eq!(Message::decode(text), None, "{text:?}");

@@ -337,6 +337,11 @@ impl Catalog {
         self.searched.contains(schema)
     }
 
+    /// The schemas of [`Catalog::searched`], in no particular order.
+    pub fn searched_schemas(&self) -> impl Iterator<Item = &str> {
+        self.searched.iter().map(String::as_str)
+    }
+
     /// Whether reads may call `schema.name` (it is immutable), so a change to it matters.
     pub fn calls(&self, schema: &str, name: &str) -> bool {
         self.functions.get(&(schema.to_owned(), name.to_owned())).copied().unwrap_or(false)

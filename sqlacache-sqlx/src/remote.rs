@@ -140,6 +140,11 @@ mod imp {
         /// Cleared before the trust it ends, so that a heartbeat heard in between cannot renew
         /// the trust without the drop.
         unbroken: AtomicBool,
+        /// Whether the pool subscribes to the bus (and so hears vouches and acknowledgements).
+        subscribed: bool,
+        /// The change-feed heartbeats of this pool that another vouched for (see
+        /// [`crate::feed`]).
+        vouches: Vouches,
     }
 
     impl Remote {
@@ -178,6 +183,10 @@ mod imp {
                 listening: AtomicBool::new(false),
                 unregistered: AtomicU64::new(0),
                 unbroken: AtomicBool::new(false),
+                // A strict writer hears acknowledgements on its subscription, and a pool with the
+                // change feed hears vouches for it.
+                subscribed: two_tiers || settings.strict || settings.fed,
+                vouches: Vouches::default(),
             }
         }
 
@@ -190,8 +199,7 @@ mod imp {
         /// pool's in-process tier, fresh. The tasks end when this is dropped.
         pub fn start(self: &Arc<Self>, local: &Arc<Local>) -> Result<(), TierError> {
             let (remote, local) = (Arc::downgrade(self), Arc::downgrade(local));
-            // A strict writer hears acknowledgements on its subscription.
-            if self.two_tiers || self.strict {
+            if self.subscribed {
                 let subscription = self.store.subscribe_as(self.channel.publisher())?;
                 self.tasks.spawn(listen(remote.clone(), local.clone(), subscription));
             }
@@ -294,6 +302,44 @@ mod imp {
                 self.undelivered.add(tags);
                 self.failed(&error, stats);
             }
+        }
+
+        /// Whether this pool hears what is sent to it on the bus (a vouch), as whom.
+        pub fn hears(&self) -> crate::tiers::Vouchee {
+            use crate::tiers::Vouchee;
+            if !self.subscribed {
+                Vouchee::Deaf
+            } else if self.listening.load(Ordering::Acquire) {
+                Vouchee::Listening(self.channel.publisher())
+            } else if self.usable() {
+                Vouchee::Soon
+            } else {
+                Vouchee::Deaf
+            }
+        }
+
+        /// Whether every invalidation this pool applied to Redis is known to be there: none
+        /// failed or was skipped since it was last delivered.
+        pub fn delivered(&self) -> bool {
+            self.usable() && self.undelivered.is_empty()
+        }
+
+        /// Tells `member` that this pool vouches for its change-feed heartbeat sent at `sent`,
+        /// off the caller's path. A lost vouch costs the member its Redis, nothing else.
+        pub fn vouch(&self, member: u64, sent: u64) {
+            let vouch = Message { publisher: self.channel.publisher(), seq: 0, body: Body::Vouch(sent) }.encode();
+            let store = self.store.clone();
+            tokio::spawn(async move {
+                if let Err(error) = store.acknowledge(member, &vouch).await {
+                    tracing::debug!(target: "sqlacache", %error, "a vouch failed");
+                }
+            });
+        }
+
+        /// Waits up to `within` for a vouch for this pool's change-feed heartbeat sent at
+        /// `sent`; whether one came.
+        pub async fn until_vouched(&self, sent: u64, within: Duration) -> bool {
+            self.vouches.until(sent, within).await
         }
 
         /// An invalidation to publish; if it is dropped before it is delivered, it counts as
@@ -459,10 +505,11 @@ mod imp {
                 self.channel.lose_logged();
                 return;
             };
-            if let Body::Ack(seq) = message.body {
+            match message.body {
                 // On this pool's own channel: `publisher` is the member acknowledging.
-                self.acks.heard(message.publisher, seq);
-                return;
+                Body::Ack(seq) => return self.acks.heard(message.publisher, seq),
+                Body::Vouch(sent) => return self.vouches.heard(sent),
+                _ => {}
             }
             if message.publisher == self.channel.publisher() {
                 if let Body::Heartbeat(sent) = message.body {
@@ -500,7 +547,10 @@ mod imp {
                 Body::Invalidate(tags) => local.invalidate(&tags, Origin::Peer),
                 Body::Acked(tags) => {
                     local.invalidate(&tags, Origin::Peer);
-                    self.acknowledge(message.publisher, message.seq);
+                    // Only members (pools with an in-process tier) are waited for.
+                    if self.two_tiers {
+                        self.acknowledge(message.publisher, message.seq);
+                    }
                 }
                 _ => {}
             }
@@ -517,6 +567,44 @@ mod imp {
                     tracing::debug!(target: "sqlacache", %error, "an acknowledgement failed");
                 }
             });
+        }
+    }
+
+    /// The change-feed heartbeats of a pool that others vouched for: the latest few, by send
+    /// time. Only an exact match counts: a vouch for a heartbeat sent later may cover less, if
+    /// it committed before the listener listened again.
+    #[derive(Default)]
+    struct Vouches {
+        heard: std::sync::Mutex<std::collections::VecDeque<u64>>,
+        wake: tokio::sync::Notify,
+    }
+
+    impl Vouches {
+        /// Past this many, the oldest is forgotten.
+        const KEPT: usize = 64;
+
+        fn heard(&self, sent: u64) {
+            let mut heard = self.heard.lock().unwrap_or_else(|e| e.into_inner());
+            if heard.len() == Self::KEPT {
+                heard.pop_front();
+            }
+            heard.push_back(sent);
+            drop(heard);
+            self.wake.notify_waiters();
+        }
+
+        async fn until(&self, sent: u64, within: Duration) -> bool {
+            let wait = async {
+                loop {
+                    // Made before the check: a vouch heard in between still wakes it.
+                    let next = self.wake.notified();
+                    if self.heard.lock().unwrap_or_else(|e| e.into_inner()).contains(&sent) {
+                        return;
+                    }
+                    next.await;
+                }
+            };
+            tokio::time::timeout(within, wait).await.is_ok()
         }
     }
 

@@ -163,6 +163,23 @@ impl Schema {
         missing.extend(names);
     }
 
+    /// What decides, beyond the catalog that every pool of a database reads alike, which
+    /// invalidations a change-feed message makes here: the configured tables, and the schemas
+    /// names are looked up in. Pools with the same fingerprint make the same invalidations for
+    /// the same messages, so one may vouch for another (see [`crate::feed`]).
+    pub fn fingerprint(&self) -> u64 {
+        let catalog = self.catalog();
+        let config = self.config();
+        let mut words: Vec<String> = config.tables.iter().map(|t| format!("t{}", t.written)).collect();
+        words.extend(catalog.searched_schemas().map(|s| format!("s{s}")));
+        words.sort_unstable();
+        words.dedup();
+        let hash = blake3::hash(words.join("\n").as_bytes());
+        let mut first = [0; 8];
+        first.copy_from_slice(&hash.as_bytes()[..8]);
+        u64::from_le_bytes(first)
+    }
+
     /// The schemas of the configured tables and their families: a schema change elsewhere
     /// matters to this pool if it touches one of them (or the search path).
     pub fn cached_schemas(&self) -> Vec<String> {

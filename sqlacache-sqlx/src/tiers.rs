@@ -63,14 +63,50 @@ impl Tiers {
         }
     }
 
-    /// Drops both tiers before the change feed is trusted (again): writes made elsewhere may
-    /// have been missed. Quietly the `first` time, when nothing was served yet.
-    pub async fn drop_everywhere(&self, first: bool) {
+    /// Drops the in-process tier before the change feed is trusted (again): writes made
+    /// elsewhere may have been missed. Quietly the `first` time, when nothing was served yet.
+    pub fn drop_here(&self, first: bool) {
         self.local.drop_before_trust(first, "the change feed is heard again after it was not trusted");
+    }
+
+    /// Empties the shared tier, for writes made elsewhere that the change feed may have missed
+    /// and no other pool vouched for.
+    pub async fn empty_shared(&self) {
         #[cfg(feature = "redis")]
         if let Some(remote) = &self.remote {
             remote.invalidate_shared(&[Tag::All], &self.local.stats).await;
         }
+    }
+
+    /// Whether this pool hears a vouch sent to it.
+    pub fn vouchee(&self) -> Vouchee {
+        #[cfg(feature = "redis")]
+        if let Some(remote) = &self.remote {
+            return remote.hears();
+        }
+        Vouchee::Deaf
+    }
+
+    /// Waits up to `within` for a vouch for this pool's change-feed heartbeat sent at `sent`.
+    pub async fn vouched(&self, sent: u64, within: std::time::Duration) -> bool {
+        #[cfg(feature = "redis")]
+        if let Some(remote) = &self.remote {
+            return remote.until_vouched(sent, within).await;
+        }
+        let _ = (sent, within);
+        false
+    }
+
+    /// Vouches for `member`'s change-feed heartbeat sent at `sent`, if every invalidation
+    /// applied to the shared tier is known to be there; whether it did.
+    pub fn vouch(&self, member: u64, sent: u64) -> bool {
+        #[cfg(feature = "redis")]
+        if let Some(remote) = self.remote.as_ref().filter(|r| r.delivered()) {
+            remote.vouch(member, sent);
+            return true;
+        }
+        let _ = (member, sent);
+        false
     }
 
     /// Whether the in-process tier may be served now (with two tiers, the bus decides).
@@ -78,6 +114,18 @@ impl Tiers {
     pub fn local_trusted(&self) -> bool {
         self.remote.as_ref().is_none_or(|r| r.local_trusted())
     }
+}
+
+/// Whether a pool hears a vouch for its change feed (see [`crate::feed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) enum Vouchee {
+    /// It has no shared tier, no subscription, or a failing one.
+    Deaf,
+    /// Its subscription is being made: soon it will.
+    Soon,
+    /// It does, as this member of the bus.
+    Listening(u64),
 }
 
 /// Deletes `tags` in Redis and tells the other processes, then invalidates here again.

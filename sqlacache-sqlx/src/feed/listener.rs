@@ -1,11 +1,11 @@
 //! The change feed's listener, heartbeat and installer of one pool, and the lease they keep.
 
-use super::message::{parse, tags, Change};
+use super::message::{parse, tags, Ask, Change};
 use super::sql::CHANNEL;
 use crate::channel::{heartbeats, Channel};
 use crate::local::Origin;
 use crate::schema::Schema;
-use crate::tiers::Tiers;
+use crate::tiers::{Tiers, Vouchee};
 use sqlacache_core::Tag;
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::PgPool;
@@ -34,6 +34,10 @@ impl Parts {
     }
 }
 
+/// How many own heartbeats that did not ask for a vouch a listener lets pass, before it trusts
+/// its tiers again without one (emptying the shared tier).
+const MAX_UNASKED: u32 = 20;
+
 /// The change feed of one pool: its listener, its heartbeat and the lease they keep.
 pub(crate) struct Feed {
     /// The feed's channel, with this pool's lease on it.
@@ -47,6 +51,13 @@ pub(crate) struct Feed {
     /// listener) then loses nothing, since notifications arrive in commit order once it
     /// catches up: the tiers are kept. Anything else drops them before trust comes back.
     unbroken: Arc<std::sync::atomic::AtomicBool>,
+    /// Whether every break since the listener was last trusted was a lost connection (not an
+    /// unreadable message, not a table that lost its triggers): then what it missed, another
+    /// pool's listener may have heard and applied to the shared tier, and vouch for it.
+    /// Cleared before `unbroken`.
+    vouchable: Arc<std::sync::atomic::AtomicBool>,
+    /// Own heartbeats heard since trust ended that did not ask for a vouch.
+    unasked: AtomicU32,
     /// Whether the pool installs the feed (and so installs it again on a table created anew).
     install: bool,
     /// Wakes whoever waits for an own heartbeat to come back.
@@ -69,6 +80,8 @@ impl Feed {
             heard_sent: AtomicU64::new(0),
             pid: AtomicU32::new(0),
             unbroken: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            vouchable: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            unasked: AtomicU32::new(0),
             install,
             heard: tokio::sync::Notify::new(),
             reinstall: Arc::new(tokio::sync::Notify::new()),
@@ -95,8 +108,8 @@ impl Feed {
         // The feed and the schema are held only while a heartbeat is made, not while it is sent.
         // One that hangs (a stuck connection) is given up after five periods: it holds no state.
         let beats = heartbeats(every, move || {
-            let Held { feed, schema, .. } = parts.upgrade()?;
-            let beat = feed.beat(&beats_pool, schema.fed_oids());
+            let Held { feed, schema, tiers } = parts.upgrade()?;
+            let beat = feed.beat(&beats_pool, schema.fed_oids(), feed.ask(&schema, &tiers));
             Some(async move {
                 if let Ok(Err(error)) = tokio::time::timeout(every * 5, beat).await {
                     tracing::debug!(target: "sqlacache", %error, "a change-feed heartbeat failed");
@@ -135,14 +148,27 @@ impl Feed {
         self.channel.trusted()
     }
 
+    /// What a heartbeat sent now asks of the other pools: a vouch, while the listener is not
+    /// trusted after it lost only its connection, if the pool can hear one.
+    fn ask(&self, schema: &Schema, tiers: &Tiers) -> Option<Ask> {
+        if self.unbroken.load(Ordering::Acquire) || !self.vouchable.load(Ordering::Acquire) {
+            return None;
+        }
+        match tiers.vouchee() {
+            Vouchee::Listening(member) => Some(Ask { member, fingerprint: schema.fingerprint() }),
+            Vouchee::Deaf | Vouchee::Soon => None,
+        }
+    }
+
     /// Sends one heartbeat through `pool`, if every table of `fed` (oids) still has the feed's
     /// triggers, enabled: a feed removed or disabled (by `remove_all`, `DROP TRIGGER`,
-    /// `ALTER TABLE .. DISABLE TRIGGER`) then ends the lease instead of being trusted. Returns
-    /// its send time, or `None` when it was not sent.
+    /// `ALTER TABLE .. DISABLE TRIGGER`) then ends the lease instead of being trusted. It
+    /// `ask`s for a vouch or not. Returns its send time, or `None` when it was not sent.
     fn beat(
         &self,
         pool: &PgPool,
         fed: Vec<i64>,
+        ask: Option<Ask>,
     ) -> impl std::future::Future<Output = Result<Option<u64>, sqlx::Error>> + Send + 'static {
         const BEAT: &str = "SELECT pg_catalog.pg_notify($1, $2) \
             WHERE (SELECT count(*) FROM pg_catalog.pg_trigger \
@@ -150,13 +176,20 @@ impl Feed {
                       AND tgname IN ('sqlacache_feed_i', 'sqlacache_feed_u', 'sqlacache_feed_d', 'sqlacache_feed_t')) \
                   = 4 * cardinality($3::int8[])";
         let sent = self.channel.now();
-        let payload = format!("h {} {sent}", self.channel.publisher());
+        let payload = match ask {
+            None => format!("h {} {sent}", self.channel.publisher()),
+            Some(Ask { member, fingerprint }) => {
+                format!("v {} {sent} {member:x} {fingerprint:x}", self.channel.publisher())
+            }
+        };
         let pool = pool.clone();
-        let unbroken = self.unbroken.clone();
+        let (unbroken, vouchable) = (self.unbroken.clone(), self.vouchable.clone());
         async move {
             let done = sqlx::query(BEAT).bind(CHANNEL).bind(payload).bind(fed).execute(&pool).await?;
             if done.rows_affected() == 0 {
-                // Writes made meanwhile send nothing: heard or not, they are lost.
+                // Writes made meanwhile send nothing: heard or not, they are lost, and no other
+                // pool's listener heard them either.
+                vouchable.store(false, Ordering::Release);
                 unbroken.store(false, Ordering::Release);
                 tracing::debug!(target: "sqlacache", "a table this pool reads lost the change feed's triggers: no heartbeat");
                 return Ok(None);
@@ -169,7 +202,7 @@ impl Feed {
     /// has come back (for tests).
     #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
     pub async fn sync(&self, pool: &PgPool, fed: Vec<i64>) -> Result<(), sqlx::Error> {
-        let Some(sent) = self.beat(pool, fed.clone()).await? else {
+        let Some(sent) = self.beat(pool, fed.clone(), None).await? else {
             return Err(sqlx::Error::Protocol(format!(
                 "no heartbeat was sent: a table this pool reads lacks the change feed's triggers (oids {fed:?})"
             )));
@@ -194,7 +227,12 @@ impl Feed {
         self.pid.load(Ordering::Acquire)
     }
 
-    fn lose(&self, why: &str) {
+    /// Trust ends: messages may have been missed, by this listener alone when only its
+    /// `connection` was lost.
+    fn lose(&self, why: &str, connection: bool) {
+        if !connection {
+            self.vouchable.store(false, Ordering::Release);
+        }
         self.unbroken.store(false, Ordering::Release);
         self.channel.lose("the change feed may have missed writes; cached reads wait until it is heard again", why);
     }
@@ -210,24 +248,29 @@ impl Feed {
             let Some(change) = parse(payload) else {
                 // Not one of ours, or damaged: whatever it meant is unknown.
                 tracing::warn!(target: "sqlacache", payload, "an unreadable message on the change feed");
-                self.lose("an unreadable message");
+                self.lose("an unreadable message", false);
                 continue;
             };
             match change {
-                Change::Heartbeat { publisher, sent } => {
+                Change::Heartbeat { publisher, sent, asks } => {
+                    // Everything sent before it is applied before it counts.
                     if publisher == self.channel.publisher() {
-                        // Everything sent before it is applied before it counts.
                         due.apply(self, schema, tiers, catalog).await;
-                        if let Some(first) = self.channel.must_drop() {
-                            // Writes may have been missed while it was not trusted, unless
-                            // everything was heard since (a lapse of the lease alone).
-                            if !self.unbroken.swap(true, Ordering::AcqRel) {
-                                tiers.drop_everywhere(first).await;
-                            }
+                        if !self.trust_again(tiers, sent, asks.is_some()).await {
+                            continue;
                         }
                         self.channel.renew(sent);
                         self.heard_sent.fetch_max(sent, Ordering::AcqRel);
                         self.heard.notify_waiters();
+                    } else if let Some(ask) = asks {
+                        // Only a listener that heard everything since the shared tier was
+                        // last made whole, for the same invalidations.
+                        if self.unbroken.load(Ordering::Acquire) && ask.fingerprint == schema.fingerprint() {
+                            due.apply(self, schema, tiers, catalog).await;
+                            if self.unbroken.load(Ordering::Acquire) && tiers.vouch(ask.member, sent) {
+                                tracing::debug!(target: "sqlacache", member = ask.member, "vouched for another pool's change feed");
+                            }
+                        }
                     }
                 }
                 Change::Schema(parts) => {
@@ -245,6 +288,40 @@ impl Feed {
             }
         }
         due.apply(self, schema, tiers, catalog).await;
+    }
+}
+
+impl Feed {
+    /// Makes the tiers fit to be trusted again on an own heartbeat sent at `sent` (`asked`:
+    /// one that asks for a vouch); false when this heartbeat must not renew the lease.
+    ///
+    /// Writes may have been missed while the listener was not trusted, unless everything was
+    /// heard since (a lapse of the lease alone): then the in-process tier is dropped, and the
+    /// shared tier emptied unless another pool vouches that it applied them there.
+    async fn trust_again(&self, tiers: &Tiers, sent: u64, asked: bool) -> bool {
+        let Some(first) = self.channel.must_drop() else { return true };
+        if self.unbroken.load(Ordering::Acquire) {
+            return true;
+        }
+        if self.vouchable.load(Ordering::Acquire) && !asked && tiers.vouchee() != Vouchee::Deaf {
+            // Sent before the loss was seen, or before the bus could carry a vouch back: the
+            // next one asks. (Not for long: a subscription that cannot be made is deaf.)
+            if self.unasked.fetch_add(1, Ordering::AcqRel) < MAX_UNASKED {
+                return false;
+            }
+        }
+        self.unasked.store(0, Ordering::Release);
+        if !self.unbroken.swap(true, Ordering::AcqRel) {
+            let vouchable = self.vouchable.swap(true, Ordering::AcqRel) && asked;
+            tiers.drop_here(first);
+            // Within the lease: the others heard it when this listener did.
+            if vouchable && tiers.vouched(sent, self.channel.lease()).await {
+                tracing::debug!(target: "sqlacache", "another pool vouched for what the change feed missed: Redis is kept");
+            } else {
+                tiers.empty_shared().await;
+            }
+        }
+        true
     }
 }
 
@@ -328,16 +405,16 @@ async fn listen(parts: Parts, own: PgPool, catalog: PgPool, silence: Duration) {
             }
             Ok(Ok(None)) => {
                 // sqlx made the connection again: what was sent meanwhile is lost.
-                feed.lose("the listener's connection was lost");
+                feed.lose("the listener's connection was lost", true);
                 listener = None;
             }
             Ok(Err(error)) => {
                 tracing::debug!(target: "sqlacache", %error, "the change feed's connection failed");
-                feed.lose("the listener's connection failed");
+                feed.lose("the listener's connection failed", true);
                 listener = None;
             }
             Err(_) => {
-                feed.lose("the change feed was silent");
+                feed.lose("the change feed was silent", true);
                 listener = None;
             }
         }

@@ -14,8 +14,20 @@ pub(crate) enum Change {
     Table { table: u32, op: char },
     /// The schema, where these parts say.
     Schema(Vec<Ddl>),
-    /// A heartbeat.
-    Heartbeat { publisher: u64, sent: u64 },
+    /// A heartbeat; `asks` when its pool asks the others to vouch for it.
+    Heartbeat { publisher: u64, sent: u64, asks: Option<Ask> },
+}
+
+/// A heartbeat's request: a pool whose listener lost its connection asks any other whose
+/// listener heard every change before this heartbeat, and applied it to the shared tier, to
+/// say so (on the bus, to `member`), so that the shared tier need not be emptied.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub(crate) struct Ask {
+    /// The asking pool on the bus.
+    pub member: u64,
+    /// What decides which invalidations a message makes for the asking pool (see
+    /// `Schema::fingerprint`): only a pool that would make the same may vouch.
+    pub fingerprint: u64,
 }
 
 /// What a schema change touched.
@@ -70,7 +82,16 @@ pub(crate) fn parse(payload: &str) -> Option<Change> {
             let parts = words.map(Ddl::parse).collect::<Option<Vec<_>>>()?;
             return (!parts.is_empty()).then_some(Change::Schema(parts));
         }
-        "h" => Change::Heartbeat { publisher: words.next()?.parse().ok()?, sent: words.next()?.parse().ok()? },
+        "h" | "v" => {
+            let (publisher, sent) = (words.next()?.parse().ok()?, words.next()?.parse().ok()?);
+            let asks = if kind == "v" {
+                let mut hex = || u64::from_str_radix(words.next()?, 16).ok();
+                Some(Ask { member: hex()?, fingerprint: hex()? })
+            } else {
+                None
+            };
+            Change::Heartbeat { publisher, sent, asks }
+        }
         "t" | "r" => {
             let table = words.next()?.parse().ok()?;
             let op = single(words.next()?)?;
@@ -148,7 +169,11 @@ mod tests {
                 Ddl::Function("public".into(), "lower".into())
             ]))
         );
-        assert_eq!(parse("h 7 99"), Some(Change::Heartbeat { publisher: 7, sent: 99 }));
+        assert_eq!(parse("h 7 99"), Some(Change::Heartbeat { publisher: 7, sent: 99, asks: None }));
+        assert_eq!(
+            parse("v 7 99 ff 1a"),
+            Some(Change::Heartbeat { publisher: 7, sent: 99, asks: Some(Ask { member: 255, fingerprint: 26 }) })
+        );
         assert_eq!(parse("t 16384 t"), Some(Change::Table { table: 16384, op: 't' }));
         assert_eq!(
             parse("r 16384 u 1 -2 x616263,7"),
@@ -167,6 +192,11 @@ mod tests {
             "d s6",
             "d f70",
             "h 1",
+            "h 1 2 3",
+            "v 1 2",
+            "v 1 2 ff",
+            "v 1 2 ff 1 0",
+            "v 1 2 zz 1",
             "t x i",
             "t 1 io",
             "r 1 i",

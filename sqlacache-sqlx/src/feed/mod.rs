@@ -17,7 +17,16 @@
 //!   connection of its own, so a busy pool does not delay it) and
 //!   serves cached reads only while it has heard one back within the lease: a heartbeat heard
 //!   proves every commit before it was delivered. A lost connection, an error or a silence ends
-//!   that trust; the tiers are dropped before cached reads are served again.
+//!   that trust; the in-process tier is dropped before cached reads are served again.
+//! - **Vouching for the shared tier.** Changes missed by one listener were applied to Redis by
+//!   every other pool that heard them. So a pool whose listener lost only its connection (not
+//!   one that read an unreadable message or found triggers missing) asks, in the heartbeats it
+//!   sends until it is trusted again, for a vouch: any pool whose listener has heard without a
+//!   break since Redis was last made whole (at its own start or recovery), with the same
+//!   configuration, and has delivered every invalidation it applied to Redis, answers on the
+//!   bus once it has applied everything before that heartbeat. With a vouch the asking pool
+//!   keeps Redis; without one within the lease (every listener lost the feed at once, as when
+//!   PostgreSQL restarts, or the pool is alone) it empties Redis as well.
 //!
 //! Message forms (text, space-separated):
 //!
@@ -28,7 +37,9 @@
 //! - `d <part> ...`: the schema changed; a part is `s` and the hex of a schema's name (something
 //!   in it changed), `f` and the hex of a function's schema and name joined by `.`, or `*`
 //!   (anything else: roles, extensions);
-//! - `h <publisher> <sent>`: a pool's heartbeat.
+//! - `h <publisher> <sent>`: a pool's heartbeat;
+//! - `v <publisher> <sent> <member> <fingerprint>`: a heartbeat that asks for a vouch, with the
+//!   pool's id on the bus and its configuration's fingerprint, both in hex.
 
 pub(crate) mod listener;
 pub(crate) mod message;
