@@ -63,6 +63,9 @@ mod acks {
     #[derive(Default)]
     struct Waiting {
         heard: Vec<u64>,
+        /// The members still to acknowledge, once the publisher's answer named them: only the
+        /// last one wakes the writer (each wake-up is a thread woken on another core).
+        missing: Option<Vec<u64>>,
         notify: Arc<Notify>,
     }
 
@@ -81,8 +84,15 @@ mod acks {
         /// `member` acknowledged message `seq`.
         pub fn heard(&self, member: u64, seq: u64) {
             if let Some(waiting) = self.waiting().get_mut(&seq) {
-                waiting.heard.push(member);
-                waiting.notify.notify_one();
+                match &mut waiting.missing {
+                    Some(missing) => {
+                        missing.retain(|m| *m != member);
+                        if missing.is_empty() {
+                            waiting.notify.notify_one();
+                        }
+                    }
+                    None => waiting.heard.push(member),
+                }
             }
         }
     }
@@ -96,20 +106,19 @@ mod acks {
     impl Expected<'_> {
         /// Waits until each of `members` acknowledged, or `deadline`; whether all did.
         pub async fn all(&self, members: &[u64], deadline: Instant) -> bool {
-            loop {
-                let notify = {
-                    let waiting = self.acks.waiting();
-                    let Some(waiting) = waiting.get(&self.seq) else { return false };
-                    if members.iter().all(|m| waiting.heard.contains(m)) {
-                        return true;
-                    }
-                    waiting.notify.clone()
-                };
-                // `notify_one` stores a permit: an acknowledgement heard after the check still wakes.
-                if tokio::time::timeout_at(deadline, notify.notified()).await.is_err() {
-                    return false;
+            let notify = {
+                let mut waiting = self.acks.waiting();
+                let Some(waiting) = waiting.get_mut(&self.seq) else { return false };
+                let missing: Vec<u64> = members.iter().copied().filter(|m| !waiting.heard.contains(m)).collect();
+                if missing.is_empty() {
+                    return true;
                 }
-            }
+                waiting.missing = Some(missing);
+                waiting.notify.clone()
+            };
+            // `notify_one` stores a permit: the last acknowledgement, heard after the lock was
+            // released, still wakes it.
+            tokio::time::timeout_at(deadline, notify.notified()).await.is_ok()
         }
     }
 

@@ -4,6 +4,7 @@
 //! ```sh
 //! cargo run --release -p sqlacache-benches --bin ratios
 //! cargo run --release -p sqlacache-benches --bin ratios -- feed   # the change feed's rows alone
+//! cargo run --release -p sqlacache-benches --bin ratios -- strict # the strict rows alone
 //! ```
 //!
 //! `--rounds N` runs N rounds instead of 5,000 (fewer rounds only check that it runs: the p99s
@@ -25,6 +26,8 @@ use sqlacache_sqlx::CachedPool;
 use std::future::Future;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
+
+mod strict;
 
 /// Rounds per comparison: 5,000 unless `--rounds N` says otherwise.
 fn rounds() -> i64 {
@@ -63,13 +66,23 @@ async fn pair<A: Future<Output = ()>, B: Future<Output = ()>>(
 }
 
 struct Row {
-    name: &'static str,
+    name: String,
     target: &'static str,
     met: bool,
 }
 
+/// The header of a table of [`print_pair`] rows; `side` names the cached side's columns.
+fn print_header(side: &str) {
+    let (p50, p99) = (format!("{side} p50"), format!("{side} p99"));
+    println!(
+        "| {:<24} | {:>9} | {:>9} | {p50:>9} | {p99:>9} | {:>9} | {:>8} |",
+        "operation", "raw p50", "raw p99", "ratio", "speed-up"
+    );
+    println!("|{:-<26}|{:->11}|{:->11}|{:->11}|{:->11}|{:->11}|{:->10}|", "", "", "", "", "", "", "");
+}
+
 fn print_pair(
-    name: &'static str,
+    name: &str,
     raw: &mut Samples,
     cached: &mut Samples,
     target: &'static str,
@@ -86,7 +99,16 @@ fn print_pair(
         ratio,
         1.0 / ratio,
     );
-    Row { name, target, met: met(us(c), ratio) }
+    Row { name: name.to_owned(), target, met: met(us(c), ratio) }
+}
+
+/// A table of targets and whether each was met.
+fn print_targets(title: &str, rows: &[Row]) {
+    println!("\n| {title:<24} | {:<44} | {:<4} |", "", "met");
+    println!("|{:-<26}|{:-<46}|{:-<6}|", "", "", "");
+    for row in rows {
+        println!("| {:<24} | {:<44} | {:<4} |", row.name, row.target, if row.met { "yes" } else { "NO" });
+    }
 }
 
 /// Resident memory of this process, in bytes.
@@ -128,14 +150,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         eprintln!("{error}");
         std::process::exit(2);
     });
-    if std::env::args().any(|a| a == "feed") {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).is_some_and(|a| a == "member") {
+        return strict::member(&pool, &args[2..]).await;
+    }
+    if args.iter().any(|a| a == "feed") {
         // Only the change feed's rows.
-        for row in feed::rows(&pool).await? {
-            println!("| {:<24} | {:<44} | {:<4} |", row.name, row.target, if row.met { "yes" } else { "NO" });
-        }
+        print_targets("target (change feed)", &feed::rows(&pool).await?);
         return Ok(());
     }
     create_fixture(&pool).await?;
+    if args.iter().any(|a| a == "strict") {
+        // Only the strict rows.
+        print_targets("target (strict)", &strict::rows(&pool).await?);
+        drop_fixture(&pool).await?;
+        return Ok(());
+    }
     let cache = CachedPool::builder(pool.clone()).model::<BenchUser>().build().await?;
     let raw_point = |id: i64| sqlx::query_as::<_, BenchUser>(POINT).bind(id).fetch_one(&pool);
 
@@ -228,11 +258,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let (weight, entries) = sizing.memory_usage();
 
     println!("{} rounds, each side once per round, alternating which goes first; microseconds\n", rounds());
-    println!(
-        "| {:<24} | {:>9} | {:>9} | {:>9} | {:>9} | {:>9} | {:>8} |",
-        "operation", "raw p50", "raw p99", "cache p50", "cache p99", "ratio", "speed-up"
-    );
-    println!("|{:-<26}|{:->11}|{:->11}|{:->11}|{:->11}|{:->11}|{:->10}|", "", "", "", "", "", "", "");
+    print_header("cache");
     let mut rows = vec![
         print_pair("point read, hit", &mut raw_hit, &mut hit, "hit >= 50x faster than raw, median < 2 us", &|c, r| {
             r <= 1.0 / 50.0 && c < 2.0
@@ -260,35 +286,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         inv_large.quantile(0.99).as_secs_f64() * 1e9,
         ""
     );
-    rows.push(Row { name: "invalidation", target: "1M entries <= 1.2x the cost at 10k", met: inv_ratio <= 1.2 });
+    rows.push(Row { name: "invalidation".into(), target: "1M entries <= 1.2x the cost at 10k", met: inv_ratio <= 1.2 });
     println!(
         "\nhit throughput: {:.2} M gets/s with 2 tasks, {:.2} M gets/s with 8 tasks (2 worker threads)",
         throughput_2 / 1e6,
         throughput_8 / 1e6
     );
-    rows.push(Row { name: "hit throughput", target: ">= 1M gets/s with 2 tasks", met: throughput_2 >= 1e6 });
+    rows.push(Row { name: "hit throughput".into(), target: ">= 1M gets/s with 2 tasks", met: throughput_2 >= 1e6 });
     println!(
         "memory: {} bytes per cached single-row entry (store weight {weight} / {entries} entries); {} bytes resident per entry in the 1M-entry store",
         weight / entries.max(1) as u64,
         rss_per_entry.map_or("?".to_owned(), |b| b.to_string()),
     );
-    println!("\n| {:<24} | {:<44} | {:<4} |", "target", "", "met");
-    println!("|{:-<26}|{:-<46}|{:-<6}|", "", "", "");
-    for row in &rows {
-        println!("| {:<24} | {:<44} | {:<4} |", row.name, row.target, if row.met { "yes" } else { "NO" });
-    }
-    let redis_rows = redis::rows(&pool).await?;
-    println!("\n| {:<24} | {:<44} | {:<4} |", "target (Redis)", "", "met");
-    println!("|{:-<26}|{:-<46}|{:-<6}|", "", "", "");
-    for row in &redis_rows {
-        println!("| {:<24} | {:<44} | {:<4} |", row.name, row.target, if row.met { "yes" } else { "NO" });
-    }
-    let feed_rows = feed::rows(&pool).await?;
-    println!("\n| {:<24} | {:<44} | {:<4} |", "target (change feed)", "", "met");
-    println!("|{:-<26}|{:-<46}|{:-<6}|", "", "", "");
-    for row in &feed_rows {
-        println!("| {:<24} | {:<44} | {:<4} |", row.name, row.target, if row.met { "yes" } else { "NO" });
-    }
+    print_targets("target", &rows);
+    print_targets("target (Redis)", &redis::rows(&pool).await?);
+    print_targets("target (strict)", &strict::rows(&pool).await?);
+    print_targets("target (change feed)", &feed::rows(&pool).await?);
     let stats = cache.stats();
     println!(
         "\ncache: {} hits, {} misses, {} invalidations; run took {:.0} s",
@@ -305,7 +318,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 /// a write with Redis against raw sqlx, a hit of the in-process tier in front of Redis, and the
 /// delivery of an invalidation from one pool to another's in-process tier.
 mod redis {
-    use super::{pair, print_pair, rounds, us, Row};
+    use super::{pair, print_header, print_pair, rounds, us, Row};
     use fred::interfaces::{ClientLike, KeysInterface};
     use sqlacache_benches::{BenchUser, Samples, POINT, USERS, WRITE};
     use sqlacache_sqlx::CachedPool;
@@ -424,11 +437,7 @@ mod redis {
         }
 
         println!("\nWith Redis ({url}), {} rounds as above; microseconds\n", rounds());
-        println!(
-            "| {:<24} | {:>9} | {:>9} | {:>9} | {:>9} | {:>9} | {:>8} |",
-            "operation", "raw p50", "raw p99", "cache p50", "cache p99", "ratio", "speed-up"
-        );
-        println!("|{:-<26}|{:->11}|{:->11}|{:->11}|{:->11}|{:->11}|{:->10}|", "", "", "", "", "", "", "");
+        print_header("cache");
         let rows = vec![
             print_pair(
                 "Redis-only hit (vs GET)",
@@ -454,7 +463,11 @@ mod redis {
             us(p99)
         );
         let mut rows = rows;
-        rows.push(Row { name: "cross-process delivery", target: "p99 < 2 ms", met: p99 < Duration::from_millis(2) });
+        rows.push(Row {
+            name: "cross-process delivery".into(),
+            target: "p99 < 2 ms",
+            met: p99 < Duration::from_millis(2),
+        });
         let () = raw_redis.del(&raw_key).await?;
         shared.invalidate_all().await?;
         Ok(rows)
@@ -465,7 +478,7 @@ mod redis {
 /// write to an identical table without them, and the delay from an outside write's commit to
 /// the pool's invalidation.
 mod feed {
-    use super::{pair, print_pair, rounds, us, Row};
+    use super::{pair, print_header, print_pair, rounds, us, Row};
     use sqlacache_benches::Samples;
     use sqlacache_sqlx::{CachedPool, Ops};
     use sqlx::{AssertSqlSafe, PgPool};
@@ -521,11 +534,7 @@ mod feed {
             delivery.push(returned.elapsed());
         }
         println!("\nChange feed, {} rounds as above; microseconds\n", rounds());
-        println!(
-            "| {:<24} | {:>9} | {:>9} | {:>9} | {:>9} | {:>9} | {:>8} |",
-            "operation", "raw p50", "raw p99", "feed p50", "feed p99", "ratio", "speed-up"
-        );
-        println!("|{:-<26}|{:->11}|{:->11}|{:->11}|{:->11}|{:->11}|{:->10}|", "", "", "", "", "", "", "");
+        print_header("feed");
         let mut rows = vec![print_pair(
             "write with triggers",
             &mut raw,
@@ -536,7 +545,11 @@ mod feed {
         print_pair("  and a pool listening", &mut raw_heard, &mut heard, "", &|_, _| true);
         let (p50, p99) = (delivery.quantile(0.5), delivery.quantile(0.99));
         println!("\noutside write returned -> the pool invalidated: p50 {:.0} us, p99 {:.0} us", us(p50), us(p99));
-        rows.push(Row { name: "outside-write delivery", target: "p99 < 10 ms", met: p99 < Duration::from_millis(10) });
+        rows.push(Row {
+            name: "outside-write delivery".into(),
+            target: "p99 < 10 ms",
+            met: p99 < Duration::from_millis(10),
+        });
         drop(cache);
         sqlx::raw_sql("DROP TABLE bench_plain; DROP TABLE bench_fed;").execute(pg).await?;
         Ok(rows)
