@@ -151,8 +151,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         std::process::exit(2);
     });
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).is_some_and(|a| a == "member") {
-        return strict::member(&pool, &args[2..]).await;
+    match args.get(1).map(String::as_str) {
+        Some("member") => return strict::member(&pool, &args[2..]).await,
+        Some("raw-member") => return strict::raw_member(&args[2..]).await,
+        _ => {}
     }
     if args.iter().any(|a| a == "feed") {
         // Only the change feed's rows.
