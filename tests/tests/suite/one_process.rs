@@ -108,3 +108,42 @@ async fn a_fill_that_straddles_the_other_pools_write_is_not_served() {
         assert_eq!(value(&a, id).await, written);
     }
 }
+
+/// A pool's own write comes back to it on the Redis bus after it has read the new value again:
+/// it recognises its own message and does not apply it again, so the value it cached after the
+/// write stays a hit. (Its subscription is held back by a proxy meanwhile, within a long lease;
+/// a message of another pool, sent after, tells when everything before it was heard.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pools_own_write_heard_back_on_the_bus_costs_it_nothing() {
+    use sqlacache_sqlx::testing::Probe as _;
+    let server = RedisServer::start(&[]);
+    let proxy = Proxy::start(server.port());
+    let db = TestDb::with_schema(COUNTERS).await;
+    let prefix = unique_prefix("own");
+    let lease = Duration::from_secs(30);
+    let build = |url: String| pool(&db, &prefix).redis(&url).redis_timeout(Duration::from_secs(2)).lease(lease).build();
+    let a = build(proxy.url()).await.unwrap();
+    let b = build(server.url()).await.unwrap();
+    tiers_ready(&[&a, &b]).await;
+    for round in 0..5 {
+        proxy.silence_subscribers();
+        let written = bump(&a, 1).await;
+        assert_eq!(value(&a, 1).await, written, "round {round}");
+        let before = a.stats();
+        proxy.unsilence_subscribers();
+        // (Naming its row, so that it invalidates no other.)
+        sqlx::query("UPDATE counters SET v = v + 1 WHERE id = 2 RETURNING id, v").execute(&b).await.unwrap();
+        let (publisher, seq) = b.bus_position_for_tests().expect("a bus");
+        let start = std::time::Instant::now();
+        while a.heard_from_for_tests(publisher) < seq {
+            assert!(start.elapsed() < Duration::from_secs(30), "round {round}: A never heard B");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert_eq!(value(&a, 1).await, written);
+        let now = a.stats();
+        assert!(
+            now.hits > before.hits && now.redis_hits == before.redis_hits && now.misses == before.misses,
+            "round {round}: not an in-process hit: its own write, heard back, invalidated again: {now:?}"
+        );
+    }
+}
