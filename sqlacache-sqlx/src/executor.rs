@@ -110,7 +110,15 @@ pub(crate) fn run<'e>(engine: Arc<Engine>, target: Target<'e>, prepared: Prepare
                     Target::Transaction(_, state) => !engine.schema.sessions_differ() && !state.role_may_differ,
                 };
                 if let (Some(sql), None, true) = (&w.rewritten, &prepared.statement, append) {
-                    prepared.sql = AssertSqlSafe(sql.clone()).into_sql_str();
+                    prepared.sql = match (&engine.feed, &w.rows) {
+                        // Marked as this pool's, for the change feed's triggers (at the end,
+                        // where it moves no position PostgreSQL may report).
+                        (Some(feed), Some(rows)) => {
+                            AssertSqlSafe(format!("{sql} /*sqlacache {:x} {}*/", feed.writer(), rows.table))
+                                .into_sql_str()
+                        }
+                        _ => AssertSqlSafe(sql.clone()).into_sql_str(),
+                    };
                     track_rows = true;
                 } else if w.rows.as_ref().is_some_and(|r| r.forward) {
                     track_rows = true;

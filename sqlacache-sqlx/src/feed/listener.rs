@@ -69,6 +69,12 @@ pub(crate) struct Feed {
 }
 
 impl Feed {
+    /// This pool on the feed: the name its write path marks its statements with (see
+    /// [`crate::feed`]).
+    pub fn writer(&self) -> u64 {
+        self.channel.publisher()
+    }
+
     /// Whether the pool installs the feed itself (`change_feed`, not `change_feed_installed`).
     pub fn installs(&self) -> bool {
         self.install
@@ -284,6 +290,9 @@ impl Feed {
                         due.schema = Some(false);
                     }
                 }
+                // Invalidated by this pool's own write path after the write committed: applied
+                // again, it would only make what was read since miss once more.
+                Change::Written { by, .. } if by == self.channel.publisher() => {}
                 change => due.tags.extend(tags(&schema.catalog(), &change)),
             }
         }

@@ -16,6 +16,9 @@ pub(crate) enum Change {
     Schema(Vec<Ddl>),
     /// A heartbeat; `asks` when its pool asks the others to vouch for it.
     Heartbeat { publisher: u64, sent: u64, asks: Option<Ask> },
+    /// Rows or a table written by a statement straight from the write path of the pool `by`
+    /// (which invalidated them itself once the write committed).
+    Written { by: u64, change: Box<Change> },
 }
 
 /// A heartbeat's request: a pool whose listener lost its connection asks any other whose
@@ -75,6 +78,13 @@ fn unhex(hex: &str) -> Option<String> {
 
 /// Reads a message; `None` if it is not one of the feed's.
 pub(crate) fn parse(payload: &str) -> Option<Change> {
+    if let Some(rest) = payload.strip_prefix("w ") {
+        let (by, rest) = rest.split_once(' ')?;
+        let by = u64::from_str_radix(by, 16).ok()?;
+        let change = parse(rest)?;
+        return matches!(change, Change::Rows { .. } | Change::Table { .. })
+            .then(|| Change::Written { by, change: Box::new(change) });
+    }
     let mut words = payload.split(' ');
     let kind = words.next()?;
     let change = match kind {
@@ -138,6 +148,7 @@ pub(crate) fn tags(catalog: &Catalog, change: &Change) -> Vec<Tag> {
         Change::Table { table, op } => (*table, *op, None),
         Change::Schema(_) => return vec![Tag::All],
         Change::Heartbeat { .. } => return Vec::new(),
+        Change::Written { change, .. } => return tags(catalog, change),
     };
     // A table created after the catalog was read has no family or actions it knows: no
     // cached read depends on it (one that joins a known family was reported as a schema change).
@@ -176,6 +187,13 @@ mod tests {
         );
         assert_eq!(parse("t 16384 t"), Some(Change::Table { table: 16384, op: 't' }));
         assert_eq!(
+            parse("w ff r 5 u 1"),
+            Some(Change::Written {
+                by: 255,
+                change: Box::new(Change::Rows { table: 5, op: 'u', keys: vec![vec!["1".into()]] })
+            })
+        );
+        assert_eq!(
             parse("r 16384 u 1 -2 x616263,7"),
             Some(Change::Rows {
                 table: 16384,
@@ -193,6 +211,10 @@ mod tests {
             "d f70",
             "h 1",
             "h 1 2 3",
+            "w ff",
+            "w ff h 1 2",
+            "w zz r 5 u 1",
+            "w ff w ff r 5 u 1",
             "v 1 2",
             "v 1 2 ff",
             "v 1 2 ff 1 0",

@@ -12,7 +12,11 @@
 //!   changing the schema elsewhere.
 //! - **The listener.** Each pool listens on a connection of its own (not one of its pool's)
 //!   and applies each message as an invalidation: in-process, and in Redis when the pool has it.
-//!   Its own writes come back too; applying them again costs at most a miss.
+//! - **Its own writes.** A write the pool rewrites (to learn its rows) also ends with a comment
+//!   naming the pool and the table, `/*sqlacache <pool> <table oid>*/`. A trigger fired straight
+//!   by such a statement on that table (`pg_trigger_depth() = 1`: not a cascade, not a statement
+//!   of another trigger) prefixes its message with the pool, and that pool skips it: its write
+//!   path invalidated those rows itself once the write committed. Every other pool applies it.
 //! - **Nothing lost silently.** The pool publishes a heartbeat through the same channel (on a
 //!   connection of its own, so a busy pool does not delay it) and
 //!   serves cached reads only while it has heard one back within the lease: a heartbeat heard
@@ -37,6 +41,8 @@
 //! - `d <part> ...`: the schema changed; a part is `s` and the hex of a schema's name (something
 //!   in it changed), `f` and the hex of a function's schema and name joined by `.`, or `*`
 //!   (anything else: roles, extensions);
+//! - `w <pool> <message>`: an `r` or `t` message of a statement that the pool `<pool>` (hex)
+//!   marked as its own;
 //! - `h <publisher> <sent>`: a pool's heartbeat;
 //! - `v <publisher> <sent> <member> <fingerprint>`: a heartbeat that asks for a vouch, with the
 //!   pool's id on the bus and its configuration's fingerprint, both in hex.

@@ -72,6 +72,7 @@ fn rows_body(key: &str) -> String {
 DECLARE
   sqlacache_keys text;
   sqlacache_payload text;
+  sqlacache_by text;
 BEGIN
   IF TG_OP = 'INSERT' THEN
     SELECT string_agg({key}, ' ') INTO sqlacache_keys FROM sqlacache_new;
@@ -87,6 +88,14 @@ BEGIN
   sqlacache_payload := 'r ' || TG_RELID::int8 || ' ' || lower(left(TG_OP, 1)) || ' ' || sqlacache_keys;
   IF octet_length(sqlacache_payload) > {MAX_PAYLOAD} THEN
     sqlacache_payload := 't ' || TG_RELID::int8 || ' ' || lower(left(TG_OP, 1));
+  END IF;
+  -- Straight from a pool's write path, to this table (not a cascade, not another trigger's
+  -- statement): the pool that wrote is named, and skips what it already invalidated.
+  IF pg_trigger_depth() = 1 THEN
+    sqlacache_by := substring(right(current_query(), 64) from '/\*sqlacache ([0-9a-f]{{1,16}} [0-9]{{1,10}})\*/\s*$');
+    IF split_part(sqlacache_by, ' ', 2) = TG_RELID::text THEN
+      sqlacache_payload := 'w ' || split_part(sqlacache_by, ' ', 1) || ' ' || sqlacache_payload;
+    END IF;
   END IF;
   PERFORM pg_notify('{CHANNEL}', sqlacache_payload);
   RETURN NULL;

@@ -814,3 +814,62 @@ async fn a_model_first_used_without_registration_gets_the_feed_on_its_table() {
     })
     .await;
 }
+
+/// A pool's own write comes back to it on the feed: the triggers name the pool (its write path
+/// marks the statement), and it does not invalidate again what it already invalidated, so the
+/// value it read after the write stays a hit. Another pool applies it. (The listener's server
+/// process is stopped while the pool writes and reads again, so the message comes after.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pools_own_write_heard_back_on_the_feed_costs_it_nothing() {
+    let db = TestDb::in_own_database(COUNTERS).await;
+    let (cache, other) = (fed(&db).await, fed(&db).await);
+    warm(&cache).await;
+    warm(&other).await;
+    for round in 1..=3 {
+        let pid = cache.feed_listener_pid_for_tests();
+        signal(pid, "STOP");
+        let resume = Resume(pid);
+        sqlx::query("UPDATE counters SET v = v + 1 WHERE id = 1").execute(&cache).await.unwrap();
+        assert_eq!(value(&cache, 1).await, round);
+        let before = cache.stats();
+        drop(resume);
+        // Every commit before this heartbeat, the write's included, has been applied.
+        cache.feed_sync_for_tests().await.unwrap();
+        other.feed_sync_for_tests().await.unwrap();
+        assert_eq!(value(&cache, 1).await, round);
+        let now = cache.stats();
+        assert!(
+            now.hits > before.hits && now.misses == before.misses && now.invalidations == before.invalidations,
+            "round {round}: its own write, heard back, invalidated again: {now:?}"
+        );
+        assert_eq!(value(&other, 1).await, round, "round {round}: the other pool missed the write");
+    }
+}
+
+/// What another trigger writes while a pool's statement runs (a nested statement) is not the
+/// pool's own write, even on the same table: its message is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_made_by_a_trigger_of_the_pools_statement_is_applied() {
+    let db = TestDb::in_own_database(&format!(
+        "{COUNTERS}
+         CREATE FUNCTION mirror() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF NEW.id = 1 THEN UPDATE counters SET v = NEW.v * 10 WHERE id = 2; END IF;
+           RETURN NULL;
+         END $$;
+         CREATE TRIGGER mirror AFTER UPDATE ON counters FOR EACH ROW EXECUTE FUNCTION mirror();"
+    ))
+    .await;
+    let cache = fed(&db).await;
+    warm(&cache).await;
+    for round in 1..=3 {
+        value(&cache, 2).await;
+        sqlx::query("UPDATE counters SET v = v + 1 WHERE id = 1").execute(&cache).await.unwrap();
+        cache.feed_sync_for_tests().await.unwrap();
+        assert_eq!(
+            value(&cache, 2).await,
+            round * 10,
+            "round {round}: row 2, written by the trigger, was served stale"
+        );
+    }
+}
