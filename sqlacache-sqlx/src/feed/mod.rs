@@ -14,8 +14,9 @@
 //!   and applies each message as an invalidation: in-process, and in Redis when the pool has it.
 //! - **Its own writes.** A write the pool rewrites (to learn its rows) also ends with a comment
 //!   naming the pool and the table, `/*sqlacache <pool> <table oid>*/`. A trigger fired straight
-//!   by such a statement on that table (`pg_trigger_depth() = 1`: not a cascade, not a statement
-//!   of another trigger) prefixes its message with the pool, and that pool skips it: its write
+//!   by such a statement on that table (not by a cascade, nor by a statement that another
+//!   trigger or a function the statement calls ran: `pg_trigger_depth() = 1` and no other line
+//!   in `PG_CONTEXT`) prefixes its message with the pool, and that pool skips it: its write
 //!   path invalidated those rows itself once the write committed. Every other pool applies it.
 //! - **Nothing lost silently.** The pool publishes a heartbeat through the same channel (on a
 //!   connection of its own, so a busy pool does not delay it) and

@@ -73,6 +73,7 @@ DECLARE
   sqlacache_keys text;
   sqlacache_payload text;
   sqlacache_by text;
+  sqlacache_context text;
 BEGIN
   IF TG_OP = 'INSERT' THEN
     SELECT string_agg({key}, ' ') INTO sqlacache_keys FROM sqlacache_new;
@@ -89,12 +90,16 @@ BEGIN
   IF octet_length(sqlacache_payload) > {MAX_PAYLOAD} THEN
     sqlacache_payload := 't ' || TG_RELID::int8 || ' ' || lower(left(TG_OP, 1));
   END IF;
-  -- Straight from a pool's write path, to this table (not a cascade, not another trigger's
-  -- statement): the pool that wrote is named, and skips what it already invalidated.
+  -- Straight from a pool's write path, to this table: the pool that wrote is named, and skips
+  -- what it already invalidated. Not a statement that a trigger (a cascade) or a function
+  -- called by the pool's statement ran: this trigger's own line is then all of the context.
   IF pg_trigger_depth() = 1 THEN
     sqlacache_by := substring(right(current_query(), 64) from '/\*sqlacache ([0-9a-f]{{1,16}} [0-9]{{1,10}})\*/\s*$');
     IF split_part(sqlacache_by, ' ', 2) = TG_RELID::text THEN
-      sqlacache_payload := 'w ' || split_part(sqlacache_by, ' ', 1) || ' ' || sqlacache_payload;
+      GET DIAGNOSTICS sqlacache_context = PG_CONTEXT;
+      IF strpos(sqlacache_context, E'\n') = 0 THEN
+        sqlacache_payload := 'w ' || split_part(sqlacache_by, ' ', 1) || ' ' || sqlacache_payload;
+      END IF;
     END IF;
   END IF;
   PERFORM pg_notify('{CHANNEL}', sqlacache_payload);
