@@ -896,3 +896,19 @@ async fn a_write_made_by_a_function_the_pools_statement_calls_is_applied() {
         assert_eq!(value(&cache, 2).await, round, "round {round}: row 2, written by the function, was served stale");
     }
 }
+
+/// A write ending with a semicolon, a line comment or a block comment runs as it would on the
+/// raw pool when the pool marks it for the feed, and is seen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn marked_writes_with_any_ending_run_as_written() {
+    let db = TestDb::in_own_database(COUNTERS).await;
+    let cache = fed(&db).await;
+    warm(&cache).await;
+    let endings = ["", ";", " ; ", " -- a comment", "\n-- a comment\n", " /* a comment */", "; -- a comment"];
+    for (round, ending) in (1..).zip(endings) {
+        let sql = format!("UPDATE counters SET v = v + 1 WHERE id = 1{ending}");
+        let done = sqlx::query(AssertSqlSafe(sql)).execute(&cache).await.unwrap();
+        assert_eq!(done.rows_affected(), 1, "{ending:?}");
+        assert_eq!(value(&cache, 1).await, round, "{ending:?}");
+    }
+}
