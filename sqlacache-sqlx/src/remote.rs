@@ -46,6 +46,18 @@ impl Remote {
     }
 }
 
+/// Whether a pool hears a vouch for its change feed (see [`crate::feed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) enum Vouchee {
+    /// It has no shared tier, no subscription, or a failing one.
+    Deaf,
+    /// Its subscription is being made: soon it will.
+    Soon,
+    /// It does, as this member of the bus.
+    Listening(u64),
+}
+
 /// How a pool connects to Redis; see `CachedPoolBuilder::redis`.
 #[derive(Clone)]
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
@@ -66,7 +78,7 @@ pub(crate) struct RedisSettings {
 
 #[cfg(feature = "redis")]
 mod imp {
-    use super::RedisSettings;
+    use super::{RedisSettings, Vouchee};
     use crate::channel::{heartbeats, Channel};
     use crate::local::{Local, Origin};
     use crate::strict::{deadline, Acks};
@@ -305,8 +317,7 @@ mod imp {
         }
 
         /// Whether this pool hears what is sent to it on the bus (a vouch), as whom.
-        pub fn hears(&self) -> crate::tiers::Vouchee {
-            use crate::tiers::Vouchee;
+        pub fn hears(&self) -> Vouchee {
             if !self.subscribed {
                 Vouchee::Deaf
             } else if self.listening.load(Ordering::Acquire) {

@@ -3,7 +3,7 @@
 
 use crate::local::{Local, Origin};
 use crate::neighbours::Neighbours;
-use crate::remote::Remote;
+use crate::remote::{Remote, Vouchee};
 use futures_core::future::BoxFuture;
 use sqlacache_core::Tag;
 use std::sync::Arc;
@@ -114,18 +114,6 @@ impl Tiers {
     pub fn local_trusted(&self) -> bool {
         self.remote.as_ref().is_none_or(|r| r.local_trusted())
     }
-}
-
-/// Whether a pool hears a vouch for its change feed (see [`crate::feed`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(not(feature = "redis"), allow(dead_code))]
-pub(crate) enum Vouchee {
-    /// It has no shared tier, no subscription, or a failing one.
-    Deaf,
-    /// Its subscription is being made: soon it will.
-    Soon,
-    /// It does, as this member of the bus.
-    Listening(u64),
 }
 
 /// Deletes `tags` in Redis and tells the other processes, then invalidates here again.

@@ -4,8 +4,9 @@ use super::message::{parse, tags, Ask, Change};
 use super::sql::CHANNEL;
 use crate::channel::{heartbeats, Channel};
 use crate::local::Origin;
+use crate::remote::Vouchee;
 use crate::schema::Schema;
-use crate::tiers::{Tiers, Vouchee};
+use crate::tiers::Tiers;
 use sqlacache_core::Tag;
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::PgPool;
@@ -298,9 +299,7 @@ impl Feed {
         }
         due.apply(self, schema, tiers, catalog).await;
     }
-}
 
-impl Feed {
     /// Makes the tiers fit to be trusted again on an own heartbeat sent at `sent` (`asked`:
     /// one that asks for a vouch); false when this heartbeat must not renew the lease.
     ///

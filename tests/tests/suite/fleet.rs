@@ -242,6 +242,17 @@ async fn recovered(cache: &CachedPool, drops: u64, old: u32) {
     }
 }
 
+/// Waits until A and C trust Redis and the feed, with rows 1 and 2 cached in A's in-process tier
+/// and in Redis for C.
+async fn warm_pair(a: &CachedPool, c: &CachedPool) {
+    tiers_ready(&[a, c]).await;
+    feeds_trusted(&[a, c]).await;
+    until_local_hit(a, 1).await;
+    until_local_hit(a, 2).await;
+    until_redis_hit(c, 1).await;
+    until_redis_hit(c, 2).await;
+}
+
 /// A's feed listener loses its connection while a write is made outside the pools: A drops
 /// its own in-process tier, but C, whose listener heard the write and applied it to Redis,
 /// vouches for the interval, so Redis is not emptied: C keeps hitting it, and A reads it too.
@@ -252,12 +263,7 @@ async fn a_lost_feed_listener_costs_its_pool_its_own_tier_only() {
     let prefix = unique_prefix("vouch");
     let (a, c) = fed_pair(&db, &server.url(), &prefix).await;
     for round in 0..3 {
-        tiers_ready(&[&a, &c]).await;
-        feeds_trusted(&[&a, &c]).await;
-        until_local_hit(&a, 1).await;
-        until_local_hit(&a, 2).await;
-        until_redis_hit(&c, 1).await;
-        until_redis_hit(&c, 2).await;
+        warm_pair(&a, &c).await;
         let (drops_a, drops_c) = (a.stats().tier_drops, c.stats().tier_drops);
         let (written, old) = cut_listeners_and_write(&db, &[&a]).await;
         recovered(&a, drops_a, old[0]).await;
@@ -278,11 +284,7 @@ async fn when_every_listener_lost_the_feed_redis_is_emptied() {
     let prefix = unique_prefix("novouch");
     let (a, c) = fed_pair(&db, &server.url(), &prefix).await;
     for round in 0..2 {
-        tiers_ready(&[&a, &c]).await;
-        feeds_trusted(&[&a, &c]).await;
-        until_local_hit(&a, 2).await;
-        until_redis_hit(&c, 1).await;
-        until_redis_hit(&c, 2).await;
+        warm_pair(&a, &c).await;
         let (drops_a, drops_c) = (a.stats().tier_drops, c.stats().tier_drops);
         let (written, old) = cut_listeners_and_write(&db, &[&a, &c]).await;
         recovered(&a, drops_a, old[0]).await;
@@ -313,9 +315,7 @@ async fn only_a_pool_configured_alike_vouches() {
         .build()
         .await
         .unwrap();
-    tiers_ready(&[&a, &c]).await;
-    feeds_trusted(&[&a, &c]).await;
-    until_redis_hit(&c, 1).await;
+    warm_pair(&a, &c).await;
     let drops = a.stats().tier_drops;
     let (written, old) = cut_listeners_and_write(&db, &[&a]).await;
     recovered(&a, drops, old[0]).await;
