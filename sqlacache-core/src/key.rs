@@ -235,6 +235,49 @@ pub fn row_id<S: AsRef<str>>(table: u32, parts: &[S]) -> u128 {
     material.digest(&[])
 }
 
+/// Hashes the identity of one value of one column of a table: a read whose rows all have
+/// `column` equal to `value` (its PostgreSQL text; `None` for NULL) depends on it, and a write
+/// invalidates it for the old and new value of every row it changes. It shares the space of
+/// [`row_id`]s (both travel as row tags); its first part, which holds a NUL byte, is never the
+/// text of a key (PostgreSQL text never holds NUL), so the two never meet but by a collision
+/// of 128-bit digests, which only invalidates more.
+///
+/// ```
+/// use sqlacache_core::key::{row_id, value_id};
+/// assert_ne!(value_id(42, "customer_id", Some("7")), value_id(42, "customer_id", Some("8")));
+/// assert_ne!(value_id(42, "customer_id", Some("7")), value_id(42, "customer_id", None));
+/// assert_ne!(value_id(42, "customer_id", Some("7")), row_id(42, &["7"]));
+/// ```
+pub fn value_id(table: u32, column: &str, value: Option<&str>) -> u128 {
+    let mut material = Material::new();
+    material.update(&table.to_le_bytes());
+    material.part(b"\0value");
+    material.part(column.as_bytes());
+    match value {
+        Some(text) => material.part(text.as_bytes()),
+        // Not a text PostgreSQL can produce.
+        None => material.part(b"\0"),
+    }
+    material.digest(&[])
+}
+
+/// Hashes the identity of a column of a table as a whole: every read that [`value_id`]s of
+/// the column depend on also depends on it, and a write that changes the column's values
+/// without knowing the old ones (an `UPDATE` that sets it) invalidates it.
+///
+/// ```
+/// use sqlacache_core::key::{column_id, value_id};
+/// assert_ne!(column_id(42, "status"), column_id(42, "customer_id"));
+/// assert_ne!(column_id(42, "status"), value_id(42, "status", None));
+/// ```
+pub fn column_id(table: u32, column: &str) -> u128 {
+    let mut material = Material::new();
+    material.update(&table.to_le_bytes());
+    material.part(b"\0column");
+    material.part(column.as_bytes());
+    material.digest(&[])
+}
+
 /// Hashes the row identity of a Rust primary-key value, or `None` when the value has no text
 /// form that is known to equal PostgreSQL's (floats, bytes, options, maps, ...).
 pub fn row_id_of<K: Serialize + ?Sized>(table: u32, key: &K) -> Option<u128> {
@@ -261,6 +304,48 @@ impl PkText {
     }
 }
 
+/// Serializer methods that refuse enum variants with data, maps and structs: shared by the
+/// serializers that read scalar values (`$error` is the error they return).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __refuse_compounds {
+    ($error:expr) => {
+        fn serialize_newtype_variant<T: serde::Serialize + ?Sized>(
+            self,
+            _: &'static str,
+            _: u32,
+            _: &'static str,
+            _: &T,
+        ) -> Result<Self::Ok, Self::Error> {
+            Err($error)
+        }
+        fn serialize_tuple_variant(
+            self,
+            _: &'static str,
+            _: u32,
+            _: &'static str,
+            _: usize,
+        ) -> Result<Self::SerializeTupleVariant, Self::Error> {
+            Err($error)
+        }
+        fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, Self::Error> {
+            Err($error)
+        }
+        fn serialize_struct(self, _: &'static str, _: usize) -> Result<Self::SerializeStruct, Self::Error> {
+            Err($error)
+        }
+        fn serialize_struct_variant(
+            self,
+            _: &'static str,
+            _: u32,
+            _: &'static str,
+            _: usize,
+        ) -> Result<Self::SerializeStructVariant, Self::Error> {
+            Err($error)
+        }
+    };
+}
+
 /// Formats a scalar on the stack (the longest, an `i128`, is 40 bytes).
 struct StackText {
     buf: [u8; 48],
@@ -276,8 +361,10 @@ impl fmt::Write for StackText {
     }
 }
 
+/// The error of the serializers that read scalar values: the value is not one they read.
+#[doc(hidden)]
 #[derive(Debug)]
-struct Unsupported;
+pub struct Unsupported;
 
 impl fmt::Display for Unsupported {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -354,15 +441,6 @@ impl ser::Serializer for &mut PkText {
     fn serialize_newtype_struct<T: Serialize + ?Sized>(self, _: &'static str, v: &T) -> Result<(), Unsupported> {
         v.serialize(self)
     }
-    fn serialize_newtype_variant<T: Serialize + ?Sized>(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: &T,
-    ) -> Result<(), Unsupported> {
-        Err(Unsupported)
-    }
     fn serialize_seq(self, _: Option<usize>) -> Result<Self, Unsupported> {
         Ok(self)
     }
@@ -372,30 +450,7 @@ impl ser::Serializer for &mut PkText {
     fn serialize_tuple_struct(self, _: &'static str, _: usize) -> Result<Self, Unsupported> {
         Ok(self)
     }
-    fn serialize_tuple_variant(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Self::SerializeTupleVariant, Unsupported> {
-        Err(Unsupported)
-    }
-    fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, Unsupported> {
-        Err(Unsupported)
-    }
-    fn serialize_struct(self, _: &'static str, _: usize) -> Result<Self::SerializeStruct, Unsupported> {
-        Err(Unsupported)
-    }
-    fn serialize_struct_variant(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Self::SerializeStructVariant, Unsupported> {
-        Err(Unsupported)
-    }
+    crate::__refuse_compounds!(Unsupported);
 }
 
 macro_rules! elements {

@@ -352,6 +352,16 @@ impl MemoryStore {
         self.entries.capacity()
     }
 
+    /// The row tags held (rows and values of tracked columns written since each shard was last
+    /// compacted) and the bytes their tables take: at most 64 shards of 32,768 tags, each a
+    /// 16-byte identity, an 8-byte sequence and a control byte.
+    pub fn tag_memory(&self) -> (usize, u64) {
+        self.rows.iter().fold((0, 0), |(tags, bytes), slot| {
+            let shard = lock(&slot.shard);
+            (tags + shard.tags.len(), bytes + shard.tags.capacity() as u64 * 25)
+        })
+    }
+
     fn is_fresh(&self, entry: &Entry) -> bool {
         let stamp = entry.stamp;
         if self.all.load(SeqCst) > stamp {

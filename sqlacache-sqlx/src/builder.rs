@@ -59,6 +59,7 @@ pub struct CachedPoolBuilder {
     /// The key prefix: of Redis keys and channels, and the scope of the in-process bus.
     prefix: String,
     feed: FeedMode,
+    predicates: bool,
     #[cfg(feature = "test-hooks")]
     pub(crate) fill_hook: Option<crate::engine::FillHook>,
     #[cfg(feature = "test-hooks")]
@@ -80,6 +81,7 @@ impl fmt::Debug for CachedPoolBuilder {
             .field("lease", &self.lease)
             .field("consistency", &self.consistency)
             .field("feed", &self.feed)
+            .field("predicate_tags", &self.predicates)
             .finish()
     }
 }
@@ -106,6 +108,7 @@ impl CachedPoolBuilder {
             consistency: Consistency::Lease,
             prefix: "sqlacache".to_owned(),
             feed: FeedMode::Off,
+            predicates: true,
             #[cfg(feature = "test-hooks")]
             fill_hook: None,
             #[cfg(feature = "test-hooks")]
@@ -232,6 +235,22 @@ impl CachedPoolBuilder {
     /// ```
     pub fn consistency(mut self, consistency: Consistency) -> Self {
         self.consistency = consistency;
+        self
+    }
+
+    /// Whether a read whose conditions pin an indexed column (`WHERE customer_id = $1`) depends
+    /// on those values of the column only, so that writes of other values leave it cached (on
+    /// by default; see the README's "Precision"). Off, every multi-row read depends on its
+    /// whole tables. Writes name the values they change either way, so pools configured
+    /// differently stay fresh for each other.
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: sqlx::PgPool) -> Result<(), sqlacache_sqlx::Error> {
+    /// let cache = sqlacache_sqlx::CachedPool::builder(pool).predicate_tags(false).build().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn predicate_tags(mut self, on: bool) -> Self {
+        self.predicates = on;
         self
     }
 
@@ -377,7 +396,7 @@ impl CachedPoolBuilder {
         let tiers = Tiers { local, remote, neighbours };
         let schema = Schema::new(self.pool.clone(), config, catalog);
         #[cfg_attr(not(feature = "test-hooks"), allow(unused_mut))]
-        let mut engine = Engine::new(self.pool, schema, Registry::new(&self.models), tiers, feed);
+        let mut engine = Engine::new(self.pool, schema, Registry::new(&self.models), tiers, feed, self.predicates);
         #[cfg(feature = "test-hooks")]
         {
             engine.fill_hook = self.fill_hook.take();

@@ -26,6 +26,29 @@ pub(crate) use immutable_in_full;
 /// Rust types, so a row written through SQL and a key given in Rust hash to the same identity.
 const TRUSTED_KEY_TYPES: &[&str] = &["int2", "int4", "int8", "text", "varchar", "uuid", "bool"];
 
+/// At most this many columns of a table are tracked (bounding what a write invalidates).
+pub(crate) const MAX_TRACKED: usize = 8;
+
+/// How a tracked column's values are put in PostgreSQL's text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ValueKind {
+    Int,
+    Text,
+    Uuid,
+}
+
+impl ValueKind {
+    /// The kind of a column of type `typname`, if tracked columns may have it.
+    pub fn of_type(typname: &str) -> Option<ValueKind> {
+        match typname {
+            "int2" | "int4" | "int8" => Some(ValueKind::Int),
+            "text" | "varchar" => Some(ValueKind::Text),
+            "uuid" => Some(ValueKind::Uuid),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct TableInfo {
     pub oid: u32,
@@ -58,6 +81,12 @@ pub(crate) struct TableInfo {
     pub family: Vec<u32>,
     /// The table has every trigger of the change feed, enabled.
     pub fed: bool,
+    /// The columns whose values reads may depend on one by one (see [`crate::predicate`]), in
+    /// column order.
+    pub tracked: Vec<(String, ValueKind)>,
+    /// The table has a `BEFORE UPDATE` row trigger of its own, which may change any column of
+    /// an updated row, assigned or not.
+    pub before_update: bool,
 }
 
 impl TableInfo {
@@ -104,7 +133,10 @@ SELECT c.oid::int8 AS oid, n.nspname::text AS schema, c.relname::text AS name,
        coalesce(pk.key_readable, false) AS key_readable,
        (SELECT count(*) FROM pg_catalog.pg_trigger tg
          WHERE tg.tgrelid = c.oid AND NOT tg.tgisinternal AND tg.tgenabled <> 'D'
-           AND tg.tgname IN ('sqlacache_feed_i', 'sqlacache_feed_u', 'sqlacache_feed_d', 'sqlacache_feed_t')) = 4 AS fed
+           AND tg.tgname IN ('sqlacache_feed_i', 'sqlacache_feed_u', 'sqlacache_feed_d', 'sqlacache_feed_t')) = 4 AS fed,
+       -- row (1), before (2), update (16); enabled or not
+       EXISTS (SELECT 1 FROM pg_catalog.pg_trigger tg
+                WHERE tg.tgrelid = c.oid AND NOT tg.tgisinternal AND tg.tgtype & 19 = 19) AS before_update
   FROM pg_catalog.pg_class c
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
   LEFT JOIN LATERAL (
@@ -124,6 +156,24 @@ SELECT c.oid::int8 AS oid, n.nspname::text AS schema, c.relname::text AS name,
    AND c.relpersistence <> 't'
    AND n.nspname NOT IN ('pg_catalog', 'information_schema')
    AND n.nspname NOT LIKE 'pg\_toast%'
+"#;
+
+/// The columns that lead a btree index (valid or still being built, so that a pool reading the
+/// catalog while one is built agrees with one reading it after), of a type whose equality is
+/// equality of its text (integers, `uuid`, and `text`/`varchar` under a deterministic
+/// collation), not generated (a generated column changes without being assigned), in column
+/// order. Every pool of a database reads the same: they agree on which values a write names.
+const TRACKED: &str = r#"
+SELECT DISTINCT i.indrelid::int8 AS oid, a.attnum::int4 AS attnum, a.attname::text AS name, t.typname::text AS type
+  FROM pg_catalog.pg_index i
+  JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
+  JOIN pg_catalog.pg_am am ON am.oid = ic.relam AND am.amname = 'btree'
+  JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] AND NOT a.attisdropped
+  JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+  LEFT JOIN pg_catalog.pg_collation co ON co.oid = a.attcollation
+ WHERE t.typname IN ('int2', 'int4', 'int8', 'uuid', 'text', 'varchar')
+   AND a.attgenerated = '' AND coalesce(co.collisdeterministic, true)
+ ORDER BY 1, 2
 "#;
 
 const FOREIGN_KEYS: &str = r#"
@@ -200,6 +250,7 @@ impl Catalog {
         let mut conn = pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY").await?;
         let rows = sqlx::query(TABLES).fetch_all(&mut *conn).await?;
         let fks = sqlx::query(FOREIGN_KEYS).fetch_all(&mut *conn).await?;
+        let tracked = sqlx::query(TRACKED).fetch_all(&mut *conn).await?;
         let inherits = sqlx::query(INHERITS).fetch_all(&mut *conn).await?;
         let functions = if full { sqlx::query(FUNCTIONS).fetch_all(&mut *conn).await? } else { Vec::new() };
         let path = sqlx::query(SEARCH_PATH).fetch_one(&mut *conn).await?;
@@ -265,8 +316,18 @@ impl Catalog {
                     referenced_by: Vec::new(),
                     family: Vec::new(),
                     fed: row.try_get("fed")?,
+                    tracked: Vec::new(),
+                    before_update: row.try_get("before_update")?,
                 },
             );
+        }
+        for row in tracked {
+            let kind = ValueKind::of_type(row.try_get::<String, _>("type")?.as_str());
+            if let (Some(table), Some(kind)) = (catalog.tables.get_mut(&oid(row.try_get("oid")?)), kind) {
+                if table.tracked.len() < MAX_TRACKED {
+                    table.tracked.push((row.try_get("name")?, kind));
+                }
+            }
         }
         for fk in fks {
             let child = oid(fk.try_get("child")?);

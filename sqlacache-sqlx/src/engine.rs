@@ -56,10 +56,17 @@ pub(crate) struct Engine {
 
 impl Engine {
     /// Puts the parts together; [`Engine::start`] starts their workers.
-    pub fn new(pool: PgPool, schema: Schema, models: Registry, tiers: Tiers, feed: Option<Feed>) -> Engine {
+    pub fn new(
+        pool: PgPool,
+        schema: Schema,
+        models: Registry,
+        tiers: Tiers,
+        feed: Option<Feed>,
+        predicates: bool,
+    ) -> Engine {
         Engine {
             pool,
-            planner: Planner::new(feed.is_some()),
+            planner: Planner::new(feed.is_some(), predicates),
             schema: Arc::new(schema),
             models,
             tiers: Arc::new(tiers),

@@ -15,7 +15,7 @@ use futures_core::future::BoxFuture;
 use futures_core::stream::BoxStream;
 use futures_util::{stream, TryStreamExt};
 use sqlx::error::BoxDynError;
-use sqlx::postgres::{PgArguments, PgConnection, PgRow, PgStatement, PgTypeInfo};
+use sqlx::postgres::{PgArguments, PgConnection, PgQueryResult, PgRow, PgStatement, PgTypeInfo};
 use sqlx::Either;
 use sqlx::{AssertSqlSafe, Execute, Executor, Postgres, SqlSafeStr, SqlStr};
 use std::sync::Arc;
@@ -64,8 +64,14 @@ pub(crate) enum Target<'e> {
     Transaction(&'e mut PgConnection, &'e mut TxState),
 }
 
-/// Runs `prepared` and applies what its plan calls for.
-pub(crate) fn run<'e>(engine: Arc<Engine>, target: Target<'e>, prepared: Prepared) -> BoxStream<'e, Step> {
+/// Runs `prepared` and applies what its plan calls for. With `discard`, the caller keeps no
+/// row (`execute`): a write may then return more columns than its own `RETURNING` asks for.
+pub(crate) fn run<'e>(
+    engine: Arc<Engine>,
+    target: Target<'e>,
+    prepared: Prepared,
+    discard: bool,
+) -> BoxStream<'e, Step> {
     Box::pin(
         stream::once(async move {
             let in_transaction = matches!(target, Target::Transaction(..));
@@ -83,6 +89,15 @@ pub(crate) fn run<'e>(engine: Arc<Engine>, target: Target<'e>, prepared: Prepare
                     tracing::warn!(%error, "could not plan a statement; it will invalidate everything");
                     Arc::new(Plan::unknown())
                 }
+            };
+            let plan = match &plan.write {
+                WritePlan::Writes(w) if discard => match &w.discarding {
+                    Some(discarding) => {
+                        Arc::new(Plan { write: WritePlan::Writes((**discarding).clone()), ..(*plan).clone() })
+                    }
+                    None => plan,
+                },
+                _ => plan,
             };
             let mut prepared = prepared;
             let on_pool = matches!(target, Target::Pool);
@@ -144,6 +159,16 @@ pub(crate) fn run<'e>(engine: Arc<Engine>, target: Target<'e>, prepared: Prepare
     )
 }
 
+/// The results of a statement's steps, its rows dropped (as sqlx's own `execute_many`).
+fn results(steps: BoxStream<'_, Step>) -> BoxStream<'_, Result<PgQueryResult, sqlx::Error>> {
+    Box::pin(steps.try_filter_map(|step| async move {
+        Ok(match step {
+            Either::Left(result) => Some(result),
+            Either::Right(_) => None,
+        })
+    }))
+}
+
 /// Drains a stream to its first row, as `fetch_optional` does (a write must run to its end).
 pub(crate) fn first_row<'e>(mut steps: BoxStream<'e, Step>) -> BoxFuture<'e, Result<Option<PgRow>, sqlx::Error>> {
     Box::pin(async move {
@@ -165,7 +190,23 @@ impl<'c> Executor<'c> for &'c CachedPool {
         'c: 'e,
         E: 'q + Execute<'q, Postgres>,
     {
-        run(self.engine.clone(), Target::Pool, Prepared::from_execute(query))
+        run(self.engine.clone(), Target::Pool, Prepared::from_execute(query), false)
+    }
+
+    fn execute_many<'e, 'q: 'e, E>(self, query: E) -> BoxStream<'e, Result<PgQueryResult, sqlx::Error>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, Postgres>,
+    {
+        results(run(self.engine.clone(), Target::Pool, Prepared::from_execute(query), true))
+    }
+
+    fn execute<'e, 'q: 'e, E>(self, query: E) -> BoxFuture<'e, Result<PgQueryResult, sqlx::Error>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, Postgres>,
+    {
+        Box::pin(self.execute_many(query).try_collect())
     }
 
     fn fetch_optional<'e, 'q: 'e, E>(self, query: E) -> BoxFuture<'e, Result<Option<PgRow>, sqlx::Error>>
@@ -205,7 +246,24 @@ impl<'c> Executor<'c> for &'c mut CachedConnection {
         E: 'q + Execute<'q, Postgres>,
     {
         let (conn, state, engine) = self.parts();
-        run(engine, Target::Transaction(conn, state), Prepared::from_execute(query))
+        run(engine, Target::Transaction(conn, state), Prepared::from_execute(query), false)
+    }
+
+    fn execute_many<'e, 'q: 'e, E>(self, query: E) -> BoxStream<'e, Result<PgQueryResult, sqlx::Error>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, Postgres>,
+    {
+        let (conn, state, engine) = self.parts();
+        results(run(engine, Target::Transaction(conn, state), Prepared::from_execute(query), true))
+    }
+
+    fn execute<'e, 'q: 'e, E>(self, query: E) -> BoxFuture<'e, Result<PgQueryResult, sqlx::Error>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, Postgres>,
+    {
+        Box::pin(self.execute_many(query).try_collect())
     }
 
     fn fetch_optional<'e, 'q: 'e, E>(self, query: E) -> BoxFuture<'e, Result<Option<PgRow>, sqlx::Error>>

@@ -75,6 +75,21 @@ impl CachedPool {
         (self.engine.store().weight(), self.engine.store().len())
     }
 
+    /// Row tags held by the in-process tier (rows, and values of tracked columns, written while
+    /// entries depended on them) and the bytes they take. Bounded whatever the workload: past
+    /// 32,768 tags in one of its 64 shards, the older half is folded into one floor (which
+    /// only invalidates more).
+    ///
+    /// ```no_run
+    /// # fn demo(cache: &sqlacache_sqlx::CachedPool) {
+    /// let (tags, bytes) = cache.tag_memory();
+    /// println!("{tags} row tags in {bytes} bytes");
+    /// # }
+    /// ```
+    pub fn tag_memory(&self) -> (usize, u64) {
+        self.engine.store().tag_memory()
+    }
+
     /// Reads the row of `T` with primary key `key`, from the cache when it holds a fresh copy.
     /// Absent rows are cached too, and an `INSERT` of that key invalidates them.
     ///
@@ -102,13 +117,18 @@ impl CachedPool {
     }
 
     /// Invalidates cached reads of the rows of `T` with these keys (and every multi-row read of
-    /// its table), for changes made where the cache cannot see them.
+    /// its table, pinned to values of its columns or not), for changes made where the cache
+    /// cannot see them.
     pub async fn invalidate_rows<T: Cacheable>(&self, keys: &[T::Key]) -> Result<(), Error> {
         let plan = self.engine.plan(T::MODEL.get_sql, true).await?;
         let Some(single) = plan.read.as_ref().ok().and_then(|r| r.single.as_ref()) else {
             return self.invalidate_table(T::MODEL.table).await;
         };
         let mut tags = vec![Tag::Table(single.0)];
+        // The values of their tracked columns are not known: every read pinned to some.
+        tags.extend(
+            self.engine.schema.catalog().tables.get(&single.0).into_iter().flat_map(crate::predicate::all_columns),
+        );
         for key in keys {
             match row_of::<T>(single, key) {
                 Some(row) => tags.push(Tag::Row(row)),

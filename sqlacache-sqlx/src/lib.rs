@@ -57,6 +57,7 @@ mod model;
 mod neighbours;
 mod plan;
 mod planner;
+mod predicate;
 mod proof;
 mod query;
 mod read;
@@ -96,8 +97,7 @@ pub struct ReadmeDoctests;
 
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::query::add_arg;
-    pub use sqlacache_core::key::KeyBuilder;
+    pub use crate::query::{add_arg, ReadKey};
 
     /// Combines a compile-time fingerprint with the resolved names of a type and its fields.
     pub fn fingerprint(base: u64, names: &[&str]) -> u64 {

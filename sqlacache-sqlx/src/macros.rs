@@ -25,7 +25,7 @@
 #[macro_export]
 macro_rules! query_as {
     ($out:path, $sql:literal $(,)?) => {{
-        let __key = ::core::result::Result::Ok($crate::__private::KeyBuilder::new(<$out as $crate::CachedRow>::fingerprint()));
+        let __key = ::core::result::Result::Ok($crate::__private::ReadKey::new(<$out as $crate::CachedRow>::fingerprint()));
         $crate::CachedMap::<$out, _>::new($sql, ::sqlx::query_as!($out, $sql), __key)
     }};
     ($out:path, $sql:literal, $($args:expr),+ $(,)?) => {
@@ -43,7 +43,7 @@ macro_rules! __query_as_bind {
         }
     };
     (($out:path, $sql:literal) [$($bound:ident)*]) => {{
-        let mut __key = ::core::result::Result::Ok($crate::__private::KeyBuilder::new(<$out as $crate::CachedRow>::fingerprint()));
+        let mut __key = ::core::result::Result::Ok($crate::__private::ReadKey::new(<$out as $crate::CachedRow>::fingerprint()));
         $( $crate::__private::add_arg(&mut __key, $bound); )*
         $crate::CachedMap::<$out, _>::new($sql, ::sqlx::query_as!($out, $sql, $($bound),*), __key)
     }};

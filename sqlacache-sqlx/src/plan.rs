@@ -2,8 +2,9 @@
 //! configuration. Plans are memoized per SQL string and catalog generation.
 
 use crate::catalog::{Actions, Catalog, TableInfo};
+use crate::predicate::{read_deps, unreported_columns, ReadDeps};
 use sqlacache_core::analyze::{Analysis, Effect, Reach, ReadOp, RowSource, TableName, WriteKind};
-use sqlacache_core::key::SqlDigest;
+use sqlacache_core::key::{column_id, SqlDigest};
 use sqlacache_core::{Ops, Tag, Uncached};
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,8 +54,11 @@ pub(crate) struct ReadPlan {
     /// Operations every table read allows.
     pub allowed: Ops,
     pub ttl: Duration,
-    /// `Table` tags of every table read.
-    pub deps: Box<[Tag]>,
+    /// Every table read, by oid.
+    pub tables: Box<[u32]>,
+    /// What it depends on: per table, the whole table or, when its conditions pin a tracked
+    /// column, that column's values (see [`crate::predicate`]).
+    pub deps: ReadDeps,
     /// The table, when exactly one is read, with its primary-key columns when usable.
     pub single: Option<(u32, Option<Vec<String>>)>,
     /// The SQL's part of every cache key, with the relations it resolved to (so a table that
@@ -79,12 +83,20 @@ pub(crate) struct WriteTags {
     /// How to learn the written rows from the output; when that fails, `Rows(table)` is
     /// invalidated instead.
     pub rows: Option<RowsPlan>,
+    /// The same write for a caller that discards its rows (`execute`), when its own
+    /// `RETURNING` lacks tracked columns: with them appended, so that their values are learned
+    /// rather than each column invalidated as a whole.
+    pub discarding: Option<Box<WriteTags>>,
 }
 
 #[derive(Clone, Debug)]
 pub(crate) struct RowsPlan {
     pub table: u32,
-    pub columns: RowColumns,
+    /// Where the key columns are in the output.
+    pub columns: Vec<At>,
+    /// Where the values of tracked columns the write does not assign are in the output (see
+    /// [`crate::predicate`]).
+    pub values: Vec<(String, At)>,
     /// Whether rows reach the caller (`false` when the library appended the `RETURNING`).
     pub forward: bool,
 }
@@ -96,12 +108,13 @@ fn accepts_returning(info: &TableInfo) -> bool {
     matches!(info.kind, 'r' | 'p') && !info.has_rules && !info.row_security && info.key_readable
 }
 
-#[derive(Clone, Debug)]
-pub(crate) enum RowColumns {
-    /// Key columns at these positions.
-    Indexed(Vec<usize>),
-    /// Key columns under these names (the first column of each name).
-    Named(Vec<String>),
+/// Where a column of a written row is in the statement's output.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum At {
+    /// At this position.
+    Index(usize),
+    /// Under this name (the first column of the name).
+    Name(String),
 }
 
 /// What the planner needs besides the analysis.
@@ -110,6 +123,8 @@ pub(crate) struct Context<'a> {
     pub policy: &'a dyn Fn(&TableInfo) -> Option<Policy>,
     /// The pool has a change feed: reads of tables it does not cover are not cached.
     pub feed: bool,
+    /// Reads may depend on values of tracked columns rather than on whole tables.
+    pub predicates: bool,
 }
 
 /// Names that did not resolve; the caller may reload the catalog and plan again.
@@ -201,11 +216,17 @@ fn plan_read(
         return Err(Uncached::Volatile);
     }
     let oids: Vec<u32> = tables.iter().map(|t| t.oid).collect();
+    let deps = if cx.predicates {
+        read_deps(&tables, &read.tables, read.filters.as_ref(), cx.catalog)
+    } else {
+        ReadDeps { fixed: deps.into(), narrowed: Vec::new() }
+    };
     Ok(ReadPlan {
         op: read.op,
         allowed,
         ttl,
-        deps: deps.into(),
+        tables: oids.clone().into(),
+        deps,
         sql: SqlDigest::with_relations(sql, &oids, &cx.catalog.session),
         single: match tables.as_slice() {
             [one] => Some((one.oid, one.key.clone())),
@@ -223,6 +244,7 @@ fn plan_writes(
     let mut tags = Vec::new();
     let mut rows_plan = None;
     let mut rewritten = None;
+    let mut discarding = None;
     let push = |tags: &mut Vec<Tag>, tag: Tag| {
         if !tags.contains(&tag) {
             tags.push(tag);
@@ -253,49 +275,135 @@ fn plan_writes(
             push(&mut tags, tag);
         }
 
+        // A tracked column the write may change without reporting its old value, as a whole.
+        let updates =
+            write.kind == WriteKind::Update || (write.kind == WriteKind::Insert && !write.assigned.is_empty());
+        let unreported = unreported_columns(info, updates, &write.assigned);
+        // The others' values, from the rows (which report the new value, equal to the old).
+        let wanted: Vec<&String> = info
+            .tracked
+            .iter()
+            .map(|(column, _)| column)
+            .filter(|c| !unreported.iter().any(|u| *u == Tag::Row(column_id(t, c))))
+            .collect();
+        for tag in unreported {
+            push(&mut tags, tag);
+        }
         let rows = match (&info.key, write.kind, writes.len()) {
             (Some(key), WriteKind::Insert | WriteKind::Update | WriteKind::Delete, 1)
                 if !write.assigned.iter().any(|c| key.contains(c)) =>
             {
-                row_columns(sql, key, &write.rows).filter(|(_, _, append)| append.is_none() || accepts_returning(info))
+                row_columns(sql, key, &wanted, &write.rows)
+                    .filter(|found| found.rewritten.is_none() || accepts_returning(info))
             }
             _ => None,
         };
         match rows {
-            Some((columns, forward, sql)) => {
-                rows_plan = Some(RowsPlan { table: t, columns, forward });
-                rewritten = sql.map(Arc::from);
+            Some(found) => {
+                if let (RowSource::Returning { items, star_first: false, end: Some((at, qualifier)) }, false) =
+                    (&write.rows, found.missing.is_empty())
+                {
+                    let extra = returning_columns(qualifier, &found.missing);
+                    let rewritten =
+                        sql.get(..*at).zip(sql.get(*at..)).map(|(head, tail)| format!("{head}, {extra}{tail}"));
+                    if let Some(sql) = rewritten.filter(|_| accepts_returning(info)) {
+                        let mut values = found.values.clone();
+                        values.extend(
+                            found.missing.iter().enumerate().map(|(j, c)| (c.clone(), At::Index(items.len() + j))),
+                        );
+                        let rows = RowsPlan { table: t, columns: found.key.clone(), values, forward: false };
+                        discarding = Some(Box::new(WriteTags {
+                            rewritten: Some(Arc::from(sql)),
+                            tags: tags.clone(),
+                            rows: Some(rows),
+                            discarding: None,
+                        }));
+                    }
+                }
+                for column in &found.missing {
+                    push(&mut tags, Tag::Row(column_id(t, column)));
+                }
+                rows_plan =
+                    Some(RowsPlan { table: t, columns: found.key, values: found.values, forward: found.forward });
+                rewritten = found.rewritten.map(Arc::from);
             }
             None => push(&mut tags, Tag::Rows(t)),
         }
     }
-    WritePlan::Writes(WriteTags { rewritten, tags, rows: rows_plan })
+    WritePlan::Writes(WriteTags { rewritten, tags, rows: rows_plan, discarding })
 }
 
-/// Where the key columns of written rows will be in the output, whether the rows reach the
-/// caller, and the rewritten SQL when a `RETURNING` must be appended.
-fn row_columns(sql: &str, key: &[String], source: &RowSource) -> Option<(RowColumns, bool, Option<String>)> {
+/// `RETURNING` items giving the text of these columns of the target.
+fn returning_columns(qualifier: &str, columns: &[String]) -> String {
+    let items: Vec<String> =
+        columns.iter().map(|c| format!("{qualifier}.\"{}\"::text", c.replace('"', "\"\""))).collect();
+    items.join(", ")
+}
+
+/// Where the columns of written rows are in a write's output.
+struct Found {
+    key: Vec<At>,
+    values: Vec<(String, At)>,
+    /// Tracked columns the output does not hold.
+    missing: Vec<String>,
+    /// Whether rows reach the caller.
+    forward: bool,
+    /// The SQL with a `RETURNING` appended, when one must be.
+    rewritten: Option<String>,
+}
+
+/// Where the key columns (all needed) and the `tracked` columns (each if it can be had) of
+/// written rows will be in the output, whether the rows reach the caller, and the rewritten
+/// SQL when a `RETURNING` must be appended.
+fn row_columns(sql: &str, key: &[String], tracked: &[&String], source: &RowSource) -> Option<Found> {
+    let found = |key, values, missing, forward, rewritten| Found { key, values, missing, forward, rewritten };
     match source {
         RowSource::Unknown => None,
         RowSource::Append { at, qualifier } => {
-            let columns: Vec<String> =
-                key.iter().map(|c| format!("{qualifier}.\"{}\"::text", c.replace('"', "\"\""))).collect();
+            // The key's columns, then the tracked columns that are not among them.
+            let extra: Vec<&String> = tracked.iter().copied().filter(|c| !key.contains(c)).collect();
+            let columns: Vec<String> = key.iter().chain(extra.iter().copied()).cloned().collect();
             // An offset that is not a character boundary of this text (never made by the
             // analyzer of this text) names no rows: the caller invalidates the whole table.
             let (head, tail) = (sql.get(..*at)?, sql.get(*at..)?);
-            let rewritten = format!("{head} RETURNING {}{tail}", columns.join(", "));
-            Some((RowColumns::Indexed((0..key.len()).collect()), false, Some(rewritten)))
+            let rewritten = format!("{head} RETURNING {}{tail}", returning_columns(qualifier, &columns));
+            let position = |c: &String| {
+                key.iter()
+                    .position(|k| k == c)
+                    .unwrap_or_else(|| key.len() + extra.iter().position(|e| *e == c).unwrap_or(0))
+            };
+            let values = tracked.iter().map(|c| ((*c).clone(), At::Index(position(c)))).collect();
+            Some(found((0..key.len()).map(At::Index).collect(), values, Vec::new(), false, Some(rewritten)))
         }
-        RowSource::Returning { items, star_first: true } if items.iter().all(|(out, _)| !key.contains(out)) => {
-            // `RETURNING *, ..`: the star's columns come first under their own names.
-            Some((RowColumns::Named(key.to_vec()), true, None))
+        RowSource::Returning { items, star_first: true, .. } => {
+            // `RETURNING *, ..`: the star's columns come first under their own names, unless
+            // an item shadows one.
+            let named = |c: &String| items.iter().all(|(out, _)| out != c);
+            if !key.iter().all(named) {
+                return None;
+            }
+            let (values, missing): (Vec<&String>, Vec<&String>) = tracked.iter().copied().partition(|c| named(c));
+            Some(found(
+                key.iter().map(|c| At::Name(c.clone())).collect(),
+                values.into_iter().map(|c| (c.clone(), At::Name(c.clone()))).collect(),
+                missing.into_iter().cloned().collect(),
+                true,
+                None,
+            ))
         }
-        RowSource::Returning { items, star_first: false } => {
-            let positions: Option<Vec<usize>> =
-                key.iter().map(|k| items.iter().position(|(_, src)| src.as_deref() == Some(k.as_str()))).collect();
-            positions.map(|p| (RowColumns::Indexed(p), true, None))
+        RowSource::Returning { items, star_first: false, .. } => {
+            let position = |c: &String| items.iter().position(|(_, src)| src.as_deref() == Some(c.as_str()));
+            let key: Option<Vec<At>> = key.iter().map(|k| position(k).map(At::Index)).collect();
+            let mut values = Vec::new();
+            let mut missing = Vec::new();
+            for column in tracked {
+                match position(column) {
+                    Some(i) => values.push(((*column).clone(), At::Index(i))),
+                    None => missing.push((*column).clone()),
+                }
+            }
+            Some(found(key?, values, missing, true, None))
         }
-        RowSource::Returning { .. } => None,
     }
 }
 
@@ -311,12 +419,12 @@ mod tests {
     fn a_returning_is_appended_at_a_character_boundary_only() {
         let sql = "UPDATE t SET name = 'é' WHERE id = 1";
         let key = ["id".to_owned()];
-        let (_, _, rewritten) = row_columns(sql, &key, &append(sql.len())).expect("at the end");
-        assert_eq!(rewritten.as_deref(), Some("UPDATE t SET name = 'é' WHERE id = 1 RETURNING t.\"id\"::text"));
+        let found = row_columns(sql, &key, &[], &append(sql.len())).expect("at the end");
+        assert_eq!(found.rewritten.as_deref(), Some("UPDATE t SET name = 'é' WHERE id = 1 RETURNING t.\"id\"::text"));
         // Inside the two bytes of `é`, or past the end: no rows named (the whole table is
         // invalidated instead), and no panic.
         let inside = sql.find('é').expect("present") + 1;
-        assert!(row_columns(sql, &key, &append(inside)).is_none());
-        assert!(row_columns(sql, &key, &append(sql.len() + 1)).is_none());
+        assert!(row_columns(sql, &key, &[], &append(inside)).is_none());
+        assert!(row_columns(sql, &key, &[], &append(sql.len() + 1)).is_none());
     }
 }

@@ -6,7 +6,7 @@ use crate::catalog::TableInfo;
 use crate::plan::{self, Context, Plan};
 use crate::schema::Schema;
 use sqlacache_core::analyze::{analyze, TableName};
-use sqlacache_core::{Stats, Tag, Uncached};
+use sqlacache_core::{Stats, Uncached};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -60,11 +60,18 @@ pub(crate) struct Planner {
     /// Whether the pool listens to a change feed (reads of tables it does not cover are not
     /// cached).
     feed: bool,
+    /// Whether reads may depend on values of tracked columns (see [`crate::predicate`]).
+    predicates: bool,
 }
 
 impl Planner {
-    pub fn new(feed: bool) -> Planner {
-        Planner { id: NEXT_ID.fetch_add(1, Ordering::Relaxed), plans: quick_cache::sync::Cache::new(4096), feed }
+    pub fn new(feed: bool, predicates: bool) -> Planner {
+        Planner {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            plans: quick_cache::sync::Cache::new(4096),
+            feed,
+            predicates,
+        }
     }
 
     /// The memoized plan of `sql`, if it is current: what almost every call finds. Otherwise
@@ -106,7 +113,7 @@ impl Planner {
             let (plan, fresh_names) = {
                 let config = schema.config();
                 let policy = |info: &TableInfo| config.policy(&catalog, info);
-                let cx = Context { catalog: &catalog, policy: &policy, feed: self.feed };
+                let cx = Context { catalog: &catalog, policy: &policy, feed: self.feed, predicates: self.predicates };
                 let (plan, unresolved) = plan::plan(sql, &analysis, &cx);
                 let missing = catalog.missing.lock().unwrap_or_else(|e| e.into_inner());
                 let fresh: Vec<TableName> = unresolved.0.into_iter().filter(|n| !missing.contains(n)).collect();
@@ -134,9 +141,7 @@ impl Planner {
             let mut plan = plan;
             if let Ok(read) = &plan.read {
                 // Asked of PostgreSQL once, here; never on a hit.
-                let tables: Vec<u32> =
-                    read.deps.iter().filter_map(|t| if let Tag::Table(oid) = t { Some(*oid) } else { None }).collect();
-                if let Err(reason) = crate::proof::prove(schema.pool(), sql, &tables).await {
+                if let Err(reason) = crate::proof::prove(schema.pool(), sql, &read.tables).await {
                     plan.read = Err(reason);
                 }
             }

@@ -2,6 +2,7 @@
 
 use crate::admission::{decide, not_cached};
 use crate::handle::CachedPool;
+use crate::predicate::{capture, ArgValue};
 use crate::read::{cached_read, kind, FILLING};
 use crate::registry::ModelOf;
 use crate::row::CachedRow;
@@ -64,7 +65,7 @@ where
 async fn read<R, F, Fut>(
     cache: &CachedPool,
     sql: &str,
-    key: Result<KeyBuilder, Uncached>,
+    key: Result<ReadKey, Uncached>,
     model: Option<ModelOf>,
     kind: u8,
     fill: F,
@@ -81,8 +82,9 @@ where
     let keyed = key.as_ref().map(|_| ()).map_err(|reason| *reason);
     match decide(&engine.schema, admitted, &plan, None, keyed) {
         Ok(read) => {
-            let key = key.expect("decided");
-            let fill = || (&read.deps, FILLING.scope(plan.clone(), fill()));
+            let ReadKey { key, args } = key.expect("decided");
+            // The tags are worked out from the arguments only when the read is filled.
+            let fill = || (read.deps.tags(&args), FILLING.scope(plan.clone(), fill()));
             cached_read(engine, key.finish(&read.sql, kind), read.ttl, fill).await
         }
         Err(reason) => {
@@ -97,7 +99,7 @@ struct Bound {
     sql: SqlStr,
     args: PgArguments,
     /// Why not, when an argument cannot be part of a key: the read then bypasses the cache.
-    key: Result<KeyBuilder, Uncached>,
+    key: Result<ReadKey, Uncached>,
     /// The row type's model, if it has one.
     model: Option<ModelOf>,
     error: Option<BoxDynError>,
@@ -106,7 +108,7 @@ struct Bound {
 
 impl Bound {
     fn new(sql: SqlStr, fingerprint: u64, model: Option<ModelOf>) -> Bound {
-        let key = Ok(KeyBuilder::new(fingerprint));
+        let key = Ok(ReadKey::new(fingerprint));
         Bound { sql, args: PgArguments::default(), key, model, error: None, persistent: true }
     }
 
@@ -136,12 +138,30 @@ impl fmt::Debug for Bound {
     }
 }
 
+/// A read's cache key under construction, with what each argument says of its PostgreSQL
+/// value (for the tags of a read whose conditions pin a tracked column to an argument).
+#[doc(hidden)]
+pub struct ReadKey {
+    key: KeyBuilder,
+    args: Vec<ArgValue>,
+}
+
+impl ReadKey {
+    /// Starts the key of a read into a row type with this fingerprint.
+    pub fn new(fingerprint: u64) -> ReadKey {
+        ReadKey { key: KeyBuilder::new(fingerprint), args: Vec::new() }
+    }
+}
+
 /// Adds an argument to a key under construction; the first argument that cannot be keyed
 /// decides why the read is not cached.
 #[doc(hidden)]
-pub fn add_arg<V: Serialize + ?Sized>(key: &mut Result<KeyBuilder, Uncached>, value: &V) {
-    if let Err(reason) = key.as_mut().map_or(Ok(()), |k| k.arg(value)) {
-        *key = Err(reason);
+pub fn add_arg<V: Serialize + ?Sized>(key: &mut Result<ReadKey, Uncached>, value: &V) {
+    if let Ok(read) = key {
+        match read.key.arg(value) {
+            Ok(()) => read.args.push(capture(value)),
+            Err(reason) => *key = Err(reason),
+        }
     }
 }
 
@@ -242,7 +262,7 @@ where
 pub struct CachedMap<'q, T, F> {
     sql: &'static str,
     map: sqlx::query::Map<'q, Postgres, F, PgArguments>,
-    key: Result<KeyBuilder, Uncached>,
+    key: Result<ReadKey, Uncached>,
     row: PhantomData<fn() -> T>,
 }
 
@@ -261,7 +281,7 @@ where
     pub fn new(
         sql: &'static str,
         map: sqlx::query::Map<'q, Postgres, F, PgArguments>,
-        key: Result<KeyBuilder, Uncached>,
+        key: Result<ReadKey, Uncached>,
     ) -> Self {
         CachedMap { sql, map, key, row: PhantomData }
     }

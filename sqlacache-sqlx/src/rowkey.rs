@@ -1,8 +1,8 @@
 //! Row identities: of a model's row by its key, and of a written row from its output columns.
 
 use crate::cacheable::Cacheable;
-use crate::plan::RowColumns;
-use sqlacache_core::key::{row_id, row_id_of};
+use crate::plan::{At, RowsPlan};
+use sqlacache_core::key::{row_id, row_id_of, value_id};
 use sqlacache_core::Tag;
 use sqlx::postgres::{PgRow, PgTypeInfo, PgValueFormat};
 use sqlx::{Row, TypeInfo, ValueRef};
@@ -16,23 +16,27 @@ pub(crate) fn row_of<T: Cacheable>((oid, columns): &(u32, Option<Vec<String>>), 
     same_key.then(|| row_id_of(*oid, key)).flatten()
 }
 
-/// The key of a written row from the output columns that hold it.
-pub(crate) fn row_key(row: &PgRow, table: u32, columns: &RowColumns) -> Option<Tag> {
-    let mut parts = Vec::with_capacity(2);
-    match columns {
-        RowColumns::Indexed(indexes) => {
-            for &i in indexes {
-                parts.push(value_text(row, i)?);
-            }
-        }
-        RowColumns::Named(names) => {
-            for name in names {
-                let i = row.columns().iter().position(|c| sqlx::Column::name(c) == name)?;
-                parts.push(value_text(row, i)?);
-            }
-        }
+/// The tags of a written row, from the output columns that hold its key and the values of
+/// its tracked columns (see [`crate::predicate`]); `None` when one cannot be read.
+pub(crate) fn row_tags(row: &PgRow, plan: &RowsPlan, out: &mut Vec<Tag>) -> Option<()> {
+    let index = |at: &At| match at {
+        At::Index(i) => Some(*i),
+        At::Name(name) => row.columns().iter().position(|c| sqlx::Column::name(c) == name),
+    };
+    let mut parts = Vec::with_capacity(plan.columns.len());
+    for at in &plan.columns {
+        parts.push(value_text(row, index(at)?)?);
     }
-    Some(Tag::Row(row_id(table, &parts)))
+    out.push(Tag::Row(row_id(plan.table, &parts)));
+    for (column, at) in &plan.values {
+        let i = index(at)?;
+        let text = match row.try_get_raw(i).ok()?.is_null() {
+            true => None,
+            false => Some(value_text(row, i)?),
+        };
+        out.push(Tag::Row(value_id(plan.table, column, text.as_deref())));
+    }
+    Some(())
 }
 
 /// The PostgreSQL text form of a key value, for the types whose text the key hashing trusts.

@@ -201,8 +201,8 @@ impl Schema {
 
     /// Whether a schema change made elsewhere changed anything the configured tables depend
     /// on: what their names resolve to, their schemas and names, their families (a partition
-    /// created in another schema), their keys and foreign keys, and whether the feed covers
-    /// them. Judged by reading the catalog again (through `pool`), whatever schema the change
+    /// created in another schema), their keys, tracked columns, `BEFORE UPDATE` triggers and
+    /// foreign keys, and whether the feed covers them. Judged by reading the catalog again (through `pool`), whatever schema the change
     /// named. A catalog that cannot be read counts as a change.
     pub async fn cached_tables_changed(&self, pool: &PgPool) -> bool {
         let Ok(fresh) = Catalog::load_tables(pool).await else { return true };
@@ -220,12 +220,14 @@ impl Schema {
                 .iter()
                 .map(|t| {
                     format!(
-                        "{} {:?}.{:?} {} {:?} {:?} {:?} {:?} {:?}",
+                        "{} {:?}.{:?} {} {:?} {:?} {} {:?} {:?} {:?} {:?}",
                         t.oid,
                         t.schema,
                         t.name,
                         t.fed,
                         t.key,
+                        t.tracked,
+                        t.before_update,
                         sorted(&t.family),
                         sorted(&t.on_delete),
                         sorted(&t.on_update),

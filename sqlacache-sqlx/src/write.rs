@@ -6,7 +6,7 @@
 use crate::engine::Engine;
 use crate::local::Origin;
 use crate::plan::{Plan, WritePlan};
-use crate::rowkey::row_key;
+use crate::rowkey::row_tags;
 use crate::tiers::Delivery;
 use crate::transaction::TxState;
 use futures_core::stream::BoxStream;
@@ -22,8 +22,8 @@ use std::task::{Context, Poll};
 pub(crate) type Step = Result<Either<PgQueryResult, PgRow>, sqlx::Error>;
 
 /// Beyond this many written rows a write invalidates every point read of the table instead of
-/// one tag per row.
-const MAX_ROW_TAGS: usize = 10_000;
+/// the tags of each row.
+const MAX_ROWS: usize = 10_000;
 
 /// The results of a write on the pool (`inner`), passed through with its invalidation.
 pub(crate) fn on_pool(
@@ -150,7 +150,9 @@ struct Tracker<'e> {
     sink: Option<&'e mut TxState>,
     /// Whether key columns of written rows are read from the output.
     track_rows: bool,
+    /// The tags of the rows seen so far, and how many rows.
     rows: Vec<Tag>,
+    rows_seen: usize,
     rows_lost: bool,
     /// Whether the statement changes the schema (it was counted as started).
     ddl: bool,
@@ -178,6 +180,7 @@ impl<'e> Tracker<'e> {
             sink,
             track_rows,
             rows: Vec::new(),
+            rows_seen: 0,
             rows_lost: false,
             ddl,
             epoch,
@@ -193,11 +196,9 @@ impl<'e> Tracker<'e> {
         let Some(rows) = w.rows.as_ref().filter(|_| self.track_rows) else {
             return true;
         };
-        if !self.rows_lost {
-            match row_key(row, rows.table, &rows.columns) {
-                Some(tag) if self.rows.len() < MAX_ROW_TAGS => self.rows.push(tag),
-                _ => self.rows_lost = true,
-            }
+        self.rows_seen += 1;
+        if !self.rows_lost && (self.rows_seen > MAX_ROWS || row_tags(row, rows, &mut self.rows).is_none()) {
+            self.rows_lost = true;
         }
         rows.forward
     }

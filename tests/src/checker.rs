@@ -39,6 +39,9 @@ CREATE TABLE "Ünits" (id bigint PRIMARY KEY, n int NOT NULL);
 CREATE TABLE "ünits" (id bigint PRIMARY KEY, n int NOT NULL);
 INSERT INTO "Ünits" SELECT g, g FROM generate_series(1, 10) g;
 INSERT INTO "ünits" SELECT g, 100 + g FROM generate_series(1, 10) g;
+CREATE INDEX ON accounts (owner);
+CREATE INDEX ON accounts (note);
+CREATE INDEX ON ledger (account_id);
 "#;
 
 /// The json column's shape.
@@ -367,7 +370,30 @@ async fn read(shared: &Shared, rng: &mut Rng, client: u64, i: u64) {
     let (cache, raw) = (shared.cache(client), &shared.raw);
     let id = 1 + rng.below(34);
     let what = |sql: &str| format!("client {client} op {i}: {sql} [{id}]");
-    match rng.below(18) {
+    match rng.below(21) {
+        18 => {
+            // A list pinned to a value that rows move into and out of.
+            let owner = format!("owner{}", rng.below(8));
+            let sql = "SELECT * FROM accounts WHERE owner = $1 ORDER BY id";
+            let r = sqlx::query_as::<_, Account>(sql).bind(&owner).fetch_all(raw);
+            let c = sqlacache_sqlx::query_as::<Account>(sql).bind(&owner).fetch_all(cache);
+            check(shared, &[ACCOUNTS], what(sql), r, c).await
+        }
+        19 => {
+            // Pinned through a join equality: the ledger by `account_id`.
+            let sql = "SELECT l.id, l.amount FROM accounts a JOIN ledger l ON l.account_id = a.id \
+                       WHERE a.id = $1 ORDER BY l.id";
+            let r = sqlx::query_as::<_, (i64, i32)>(sql).bind(id).fetch_all(raw);
+            let c = sqlacache_sqlx::query_as::<(i64, i32)>(sql).bind(id).fetch_all(cache);
+            check(shared, &[ACCOUNTS, LEDGER], what(sql), r, c).await
+        }
+        20 => {
+            let sql = "SELECT count(*) FROM ledger WHERE account_id IN ($1, $2)";
+            let other = 1 + rng.below(34);
+            let r = sqlx::query_scalar::<_, i64>(sql).bind(id).bind(other).fetch_one(raw);
+            let c = sqlacache_sqlx::query_scalar::<i64>(sql).bind(id).bind(other).fetch_one(cache);
+            check(shared, &[LEDGER], what(sql), r, c).await
+        }
         15 => {
             let floor = rng.below(12) as i32;
             let sql = "SELECT count(*), coalesce(sum(n), 0)::int8 FROM Ünits WHERE n > $1";
@@ -510,7 +536,17 @@ async fn read(shared: &Shared, rng: &mut Rng, client: u64, i: u64) {
 fn write_statement(rng: &mut Rng) -> (String, &'static [usize]) {
     let id = 1 + rng.below(34);
     let n = rng.below(500);
-    match rng.below(16) {
+    match rng.below(18) {
+        16 => (
+            // Rows moving between the lists pinned to `account_id`, with their new value reported.
+            format!("UPDATE ledger SET account_id = {id} WHERE id = {} AND EXISTS (SELECT 1 FROM accounts WHERE id = {id})", 1 + rng.below(130)),
+            &[LEDGER],
+        ),
+        17 => (
+            // Rows moving between the lists pinned to `owner`, one statement for several rows.
+            format!("UPDATE accounts SET owner = 'owner{}' WHERE id % 5 = {}", n % 8, n % 5),
+            ACCOUNT_WRITE,
+        ),
         14 => {
             // The same table, spelled quoted and unquoted.
             let table = if n % 2 == 0 { "\"Ünits\"" } else { "Ünits" };

@@ -199,19 +199,31 @@ async fn fixture(pg: &PgPool) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let (ops, seed) = (arg("--ops", 20_000), arg("--seed", 1));
-    let pg = sqlacache_benches::connect().await.unwrap_or_else(|error| {
-        eprintln!("{error}");
-        std::process::exit(2);
-    });
-    fixture(&pg).await?;
+/// What one run of the workload gave: per kind of read, reads, the pool's hits and the
+/// oracle's hits; writes; the pool's entries and bytes; its row tags and their bytes.
+struct Outcome {
+    counts: HashMap<Read, [u64; 3]>,
+    writes: u64,
+    entries: (u64, usize),
+    tags: (usize, u64),
+    oracle_entries: usize,
+}
+
+/// Replays the workload of `seed` on a fresh fixture through a pool with predicate tags on
+/// or off, beside the oracle.
+async fn run(
+    pg: &PgPool,
+    ops: u64,
+    seed: u64,
+    predicates: bool,
+) -> Result<Outcome, Box<dyn std::error::Error + Send + Sync>> {
+    fixture(pg).await?;
     let cache = CachedPool::builder(pg.clone())
         .model::<Order>()
         .model::<Item>()
         .model::<Product>()
         .default_ttl(Duration::from_secs(3600))
+        .predicate_tags(predicates)
         .build()
         .await?;
     let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
@@ -235,7 +247,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             let hit = read.through(&cache, id).await?;
             let oracle_hit = oracle.contains_key(&(read, id));
             if !oracle_hit {
-                let now = read.results(&pg, &[id]).await?;
+                let now = read.results(pg, &[id]).await?;
                 oracle.insert((read, id), now[&id].clone());
             }
             let count = counts.entry(read).or_default();
@@ -306,40 +318,65 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             if ids.is_empty() {
                 continue;
             }
-            let now = read.results(&pg, &ids).await?;
+            let now = read.results(pg, &ids).await?;
             oracle.retain(|(r, id), held| *r != read || now.get(id) == Some(held));
         }
     }
-    println!("{ops} operations ({writes} writes), seed {seed}; hit ratios of the reads\n");
-    println!("| {:<24} | {:>7} | {:>12} | {:>8} | {:>12} |", "read", "reads", "this cache", "oracle", "of the oracle");
-    println!("|{:-<26}|{:->9}|{:->14}|{:->10}|{:->15}|", "", "", "", "", "");
-    let mut total = [0_u64; 3];
-    let ratio = |part: u64, whole: u64| if whole == 0 { 0.0 } else { part as f64 / whole as f64 };
-    let mut kinds: Vec<_> = counts.into_iter().collect();
-    kinds.sort();
-    for (read, [reads, hits, oracle_hits]) in kinds {
-        println!(
-            "| {:<24} | {reads:>7} | {:>11.1}% | {:>7.1}% | {:>12.1}% |",
-            read.name(),
-            100.0 * ratio(hits, reads),
-            100.0 * ratio(oracle_hits, reads),
-            100.0 * ratio(hits, oracle_hits)
-        );
-        total[0] += reads;
-        total[1] += hits;
-        total[2] += oracle_hits;
-    }
-    println!(
-        "| {:<24} | {:>7} | {:>11.1}% | {:>7.1}% | {:>12.1}% |",
-        "all reads",
-        total[0],
-        100.0 * ratio(total[1], total[0]),
-        100.0 * ratio(total[2], total[0]),
-        100.0 * ratio(total[1], total[2])
-    );
-    let (weight, entries) = cache.memory_usage();
-    println!("\nthis cache held {entries} entries, {weight} bytes; the oracle {} reads", oracle.len());
+    let outcome = Outcome {
+        counts,
+        writes,
+        entries: cache.memory_usage(),
+        tags: cache.tag_memory(),
+        oracle_entries: oracle.len(),
+    };
     drop(cache);
-    sqlx::raw_sql("DROP TABLE shop_order_items, shop_orders, shop_products, shop_customers").execute(&pg).await?;
+    sqlx::raw_sql("DROP TABLE shop_order_items, shop_orders, shop_products, shop_customers").execute(pg).await?;
+    Ok(outcome)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let (ops, seed) = (arg("--ops", 20_000), arg("--seed", 1));
+    let pg = sqlacache_benches::connect().await.unwrap_or_else(|error| {
+        eprintln!("{error}");
+        std::process::exit(2);
+    });
+    let table = run(&pg, ops, seed, false).await?;
+    let precise = run(&pg, ops, seed, true).await?;
+    println!("{ops} operations ({} writes), seed {seed}; hit ratios of the reads\n", precise.writes);
+    println!(
+        "| {:<24} | {:>7} | {:>11} | {:>10} | {:>8} | {:>13} |",
+        "read", "reads", "table tags", "predicates", "oracle", "of the oracle"
+    );
+    println!("|{:-<26}|{:->9}|{:->13}|{:->12}|{:->10}|{:->15}|", "", "", "", "", "", "");
+    let ratio = |part: u64, whole: u64| if whole == 0 { 0.0 } else { 100.0 * part as f64 / whole as f64 };
+    let mut total = [0_u64; 4];
+    let mut kinds: Vec<Read> = precise.counts.keys().copied().collect();
+    kinds.sort();
+    let row = |name: &str, [reads, by_table, by_value, oracle]: [u64; 4]| {
+        println!(
+            "| {name:<24} | {reads:>7} | {:>10.1}% | {:>9.1}% | {:>7.1}% | {:>12.1}% |",
+            ratio(by_table, reads),
+            ratio(by_value, reads),
+            ratio(oracle, reads),
+            ratio(by_value, oracle)
+        );
+    };
+    for read in kinds {
+        let [reads, by_value, oracle] = precise.counts[&read];
+        let by_table = table.counts.get(&read).map_or(0, |c| c[1]);
+        row(read.name(), [reads, by_table, by_value, oracle]);
+        for (sum, part) in total.iter_mut().zip([reads, by_table, by_value, oracle]) {
+            *sum += part;
+        }
+    }
+    row("all reads", total);
+    for (name, outcome) in [("table tags", &table), ("predicates", &precise)] {
+        println!(
+            "\n{name}: {} entries in {} bytes; {} row tags in {} bytes",
+            outcome.entries.1, outcome.entries.0, outcome.tags.0, outcome.tags.1
+        );
+    }
+    println!("the oracle held {} reads", precise.oracle_entries);
     Ok(())
 }

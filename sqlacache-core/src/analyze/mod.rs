@@ -8,6 +8,7 @@
 //! The analysis errs on the side of invalidating more: a statement it cannot read is reported as
 //! [`Effect::Everything`], and a read it is unsure about is reported as not cacheable.
 
+mod filters;
 mod parse;
 mod read;
 mod scan;
@@ -21,6 +22,7 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
 pub use crate::stats::Uncached;
+pub use filters::{Constraint, Filters, Operand, Source};
 pub use scan::{mentions_clock, mentions_clock_bytes};
 
 /// A table reference as written, normalized like PostgreSQL folds identifiers.
@@ -113,6 +115,8 @@ pub struct Read {
     pub tables: Vec<TableName>,
     /// Names defined by `WITH` clauses; such a name that does not resolve to a table is ignored.
     pub ctes: Vec<String>,
+    /// What its conditions pin, when its shape lets them be known (see [`Filters`]).
+    pub filters: Option<Filters>,
 }
 
 /// What a write statement does to one table.
@@ -171,6 +175,9 @@ pub enum RowSource {
         items: Vec<(String, Option<String>)>,
         /// Whether the list starts with `*` (every column, under its own name).
         star_first: bool,
+        /// Where more items can be appended to the list (the end of the statement), with the
+        /// qualifier for them; `None` when the string holds more than one statement.
+        end: Option<(usize, String)>,
     },
 }
 

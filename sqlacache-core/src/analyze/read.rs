@@ -44,5 +44,5 @@ pub(super) fn read_of(query: &Query, scan: &Scan) -> Result<Read, Uncached> {
         }
         _ => ReadOp::Fetch,
     };
-    Ok(Read { op, tables, ctes: scan.ctes.clone() })
+    Ok(Read { op, tables, ctes: scan.ctes.clone(), filters: super::filters::filters_of(query) })
 }

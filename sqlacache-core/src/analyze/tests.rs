@@ -229,7 +229,7 @@ fn write_shapes() {
 #[test]
 fn returning_items_know_their_source() {
     let w = writes("UPDATE users u SET name = 'x' WHERE true RETURNING u.id AS key, name, id + 1 AS id");
-    let RowSource::Returning { items, star_first } = &w[0].rows else { panic!() };
+    let RowSource::Returning { items, star_first, .. } = &w[0].rows else { panic!() };
     assert!(!star_first);
     assert_eq!(items[0], ("key".to_owned(), Some("id".to_owned())));
     assert_eq!(items[1], ("name".to_owned(), Some("name".to_owned())));

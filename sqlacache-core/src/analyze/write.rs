@@ -317,7 +317,9 @@ pub(super) fn row_source(sql: &str, single: bool, returning: Option<&[SelectItem
                     _ => return RowSource::Unknown,
                 }
             }
-            RowSource::Returning { items: out, star_first }
+            // Where more items could go, for a caller that discards the rows.
+            let end = if single { append_offset(sql).map(|at| (at, qualifier.to_owned())) } else { None };
+            RowSource::Returning { items: out, star_first, end }
         }
     }
 }

@@ -2,14 +2,15 @@
 //! change invalidates.
 
 use crate::catalog::{Actions, Catalog};
-use sqlacache_core::key::row_id;
+use sqlacache_core::key::{column_id, row_id, value_id};
 use sqlacache_core::Tag;
 
 /// What a message asks for.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Change {
-    /// Rows of a table, by the text of their keys.
-    Rows { table: u32, op: char, keys: Vec<Vec<String>> },
+    /// Rows of a table, by the text of their keys; with the text of the `columns` of each
+    /// (`None`: NULL), in `values`, row by row (an update names old and new rows).
+    Rows { table: u32, op: char, keys: Vec<Vec<String>>, columns: Vec<String>, values: Vec<Vec<Option<String>>> },
     /// A table as a whole.
     Table { table: u32, op: char },
     /// The schema, where these parts say.
@@ -108,11 +109,31 @@ pub(crate) fn parse(payload: &str) -> Option<Change> {
             if kind == "t" {
                 Change::Table { table, op }
             } else {
-                let keys = words.by_ref().map(key).collect::<Option<Vec<_>>>()?;
+                let mut words = words.peekable();
+                // `c<name hex>,..`: the columns whose values follow each key.
+                let columns = match words.peek().and_then(|w| w.strip_prefix('c')) {
+                    Some(list) => {
+                        let columns = list.split(',').map(unhex).collect::<Option<Vec<_>>>()?;
+                        words.next();
+                        columns
+                    }
+                    None => Vec::new(),
+                };
+                let mut keys = Vec::new();
+                let mut values = Vec::new();
+                for word in words {
+                    let mut parts = word.split(';');
+                    keys.push(key(parts.next()?)?);
+                    let row = parts.map(value).collect::<Option<Vec<_>>>()?;
+                    if row.len() != columns.len() {
+                        return None;
+                    }
+                    values.push(row);
+                }
                 if keys.is_empty() {
                     return None;
                 }
-                return Some(Change::Rows { table, op, keys });
+                return Some(Change::Rows { table, op, keys, columns, values });
             }
         }
         _ => return None,
@@ -124,6 +145,14 @@ fn single(word: &str) -> Option<char> {
     let mut chars = word.chars();
     let c = chars.next()?;
     chars.next().is_none().then_some(c)
+}
+
+/// One value of a message: `_` for NULL, else as a key part.
+fn value(word: &str) -> Option<Option<String>> {
+    match word {
+        "_" => Some(None),
+        _ => Some(Some(key(word)?.pop()?)).filter(|_| !word.contains(',')),
+    }
 }
 
 /// One key of a message: its columns' text.
@@ -143,8 +172,8 @@ fn key(word: &str) -> Option<Vec<String>> {
 /// through the pool would (a cascade also fires the triggers of the tables it reaches, when they
 /// are fed).
 pub(crate) fn tags(catalog: &Catalog, change: &Change) -> Vec<Tag> {
-    let (table, op, keys) = match change {
-        Change::Rows { table, op, keys } => (*table, *op, Some(keys)),
+    let (table, op, rows) = match change {
+        Change::Rows { table, op, keys, columns, values } => (*table, *op, Some((keys, columns, values))),
         Change::Table { table, op } => (*table, *op, None),
         Change::Schema(_) => return vec![Tag::All],
         Change::Heartbeat { .. } => return Vec::new(),
@@ -159,8 +188,21 @@ pub(crate) fn tags(catalog: &Catalog, change: &Change) -> Vec<Tag> {
         _ => Actions::None,
     };
     let mut tags = catalog.write_tags(table, actions);
-    match keys {
-        Some(keys) => tags.extend(keys.iter().map(|k| Tag::Row(row_id(table, k)))),
+    match rows {
+        Some((keys, columns, values)) => {
+            tags.extend(keys.iter().map(|k| Tag::Row(row_id(table, k))));
+            // The values of the tracked columns the message names (old and new rows); every
+            // read pinned to a tracked column it does not name (a trigger installed before the
+            // column was tracked).
+            for (column, _) in catalog.tables.get(&table).map(|t| t.tracked.as_slice()).unwrap_or_default() {
+                match columns.iter().position(|c| c == column) {
+                    Some(i) => {
+                        tags.extend(values.iter().map(|row| Tag::Row(value_id(table, column, row[i].as_deref()))))
+                    }
+                    None => tags.push(Tag::Row(column_id(table, column))),
+                }
+            }
+        }
         None => tags.push(Tag::Rows(table)),
     }
     tags
@@ -190,7 +232,13 @@ mod tests {
             parse("w ff r 5 u 1"),
             Some(Change::Written {
                 by: 255,
-                change: Box::new(Change::Rows { table: 5, op: 'u', keys: vec![vec!["1".into()]] })
+                change: Box::new(Change::Rows {
+                    table: 5,
+                    op: 'u',
+                    keys: vec![vec!["1".into()]],
+                    columns: vec![],
+                    values: vec![vec![]]
+                })
             })
         );
         assert_eq!(
@@ -198,10 +246,32 @@ mod tests {
             Some(Change::Rows {
                 table: 16384,
                 op: 'u',
-                keys: vec![vec!["1".into()], vec!["-2".into()], vec!["abc".into(), "7".into()]]
+                keys: vec![vec!["1".into()], vec!["-2".into()], vec!["abc".into(), "7".into()]],
+                columns: vec![],
+                values: vec![vec![], vec![], vec![]]
             })
         );
-        assert_eq!(parse("r 1 i x"), Some(Change::Rows { table: 1, op: 'i', keys: vec![vec![String::new()]] }));
+        assert_eq!(
+            parse("r 1 i x"),
+            Some(Change::Rows {
+                table: 1,
+                op: 'i',
+                keys: vec![vec![String::new()]],
+                columns: vec![],
+                values: vec![vec![]]
+            })
+        );
+        // With the values of two tracked columns (`customer_id`, `status`), NULL as `_`.
+        assert_eq!(
+            parse("r 1 u c637573746f6d65725f6964,737461747573 1;7;x6f70656e 1;-8;_"),
+            Some(Change::Rows {
+                table: 1,
+                op: 'u',
+                keys: vec![vec!["1".into()], vec!["1".into()]],
+                columns: vec!["customer_id".into(), "status".into()],
+                values: vec![vec![Some("7".into()), Some("open".into())], vec![Some("-8".into()), None]]
+            })
+        );
         for bad in [
             "",
             "q",
@@ -215,6 +285,10 @@ mod tests {
             "w ff h 1 2",
             "w zz r 5 u 1",
             "w ff w ff r 5 u 1",
+            "r 1 u c6964 1",
+            "r 1 u c6964 1;2;3",
+            "r 1 u c6964 1;2,3",
+            "r 1 u czz 1;2",
             "v 1 2",
             "v 1 2 ff",
             "v 1 2 ff 1 0",

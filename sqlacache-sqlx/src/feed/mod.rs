@@ -35,9 +35,11 @@
 //!
 //! Message forms (text, space-separated):
 //!
-//! - `r <table oid> <op> <key> <key> ...`: rows changed; `op` is `i`, `u` or `d`; a key is its
-//!   columns' text forms joined by `,`, each as is when it is an integer, else `x` and the hex
-//!   of its UTF-8 bytes;
+//! - `r <table oid> <op> [c<column>,..] <row> <row> ...`: rows changed; `op` is `i`, `u` or `d`
+//!   (an update names each row old and new); a row is its key, the text forms of its key's
+//!   columns joined by `,`, each as is when it is an integer, else `x` and the hex of its UTF-8
+//!   bytes, then, for each column of the `c` word (the hex of the names of the table's tracked
+//!   columns when the trigger was installed), `;` and its value written alike (`_` for NULL);
 //! - `t <table oid> <op>`: the table changed (a truncate is `op` `t`);
 //! - `d <part> ...`: the schema changed; a part is `s` and the hex of a schema's name (something
 //!   in it changed), `f` and the hex of a function's schema and name joined by `.`, or `*`

@@ -1,6 +1,7 @@
 //! The SQL of the change feed: the functions and triggers that send its messages, and
 //! installing them.
 
+use crate::catalog::ValueKind;
 use crate::catalog::{quote_ident, Catalog, TableInfo};
 use crate::error::Cause;
 use sqlx::{AssertSqlSafe, PgPool};
@@ -65,7 +66,7 @@ END
 /// unlike a generic function's `EXECUTE`) over the transition tables; `key` is the text of one
 /// key (see the module). An update names each key twice (old and new rows: `UNION ALL` costs
 /// less than removing the repeats).
-fn rows_body(key: &str) -> String {
+fn rows_body(key: &str, columns: &str) -> String {
     format!(
         r#"
 #variable_conflict use_column
@@ -86,7 +87,7 @@ BEGIN
   IF sqlacache_keys IS NULL THEN
     RETURN NULL; -- no row changed
   END IF;
-  sqlacache_payload := 'r ' || TG_RELID::int8 || ' ' || lower(left(TG_OP, 1)) || ' ' || sqlacache_keys;
+  sqlacache_payload := 'r ' || TG_RELID::int8 || ' ' || lower(left(TG_OP, 1)) || ' {columns}' || sqlacache_keys;
   IF octet_length(sqlacache_payload) > {MAX_PAYLOAD} THEN
     sqlacache_payload := 't ' || TG_RELID::int8 || ' ' || lower(left(TG_OP, 1));
   END IF;
@@ -181,6 +182,17 @@ fn key_part(column: &str, kind: &str) -> String {
     }
 }
 
+/// The text of one value of a tracked column in a message: as a key part, `_` for NULL.
+fn value_part(column: &str, kind: ValueKind) -> String {
+    let value = format!("{}::text", quote_ident(column));
+    match kind {
+        ValueKind::Int => format!("coalesce({value}, '_')"),
+        ValueKind::Text | ValueKind::Uuid => {
+            format!("coalesce('x' || encode(convert_to({value}, 'UTF8'), 'hex'), '_')")
+        }
+    }
+}
+
 /// The name of a keyed table's own trigger function: from its qualified name, so the same SQL
 /// names the same function in every database.
 fn function_name(info: &TableInfo) -> String {
@@ -193,12 +205,18 @@ fn function_name(info: &TableInfo) -> String {
 fn table_sql(info: &TableInfo) -> String {
     let mut sql = String::new();
     let keyed = info.key.as_ref().zip(info.key_types.as_ref()).map(|(columns, types)| {
-        let key = columns.iter().zip(types).map(|(c, t)| key_part(c, t)).collect::<Vec<_>>().join(" || ',' || ");
+        let mut key = columns.iter().zip(types).map(|(c, t)| key_part(c, t)).collect::<Vec<_>>().join(" || ',' || ");
+        // Each row's key, then the values of the tracked columns, which the message names.
+        for (column, kind) in &info.tracked {
+            key.push_str(&format!(" || ';' || {}", value_part(column, *kind)));
+        }
+        let named: Vec<String> = info.tracked.iter().map(|(c, _)| hex(c)).collect();
+        let columns = if named.is_empty() { String::new() } else { format!("c{} ", named.join(",")) };
         let function = function_name(info);
         sql.push_str(&format!(
             "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $sqlacache${}$sqlacache$;\n\
              COMMENT ON FUNCTION {function}() IS {};\n",
-            rows_body(&key),
+            rows_body(&key, &columns),
             quote_literal(&format!("sqlacache change feed of {}", info.qualified())),
         ));
         function
@@ -217,6 +235,11 @@ fn table_sql(info: &TableInfo) -> String {
         ));
     }
     sql
+}
+
+/// The hex of a name's UTF-8 bytes (as the messages spell names).
+fn hex(name: &str) -> String {
+    name.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
 fn quote_literal(text: &str) -> String {

@@ -14,6 +14,7 @@ mod macros;
 mod never_cached;
 mod one_process;
 mod partial_commits;
+mod predicates;
 mod processes;
 mod projections;
 mod proof;
