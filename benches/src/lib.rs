@@ -17,6 +17,9 @@ pub const LIST: &str = "SELECT * FROM bench_users WHERE active ORDER BY id LIMIT
 pub const COUNT: &str = "SELECT count(*) FROM bench_users WHERE active";
 /// The write by primary key.
 pub const WRITE: &str = "UPDATE bench_users SET score = score + 1 WHERE id = $1";
+/// A write by primary key to a table with a second tracked column (`user_id` leads an index),
+/// whose value the write returns for predicate tags.
+pub const WRITE_TRACKED: &str = "UPDATE bench_orders SET total = total + 1 WHERE id = $1";
 
 /// Connects to `DATABASE_URL` (default: the loopback `test` database); the error says how to
 /// start PostgreSQL.
@@ -63,6 +66,7 @@ pub async fn create_fixture(pool: &PgPool) -> Result<(), sqlx::Error> {
          CREATE TABLE bench_orders (id bigint PRIMARY KEY, user_id bigint NOT NULL REFERENCES bench_users(id) ON DELETE CASCADE,
              total int NOT NULL);
          INSERT INTO bench_orders SELECT g, g, g % 100 FROM generate_series(1, 10000) g;
+         CREATE INDEX ON bench_orders (user_id);
          ANALYZE bench_users; ANALYZE bench_orders;",
     )
     .execute(pool)

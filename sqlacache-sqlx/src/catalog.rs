@@ -84,6 +84,10 @@ pub(crate) struct TableInfo {
     /// The columns whose values reads may depend on one by one (see [`crate::predicate`]), in
     /// column order.
     pub tracked: Vec<(String, ValueKind)>,
+    /// The `tracked` columns the pool's role may not read (a write cannot return their values,
+    /// so it invalidates each as a whole). Not part of the tracking rule, which must not
+    /// depend on the role.
+    pub unreadable: Vec<String>,
     /// The table has a `BEFORE UPDATE` row trigger of its own, which may change any column of
     /// an updated row, assigned or not.
     pub before_update: bool,
@@ -164,7 +168,8 @@ SELECT c.oid::int8 AS oid, n.nspname::text AS schema, c.relname::text AS name,
 /// collation), not generated (a generated column changes without being assigned), in column
 /// order. Every pool of a database reads the same: they agree on which values a write names.
 const TRACKED: &str = r#"
-SELECT DISTINCT i.indrelid::int8 AS oid, a.attnum::int4 AS attnum, a.attname::text AS name, t.typname::text AS type
+SELECT DISTINCT i.indrelid::int8 AS oid, a.attnum::int4 AS attnum, a.attname::text AS name, t.typname::text AS type,
+       coalesce(pg_catalog.has_column_privilege(i.indrelid, a.attnum, 'SELECT'), false) AS readable
   FROM pg_catalog.pg_index i
   JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
   JOIN pg_catalog.pg_am am ON am.oid = ic.relam AND am.amname = 'btree'
@@ -317,6 +322,7 @@ impl Catalog {
                     family: Vec::new(),
                     fed: row.try_get("fed")?,
                     tracked: Vec::new(),
+                    unreadable: Vec::new(),
                     before_update: row.try_get("before_update")?,
                 },
             );
@@ -325,7 +331,11 @@ impl Catalog {
             let kind = ValueKind::of_type(row.try_get::<String, _>("type")?.as_str());
             if let (Some(table), Some(kind)) = (catalog.tables.get_mut(&oid(row.try_get("oid")?)), kind) {
                 if table.tracked.len() < MAX_TRACKED {
-                    table.tracked.push((row.try_get("name")?, kind));
+                    let name: String = row.try_get("name")?;
+                    if !row.try_get::<bool, _>("readable")? {
+                        table.unreadable.push(name.clone());
+                    }
+                    table.tracked.push((name, kind));
                 }
             }
         }

@@ -226,11 +226,14 @@ fn pins(filters: &Filters, catalog: &Catalog) -> Vec<(Option<u32>, Option<Pin>)>
 }
 
 /// What a write must invalidate of a table's tracked columns besides the values its rows
-/// report: the columns it may change without reporting the old value.
+/// report: the columns it may change without reporting the old value, and those the pool's
+/// role may not read back.
 pub(crate) fn unreported_columns(info: &TableInfo, updates: bool, assigned: &[String]) -> Vec<Tag> {
     info.tracked
         .iter()
-        .filter(|(column, _)| updates && (info.before_update || assigned.contains(column)))
+        .filter(|(column, _)| {
+            (updates && (info.before_update || assigned.contains(column))) || info.unreadable.contains(column)
+        })
         .map(|(column, _)| Tag::Row(column_id(info.oid, column)))
         .collect()
 }
@@ -281,22 +284,20 @@ struct Shape {
 
 impl Shape {
     fn of(name: &str) -> Option<Shape> {
-        let scalar = |name: &str| match name {
+        let scalar = |name: &str| match name.trim_start_matches('&') {
             "i16" | "i32" | "i64" => Some(Scalar::Int),
             "str" | "alloc::string::String" => Some(Scalar::Text),
             "uuid::Uuid" => Some(Scalar::Uuid),
             _ => None,
         };
-        let inner = |name: &str, wrapper: &str| name.strip_prefix(wrapper)?.strip_suffix('>').map(str::to_owned);
+        let inner = |wrapper: &str| name.strip_prefix(wrapper)?.strip_suffix('>');
         if let Some(s) = scalar(name) {
             return Some(Shape { scalar: s, option: false, list: false });
         }
-        if let Some(item) = inner(name, "core::option::Option<") {
-            return Some(Shape { scalar: scalar(&item)?, option: true, list: false });
+        if let Some(item) = inner("core::option::Option<") {
+            return Some(Shape { scalar: scalar(item)?, option: true, list: false });
         }
-        let item =
-            inner(name, "alloc::vec::Vec<").or_else(|| name.strip_prefix('[')?.strip_suffix(']').map(str::to_owned))?;
-        let item = item.trim_start_matches('&');
+        let item = inner("alloc::vec::Vec<").or_else(|| name.strip_prefix('[')?.strip_suffix(']'))?;
         Some(Shape { scalar: scalar(item)?, option: false, list: true })
     }
 }

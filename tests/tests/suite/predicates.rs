@@ -313,3 +313,33 @@ async fn the_change_feed_reaches_pinned_lists() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// A role that may not read a tracked column: the write the raw pool accepts runs as written
+/// (nothing asks for that column back), and lists pinned to the column are invalidated as a
+/// whole.
+#[tokio::test]
+async fn a_tracked_column_the_role_may_not_read_is_invalidated_as_a_whole() {
+    let db = TestDb::with_schema(SCHEMA).await;
+    let (role, options) = db.role("narrow").await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "GRANT SELECT (id, status, note), UPDATE (note), INSERT (customer_id, status) ON tickets TO {role};
+         GRANT USAGE ON SEQUENCE tickets_id_seq TO {role};"
+    )))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let pool = db.pool_with(2, options).await;
+    let cache = sqlacache_tests::builder(pool.clone()).build().await.expect("build");
+    let open = "SELECT id, status FROM tickets WHERE status = 'open' ORDER BY id";
+    let read = || sqlacache_sqlx::query_as::<(i64, String)>(open).fetch_all(&cache);
+    for write in [
+        "UPDATE tickets SET note = 'seen' WHERE id = 5",
+        "INSERT INTO tickets (customer_id, status) VALUES (7, 'open')",
+    ] {
+        read().await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(write)).execute(&pool).await.expect("the raw pool accepts it");
+        sqlx::query(sqlx::AssertSqlSafe(write)).execute(&cache).await.expect("so does the cache");
+        let truth: Vec<(i64, String)> = sqlx::query_as(open).fetch_all(&db.pool).await.unwrap();
+        assert_eq!(read().await.unwrap(), truth, "{write}");
+    }
+}

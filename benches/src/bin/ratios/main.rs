@@ -19,7 +19,7 @@
 
 use sqlacache_benches::{
     connect, create_fixture, drop_fixture, entry_bytes, filled_store, one_row_write_tags, BenchUser, Samples, COUNT,
-    LIST, POINT, USERS, WRITE,
+    LIST, POINT, USERS, WRITE, WRITE_TRACKED,
 };
 use sqlacache_core::MemoryStore;
 use sqlacache_sqlx::CachedPool;
@@ -171,7 +171,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let cache = CachedPool::builder(pool.clone()).model::<BenchUser>().build().await?;
     let raw_point = |id: i64| sqlx::query_as::<_, BenchUser>(POINT).bind(id).fetch_one(&pool);
 
-    let [mut raw_hit, mut hit, mut raw_miss, mut miss, mut raw_list, mut list, mut raw_count, mut count, mut raw_write, mut write, mut inv_small, mut inv_large] =
+    let [mut raw_hit, mut hit, mut raw_miss, mut miss, mut raw_list, mut list, mut raw_count, mut count, mut raw_write, mut write, mut raw_tracked, mut tracked, mut inv_small, mut inv_large] =
         std::array::from_fn(|_| Samples::default());
 
     // 6: two stores of single-row entries, 10k and 1M, invalidated one row at a time.
@@ -248,6 +248,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             black_box(sqlx::query(WRITE).bind(USERS - 500 - round % 500).execute(&cache).await.unwrap());
         };
         pair(round, (&mut raw_write, raw_once), (&mut write, write_once)).await;
+        // The same with a second tracked column, whose value the cached side also returns.
+        let raw_once = async {
+            black_box(sqlx::query(WRITE_TRACKED).bind(USERS - round % 500).execute(&pool).await.unwrap());
+        };
+        let write_once = async {
+            black_box(sqlx::query(WRITE_TRACKED).bind(USERS - 500 - round % 500).execute(&cache).await.unwrap());
+        };
+        pair(round, (&mut raw_tracked, raw_once), (&mut tracked, write_once)).await;
     }
 
     // 5 and 7, after the interleaved part.
@@ -269,6 +277,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         print_pair("list of 50, hit", &mut raw_list, &mut list, "list hit median < 20 us", &|c, _| c < 20.0),
         print_pair("count, hit", &mut raw_count, &mut count, "count hit faster than raw", &|_, r| r < 1.0),
         print_pair("write by pk", &mut raw_write, &mut write, "write <= 1.05x raw", &|_, r| r <= 1.05),
+        print_pair("write, 2 tracked columns", &mut raw_tracked, &mut tracked, "write <= 1.05x raw", &|_, r| r <= 1.05),
     ];
     println!("\n| {:<24} | {:>14} | {:>14} | {:>9} |", "one-row invalidation", "10,000 entries", "1,000,000", "ratio");
     println!("|{:-<26}|{:->16}|{:->16}|{:->11}|", "", "", "", "");
