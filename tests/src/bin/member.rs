@@ -161,9 +161,13 @@ struct Work {
     log: BufWriter<std::fs::File>,
 }
 
-/// Returns the key too, so that the write names its row (a `RETURNING` without the key costs a
-/// pool the table's reads, not only the row's).
-const BUMP: &str = "UPDATE counters SET v = v + 1 WHERE id = $1 RETURNING id, v";
+/// Returns the key and the group too, so that the write names its row and its group's value
+/// (a `RETURNING` without them costs a pool the table's reads, or every group's list).
+const BUMP: &str = "UPDATE counters SET v = v + 1 WHERE id = $1 RETURNING id, v, grp";
+
+/// Moves a row to another group (`$2`): every list pinned to `grp` is invalidated (the old value
+/// is not returned), through the pool; through the feed, the old and new groups only.
+const MOVE: &str = "UPDATE counters SET v = v + 1, grp = $2 WHERE id = $1 RETURNING id, v, grp";
 
 impl Work {
     fn next(&mut self) -> u64 {
@@ -172,6 +176,17 @@ impl Work {
         self.rng ^= self.rng << 25;
         self.rng ^= self.rng >> 27;
         self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A write: one in four moves its row to a group drawn at random (its `$2`); the others
+    /// bump it in place (their `$2` unused, bound for one shape of call).
+    fn write_kind(&mut self) -> (&'static str, i32) {
+        let group = i32::try_from(self.next() % 3).unwrap_or(0);
+        if self.next().is_multiple_of(4) {
+            (MOVE, group)
+        } else {
+            (BUMP, group)
+        }
     }
 
     fn record(&mut self, kind: char, row: i32, value: i64, start: u64, end: u64) {
@@ -203,8 +218,9 @@ impl Work {
             }
             Role::Outside => {
                 let start = clock();
-                let (_, v): (i32, i64) =
-                    sqlx::query_as(BUMP).bind(row).fetch_one(&self.raw).await.expect("an outside write");
+                let (sql, group) = self.write_kind();
+                let (_, v, _): (i32, i64, i32) =
+                    sqlx::query_as(sql).bind(row).bind(group).fetch_one(&self.raw).await.expect("an outside write");
                 let end = clock();
                 self.record('o', row, v, start, end);
                 self.log.flush().expect("write the log");
@@ -212,7 +228,9 @@ impl Work {
             }
             Role::Worker if dice < self.write_percent => {
                 let start = clock();
-                let (_, v): (i32, i64) = sqlx::query_as(BUMP).bind(row).fetch_one(&self.cache).await.expect("a write");
+                let (sql, group) = self.write_kind();
+                let (_, v, _): (i32, i64, i32) =
+                    sqlx::query_as(sql).bind(row).bind(group).fetch_one(&self.cache).await.expect("a write");
                 let end = clock();
                 self.record('w', row, v, start, end);
                 // Kept even if the process is killed next.
@@ -224,6 +242,22 @@ impl Work {
                     .fetch_all(&self.cache)
                     .await
                     .expect("a list read");
+                let end = clock();
+                for counter in list {
+                    self.record('r', counter.id, counter.v, start, end);
+                }
+            }
+            Role::Worker if dice % 10 == 5 => {
+                // A list pinned to one group: every row it shows must be as new as the writes
+                // that returned before it began.
+                let start = clock();
+                let group = i32::try_from(self.next() % 3).unwrap_or(0);
+                let list: Vec<Counter> =
+                    sqlacache_sqlx::query_as("SELECT id, v FROM counters WHERE grp = $1 ORDER BY id")
+                        .bind(group)
+                        .fetch_all(&self.cache)
+                        .await
+                        .expect("a filtered list read");
                 let end = clock();
                 for counter in list {
                     self.record('r', counter.id, counter.v, start, end);

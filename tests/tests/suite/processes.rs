@@ -15,11 +15,13 @@ use std::time::{Duration, Instant};
 const LEASE: Duration = Duration::from_millis(300);
 const ROWS: i32 = 12;
 
-/// `counters` with the rows the members write and the observer's quiet row.
+/// `counters` with the rows the members write and the observer's quiet row; `grp`, which
+/// leads an index, pins the members' filtered lists, and some writes move rows between groups.
 fn schema() -> String {
     format!(
-        "CREATE TABLE counters (id int PRIMARY KEY, v bigint NOT NULL);
-         INSERT INTO counters SELECT g, 0 FROM generate_series(1, {}) g;",
+        "CREATE TABLE counters (id int PRIMARY KEY, v bigint NOT NULL, grp int NOT NULL DEFAULT 0);
+         CREATE INDEX ON counters (grp);
+         INSERT INTO counters SELECT g, 0, g % 3 FROM generate_series(1, {}) g;",
         ROWS + 1
     )
 }
