@@ -18,8 +18,12 @@
 //!   row and tracked column, the value the row has after it ([`value_id`]): for an `INSERT` the
 //!   new value, for a `DELETE` the old one, and for an `UPDATE` both, since a column it does not
 //!   set keeps its value. A column it sets (or, with a `BEFORE UPDATE` row trigger, any column)
-//!   had an old value the write does not return: the column as a whole is invalidated. A
-//!   write whose rows are not learned invalidates `Rows(table)`, as it always did.
+//!   had an old value the write does not return: the column as a whole is invalidated; so is a
+//!   column missing from a `RETURNING` of the caller's own that the caller fetches (run with
+//!   `execute`, the missing columns are added to it, see `plan::WriteTags::discarding`), and a
+//!   column the pool's role may not read. A write whose rows are not learned invalidates
+//!   `Rows(table)`, as it always did. Whatever else names rows without their values (the change
+//!   feed of an older trigger, `invalidate_rows`) invalidates the columns as a whole.
 //! - Operands are put in PostgreSQL's text only where that text is certain: integers written
 //!   in plain digits, plain string literals, `uuid` in its canonical form, and arguments of
 //!   Rust's integer, string and `Uuid` types (and options and vectors of them). Anything else
