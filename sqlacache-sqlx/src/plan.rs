@@ -2,7 +2,7 @@
 //! configuration. Plans are memoized per SQL string and catalog generation.
 
 use crate::catalog::{Actions, Catalog, TableInfo};
-use crate::predicate::{read_deps, unreported_columns, ReadDeps};
+use crate::predicate::{read_deps, reported, ReadDeps};
 use sqlacache_core::analyze::{Analysis, Effect, Reach, ReadOp, RowSource, TableName, WriteKind};
 use sqlacache_core::key::{column_id, SqlDigest};
 use sqlacache_core::{Ops, Tag, Uncached};
@@ -278,16 +278,11 @@ fn plan_writes(
         // A tracked column the write may change without reporting its old value, as a whole.
         let updates =
             write.kind == WriteKind::Update || (write.kind == WriteKind::Insert && !write.assigned.is_empty());
-        let unreported = unreported_columns(info, updates, &write.assigned);
         // The others' values, from the rows (which report the new value, equal to the old).
-        let wanted: Vec<&String> = info
-            .tracked
-            .iter()
-            .map(|(column, _)| column)
-            .filter(|c| !unreported.iter().any(|u| *u == Tag::Row(column_id(t, c))))
-            .collect();
-        for tag in unreported {
-            push(&mut tags, tag);
+        let (wanted, unreported): (Vec<&String>, Vec<&String>) =
+            info.tracked.iter().map(|(column, _)| column).partition(|c| reported(info, c, updates, &write.assigned));
+        for column in unreported {
+            push(&mut tags, Tag::Row(column_id(t, column)));
         }
         let rows = match (&info.key, write.kind, writes.len()) {
             (Some(key), WriteKind::Insert | WriteKind::Update | WriteKind::Delete, 1)

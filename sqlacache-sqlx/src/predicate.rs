@@ -229,17 +229,13 @@ fn pins(filters: &Filters, catalog: &Catalog) -> Vec<(Option<u32>, Option<Pin>)>
         .collect()
 }
 
-/// What a write must invalidate of a table's tracked columns besides the values its rows
-/// report: the columns it may change without reporting the old value, and those the pool's
-/// role may not read back.
-pub(crate) fn unreported_columns(info: &TableInfo, updates: bool, assigned: &[String]) -> Vec<Tag> {
-    info.tracked
-        .iter()
-        .filter(|(column, _)| {
-            (updates && (info.before_update || assigned.contains(column))) || info.unreadable.contains(column)
-        })
-        .map(|(column, _)| Tag::Row(column_id(info.oid, column)))
-        .collect()
+/// Whether a write reports the old value of a tracked column in its rows: not when it may
+/// change the column without returning the old value (an update that sets it, or any update
+/// under a `BEFORE UPDATE` row trigger), nor when the pool's role may not read it back. Such a
+/// column is invalidated as a whole.
+pub(crate) fn reported(info: &TableInfo, column: &str, updates: bool, assigned: &[String]) -> bool {
+    let changed_unseen = updates && (info.before_update || assigned.iter().any(|a| a == column));
+    !changed_unseen && !info.unreadable.iter().any(|c| c == column)
 }
 
 /// Every tracked column of a table as a whole: what a change to rows whose values are not

@@ -189,6 +189,26 @@ impl Work {
         }
     }
 
+    /// Reads the whole list, or the list pinned to one group; every row it shows must be as new
+    /// as the writes that returned before it began.
+    async fn list(&mut self, group: Option<i32>) {
+        let start = clock();
+        let list: Vec<Counter> = match group {
+            None => sqlacache_sqlx::query_as("SELECT id, v FROM counters ORDER BY id").fetch_all(&self.cache).await,
+            Some(group) => {
+                sqlacache_sqlx::query_as("SELECT id, v FROM counters WHERE grp = $1 ORDER BY id")
+                    .bind(group)
+                    .fetch_all(&self.cache)
+                    .await
+            }
+        }
+        .expect("a list read");
+        let end = clock();
+        for counter in list {
+            self.record('r', counter.id, counter.v, start, end);
+        }
+    }
+
     fn record(&mut self, kind: char, row: i32, value: i64, start: u64, end: u64) {
         writeln!(self.log, "{kind} {row} {value} {start} {end}").expect("write the log");
     }
@@ -236,32 +256,10 @@ impl Work {
                 // Kept even if the process is killed next.
                 self.log.flush().expect("write the log");
             }
-            Role::Worker if dice.is_multiple_of(10) => {
-                let start = clock();
-                let list: Vec<Counter> = sqlacache_sqlx::query_as("SELECT id, v FROM counters ORDER BY id")
-                    .fetch_all(&self.cache)
-                    .await
-                    .expect("a list read");
-                let end = clock();
-                for counter in list {
-                    self.record('r', counter.id, counter.v, start, end);
-                }
-            }
+            Role::Worker if dice.is_multiple_of(10) => self.list(None).await,
             Role::Worker if dice % 10 == 5 => {
-                // A list pinned to one group: every row it shows must be as new as the writes
-                // that returned before it began.
-                let start = clock();
                 let group = i32::try_from(self.next() % 3).unwrap_or(0);
-                let list: Vec<Counter> =
-                    sqlacache_sqlx::query_as("SELECT id, v FROM counters WHERE grp = $1 ORDER BY id")
-                        .bind(group)
-                        .fetch_all(&self.cache)
-                        .await
-                        .expect("a filtered list read");
-                let end = clock();
-                for counter in list {
-                    self.record('r', counter.id, counter.v, start, end);
-                }
+                self.list(Some(group)).await;
             }
             Role::Worker => {
                 let start = clock();
