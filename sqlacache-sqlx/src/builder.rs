@@ -7,7 +7,7 @@ use crate::engine::Engine;
 use crate::error::Cause;
 use crate::error::Error;
 use crate::feed::listener::Feed;
-use crate::feed::sql::{fed_tables, install, missing, sql as feed_sql, FeedSql};
+use crate::feed::sql::{fed_tables, install, missing, outdated, sql as feed_sql, FeedSql};
 use crate::handle::CachedPool;
 use crate::local::Local;
 use crate::neighbours::Neighbours;
@@ -368,6 +368,12 @@ impl CachedPoolBuilder {
                              `change_feed_sql()` (from a migration), or use `change_feed()`",
                             missing.join(", ")
                         ))));
+                    }
+                    let older = outdated(&self.pool, &tables).await?;
+                    if !older.is_empty() {
+                        // Sound (their messages invalidate columns as a whole), less precise.
+                        tracing::warn!(target: "sqlacache", tables = %older.join(", "), "the change feed's triggers \
+                            are older than the schema: run the `install` SQL of `change_feed_sql()` again");
                     }
                 }
                 // Read again, with the triggers.

@@ -5,7 +5,7 @@
 use crate::catalog::{Catalog, TableInfo};
 use crate::config::Config;
 use crate::error::Error;
-use crate::feed::sql::{fed_tables, install, missing};
+use crate::feed::sql::{fed_tables, install, outdated};
 use sqlacache_core::analyze::TableName;
 use sqlacache_core::Stats;
 use sqlx::PgPool;
@@ -241,14 +241,14 @@ impl Schema {
         signature(&old) != signature(&fresh)
     }
 
-    /// Installs the change feed, through `pool`, on the configured tables that lack it
-    /// (created anew since).
+    /// Installs the change feed, through `pool`, on the configured tables that lack it (created
+    /// anew since) or whose triggers are older than the catalog (a column tracked since).
     pub async fn reinstall_feed(&self, pool: &PgPool) {
         let result = async {
             let catalog = Catalog::load_tables(pool).await?;
             let oids = configured(&self.config(), &catalog);
             let tables = fed_tables(&catalog, &oids);
-            let lacking = missing(pool, &tables).await?;
+            let lacking = outdated(pool, &tables).await?;
             let lacking: Vec<&TableInfo> = tables.into_iter().filter(|t| lacking.contains(&t.qualified())).collect();
             if !lacking.is_empty() {
                 install(pool, &lacking).await?;

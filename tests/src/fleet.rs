@@ -397,6 +397,8 @@ struct Op {
     value: i64,
     start: u64,
     end: u64,
+    /// What it was (`get`, `list1`, `move2`, ..) and the log it came from.
+    what: String,
 }
 
 fn parse_log(path: &Path, ops: &mut Vec<Op>) {
@@ -406,9 +408,10 @@ fn parse_log(path: &Path, ops: &mut Vec<Op>) {
         let mut next = || words.next().unwrap_or("");
         let kind = next().bytes().next().unwrap_or(b'?');
         let (row, value, start, end) = (next().parse(), next().parse(), next().parse(), next().parse());
+        let what = format!("{} in {}", next(), path.file_name().unwrap_or_default().to_string_lossy());
         // The last line of a killed member may be cut short.
         if let (Ok(row), Ok(value), Ok(start), Ok(end)) = (row, value, start, end) {
-            ops.push(Op { kind, row, value, start, end });
+            ops.push(Op { kind, row, value, start, end, what });
         }
     }
 }
@@ -424,17 +427,18 @@ pub fn check(logs: &[PathBuf], allowance: Duration, outside: Duration) -> Check 
         }
     }
     let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-    // Per row: (when a read must see it, value), sorted, with the running maximum of values.
-    let mut due: std::collections::HashMap<i32, Vec<(u64, i64)>> = Default::default();
+    // Per row: (when a read must see it, value, the write), sorted, with the running maximum
+    // of values.
+    let mut due: std::collections::HashMap<i32, Vec<(u64, i64, usize)>> = Default::default();
     let mut check = Check::default();
-    for op in &ops {
+    for (index, op) in ops.iter().enumerate() {
         let after = match op.kind {
             b'w' => nanos(allowance),
             b'o' => nanos(outside),
             _ => continue,
         };
         check.writes += 1;
-        due.entry(op.row).or_default().push((op.end.saturating_add(after), op.value));
+        due.entry(op.row).or_default().push((op.end.saturating_add(after), op.value, index));
     }
     for list in due.values_mut() {
         list.sort_unstable();
@@ -447,7 +451,7 @@ pub fn check(logs: &[PathBuf], allowance: Duration, outside: Duration) -> Check 
     for op in ops.iter().filter(|op| op.kind == b'r') {
         check.reads += 1;
         let Some(list) = due.get(&op.row) else { continue };
-        let before = list.partition_point(|(when, _)| *when < op.start);
+        let before = list.partition_point(|(when, ..)| *when < op.start);
         if before == 0 {
             continue;
         }
@@ -455,9 +459,23 @@ pub fn check(logs: &[PathBuf], allowance: Duration, outside: Duration) -> Check 
         if op.value < needed {
             check.stale += 1;
             if check.examples.len() < 5 {
+                // The row's writes around the read, as each was logged.
+                let writes: Vec<String> = list[before.saturating_sub(4)..(before + 2).min(list.len())]
+                    .iter()
+                    .map(|&(_, _, w)| {
+                        let w = &ops[w];
+                        format!("{} {} [{}, {}] {}", w.kind as char, w.value, w.start, w.end, w.what)
+                    })
+                    .collect();
                 check.examples.push(format!(
-                    "row {} read {} (started {}, ended {}), but {} had to be seen",
-                    op.row, op.value, op.start, op.end, needed
+                    "row {} read {} (started {}, ended {}, {}), but {} had to be seen; writes: {}",
+                    op.row,
+                    op.value,
+                    op.start,
+                    op.end,
+                    op.what,
+                    needed,
+                    writes.join("; ")
                 ));
             }
         }

@@ -201,33 +201,45 @@ fn function_name(info: &TableInfo) -> String {
     format!("{SCHEMA}.t_{hex}")
 }
 
+/// A keyed table's own trigger function: its name and body (`None` for a table whose key has
+/// no exact text form, fed by `feed()` as a whole).
+fn own_function(info: &TableInfo) -> Option<(String, String)> {
+    let (columns, types) = info.key.as_ref().zip(info.key_types.as_ref())?;
+    let mut key = columns.iter().zip(types).map(|(c, t)| key_part(c, t)).collect::<Vec<_>>().join(" || ',' || ");
+    // Each row's key, then the values of the tracked columns, which the message names.
+    for (column, kind) in &info.tracked {
+        key.push_str(&format!(" || ';' || {}", value_part(column, *kind)));
+    }
+    let named: Vec<String> = info.tracked.iter().map(|(c, _)| hex(c)).collect();
+    let columns = if named.is_empty() { String::new() } else { format!("c{} ", named.join(",")) };
+    Some((function_name(info), rows_body(&key, &columns)))
+}
+
+/// The function each of a table's triggers calls, by trigger name: its own function for rows,
+/// `feed` for `TRUNCATE` and for tables without an own function.
+fn trigger_functions(own: Option<&str>) -> [(&'static str, &'static str, &'static str, String); 4] {
+    TRIGGERS.map(|(name, event, referencing)| {
+        let op = &name[name.len() - 1..];
+        match own {
+            Some(function) if event != "TRUNCATE" => (name, event, referencing, format!("{function}()")),
+            // Keys whose text may not be the row's identity: the table as a whole.
+            _ => (name, event, "", format!("{SCHEMA}.feed('{op}')")),
+        }
+    })
+}
+
 /// The triggers of one table (and its own function, when its key has an exact text form).
 fn table_sql(info: &TableInfo) -> String {
     let mut sql = String::new();
-    let keyed = info.key.as_ref().zip(info.key_types.as_ref()).map(|(columns, types)| {
-        let mut key = columns.iter().zip(types).map(|(c, t)| key_part(c, t)).collect::<Vec<_>>().join(" || ',' || ");
-        // Each row's key, then the values of the tracked columns, which the message names.
-        for (column, kind) in &info.tracked {
-            key.push_str(&format!(" || ';' || {}", value_part(column, *kind)));
-        }
-        let named: Vec<String> = info.tracked.iter().map(|(c, _)| hex(c)).collect();
-        let columns = if named.is_empty() { String::new() } else { format!("c{} ", named.join(",")) };
-        let function = function_name(info);
+    let own = own_function(info);
+    if let Some((function, body)) = &own {
         sql.push_str(&format!(
-            "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $sqlacache${}$sqlacache$;\n\
+            "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $sqlacache${body}$sqlacache$;\n\
              COMMENT ON FUNCTION {function}() IS {};\n",
-            rows_body(&key, &columns),
             quote_literal(&format!("sqlacache change feed of {}", info.qualified())),
         ));
-        function
-    });
-    for (name, event, referencing) in TRIGGERS {
-        let op = &name[name.len() - 1..];
-        let (referencing, call) = match &keyed {
-            Some(function) if event != "TRUNCATE" => (referencing, format!("{function}()")),
-            // Keys whose text may not be the row's identity: the table as a whole.
-            _ => ("", format!("{SCHEMA}.feed('{op}')")),
-        };
+    }
+    for (name, event, referencing, call) in trigger_functions(own.as_ref().map(|(f, _)| f.as_str())) {
         sql.push_str(&format!(
             "CREATE OR REPLACE TRIGGER {name} AFTER {event} ON {table} {referencing} FOR EACH STATEMENT \
              EXECUTE FUNCTION {call};\n",
@@ -336,6 +348,42 @@ pub(crate) async fn install(pool: &PgPool, tables: &[&TableInfo]) -> Result<bool
             Ok(false)
         }
     }
+}
+
+/// The fed tables (of `tables`) whose triggers are missing or not the ones [`table_sql`] makes
+/// today: a trigger calls another function, or the table's own function has another body (made
+/// before a column was tracked, or before the key changed). The older triggers are sound (a
+/// message that does not name a tracked column invalidates it as a whole) but less precise.
+pub(crate) async fn outdated(pool: &PgPool, tables: &[&TableInfo]) -> Result<Vec<String>, sqlx::Error> {
+    let oids: Vec<i64> = tables.iter().map(|t| i64::from(t.oid)).collect();
+    let names: Vec<String> = TRIGGERS.iter().map(|(n, ..)| (*n).to_owned()).collect();
+    let present: Vec<(i64, String, String, String, String)> = sqlx::query_as(
+        "SELECT t.tgrelid::int8, t.tgname::text, n.nspname::text, p.proname::text, p.prosrc \
+         FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid \
+         JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+         WHERE t.tgrelid::int8 = ANY($1) AND t.tgname = ANY($2) AND NOT t.tgisinternal",
+    )
+    .bind(&oids)
+    .bind(&names)
+    .fetch_all(pool)
+    .await?;
+    let current = |info: &TableInfo| {
+        let own = own_function(info);
+        trigger_functions(own.as_ref().map(|(f, _)| f.as_str())).iter().all(|(name, _, _, call)| {
+            present.iter().any(|(oid, tg, schema, function, source)| {
+                let wanted = match &own {
+                    Some((f, body)) if call.starts_with(f.as_str()) => Some(body),
+                    _ => None,
+                };
+                let qualified = format!("{schema}.{function}");
+                *oid == i64::from(info.oid)
+                    && tg == name
+                    && call.starts_with(&format!("{qualified}("))
+                    && wanted.is_none_or(|body| body == source)
+            })
+        })
+    };
+    Ok(tables.iter().filter(|t| !current(t)).map(|t| t.qualified()).collect())
 }
 
 /// The fed tables (of `tables`) that miss a trigger of the feed.

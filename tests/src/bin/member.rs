@@ -180,12 +180,12 @@ impl Work {
 
     /// A write: one in four moves its row to a group drawn at random (its `$2`); the others
     /// bump it in place (their `$2` unused, bound for one shape of call).
-    fn write_kind(&mut self) -> (&'static str, i32) {
+    fn write_kind(&mut self) -> (&'static str, i32, String) {
         let group = i32::try_from(self.next() % 3).unwrap_or(0);
         if self.next().is_multiple_of(4) {
-            (MOVE, group)
+            (MOVE, group, format!("move{group}"))
         } else {
-            (BUMP, group)
+            (BUMP, group, "bump".to_owned())
         }
     }
 
@@ -204,13 +204,15 @@ impl Work {
         }
         .expect("a list read");
         let end = clock();
+        let what = group.map_or_else(|| "list".to_owned(), |g| format!("list{g}"));
         for counter in list {
-            self.record('r', counter.id, counter.v, start, end);
+            self.record('r', counter.id, counter.v, start, end, &what);
         }
     }
 
-    fn record(&mut self, kind: char, row: i32, value: i64, start: u64, end: u64) {
-        writeln!(self.log, "{kind} {row} {value} {start} {end}").expect("write the log");
+    /// Logs one operation; `what` names it (for the checker's account of a stale read).
+    fn record(&mut self, kind: char, row: i32, value: i64, start: u64, end: u64, what: &str) {
+        writeln!(self.log, "{kind} {row} {value} {start} {end} {what}").expect("write the log");
     }
 
     async fn run(mut self, ops: u64) {
@@ -238,21 +240,21 @@ impl Work {
             }
             Role::Outside => {
                 let start = clock();
-                let (sql, group) = self.write_kind();
+                let (sql, group, what) = self.write_kind();
                 let (_, v, _): (i32, i64, i32) =
                     sqlx::query_as(sql).bind(row).bind(group).fetch_one(&self.raw).await.expect("an outside write");
                 let end = clock();
-                self.record('o', row, v, start, end);
+                self.record('o', row, v, start, end, &what);
                 self.log.flush().expect("write the log");
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             Role::Worker if dice < self.write_percent => {
                 let start = clock();
-                let (sql, group) = self.write_kind();
+                let (sql, group, what) = self.write_kind();
                 let (_, v, _): (i32, i64, i32) =
                     sqlx::query_as(sql).bind(row).bind(group).fetch_one(&self.cache).await.expect("a write");
                 let end = clock();
-                self.record('w', row, v, start, end);
+                self.record('w', row, v, start, end, &what);
                 // Kept even if the process is killed next.
                 self.log.flush().expect("write the log");
             }
@@ -265,7 +267,7 @@ impl Work {
                 let start = clock();
                 let counter = self.cache.get::<Counter>(row).await.expect("a read").expect("the row exists");
                 let end = clock();
-                self.record('r', row, counter.v, start, end);
+                self.record('r', row, counter.v, start, end, "get");
             }
         }
     }

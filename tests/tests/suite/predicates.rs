@@ -269,17 +269,22 @@ async fn with_predicate_tags_off_lists_depend_on_their_tables() {
     assert!(!OF_8.run(&cache, &db.pool).await);
 }
 
+/// A pool over `tickets` that installs the change feed.
+async fn with_feed(db: &TestDb) -> CachedPool {
+    sqlacache_tests::builder(db.pool.clone())
+        .table("tickets", sqlacache_sqlx::Ops::ALL, std::time::Duration::from_secs(60))
+        .change_feed()
+        .build()
+        .await
+        .expect("build with the feed")
+}
+
 /// A write made outside the pool, heard through the change feed, invalidates the lists pinned
 /// to its rows' values (old and new), and only those.
 #[tokio::test]
 async fn the_change_feed_reaches_pinned_lists() {
     let db = TestDb::in_own_database(SCHEMA).await;
-    let cache = sqlacache_tests::builder(db.pool.clone())
-        .table("tickets", sqlacache_sqlx::Ops::ALL, std::time::Duration::from_secs(60))
-        .change_feed()
-        .build()
-        .await
-        .expect("build with the feed");
+    let cache = with_feed(&db).await;
     for write in [
         "INSERT INTO tickets (customer_id, status) VALUES (7, 'open')",
         "UPDATE tickets SET customer_id = 9 WHERE id = (SELECT min(id) FROM tickets WHERE customer_id = 7)",
@@ -312,6 +317,39 @@ async fn the_change_feed_reaches_pinned_lists() {
         assert!(std::time::Instant::now() < deadline, "the list of customer 8 stayed stale");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// A column tracked after the feed was installed (an index created while the pool runs): the
+/// pool replaces the table's trigger function, so outside writes name the column's values and
+/// another customer's list stays a hit.
+#[tokio::test]
+async fn the_change_feed_names_a_column_tracked_after_it_was_installed() {
+    let db = TestDb::in_own_database(
+        "CREATE TABLE tickets (id bigserial PRIMARY KEY, customer_id bigint NOT NULL, status text NOT NULL);
+         INSERT INTO tickets (customer_id, status) SELECT 1 + g % 10, 'open' FROM generate_series(1, 60) g;",
+    )
+    .await;
+    let cache = with_feed(&db).await;
+    let names_column = "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+                        WHERE n.nspname = 'sqlacache' AND p.proname LIKE 't\\_%' AND p.prosrc LIKE '%customer_id%'";
+    let count = || async { sqlx::query_scalar::<_, i64>(names_column).fetch_one(&db.pool).await.unwrap() };
+    assert_eq!(count().await, 0, "no column is tracked yet");
+    warm(&cache, &db.pool, &[OF_7]).await;
+    sqlx::raw_sql("CREATE INDEX ON tickets (customer_id)").execute(&db.pool).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while count().await == 0 {
+        assert!(std::time::Instant::now() < deadline, "the trigger function was not replaced");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    warm(&cache, &db.pool, &[OF_7, OF_8]).await;
+    sqlx::raw_sql("INSERT INTO tickets (customer_id, status) VALUES (7, 'open')").execute(&db.pool).await.unwrap();
+    let truth: Vec<Row> = sqlx::query_as(OF_7.0).bind(7_i64).fetch_all(&db.pool).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while sqlacache_sqlx::query_as::<Row>(OF_7.0).bind(7_i64).fetch_all(&cache).await.unwrap() != truth {
+        assert!(std::time::Instant::now() < deadline, "the list of customer 7 stayed stale");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(OF_8.run(&cache, &db.pool).await, "customer 8's list was invalidated by a write to customer 7");
 }
 
 /// A role that may not read a tracked column: the write the raw pool accepts runs as written
