@@ -1,4 +1,4 @@
-//! A loop of cache hits (or misses, or raw reads) for profilers. It counts nothing itself: run it under
+//! A loop of cache hits (or misses, raw reads, writes through the pool and raw) for profilers. It counts nothing itself: run it under
 //! `valgrind --tool=callgrind` twice with different counts and subtract, so the set-up drops out.
 //!
 //! ```sh
@@ -6,7 +6,7 @@
 //! valgrind --tool=callgrind target/release/examples/hit_loop get 100000
 //! ```
 
-use sqlacache_benches::{connect, create_fixture, drop_fixture, BenchUser, COUNT, LIST, POINT};
+use sqlacache_benches::{connect, create_fixture, drop_fixture, BenchUser, COUNT, LIST, POINT, WRITE_TRACKED};
 use sqlacache_sqlx::CachedPool;
 use std::hint::black_box;
 
@@ -33,11 +33,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             "raw" => {
                 drop(black_box(sqlx::query_as::<_, BenchUser>(POINT).bind(1_000_000 + i).fetch_optional(&pool).await?))
             }
-            other => return Err(format!("unknown loop `{other}`: get, list, count, miss or raw").into()),
+            // A write by key to a table with a second tracked column, through the pool and raw.
+            "write" => drop(black_box(sqlx::query(WRITE_TRACKED).bind(1 + i % 100).execute(&cache).await?)),
+            "raw_write" => drop(black_box(sqlx::query(WRITE_TRACKED).bind(1 + i % 100).execute(&pool).await?)),
+            other => {
+                return Err(format!("unknown loop `{other}`: get, list, count, miss, raw, write or raw_write").into())
+            }
         }
     }
     let stats = cache.stats();
-    let expected = if matches!(what.as_str(), "miss" | "raw") { 0 } else { count };
+    let expected = if matches!(what.as_str(), "miss" | "raw" | "write" | "raw_write") { 0 } else { count };
     assert_eq!(stats.hits as i64, expected, "every iteration of a hit loop is a hit");
     drop_fixture(&pool).await?;
     Ok(())
