@@ -122,10 +122,13 @@ mod imp {
         answering_since: AtomicU64,
         /// How long the breaker stays open after Redis answers again.
         settle: Duration,
-        /// When (on the lease's clock) the breaker last opened.
-        opened_at: AtomicU64,
-        /// How long after the breaker opened a write keeps trying to deliver its invalidation
-        /// before it returns (see [`Pending::publish`]).
+        /// When (on the lease's clock) the current run of failures began: the first heartbeat
+        /// or invalidation that failed after Redis last answered one; 0 while Redis answers.
+        /// (Not when the breaker opened: a breaker still settling after one cut-off must not
+        /// shorten a write's tries in the next.)
+        failing_since: AtomicU64,
+        /// How long after the failures began a write keeps trying to deliver its invalidation
+        /// before it returns, and how long any one write tries (see [`Pending::publish`]).
         retry_for: Duration,
         /// Pause between two tries.
         retry_every: Duration,
@@ -184,7 +187,7 @@ mod imp {
                 instance: std::sync::Mutex::new(None),
                 answering_since: AtomicU64::new(0),
                 settle: settling_time(settings),
-                opened_at: AtomicU64::new(0),
+                failing_since: AtomicU64::new(0),
                 retry_for: settling_time(settings),
                 retry_every: settings.timeout.clamp(Duration::from_millis(5), Duration::from_millis(50)),
                 tasks: crate::tasks::Tasks::default(),
@@ -420,6 +423,14 @@ mod imp {
             }
         }
 
+        /// Redis answered a heartbeat or an invalidation: a failure after this begins a new
+        /// run of failures. (Written only when it changes: this is on every write's path.)
+        fn answered(&self) {
+            if self.failing_since.load(Ordering::Relaxed) != 0 {
+                self.failing_since.store(0, Ordering::Release);
+            }
+        }
+
         /// A heartbeat or an invalidation failed: its outcome is unknown. Skip Redis until it
         /// answers again and has settled, and trust the in-process tier only after the bus is
         /// heard again.
@@ -428,8 +439,9 @@ mod imp {
             self.unbroken.store(false, Ordering::Release);
             self.channel.lose_quietly();
             self.answering_since.store(0, Ordering::Release);
+            let _ =
+                self.failing_since.compare_exchange(0, self.channel.now().max(1), Ordering::AcqRel, Ordering::Acquire);
             if !self.open.swap(true, Ordering::AcqRel) {
-                self.opened_at.store(self.channel.now(), Ordering::Release);
                 tracing::warn!(target: "sqlacache", %error, "Redis failed; reads go to PostgreSQL until it answers again");
             } else {
                 tracing::debug!(target: "sqlacache", %error, "Redis failed");
@@ -493,6 +505,7 @@ mod imp {
                 failed(&error);
                 return;
             }
+            self.answered();
             self.reads_off.store(false, Ordering::Release);
             let since = self.answering_since.load(Ordering::Acquire);
             let settled = since != 0 && self.channel.now().saturating_sub(since) >= nanos(self.settle);
@@ -634,8 +647,10 @@ mod imp {
         ///
         /// A writer cut off from Redis while the other processes still reach it would leave
         /// them reading its old value: so a failed delivery is tried again until it goes
-        /// through, for as long as the settling time after the breaker opened. A cut-off
-        /// shorter than that delays the write, never its invalidation; during a longer outage,
+        /// through, for as long as the settling time after the failures began (the first one
+        /// since Redis last answered this process, whether or not its breaker was still
+        /// settling after an earlier one). A cut-off shorter than that delays the write, never
+        /// its invalidation; during a longer outage,
         /// writes return at once (and the other processes, if they reach Redis, may serve old
         /// values until this one reconnects and widens what it could not deliver).
         ///
@@ -653,15 +668,19 @@ mod imp {
             let message = remote.numbered(seq, body());
             // Whether the other processes were told on the bus alone.
             let mut told = false;
+            // When this write's first try failed.
+            let mut first_failure = None;
             loop {
                 match remote.deliver(tags, &message, stats).await {
                     Ok(()) => {
+                        remote.answered();
                         stats.publish();
                         self.done = true;
                         return;
                     }
                     Err(error) => {
                         remote.failed(&error, stats);
+                        first_failure.get_or_insert_with(|| remote.channel.now());
                         if !told {
                             // The bus may still work where the tags do not (a cluster node that
                             // holds them frozen): the others then drop their in-process copies
@@ -674,8 +693,16 @@ mod imp {
                         }
                     }
                 }
-                let since = remote.channel.now().saturating_sub(remote.opened_at.load(Ordering::Acquire));
-                if since >= nanos(remote.retry_for) {
+                // Tries end a settling time after the failures began (at once during a longer
+                // outage), and no write tries for longer than that (Redis may answer others
+                // in between, and a new run of failures begin).
+                let now = remote.channel.now();
+                let began = match remote.failing_since.load(Ordering::Acquire) {
+                    0 => now,
+                    since => since,
+                };
+                let limit = nanos(remote.retry_for);
+                if now.saturating_sub(began) >= limit || now.saturating_sub(first_failure.unwrap_or(now)) >= limit {
                     break;
                 }
                 // Sent again with its number: the others take a repeat for what it is.

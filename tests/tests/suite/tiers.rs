@@ -889,3 +889,43 @@ async fn a_writer_briefly_cut_off_from_redis_returns_once_its_write_is_delivered
         }
     }
 }
+
+/// A writer cut off again while its breaker still settles after a first cut-off (Redis answered
+/// it in between): its tries run from the failure that began the second cut-off, not from when
+/// the breaker opened, so this write too returns only once it is delivered, and another process
+/// never reads the old value from Redis after it returned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_cut_off_again_while_it_settles_returns_once_its_write_is_delivered() {
+    let server = RedisServer::start(&[]);
+    let db = TestDb::with_schema(COUNTERS).await;
+    let proxy = Proxy::start(server.port());
+    let prefix = unique_prefix("recut");
+    // Redis only: a stale value in Redis is read at once. The settling time here is 510 ms.
+    let a = pool(&db, &proxy.url(), &prefix, 0).await;
+    let b = pool(&db, &server.url(), &prefix, 0).await;
+    tiers_ready(&[&a, &b]).await;
+    let cut = |length: Duration| {
+        let (a, proxy) = (a.clone(), &proxy);
+        async move {
+            proxy.block();
+            let writer = tokio::spawn(async move { bump(&a, 1).await });
+            tokio::time::sleep(length).await;
+            proxy.unblock();
+            writer.await.unwrap()
+        }
+    };
+    let first = cut(Duration::from_millis(150)).await;
+    // B holds the first write's value in Redis.
+    let redis_hits = b.stats().redis_hits;
+    while b.stats().redis_hits == redis_hits {
+        assert_eq!(value(&b, 1).await, first);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // A's breaker opened more than 400 ms ago and still settles (for 510 ms after Redis
+    // answered): the second cut-off outlasts what is left of a settling time counted from when
+    // it opened, not one counted from the failure that begins it.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let second = cut(Duration::from_millis(250)).await;
+    assert_eq!(second, first + 1);
+    assert_eq!(value(&b, 1).await, second, "B read an old value after A's write returned");
+}
