@@ -680,7 +680,7 @@ mod imp {
                     }
                     Err(error) => {
                         remote.failed(&error, stats);
-                        first_failure.get_or_insert_with(|| remote.channel.now());
+                        let first = *first_failure.get_or_insert_with(|| remote.channel.now());
                         if !told {
                             // The bus may still work where the tags do not (a cluster node that
                             // holds them frozen): the others then drop their in-process copies
@@ -691,19 +691,17 @@ mod imp {
                             // follows for a repeat.)
                             told = remote.store.publish(&message.1).await.is_ok();
                         }
+                        // Tries end a settling time after the failures began (at once during a
+                        // longer outage), and no write tries for longer than that (Redis may
+                        // answer others in between, and a new run of failures begin).
+                        let began = match remote.failing_since.load(Ordering::Acquire) {
+                            0 => first,
+                            since => since.min(first),
+                        };
+                        if remote.channel.now().saturating_sub(began) >= nanos(remote.retry_for) {
+                            break;
+                        }
                     }
-                }
-                // Tries end a settling time after the failures began (at once during a longer
-                // outage), and no write tries for longer than that (Redis may answer others
-                // in between, and a new run of failures begin).
-                let now = remote.channel.now();
-                let began = match remote.failing_since.load(Ordering::Acquire) {
-                    0 => now,
-                    since => since,
-                };
-                let limit = nanos(remote.retry_for);
-                if now.saturating_sub(began) >= limit || now.saturating_sub(first_failure.unwrap_or(now)) >= limit {
-                    break;
                 }
                 // Sent again with its number: the others take a repeat for what it is.
                 tokio::time::sleep(remote.retry_every).await;
