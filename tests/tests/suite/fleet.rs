@@ -135,7 +135,13 @@ async fn a_stalled_feed_listener_empties_neither_its_tier_nor_redis() {
             .unwrap();
         let start = Instant::now();
         while a.feed_trusted_for_tests() || stall.load(Ordering::SeqCst) != 0 {
-            assert!(start.elapsed() < Duration::from_secs(30), "A's listener never stalled");
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "round {round}: A's listener never stalled (stall left {} ms, feed trusted {}): {:?}",
+                stall.load(Ordering::SeqCst),
+                a.feed_trusted_for_tests(),
+                a.stats()
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         while !a.feed_trusted_for_tests() {
