@@ -15,6 +15,9 @@ pub const POINT: &str = "SELECT * FROM bench_users WHERE id = $1";
 pub const LIST: &str = "SELECT * FROM bench_users WHERE active ORDER BY id LIMIT 50";
 /// The count.
 pub const COUNT: &str = "SELECT count(*) FROM bench_users WHERE active";
+/// The 50-row list with each user as one `jsonb` document, read into [`BenchDoc`]: what the
+/// self-describing stored form costs on a hit, beside [`LIST`].
+pub const LIST_JSON: &str = "SELECT id, doc FROM bench_docs WHERE active ORDER BY id LIMIT 50";
 /// The write by primary key.
 pub const WRITE: &str = "UPDATE bench_users SET score = score + 1 WHERE id = $1";
 /// A write by primary key to a table with a second tracked column (`user_id` leads an index),
@@ -52,13 +55,23 @@ pub struct BenchUser {
     // `created_at` is left out: `FromRow` ignores extra columns.
 }
 
+/// A row of [`LIST_JSON`]: a `jsonb` column, which is stored as JSON (postcard cannot read a
+/// `serde_json::Value` back).
+#[derive(Debug, Clone, sqlx::FromRow, Serialize, Deserialize, sqlacache_sqlx::CachedRow)]
+pub struct BenchDoc {
+    /// Primary key.
+    pub id: i64,
+    /// The user's columns as one document.
+    pub doc: sqlx::types::JsonValue,
+}
+
 /// Number of rows in `bench_users`.
 pub const USERS: i64 = 10_000;
 
 /// Creates (or recreates) the benchmark tables with [`USERS`] users and one order each.
 pub async fn create_fixture(pool: &PgPool) -> Result<(), sqlx::Error> {
     sqlx::raw_sql(
-        "DROP TABLE IF EXISTS bench_orders; DROP TABLE IF EXISTS bench_users;
+        "DROP TABLE IF EXISTS bench_docs; DROP TABLE IF EXISTS bench_orders; DROP TABLE IF EXISTS bench_users;
          CREATE TABLE bench_users (id bigint PRIMARY KEY, name text NOT NULL, email text NOT NULL,
              active boolean NOT NULL, score int NOT NULL, created_at timestamptz NOT NULL);
          INSERT INTO bench_users SELECT g, 'user ' || g, 'user' || g || '@example.com', g % 3 <> 0, 0,
@@ -67,7 +80,10 @@ pub async fn create_fixture(pool: &PgPool) -> Result<(), sqlx::Error> {
              total int NOT NULL);
          INSERT INTO bench_orders SELECT g, g, g % 100 FROM generate_series(1, 10000) g;
          CREATE INDEX ON bench_orders (user_id);
-         ANALYZE bench_users; ANALYZE bench_orders;",
+         CREATE TABLE bench_docs (id bigint PRIMARY KEY, active boolean NOT NULL, doc jsonb NOT NULL);
+         INSERT INTO bench_docs SELECT id, active,
+             jsonb_build_object('name', name, 'email', email, 'active', active, 'score', score) FROM bench_users;
+         ANALYZE bench_users; ANALYZE bench_orders; ANALYZE bench_docs;",
     )
     .execute(pool)
     .await?;
@@ -76,7 +92,11 @@ pub async fn create_fixture(pool: &PgPool) -> Result<(), sqlx::Error> {
 
 /// Drops the benchmark tables.
 pub async fn drop_fixture(pool: &PgPool) -> Result<(), sqlx::Error> {
-    sqlx::raw_sql("DROP TABLE IF EXISTS bench_orders; DROP TABLE IF EXISTS bench_users").execute(pool).await?;
+    sqlx::raw_sql(
+        "DROP TABLE IF EXISTS bench_docs; DROP TABLE IF EXISTS bench_orders; DROP TABLE IF EXISTS bench_users",
+    )
+    .execute(pool)
+    .await?;
     Ok(())
 }
 

@@ -75,6 +75,7 @@ mod tiers;
 mod transaction;
 #[cfg(feature = "redis")]
 mod undelivered;
+mod witness;
 mod write;
 
 pub use builder::CachedPoolBuilder;

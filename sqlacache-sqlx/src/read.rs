@@ -76,8 +76,8 @@ pub(crate) async fn get<T: Cacheable>(engine: &Engine, key: T::Key) -> Result<Op
 
 /// Answers a read from the cache or fills it: the freshness protocol in one place.
 ///
-/// A value is stored only if its stored form reads back as itself (the same bytes once
-/// decoded and encoded again); otherwise the read counts as [`Uncached::Unstorable`].
+/// A value is stored only if its stored form reads back as itself (see [`Stored`]);
+/// otherwise the read counts as [`Uncached::Unstorable`].
 ///
 /// `fill` names the tags the value depends on and makes the future that reads the database
 /// (computed there, so a hit never pays for them). It is called only on a miss of the
@@ -186,7 +186,7 @@ where
     if let Some(hook) = &engine.fill_hook {
         hook(crate::engine::FillPoint::Read).await;
     }
-    match value.encode().filter(|bytes| round_trips::<R>(bytes)) {
+    match value.encode() {
         Some(bytes) => {
             stats.miss();
             #[cfg(feature = "redis")]
@@ -206,19 +206,12 @@ where
             not_cached(stats, Uncached::Unstorable, "", std::any::type_name::<R>());
             warn_once_per_type(
                 std::any::type_name::<R>(),
-                "values of this type do not read back from their stored form (a field such as \
-                 serde_json::Value or an untagged enum needs a self-describing format); its reads are not cached",
+                "values of this type do not read back as themselves from postcard or JSON (a float that is NaN \
+                 or infinite in a self-describing field, say); such reads are not cached",
             );
         }
     }
     // Only now may the waiters look in the store.
     drop(lead);
     Ok(value)
-}
-
-/// Whether bytes decode to a value that encodes to the same bytes. Types that postcard cannot
-/// read back (ones that ask the format what comes next, such as `serde_json::Value` or
-/// untagged enums) fail here instead of being stored and never served.
-fn round_trips<R: Stored>(bytes: &[u8]) -> bool {
-    R::decode(bytes).and_then(|decoded| decoded.encode()).is_some_and(|again| again == bytes)
 }

@@ -129,12 +129,30 @@ tuple_rows!(A B C D E F G H I J K L M N);
 tuple_rows!(A B C D E F G H I J K L M N O);
 tuple_rows!(A B C D E F G H I J K L M N O P);
 
-/// The result of a cached call, as the store keeps it: encoded with postcard through
-/// [`Storable`], decoded on a hit.
+/// The result of a cached call, as the store keeps it: one format byte, then the value
+/// encoded through [`Storable`] in that format.
+///
+/// Postcard where the value reads back through it; otherwise JSON, which carries the shape of
+/// what it stores, for the types that ask the format what comes next when they are read
+/// (`serde_json::Value`, `Json<T>` of such a type, untagged or internally tagged enums,
+/// `#[serde(flatten)]`). The format is chosen per value at its fill, so one row type whose
+/// empty results round-trip through postcard and whose other results need JSON is cached in
+/// both; the byte tells a hit which one to read.
+///
+/// Either way a value is stored only when what it reads back as is the same value as far as
+/// its `Serialize` can tell: the two have the same [`witness`](crate::witness). Comparing the
+/// stored bytes would not do: JSON reads `Some(None)` back as `None` and writes the same text.
 pub(crate) trait Stored: Sized {
+    /// The stored form, when the value reads back as itself.
     fn encode(&self) -> Option<Vec<u8>>;
-    /// The value, when `bytes` are exactly one encoded value.
+    /// The value, when `bytes` are exactly one stored value.
     fn decode(bytes: &[u8]) -> Option<Self>;
+}
+
+/// The first byte of a stored value: how the rest is encoded.
+mod format {
+    pub const POSTCARD: u8 = 0;
+    pub const JSON: u8 = 1;
 }
 
 /// Serializes a [`Storable`] through its serde implementation.
@@ -155,32 +173,57 @@ impl<'de, T: Storable> Deserialize<'de> for De<T> {
     }
 }
 
-fn decode_exact<'a, V: Deserialize<'a>>(bytes: &'a [u8]) -> Option<V> {
-    match postcard::take_from_bytes::<V>(bytes) {
-        Ok((value, [])) => Some(value),
+/// The stored form of `value` (a serializing view of a result): the first format whose form
+/// reads back, by `witness_of`, as a value with the same [`witness`](crate::witness).
+fn encode<V: Serialize>(value: &V, witness_of: impl Fn(&[u8]) -> Option<Vec<u8>>) -> Option<Vec<u8>> {
+    let witness = crate::witness::of(value)?;
+    let mut stored = vec![format::POSTCARD];
+    // Postcard refuses some values (a map of unknown length): JSON may still take them.
+    if postcard::to_io(value, &mut stored).is_ok() && witness_of(&stored).is_some_and(|again| again == witness) {
+        return Some(stored);
+    }
+    stored.clear();
+    stored.push(format::JSON);
+    serde_json::to_writer(&mut stored, value).ok()?;
+    witness_of(&stored).is_some_and(|again| again == witness).then_some(stored)
+}
+
+/// The value of a stored form: exactly one value in its format, nothing after it.
+fn decode<V: serde::de::DeserializeOwned>(bytes: &[u8]) -> Option<V> {
+    match bytes.split_first()? {
+        (&format::POSTCARD, rest) => match postcard::take_from_bytes::<V>(rest) {
+            Ok((value, [])) => Some(value),
+            _ => None,
+        },
+        // `from_slice` refuses anything but whitespace after the value.
+        (&format::JSON, rest) => serde_json::from_slice(rest).ok(),
         _ => None,
     }
 }
 
 impl<T: Storable> Stored for Option<T> {
     fn encode(&self) -> Option<Vec<u8>> {
-        postcard::to_allocvec(&self.as_ref().map(Ser)).ok()
+        encode(&self.as_ref().map(Ser), |bytes| {
+            Self::decode(bytes).and_then(|again| crate::witness::of(&again.as_ref().map(Ser)))
+        })
     }
 
     fn decode(bytes: &[u8]) -> Option<Self> {
-        decode_exact::<Option<De<T>>>(bytes).map(|v| v.map(|De(t)| t))
+        decode::<Option<De<T>>>(bytes).map(|v| v.map(|De(t)| t))
     }
 }
 
 impl<T: Storable> Stored for Vec<T> {
     fn encode(&self) -> Option<Vec<u8>> {
         let rows: Vec<Ser<'_, T>> = self.iter().map(Ser).collect();
-        postcard::to_allocvec(&rows).ok()
+        encode(&rows, |bytes| {
+            Self::decode(bytes).and_then(|again| crate::witness::of(&again.iter().map(Ser).collect::<Vec<_>>()))
+        })
     }
 
     fn decode(bytes: &[u8]) -> Option<Self> {
         // `De<T>` has `T`'s layout, so this collect reuses the vector.
-        decode_exact::<Vec<De<T>>>(bytes).map(|rows| rows.into_iter().map(|De(t)| t).collect())
+        decode::<Vec<De<T>>>(bytes).map(|rows| rows.into_iter().map(|De(t)| t).collect())
     }
 }
 
@@ -192,14 +235,49 @@ mod tests {
     fn stored_forms_read_back_and_reject_trailing_bytes() {
         let rows = vec![(1_i64, "a".to_owned()), (2, String::new())];
         let bytes = rows.encode().unwrap();
-        assert_eq!(bytes, postcard::to_allocvec(&rows).unwrap(), "the same bytes as serde's own form");
+        assert_eq!(bytes[0], format::POSTCARD);
+        assert_eq!(bytes[1..], postcard::to_allocvec(&rows).unwrap(), "the same bytes as serde's own form");
         assert_eq!(Vec::<(i64, String)>::decode(&bytes), Some(rows));
         let mut longer = bytes.clone();
         longer.push(0);
         assert_eq!(Vec::<(i64, String)>::decode(&longer), None);
         assert_eq!(Option::<i64>::decode(&Some(5_i64).encode().unwrap()), Some(Some(5)));
         assert_eq!(Option::<i64>::decode(&None::<i64>.encode().unwrap()), Some(None));
-        assert_eq!(Option::<String>::decode(&[1, 200]), None, "a corrupt entry is a miss");
+        for corrupt in [&[][..], &[0, 1, 200], &[1, b'{'], &[1, b'1', b' ', b'2'], &[2, 0], &[7]] {
+            assert_eq!(Option::<i64>::decode(corrupt), None, "a corrupt entry is a miss: {corrupt:?}");
+        }
+    }
+
+    #[test]
+    fn values_postcard_cannot_read_back_are_stored_as_json() {
+        use serde_json::{json, Value};
+        let rows = vec![(1_i64, json!({"a": [1, 2.5, null, "x"], "b": {"c": true}})), (2, json!([]))];
+        let bytes = rows.encode().unwrap();
+        assert_eq!(bytes[0], format::JSON);
+        assert_eq!(Vec::<(i64, Value)>::decode(&bytes), Some(rows));
+        // An empty result of the same type reads back through postcard, and stays there.
+        assert_eq!(Vec::<(i64, Value)>::new().encode().unwrap(), [format::POSTCARD, 0]);
+
+        #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Number(i64),
+            Words { text: String },
+        }
+        let rows = vec![Either::Number(3), Either::Words { text: "w".into() }];
+        assert_eq!(Vec::<Either>::decode(&rows.encode().unwrap()), Some(rows));
+    }
+
+    #[test]
+    fn values_no_format_reads_back_as_themselves_are_not_stored() {
+        use serde_json::Value;
+        // JSON writes `Some(None)` as `null`, which reads back as `None`.
+        assert_eq!(Some((Some(None::<i64>), Value::Null)).encode(), None);
+        assert!(Some((Some(Some(1_i64)), Value::Null)).encode().is_some());
+        assert!(Some((None::<Option<i64>>, Value::Null)).encode().is_some());
+        // JSON has no NaN.
+        assert_eq!(Some((f64::NAN, Value::Null)).encode(), None);
+        assert!(Some(f64::NAN).encode().is_some(), "postcard keeps it");
     }
 
     #[test]

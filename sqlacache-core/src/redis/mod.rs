@@ -244,7 +244,9 @@ impl RedisStore {
 
     /// The key of a value.
     fn value_key(&self, key: crate::key::Key) -> String {
-        format!("{}v:{:032x}", self.namespace, key.0)
+        // `b:`, not the `v:` of stored forms without a format byte: processes of both kinds can
+        // share the epochs and the bus while neither reads the other's values.
+        format!("{}b:{:032x}", self.namespace, key.0)
     }
 
     /// Reads (creating the missing ones) the epochs of `tags` and of the global tag, to be taken

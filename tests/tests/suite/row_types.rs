@@ -96,25 +96,82 @@ struct Setting {
     #[cache(pk)]
     id: i64,
     value: sqlx::types::JsonValue,
+    extra: Option<sqlx::types::Json<Extra>>,
+}
+
+/// A shape only a self-describing format reads back: untagged, and one variant flattened.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+enum Extra {
+    Flag(bool),
+    Named {
+        name: String,
+        #[serde(flatten)]
+        rest: std::collections::BTreeMap<String, serde_json::Value>,
+    },
+}
+
+const SETTINGS: &str = "CREATE TABLE settings (id bigint PRIMARY KEY, value jsonb NOT NULL, extra jsonb); \
+     INSERT INTO settings VALUES (1, '{\"a\": [1, 2.5, null, \"x\"], \"b\": {\"c\": true}}', \
+                                  '{\"name\": \"n\", \"k\": [1]}'), \
+                                 (2, '[]', 'true'), (3, '\"text\"', NULL);";
+
+async fn settings(cache: &sqlacache_sqlx::CachedPool) -> Vec<Setting> {
+    sqlacache_sqlx::query_as("SELECT * FROM settings ORDER BY id").fetch_all(cache).await.unwrap()
 }
 
 #[tokio::test]
-async fn row_types_that_do_not_round_trip_are_refused_not_corrupted() {
-    let db = TestDb::with_schema(
-        "CREATE TABLE settings (id bigint PRIMARY KEY, value jsonb NOT NULL); \
-         INSERT INTO settings VALUES (1, '{\"a\": [1, 2]}');",
-    )
-    .await;
+async fn jsonb_rows_are_cached_exactly_and_invalidated() {
+    let db = TestDb::with_schema(SETTINGS).await;
     let cache = sqlacache_tests::builder(db.pool.clone()).model::<Setting>().build().await.unwrap();
+    let raw: Vec<Setting> = sqlx::query_as("SELECT * FROM settings ORDER BY id").fetch_all(&db.pool).await.unwrap();
+    assert!(matches!(raw[0].extra.as_deref(), Some(Extra::Named { .. })), "{raw:?}");
     for _ in 0..3 {
-        let setting = cache.get::<Setting>(1_i64).await.unwrap().unwrap();
-        assert_eq!(setting.value, serde_json::json!({"a": [1, 2]}));
+        assert_eq!(settings(&cache).await, raw);
+        for row in &raw {
+            assert_eq!(cache.get::<Setting>(row.id).await.unwrap().as_ref(), Some(row));
+        }
     }
     let stats = cache.stats();
-    assert_eq!((stats.hits, stats.corrupt_entries), (0, 0));
-    assert_eq!(stats.uncached(Uncached::Unstorable), 3);
+    assert_eq!((stats.misses, stats.hits, stats.corrupt_entries), (4, 8, 0), "{stats:?}");
+    assert_eq!(stats.uncached(Uncached::Unstorable), 0);
+
+    sqlx::query("UPDATE settings SET value = value || '{\"d\": 1}', extra = 'false' WHERE id = 1")
+        .execute(&cache)
+        .await
+        .unwrap();
+    let raw: Vec<Setting> = sqlx::query_as("SELECT * FROM settings ORDER BY id").fetch_all(&db.pool).await.unwrap();
+    assert_eq!(raw[0].extra.as_deref(), Some(&Extra::Flag(false)));
+    assert_eq!(settings(&cache).await, raw, "the write invalidated the list");
+    assert_eq!(cache.get::<Setting>(1).await.unwrap().as_ref(), Some(&raw[0]), "and the row");
 }
 
+#[tokio::test]
+async fn jsonb_rows_are_shared_through_redis() {
+    sqlacache_tests::redis::require_shared_redis();
+    let db = TestDb::with_schema(SETTINGS).await;
+    let prefix = sqlacache_tests::redis::unique_prefix("jsonb");
+    let build = || {
+        sqlacache_tests::builder(db.pool.clone())
+            .model::<Setting>()
+            .redis(&sqlacache_tests::redis::redis_url())
+            .key_prefix(&prefix)
+            .memory_capacity(0)
+            .redis_timeout(std::time::Duration::from_secs(5))
+            .build()
+    };
+    let (a, b) = (build().await.unwrap(), build().await.unwrap());
+    sqlacache_tests::redis::tiers_ready(&[&a, &b]).await;
+    let raw: Vec<Setting> = sqlx::query_as("SELECT * FROM settings ORDER BY id").fetch_all(&db.pool).await.unwrap();
+    assert_eq!(settings(&a).await, raw);
+    // The other pool's value reaches Redis off its caller's path.
+    let start = std::time::Instant::now();
+    while b.stats().redis_hits == 0 {
+        assert_eq!(settings(&b).await, raw);
+        assert!(start.elapsed() < std::time::Duration::from_secs(30), "never a Redis hit: {:?}", b.stats());
+    }
+    assert_eq!(b.stats().corrupt_entries, 0);
+}
 #[derive(Debug, PartialEq, sqlx::FromRow, Serialize, Deserialize, Cacheable)]
 #[sqlx(rename_all = "camelCase")]
 #[cache(table = "accounts")]

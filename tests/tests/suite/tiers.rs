@@ -743,7 +743,7 @@ async fn a_value_in_redis_that_does_not_decode_is_a_miss_and_is_replaced() {
         let (_, keys): (String, Vec<String>) = raw
             .custom(
                 fred::cmd!("SCAN"),
-                vec!["0".to_owned(), "MATCH".into(), format!("{prefix}:*:v:*"), "COUNT".into(), "1000000".into()],
+                vec!["0".to_owned(), "MATCH".into(), format!("{prefix}:*:b:*"), "COUNT".into(), "1000000".into()],
             )
             .await
             .unwrap();
