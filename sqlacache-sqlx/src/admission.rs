@@ -3,6 +3,7 @@
 
 use crate::plan::{Plan, ReadPlan};
 use crate::schema::Schema;
+use crate::statements::Counters;
 use sqlacache_core::analyze::ReadOp;
 use sqlacache_core::{Ops, Stats, Uncached};
 
@@ -40,10 +41,11 @@ pub(crate) fn op_of(op: ReadOp) -> Ops {
 }
 
 /// Counts a read not cached for `reason` and says so at debug level, naming the statement
-/// (shortened) and the row type, so "which query is never cached?" has an answer in the logs.
+/// (shortened) and the row type, here and in the statement's counters, so "which query is never cached?" has an answer in the logs.
 /// `type_name` is the type read (`Vec<Row>`, `Option<Row>` or `Row`): the event names `Row`.
-pub(crate) fn not_cached(stats: &Stats, reason: Uncached, sql: &str, type_name: &str) {
+pub(crate) fn not_cached(stats: &Stats, counters: &Counters, reason: Uncached, sql: &str, type_name: &str) {
     stats.bypass(reason);
+    counters.bypass(reason);
     let row = ["alloc::vec::Vec<", "core::option::Option<"]
         .into_iter()
         .find_map(|wrapper| type_name.strip_prefix(wrapper)?.strip_suffix('>'))

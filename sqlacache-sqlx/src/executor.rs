@@ -115,7 +115,8 @@ pub(crate) fn run<'e>(
             }
             if plan.read.is_ok() && !filling {
                 // A read through sqlx's own API: the cache cannot know its row type.
-                not_cached(engine.stats(), sqlacache_core::Uncached::PlainSqlx, prepared.sql.as_str(), "");
+                let reason = sqlacache_core::Uncached::PlainSqlx;
+                not_cached(engine.stats(), &plan.counters, reason, prepared.sql.as_str(), "");
             }
             let mut track_rows = false;
             if let WritePlan::Writes(w) = &plan.write {

@@ -70,6 +70,40 @@ impl CachedPool {
         snapshot
     }
 
+    /// What the cache would do with a read statement, without running it: whether it is
+    /// cached and, if not, why (the reason [`stats`](Self::stats) counts), the operation it
+    /// counts as, the tables it reads, what invalidates it and the TTL. The statement is
+    /// planned as a first read would plan it (parsed, and PostgreSQL asked what it depends on).
+    ///
+    /// ```no_run
+    /// # async fn demo(cache: &sqlacache_sqlx::CachedPool) -> Result<(), sqlacache_sqlx::Error> {
+    /// let explained = cache.explain("SELECT * FROM orders WHERE customer_id = $1").await?;
+    /// println!("{explained}");
+    /// // cached as FETCH for 900s; reads public.orders
+    /// //   invalidated by public.orders.customer_id in ($1): a write of a row with one of these values, before or after
+    /// # Ok(()) }
+    /// ```
+    pub async fn explain(&self, sql: &str) -> Result<crate::Explain, Error> {
+        Ok(crate::explain::Explain::of(&self.engine, sql).await?)
+    }
+
+    /// What each read statement did, busiest first (by hits, misses, bypasses and degraded
+    /// reads together): the hot query that is never cached, and why, is here. Bounded: the
+    /// statements the planner keeps (up to 4,096 SQL texts); writes and statements never read
+    /// through the cache's typed calls or the pool are left out.
+    ///
+    /// ```no_run
+    /// # fn demo(cache: &sqlacache_sqlx::CachedPool) {
+    /// for s in cache.statements().iter().take(10) {
+    ///     println!("{:>8} hits {:>8} misses {:>8} bypassed {:?} saved {:?}: {}",
+    ///         s.hits, s.misses, s.bypassed, s.reasons(), s.time_saved(), s.sql);
+    /// }
+    /// # }
+    /// ```
+    pub fn statements(&self) -> Vec<crate::StatementStats> {
+        self.engine.planner.statements()
+    }
+
     /// Bytes held by cached entries (by the store's weight formula) and the number of entries.
     pub fn memory_usage(&self) -> (u64, usize) {
         (self.engine.store().weight(), self.engine.store().len())

@@ -48,6 +48,7 @@ mod config;
 mod engine;
 mod error;
 mod executor;
+mod explain;
 mod feed;
 mod flight;
 mod handle;
@@ -66,6 +67,7 @@ mod remote;
 mod row;
 mod rowkey;
 mod schema;
+mod statements;
 mod strict;
 mod tasks;
 #[cfg(feature = "test-hooks")]
@@ -81,6 +83,7 @@ mod write;
 pub use builder::CachedPoolBuilder;
 pub use cacheable::Cacheable;
 pub use error::{Cause, Error};
+pub use explain::Explain;
 pub use feed::FeedSql;
 pub use handle::CachedPool;
 pub use model::Model;
@@ -88,6 +91,7 @@ pub use query::{query_as, query_scalar, CachedMap, CachedQueryAs, CachedQuerySca
 pub use row::{CachedRow, Storable};
 pub use sqlacache_core::{Ops, StatsSnapshot, Uncached};
 pub use sqlacache_derive::{Cacheable, CachedRow};
+pub use statements::StatementStats;
 pub use strict::Consistency;
 pub use transaction::{CachedConnection, CachedTransaction};
 

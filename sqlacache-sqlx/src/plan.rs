@@ -2,7 +2,8 @@
 //! configuration. Plans are memoized per SQL string and catalog generation.
 
 use crate::catalog::{Actions, Catalog, TableInfo};
-use crate::predicate::{read_deps, reported, ReadDeps};
+use crate::predicate::{read_deps, reported, whole_table, ReadDeps};
+use crate::statements::Counters;
 use sqlacache_core::analyze::{Analysis, Effect, Reach, ReadOp, RowSource, TableName, WriteKind};
 use sqlacache_core::key::{column_id, SqlDigest};
 use sqlacache_core::{Ops, Tag, Uncached};
@@ -31,6 +32,9 @@ pub(crate) struct Plan {
     /// kind is not known to leave the session alone ([`Reach::session`]), or it calls a function
     /// not known to (see [`Catalog::leaves_session_alone`]).
     pub taints: bool,
+    /// What its reads did, shared by every copy of the plan and carried over to the next plan
+    /// of the same text.
+    pub counters: Arc<Counters>,
 }
 
 impl Plan {
@@ -44,6 +48,7 @@ impl Plan {
             ddl: true,
             reach: Reach::unknown(),
             taints: true,
+            counters: Arc::default(),
         }
     }
 }
@@ -149,6 +154,7 @@ pub(crate) fn plan(sql: &str, analysis: &Analysis, cx: &Context<'_>) -> (Plan, U
         taints: analysis.reach.session
             || !analysis.functions.iter().all(|f| cx.catalog.leaves_session_alone(f))
             || !writes_plain_tables(&analysis.effect, cx),
+        counters: Arc::default(),
     };
     (plan, Unresolved(unresolved))
 }
@@ -219,7 +225,8 @@ fn plan_read(
     let deps = if cx.predicates {
         read_deps(&tables, &read.tables, read.filters.as_ref(), cx.catalog)
     } else {
-        ReadDeps { fixed: deps.into(), narrowed: Vec::new() }
+        let described = tables.iter().map(|t| whole_table(t)).collect();
+        ReadDeps { fixed: deps.into(), narrowed: Vec::new(), described }
     };
     Ok(ReadPlan {
         op: read.op,

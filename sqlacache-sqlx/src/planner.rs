@@ -5,6 +5,7 @@
 use crate::catalog::TableInfo;
 use crate::plan::{self, Context, Plan};
 use crate::schema::Schema;
+use crate::statements::StatementStats;
 use sqlacache_core::analyze::{analyze, TableName};
 use sqlacache_core::{Stats, Uncached};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -65,6 +66,15 @@ pub(crate) struct Planner {
 }
 
 impl Planner {
+    /// The statistics of the memoized statements that were read through the cache, busiest
+    /// first.
+    pub fn statements(&self) -> Vec<StatementStats> {
+        let mut all: Vec<StatementStats> =
+            self.plans.iter().filter_map(|(sql, plan)| plan.counters.snapshot(&sql)).collect();
+        all.sort_by(|a, b| b.calls().cmp(&a.calls()).then_with(|| a.sql.cmp(&b.sql)));
+        all
+    }
+
     pub fn new(feed: bool, predicates: bool) -> Planner {
         Planner {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -146,6 +156,9 @@ impl Planner {
                 }
             }
             schema.note_missing(&catalog, fresh_names, stats);
+            if let Some(before) = self.plans.peek(sql) {
+                plan.counters = before.counters.clone();
+            }
             let plan = Arc::new(plan);
             self.plans.insert(sql.to_owned(), plan.clone());
             return Ok(plan);

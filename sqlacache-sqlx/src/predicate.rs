@@ -98,6 +98,8 @@ pub(crate) struct Narrowed {
 pub(crate) struct ReadDeps {
     pub fixed: Box<[Tag]>,
     pub narrowed: Vec<Narrowed>,
+    /// What it depends on, in words, for [`CachedPool::explain`](crate::CachedPool::explain).
+    pub described: Vec<String>,
 }
 
 impl ReadDeps {
@@ -135,6 +137,7 @@ pub(crate) fn read_deps(
 ) -> ReadDeps {
     let mut fixed = Vec::new();
     let mut narrowed = Vec::new();
+    let mut described = Vec::new();
     let pins = filters.map(|f| pins(f, catalog)).unwrap_or_default();
     for table in tables {
         let occurrences = names.iter().filter(|n| catalog.resolve(n).is_some_and(|t| t.oid == table.oid)).count();
@@ -142,6 +145,7 @@ pub(crate) fn read_deps(
             pins.iter().filter(|(oid, _)| *oid == Some(table.oid)).map(|(_, pin)| pin).collect();
         if sources.is_empty() || sources.len() != occurrences || sources.iter().any(|p| p.is_none()) {
             fixed.push(Tag::Table(table.oid));
+            described.push(whole_table(table));
             continue;
         }
         fixed.push(Tag::Rows(table.oid));
@@ -151,22 +155,50 @@ pub(crate) fn read_deps(
                 fixed.push(whole);
             }
             let mut params = Vec::new();
+            let mut words = Vec::new();
             for value in values {
                 match value {
-                    Operand::Param(n) => params.push((*n, false)),
-                    Operand::ParamList(n) => params.push((*n, true)),
+                    Operand::Param(n) => {
+                        params.push((*n, false));
+                        words.push(format!("${n}"));
+                    }
+                    Operand::ParamList(n) => {
+                        params.push((*n, true));
+                        words.push(format!("any of ${n}"));
+                    }
                     literal => match kind.literal(literal) {
-                        Some(text) => fixed.push(Tag::Row(value_id(table.oid, column, text.as_deref()))),
-                        None => fixed.push(Tag::Table(table.oid)),
+                        Some(text) => {
+                            fixed.push(Tag::Row(value_id(table.oid, column, text.as_deref())));
+                            words.push(match text {
+                                None => "NULL".to_owned(),
+                                Some(t) if *kind == ValueKind::Int => t,
+                                Some(t) => format!("'{}'", t.replace('\'', "''")),
+                            });
+                        }
+                        None => {
+                            fixed.push(Tag::Table(table.oid));
+                            described.push(whole_table(table));
+                        }
                     },
                 }
             }
+            described.push(format!(
+                "{}.{} in ({}): a write of a row with one of these values, before or after",
+                table.qualified(),
+                crate::catalog::quote_ident(column),
+                words.join(", ")
+            ));
             if !params.is_empty() {
                 narrowed.push(Narrowed { table: table.oid, column: column.clone(), kind: *kind, params });
             }
         }
     }
-    ReadDeps { fixed: fixed.into(), narrowed }
+    ReadDeps { fixed: fixed.into(), narrowed, described }
+}
+
+/// A dependency on every write to `table`, in words.
+pub(crate) fn whole_table(table: &TableInfo) -> String {
+    format!("{}: any write", table.qualified())
 }
 
 /// The tracked column a source is pinned by, its kind, and the values it is pinned to.

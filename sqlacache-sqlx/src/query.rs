@@ -85,10 +85,10 @@ where
             let ReadKey { key, args } = key.expect("decided");
             // The tags are worked out from the arguments only when the read is filled.
             let fill = || (read.deps.tags(&args), FILLING.scope(plan.clone(), fill()));
-            cached_read(engine, key.finish(&read.sql, kind), read.ttl, fill).await
+            cached_read(engine, &plan.counters, key.finish(&read.sql, kind), read.ttl, fill).await
         }
         Err(reason) => {
-            not_cached(engine.stats(), reason, sql, std::any::type_name::<R>());
+            not_cached(engine.stats(), &plan.counters, reason, sql, std::any::type_name::<R>());
             Box::pin(FILLING.scope(plan.clone(), fill())).await
         }
     }

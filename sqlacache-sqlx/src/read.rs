@@ -9,12 +9,13 @@ use crate::registry::ModelOf;
 use crate::row::CachedRow;
 use crate::row::Stored;
 use crate::rowkey::row_of;
+use crate::statements::Counters;
 use sqlacache_core::key::{Key, KeyBuilder};
 use sqlacache_core::{Ops, Tag, Uncached};
 use sqlx::postgres::PgArguments;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Distinguishes the kinds of cached call in a key, since they store different shapes.
 pub(crate) mod kind {
@@ -65,10 +66,10 @@ pub(crate) async fn get<T: Cacheable>(engine: &Engine, key: T::Key) -> Result<Op
         Ok((read, single)) => {
             let id = key_hash.finish(&read.sql, kind::GET);
             let fill = || (deps(single, &key), fetch(key));
-            cached_read(engine, id, read.ttl, fill).await
+            cached_read(engine, &plan.counters, id, read.ttl, fill).await
         }
         Err(reason) => {
-            not_cached(engine.stats(), reason, model.get_sql, std::any::type_name::<T>());
+            not_cached(engine.stats(), &plan.counters, reason, model.get_sql, std::any::type_name::<T>());
             Box::pin(fetch(key)).await
         }
     }
@@ -93,6 +94,7 @@ pub(crate) async fn get<T: Cacheable>(engine: &Engine, key: T::Key) -> Result<Op
 /// and then look in the stores, where they find its value only if it was accepted.
 pub(crate) async fn cached_read<R, D, F, Fut>(
     engine: &Engine,
+    counters: &Counters,
     key: Key,
     ttl: Duration,
     fill: F,
@@ -107,6 +109,7 @@ where
     if !engine.feed_trusted() {
         // Writes made elsewhere may not have been heard: neither tier can be trusted.
         stats.degrade();
+        counters.degrade();
         return Box::pin(fill().1).await;
     }
     let local = engine.tiers.local_trusted();
@@ -116,6 +119,7 @@ where
             match R::decode(entry.bytes()) {
                 Some(value) => {
                     stats.hit();
+                    counters.hit();
                     if waited {
                         stats.coalesce();
                     }
@@ -161,6 +165,8 @@ where
                     Some(value) => {
                         stats.hit();
                         stats.redis_hit();
+                        counters.hit();
+                        counters.redis_hit();
                         if waited {
                             stats.coalesce();
                         }
@@ -181,7 +187,9 @@ where
             }
         }
     }
+    let started = Instant::now();
     let value = Box::pin(fill).await?;
+    let took = started.elapsed();
     #[cfg(feature = "test-hooks")]
     if let Some(hook) = &engine.fill_hook {
         hook(crate::engine::FillPoint::Read).await;
@@ -189,6 +197,7 @@ where
     match value.encode() {
         Some(bytes) => {
             stats.miss();
+            counters.miss(took);
             #[cfg(feature = "redis")]
             if let (Some(remote), Some(epochs)) = (&engine.tiers.remote, epochs) {
                 // Waiters look once it is stored there.
@@ -203,7 +212,7 @@ where
             }
         }
         None => {
-            not_cached(stats, Uncached::Unstorable, "", std::any::type_name::<R>());
+            not_cached(stats, counters, Uncached::Unstorable, "", std::any::type_name::<R>());
             warn_once_per_type(
                 std::any::type_name::<R>(),
                 "values of this type do not read back as themselves from postcard or JSON (a float that is NaN \

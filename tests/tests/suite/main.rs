@@ -5,6 +5,7 @@ mod bounded;
 mod change_feed;
 mod config;
 mod dependencies;
+mod explain;
 mod fleet;
 mod freshness;
 mod interleavings;

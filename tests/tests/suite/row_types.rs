@@ -171,6 +171,8 @@ async fn jsonb_rows_are_shared_through_redis() {
         assert!(start.elapsed() < std::time::Duration::from_secs(30), "never a Redis hit: {:?}", b.stats());
     }
     assert_eq!(b.stats().corrupt_entries, 0);
+    let statement = b.statements().into_iter().find(|s| s.sql == "SELECT * FROM settings ORDER BY id").unwrap();
+    assert_eq!(statement.redis_hits, b.stats().redis_hits, "{statement:?}");
 }
 #[derive(Debug, PartialEq, sqlx::FromRow, Serialize, Deserialize, Cacheable)]
 #[sqlx(rename_all = "camelCase")]
