@@ -56,6 +56,20 @@ pub struct StatsSnapshot {
     /// Strict writes that returned at their deadline: a member did not acknowledge in time (it
     /// was frozen, slow, partitioned or gone), or the bus does not know its members.
     pub strict_deadlines: u64,
+    /// Hits answered with an entry past its TTL but within its table's stale-while-revalidate
+    /// window, while one refresh ran in the background (also counted in `hits`).
+    pub stale_hits: u64,
+    /// Reads answered with an entry past its TTL because PostgreSQL failed and the table allows
+    /// stale-if-error (also counted in `hits`).
+    pub stale_if_error: u64,
+    /// Sampled hits that the shadow check read again from PostgreSQL and found equal.
+    pub verified: u64,
+    /// Sampled hits that the shadow check found different from PostgreSQL while still served
+    /// (each logged with its SQL and key at `warn` level, and its entry invalidated).
+    pub verify_mismatches: u64,
+    /// Invalidations heard on the change feed (writes made outside every pool) and applied
+    /// here (also counted in `invalidations`).
+    pub feed_invalidations: u64,
 }
 
 /// Every counter by name, and the reads not cached by reason (those with a count).
@@ -87,6 +101,11 @@ impl std::fmt::Debug for StatsSnapshot {
             .field("received", &self.received)
             .field("tier_drops", &self.tier_drops)
             .field("strict_deadlines", &self.strict_deadlines)
+            .field("stale_hits", &self.stale_hits)
+            .field("stale_if_error", &self.stale_if_error)
+            .field("verified", &self.verified)
+            .field("verify_mismatches", &self.verify_mismatches)
+            .field("feed_invalidations", &self.feed_invalidations)
             .finish()
     }
 }
@@ -211,7 +230,7 @@ pub struct Stats {
 
 const STRIPES: usize = 16;
 /// The named counters, then one per [`Uncached`] reason.
-const NAMED: usize = 16;
+const NAMED: usize = 21;
 const COUNTERS: usize = NAMED + Uncached::COUNT;
 
 /// One thread's share of the counters, alone on its cache lines.
@@ -285,6 +304,11 @@ counters! {
     13: publish => published,
     14: receive => received,
     15: tier_drop => tier_drops,
+    16: stale_hit => stale_hits,
+    17: stale_on_error => stale_if_error,
+    18: verify_equal => verified,
+    19: verify_mismatch => verify_mismatches,
+    20: feed_invalidation => feed_invalidations,
 }
 
 impl Stats {

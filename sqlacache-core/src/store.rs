@@ -138,6 +138,9 @@ impl Deps {
 pub struct Entry {
     stamp: u64,
     expires: Instant,
+    /// Until when the entry is kept past `expires` (the table's stale windows), still subject
+    /// to every invalidation; `expires` when it has none.
+    keep: Instant,
     deps: Deps,
     bytes: Value,
 }
@@ -172,6 +175,11 @@ impl Entry {
     /// The serialized value.
     pub fn bytes(&self) -> &[u8] {
         self.bytes.as_slice()
+    }
+
+    /// How long ago its TTL ran out (zero while it has not).
+    pub fn expired_for(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.expires)
     }
 }
 
@@ -250,16 +258,26 @@ impl MemoryStore {
         self.seq.load(SeqCst)
     }
 
-    /// A fresh, unexpired entry, or `None`. Stale and expired entries are removed.
+    /// A fresh, unexpired entry, or `None`. Stale entries are removed, and expired ones past
+    /// the time they are kept for.
     pub fn get(&self, key: Key) -> Option<Entry> {
         let entry = self.entries.get(&key.0)?;
         if self.is_live(&entry, Instant::now()) {
             Some(entry)
         } else {
             // Unless a fresh fill replaced it meanwhile.
-            self.entries.remove_if(&key.0, |e| !self.is_live(e, Instant::now()));
+            self.entries.remove_if(&key.0, |e| !self.is_fresh(e) || e.keep <= Instant::now());
             None
         }
+    }
+
+    /// An entry whose TTL ran out but which is still kept (see [`MemoryStore::put_keeping`])
+    /// and was not invalidated: the same check of its tags as [`MemoryStore::get`], only not of
+    /// its TTL.
+    pub fn get_expired(&self, key: Key) -> Option<Entry> {
+        let entry = self.entries.get(&key.0)?;
+        let now = Instant::now();
+        (entry.expires <= now && entry.keep > now && self.is_fresh(&entry)).then_some(entry)
     }
 
     fn is_live(&self, entry: &Entry, now: Instant) -> bool {
@@ -269,6 +287,21 @@ impl MemoryStore {
     /// Stores a value filled from the database. Returns `false`, storing nothing, when one of
     /// `deps` was invalidated after `stamp` was taken (the value may predate that write).
     pub fn put(&self, key: Key, deps: &[Tag], stamp: u64, ttl: Duration, bytes: Vec<u8>) -> bool {
+        self.put_keeping(key, deps, stamp, ttl, Duration::ZERO, bytes)
+    }
+
+    /// [`MemoryStore::put`], keeping the entry for `keep` past its TTL, for
+    /// [`MemoryStore::get_expired`]: stale-while-revalidate and stale-if-error. Invalidations
+    /// reach it as before; only its expiry is extended.
+    pub fn put_keeping(
+        &self,
+        key: Key,
+        deps: &[Tag],
+        stamp: u64,
+        ttl: Duration,
+        keep: Duration,
+        bytes: Vec<u8>,
+    ) -> bool {
         let deps: Vec<Dep> = deps
             .iter()
             .filter_map(|tag| match *tag {
@@ -279,7 +312,8 @@ impl MemoryStore {
             })
             .collect();
         let expires = Instant::now().checked_add(ttl).unwrap_or_else(far_future);
-        let entry = Entry { stamp, expires, deps: Deps::new(&deps), bytes: Value::new(bytes) };
+        let keep = expires.checked_add(keep).unwrap_or(expires);
+        let entry = Entry { stamp, expires, keep, deps: Deps::new(&deps), bytes: Value::new(bytes) };
         if !self.is_fresh(&entry) {
             return false;
         }

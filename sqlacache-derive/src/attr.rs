@@ -16,6 +16,10 @@ pub struct Model<'a> {
     pub table: String,
     pub ops: u8,
     pub ttl: Option<u64>,
+    /// `swr = seconds`: the stale-while-revalidate window.
+    pub swr: Option<u32>,
+    /// `stale_if_error = seconds`.
+    pub stale_if_error: Option<u32>,
     pub pk: Vec<PkField<'a>>,
 }
 
@@ -99,6 +103,8 @@ impl<'a> Model<'a> {
         let mut table = None;
         let mut ops = None;
         let mut ttl = None;
+        let mut swr = None;
+        let mut stale_if_error = None;
         for attr in input.attrs.iter().filter(|a| a.path().is_ident("cache")) {
             let result = attr.parse_nested_meta(|meta| {
                 if meta.path.is_ident("table") {
@@ -131,8 +137,23 @@ impl<'a> Model<'a> {
                         return Err(syn::Error::new_spanned(&lit, "ttl must be at least 1 second"));
                     }
                     ttl = Some(secs);
+                } else if meta.path.is_ident("swr") || meta.path.is_ident("stale_if_error") {
+                    let name = if meta.path.is_ident("swr") { "swr" } else { "stale_if_error" };
+                    let lit: LitInt = meta.value()?.parse().map_err(|e| {
+                        syn::Error::new(
+                            e.span(),
+                            format!("{name} must be a whole number of seconds, e.g. `{name} = 30`"),
+                        )
+                    })?;
+                    let secs: u32 = lit.base10_parse()?;
+                    if name == "swr" {
+                        swr = Some(secs)
+                    } else {
+                        stale_if_error = Some(secs)
+                    }
                 } else {
-                    return Err(meta.error("unknown cache attribute; expected `table`, `ops` or `ttl`"));
+                    return Err(meta
+                        .error("unknown cache attribute; expected `table`, `ops`, `ttl`, `swr` or `stale_if_error`"));
                 }
                 Ok(())
             });
@@ -185,7 +206,15 @@ impl<'a> Model<'a> {
                 "missing primary key: mark the key field(s) with `#[cache(pk)]`",
             ));
         }
-        errors.finish(|| Model { row, table: table.expect("checked"), ops: ops.unwrap_or(15), ttl, pk })
+        errors.finish(|| Model {
+            row,
+            table: table.expect("checked"),
+            ops: ops.unwrap_or(15),
+            ttl,
+            swr,
+            stale_if_error,
+            pk,
+        })
     }
 }
 

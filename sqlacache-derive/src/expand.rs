@@ -39,10 +39,13 @@ pub fn expand_model(input: &DeriveInput, model: &Model<'_>) -> TokenStream {
     let ident = &input.ident;
     let table = &model.table;
     let ops = model.ops;
-    let ttl = match model.ttl {
-        Some(secs) => quote!(::core::option::Option::Some(#secs)),
-        None => quote!(::core::option::Option::None),
-    };
+    fn seconds<T: quote::ToTokens>(secs: Option<T>) -> TokenStream {
+        match secs {
+            Some(secs) => quote!(::core::option::Option::Some(#secs)),
+            None => quote!(::core::option::Option::None),
+        }
+    }
+    let (ttl, swr, stale_if_error) = (seconds(model.ttl), seconds(model.swr), seconds(model.stale_if_error));
     let columns: Vec<&str> = model.pk.iter().map(|p| p.column.as_str()).collect();
     let get_sql = get_sql(table, &columns);
     let fingerprint = fingerprint(input, &model.row);
@@ -66,6 +69,8 @@ pub fn expand_model(input: &DeriveInput, model: &Model<'_>) -> TokenStream {
                 primary_key: &[#(#columns),*],
                 ops: ::sqlacache_sqlx::Ops::from_bits(#ops),
                 ttl_secs: #ttl,
+                swr_secs: #swr,
+                stale_if_error_secs: #stale_if_error,
                 fingerprint: #fingerprint,
                 get_sql: #get_sql,
             };

@@ -28,7 +28,9 @@ use syn::{parse_macro_input, DeriveInput};
 ///
 /// Container attributes: `table = "name"` (required; may be schema-qualified), `ops(..)` with
 /// any of `get`, `fetch`, `count`, `exists`, `all` (default: all), `ttl = seconds` (default: the
-/// pool's default TTL). Field attributes: `pk` marks a primary-key column (several make a
+/// pool's default TTL), `swr = seconds` and `stale_if_error = seconds` (how long past its TTL an
+/// entry that was not invalidated may still be served while a background read refreshes it, or
+/// while PostgreSQL fails; default: not at all). Field attributes: `pk` marks a primary-key column (several make a
 /// composite key, declared in the order of the table's `PRIMARY KEY`, which `build()` checks);
 /// `column = "name"` names the column when it differs from the
 /// field (`#[sqlx(rename = "..")]` is honoured too).

@@ -2,7 +2,7 @@
 
 use crate::cacheable::Cacheable;
 use crate::catalog::Catalog;
-use crate::config::{Config, TableConfig};
+use crate::config::{Config, StaleConfig, TableConfig};
 use crate::engine::Engine;
 use crate::error::Cause;
 use crate::error::Error;
@@ -47,6 +47,7 @@ use std::time::Duration;
 pub struct CachedPoolBuilder {
     pool: PgPool,
     tables: Vec<TableConfig>,
+    stale: Vec<StaleConfig>,
     disabled: Vec<(TableName, String)>,
     models: Vec<u64>,
     default_ttl: Duration,
@@ -60,6 +61,13 @@ pub struct CachedPoolBuilder {
     prefix: String,
     feed: FeedMode,
     predicates: bool,
+    /// The fraction of hits the shadow check reads again.
+    verify: f64,
+    /// Whether spans carry the SQL text.
+    trace_text: bool,
+    /// How often the counters are copied into the `metrics` facade.
+    #[cfg(feature = "metrics")]
+    metrics_every: Duration,
     #[cfg(feature = "test-hooks")]
     pub(crate) fill_hook: Option<crate::engine::FillHook>,
     #[cfg(feature = "test-hooks")]
@@ -98,6 +106,7 @@ impl CachedPoolBuilder {
         CachedPoolBuilder {
             pool,
             tables: Vec::new(),
+            stale: Vec::new(),
             disabled: Vec::new(),
             models: Vec::new(),
             default_ttl: Duration::from_secs(3600),
@@ -109,6 +118,10 @@ impl CachedPoolBuilder {
             prefix: "sqlacache".to_owned(),
             feed: FeedMode::Off,
             predicates: true,
+            verify: 0.0,
+            trace_text: false,
+            #[cfg(feature = "metrics")]
+            metrics_every: Duration::from_secs(1),
             #[cfg(feature = "test-hooks")]
             fill_hook: None,
             #[cfg(feature = "test-hooks")]
@@ -134,6 +147,52 @@ impl CachedPoolBuilder {
     pub fn table(mut self, name: &str, ops: Ops, ttl: Duration) -> Self {
         self.tables.push(TableConfig::table(name, ops, ttl));
         self
+    }
+
+    /// Lets an entry of reads of this table (by SQL name) be served for up to `window` past its
+    /// TTL while one read refreshes it in the background: the first read that finds it expired
+    /// starts the refresh, and every read meanwhile gets the expired entry at once. An entry a
+    /// write **invalidated** is never served, in any tier; only expiry is softened. A read of
+    /// several tables takes the smallest window. Overrides a model's `#[cache(swr = ..)]`.
+    /// Default: none (an expired entry is a miss).
+    ///
+    /// Applies to the in-process tier and to `get`, `query_as` and `query_scalar` (a
+    /// `query_as!` read has no owned copy of its arguments to refresh with, so it misses).
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: sqlx::PgPool) -> Result<(), sqlacache_sqlx::Error> {
+    /// use std::time::Duration;
+    /// let cache = sqlacache_sqlx::CachedPool::builder(pool)
+    ///     .stale_while_revalidate("products", Duration::from_secs(30))
+    ///     .stale_if_error("products", Duration::from_secs(600))
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn stale_while_revalidate(mut self, table: &str, window: Duration) -> Self {
+        self.stale_window(table).revalidate = Some(window);
+        self
+    }
+
+    /// Lets an entry of reads of this table be served for up to `window` past its TTL while
+    /// PostgreSQL fails: when the read that would refresh it gets a connection error (I/O, TLS,
+    /// pool timeout, a server shutting down or refusing connections, too many connections). Any
+    /// other error (a permission revoked, a dropped column) is returned as it is. An
+    /// invalidated entry is never served. Overrides a model's `#[cache(stale_if_error = ..)]`.
+    /// Default: none.
+    pub fn stale_if_error(mut self, table: &str, window: Duration) -> Self {
+        self.stale_window(table).if_error = Some(window);
+        self
+    }
+
+    fn stale_window(&mut self, table: &str) -> &mut StaleConfig {
+        self.stale.push(StaleConfig {
+            name: TableName::parse(table),
+            written: table.to_owned(),
+            revalidate: None,
+            if_error: None,
+        });
+        self.stale.last_mut().expect("just pushed")
     }
 
     /// Never caches reads of this table, whatever else configures it (its writes still
@@ -254,6 +313,46 @@ impl CachedPoolBuilder {
         self
     }
 
+    /// Puts the SQL text of each statement in the `db.query.text` attribute of the pool's
+    /// `tracing` spans (`sqlacache.fill` for a miss's read, `sqlacache.write` for a write).
+    /// Default: off, since SQL text can hold values an application would not log. The spans,
+    /// at debug level on target `sqlacache`, always carry `db.system.name` (`postgresql`) and
+    /// `db.operation.name`, as OpenTelemetry names them; `sqlacache.invalidate` (the delivery
+    /// of a write's invalidation to Redis and the other processes) carries `sqlacache.tags`.
+    pub fn trace_query_text(mut self, on: bool) -> Self {
+        self.trace_text = on;
+        self
+    }
+
+    /// Checks a sampled `fraction` of hits (0 to 1) against PostgreSQL: each sampled hit is read
+    /// again from PostgreSQL on a task of its own, off the caller's path, and compared with what
+    /// was served. A difference that lasts (after a second, the entry is still served and a
+    /// second read still differs, so a write through the pool that was on its way is not taken
+    /// for one) is counted in [`StatsSnapshot::verify_mismatches`](crate::StatsSnapshot),
+    /// logged at `warn` level with the SQL and the key, and what the entry depends on is
+    /// invalidated in every tier and process. Equal ones are counted in `verified`. Default: 0
+    /// (off). Applies to hits of `get`, `query_as` and `query_scalar` in either tier.
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: sqlx::PgPool) -> Result<(), sqlacache_sqlx::Error> {
+    /// let cache = sqlacache_sqlx::CachedPool::builder(pool).verify_sample(0.01).build().await?;
+    /// // later: cache.stats().verify_mismatches should stay 0
+    /// # Ok(()) }
+    /// ```
+    pub fn verify_sample(mut self, fraction: f64) -> Self {
+        self.verify = fraction;
+        self
+    }
+
+    /// How often the pool's counters are copied into the [`metrics`](https://docs.rs/metrics)
+    /// facade (feature `metrics`; see [`CachedPool::record_metrics`] for the metrics). `ZERO`
+    /// copies them only when `record_metrics` is called. Default: every second.
+    #[cfg(feature = "metrics")]
+    pub fn metrics_every(mut self, every: Duration) -> Self {
+        self.metrics_every = every;
+        self
+    }
+
     /// Listens to a change feed in PostgreSQL, so that writes made outside this pool (other
     /// services, `psql`, migrations, `cache.inner()`) invalidate what they change, and installs
     /// it on the configured tables (those of `.table(..)` and `.model::<T>()`, with their
@@ -294,7 +393,13 @@ impl CachedPoolBuilder {
     /// The SQL that installs (and removes) the change feed on the tables configured so far,
     /// for a migration tool; see [`FeedSql`]. Fails if a configured table does not exist.
     pub async fn change_feed_sql(&self) -> Result<FeedSql, Error> {
-        let config = Config::new(self.tables.clone(), self.disabled.clone(), self.default_ttl, self.wildcard);
+        let config = Config::new(
+            self.tables.clone(),
+            self.stale.clone(),
+            self.disabled.clone(),
+            self.default_ttl,
+            self.wildcard,
+        );
         let catalog = Catalog::load(&self.pool, 1).await?;
         config.check(&catalog, &self.pool).await?;
         Ok(feed_sql(&fed_tables(&catalog, &configured(&config, &catalog))))
@@ -351,7 +456,7 @@ impl CachedPoolBuilder {
     /// ```
     pub async fn build(mut self) -> Result<CachedPool, Error> {
         let local = local_tier(self.capacity, &mut self);
-        let config = Config::new(self.tables, self.disabled, self.default_ttl, self.wildcard);
+        let config = Config::new(self.tables, self.stale, self.disabled, self.default_ttl, self.wildcard);
         let mut catalog = Catalog::load(&self.pool, 1).await?;
         config.check(&catalog, &self.pool).await?;
         let feed = match self.feed {
@@ -403,6 +508,9 @@ impl CachedPoolBuilder {
         let schema = Schema::new(self.pool.clone(), config, catalog);
         #[cfg_attr(not(feature = "test-hooks"), allow(unused_mut))]
         let mut engine = Engine::new(self.pool, schema, Registry::new(&self.models), tiers, feed, self.predicates);
+        engine.shadow = crate::shadow::Sampler::new(self.verify);
+        engine.name = self.prefix.clone();
+        engine.trace_text = self.trace_text;
         #[cfg(feature = "test-hooks")]
         {
             engine.fill_hook = self.fill_hook.take();
@@ -412,7 +520,20 @@ impl CachedPoolBuilder {
             // Cached reads wait for the feed's first heartbeat; a lease at most.
             feed.until_heard(None, self.lease).await;
         }
-        Ok(CachedPool { engine: Arc::new(engine) })
+        let engine = Arc::new(engine);
+        #[cfg(feature = "metrics")]
+        if !self.metrics_every.is_zero() {
+            let (weak, every) = (Arc::downgrade(&engine), self.metrics_every);
+            engine.exporter.spawn(async move {
+                let mut ticks = tokio::time::interval(every);
+                loop {
+                    ticks.tick().await;
+                    let Some(engine) = weak.upgrade() else { return };
+                    crate::telemetry::record(&engine);
+                }
+            });
+        }
+        Ok(CachedPool { engine })
     }
 }
 

@@ -56,7 +56,7 @@ pub trait Cacheable:
     Storable + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Sync + Unpin + 'static
 {
     /// The primary key: the key field's type, or a tuple of them for a composite key.
-    type Key: serde::Serialize + Send + Sync + 'static;
+    type Key: serde::Serialize + Clone + Send + Sync + 'static;
 
     /// The table, key, ops, TTL and fingerprint.
     const MODEL: Model;

@@ -20,6 +20,8 @@ pub(crate) struct TableConfig {
     pub written: String,
     pub ops: Ops,
     pub ttl: Option<Duration>,
+    /// The stale windows a model declares (a table configured by name has none of its own).
+    pub stale: Stale,
     /// `.table("orders", ..)`, or `.model::<User>()`.
     pub source: String,
     /// The declared key, for a model.
@@ -34,6 +36,7 @@ impl TableConfig {
             written: name.to_owned(),
             ops,
             ttl: Some(ttl),
+            stale: Stale::default(),
             source,
             model_key: None,
         }
@@ -46,6 +49,10 @@ impl TableConfig {
             written: model.table.to_owned(),
             ops: model.ops,
             ttl: model.ttl_secs.map(Duration::from_secs),
+            stale: Stale {
+                revalidate: Duration::from_secs(model.swr_secs.unwrap_or(0).into()),
+                if_error: Duration::from_secs(model.stale_if_error_secs.unwrap_or(0).into()),
+            },
             source,
             model_key: Some(model.primary_key),
         }
@@ -62,10 +69,41 @@ fn short_name(path: &str) -> &str {
     path.rsplit("::").next().unwrap_or(path)
 }
 
+/// How long past its TTL an entry that was not invalidated may still be served: while one
+/// background read refreshes it (`revalidate`), or while PostgreSQL fails (`if_error`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Stale {
+    pub revalidate: Duration,
+    pub if_error: Duration,
+}
+
+impl Stale {
+    /// How long past its TTL an entry is kept.
+    pub fn keep(self) -> Duration {
+        self.revalidate.max(self.if_error)
+    }
+
+    /// The windows of a read of several tables: the smallest of each.
+    pub fn min(self, other: Stale) -> Stale {
+        Stale { revalidate: self.revalidate.min(other.revalidate), if_error: self.if_error.min(other.if_error) }
+    }
+}
+
+/// A table's stale windows set on the builder, which override its model's.
+#[derive(Debug, Clone)]
+pub(crate) struct StaleConfig {
+    pub name: TableName,
+    pub written: String,
+    pub revalidate: Option<Duration>,
+    pub if_error: Option<Duration>,
+}
+
 #[derive(Debug)]
 pub(crate) struct Config {
     /// Models first, then `.table(..)` calls, each in call order: the last match wins.
     pub tables: Vec<TableConfig>,
+    /// `.stale_while_revalidate(..)` and `.stale_if_error(..)` calls, in call order.
+    pub stale: Vec<StaleConfig>,
     /// Disabled tables, with the name as written.
     pub disabled: Vec<(TableName, String)>,
     pub default_ttl: Duration,
@@ -75,13 +113,14 @@ pub(crate) struct Config {
 impl Config {
     pub fn new(
         mut tables: Vec<TableConfig>,
+        stale: Vec<StaleConfig>,
         disabled: Vec<(TableName, String)>,
         default_ttl: Duration,
         wildcard: Ops,
     ) -> Config {
         // `.table(..)` overrides the settings of a model of the same table.
         tables.sort_by_key(|t| t.model_key.is_none());
-        Config { tables, disabled, default_ttl, wildcard }
+        Config { tables, stale, disabled, default_ttl, wildcard }
     }
 
     /// The ops and TTL of a table; `None` when nothing of it is cached. A disabled table is
@@ -95,7 +134,20 @@ impl Config {
             Some(t) => (t.ops, t.ttl.unwrap_or(self.default_ttl)),
             None => (self.wildcard, self.default_ttl),
         };
-        (ops != Ops::NONE).then_some(Policy { ops, ttl })
+        // A model's windows, then the builder's for the table, the last call winning.
+        let mut stale = self
+            .tables
+            .iter()
+            .rev()
+            .filter(|t| t.model_key.is_some() && is(&t.name))
+            .map(|t| t.stale)
+            .next()
+            .unwrap_or_default();
+        for set in self.stale.iter().filter(|s| is(&s.name)) {
+            stale.revalidate = set.revalidate.unwrap_or(stale.revalidate);
+            stale.if_error = set.if_error.unwrap_or(stale.if_error);
+        }
+        (ops != Ops::NONE).then_some(Policy { ops, ttl, stale })
     }
 
     /// Checks the configuration against the database. The first mistake is the error.
@@ -105,6 +157,9 @@ impl Config {
         }
         for table in &self.tables {
             Config::check_table(&self.tables, table, catalog, pool).await?;
+        }
+        for set in &self.stale {
+            resolve(catalog, &set.name, &set.written, &format!("the stale window of `{}`", set.written))?;
         }
         for (name, written) in &self.disabled {
             resolve(catalog, name, written, &format!("`.disable_table({written:?})`"))?;

@@ -17,6 +17,7 @@ use crate::plan::Plan;
 use crate::planner::Planner;
 use crate::registry::{ModelOf, Parts, Registry};
 use crate::schema::Schema;
+use crate::shadow::Sampler;
 use crate::tiers::{Delivery, Tiers};
 use sqlacache_core::{MemoryStore, Stats, Tag, Uncached};
 use sqlx::PgPool;
@@ -37,6 +38,8 @@ pub enum FillPoint {
     Stamped,
     /// The database was read; the result is not stored yet.
     Read,
+    /// A background refresh of an entry served stale took its stamp and is about to read.
+    Refreshing,
 }
 
 /// The shared state of one pool.
@@ -48,6 +51,16 @@ pub(crate) struct Engine {
     pub tiers: Arc<Tiers>,
     pub flights: Flights,
     pub feed: Option<Arc<Feed>>,
+    /// Which hits the shadow check reads again, if any (see [`crate::shadow`]).
+    pub shadow: Option<Sampler>,
+    /// Whether spans carry the SQL text (`db.query.text`).
+    pub trace_text: bool,
+    /// The pool's name in metrics: its key prefix.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub name: String,
+    /// The task that copies the counters into the `metrics` facade.
+    #[cfg(feature = "metrics")]
+    pub exporter: crate::tasks::Tasks,
     /// Abandoned writes and commits still running on tasks of their own.
     background: Arc<AtomicUsize>,
     #[cfg(feature = "test-hooks")]
@@ -72,6 +85,11 @@ impl Engine {
             tiers: Arc::new(tiers),
             flights: Flights::default(),
             feed: feed.map(Arc::new),
+            shadow: None,
+            trace_text: false,
+            name: String::new(),
+            #[cfg(feature = "metrics")]
+            exporter: crate::tasks::Tasks::default(),
             background: Arc::default(),
             #[cfg(feature = "test-hooks")]
             fill_hook: None,

@@ -118,6 +118,8 @@ pub(crate) fn run<'e>(
                 let reason = sqlacache_core::Uncached::PlainSqlx;
                 not_cached(engine.stats(), &plan.counters, reason, prepared.sql.as_str(), "");
             }
+            // Before the SQL is rewritten: the span names the caller's statement.
+            let span = (!matches!(plan.write, WritePlan::None)).then(|| write_span(&engine, prepared.sql.as_str()));
             let mut track_rows = false;
             if let WritePlan::Writes(w) = &plan.write {
                 // A session whose role may have changed may not be allowed to read what it writes.
@@ -154,10 +156,47 @@ pub(crate) fn run<'e>(
                     write::in_transaction(&engine, &plan, conn.fetch_many(prepared), state, track_rows, ddl)
                 }
             };
+            let steps: BoxStream<'e, Step> = match span {
+                Some(span) => Box::pin(Traced { span, steps }),
+                None => steps,
+            };
             Ok::<_, sqlx::Error>(steps)
         })
         .try_flatten(),
     )
+}
+
+/// A write's steps inside its `sqlacache.write` span, entered at every poll.
+struct Traced<'e> {
+    span: tracing::Span,
+    steps: BoxStream<'e, Step>,
+}
+
+/// The span of a write: OpenTelemetry's attributes, the SQL text only if the pool says so.
+fn write_span(engine: &Engine, sql: &str) -> tracing::Span {
+    // The statement's first word, as `db.operation.name` wants it.
+    let operation = sql.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
+    let span = tracing::debug_span!(
+        target: "sqlacache",
+        "sqlacache.write",
+        db.system.name = "postgresql",
+        db.operation.name = operation,
+        db.query.text = tracing::field::Empty,
+    );
+    if engine.trace_text {
+        span.record("db.query.text", sql);
+    }
+    span
+}
+
+impl futures_core::Stream for Traced<'_> {
+    type Item = Step;
+
+    fn poll_next(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Step>> {
+        let this = &mut *self;
+        let _entered = this.span.enter();
+        this.steps.as_mut().poll_next(cx)
+    }
 }
 
 /// The results of a statement's steps, its rows dropped (as sqlx's own `execute_many`).

@@ -104,6 +104,45 @@ impl CachedPool {
         self.engine.planner.statements()
     }
 
+    /// Copies the pool's counters into the [`metrics`](https://docs.rs/metrics) facade now
+    /// (feature `metrics`; the pool also does so every second, see
+    /// [`metrics_every`](crate::CachedPoolBuilder::metrics_every)). Call it before rendering a
+    /// scrape to export exact totals. A read never touches the facade: the totals are copied
+    /// (`Counter::absolute`), so exporting costs a hit nothing.
+    ///
+    /// Every metric has the label `pool` (the pool's key prefix). Names follow OpenTelemetry's
+    /// conventions; a Prometheus exporter writes the dots as underscores.
+    ///
+    /// | name | type | unit | labels | what |
+    /// | --- | --- | --- | --- | --- |
+    /// | `sqlacache.reads` | counter | reads | `result` (`hit`, `stale_hit`, `stale_if_error`, `miss`, `bypass`, `degraded`), `tier` (`memory`, `redis`, `none`), `reason` (bypasses: `volatile`, `plain_sqlx`, .. as [`Uncached`](crate::Uncached) in snake case) | typed reads by how they were answered |
+    /// | `sqlacache.invalidations` | counter | invalidations | `origin` (`pool`: writes through this pool and manual calls; `peer`: heard from other processes; `feed`: heard on the change feed) | invalidations applied here |
+    /// | `sqlacache.invalidations.full` | counter | invalidations | | those that dropped every entry |
+    /// | `sqlacache.invalidations.widened` | counter | times | | invalidations made wider because a bound was reached |
+    /// | `sqlacache.tier.drops` | counter | times | | the in-process tier dropped (invalidations may have been missed) |
+    /// | `sqlacache.redis.errors` | counter | commands | | Redis commands that failed or timed out |
+    /// | `sqlacache.fills.rejected` | counter | fills | | fills refused because a write invalidated what they read |
+    /// | `sqlacache.fills.coalesced` | counter | reads | | misses that waited for a concurrent fill |
+    /// | `sqlacache.entries.corrupt` | counter | entries | | cached values that did not decode |
+    /// | `sqlacache.bus.published` | counter | invalidations | | published to the other processes |
+    /// | `sqlacache.strict.deadlines` | counter | writes | | strict writes that returned at their deadline |
+    /// | `sqlacache.verify.checks` | counter | checks | `result` (`equal`, `mismatch`) | shadow checks of sampled hits |
+    /// | `sqlacache.statements.analyzed` | counter | statements | | SQL strings parsed and planned |
+    /// | `sqlacache.memory.usage` | gauge | bytes | | weight of the in-process tier's entries |
+    /// | `sqlacache.memory.entries` | gauge | entries | | entries in the in-process tier |
+    /// | `sqlacache.feed.lag` | gauge | seconds | | how long ago the newest change-feed heartbeat that came back was sent (with a change feed) |
+    ///
+    /// ```no_run
+    /// # fn demo(cache: &sqlacache_sqlx::CachedPool) {
+    /// // With a recorder installed (metrics-exporter-prometheus, say):
+    /// cache.record_metrics();
+    /// # }
+    /// ```
+    #[cfg(feature = "metrics")]
+    pub fn record_metrics(&self) {
+        crate::telemetry::record(&self.engine);
+    }
+
     /// Bytes held by cached entries (by the store's weight formula) and the number of entries.
     pub fn memory_usage(&self) -> (u64, usize) {
         (self.engine.store().weight(), self.engine.store().len())

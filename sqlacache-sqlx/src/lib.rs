@@ -56,6 +56,7 @@ mod local;
 mod macros;
 mod model;
 mod neighbours;
+mod outcome;
 mod plan;
 mod planner;
 mod predicate;
@@ -67,9 +68,12 @@ mod remote;
 mod row;
 mod rowkey;
 mod schema;
+mod shadow;
 mod statements;
 mod strict;
 mod tasks;
+#[cfg(feature = "metrics")]
+mod telemetry;
 #[cfg(feature = "test-hooks")]
 #[doc(hidden)]
 pub mod testing;
@@ -87,6 +91,7 @@ pub use explain::Explain;
 pub use feed::FeedSql;
 pub use handle::CachedPool;
 pub use model::Model;
+pub use outcome::{outcome_of, Outcome};
 pub use query::{query_as, query_scalar, CachedMap, CachedQueryAs, CachedQueryScalar};
 pub use row::{CachedRow, Storable};
 pub use sqlacache_core::{Ops, StatsSnapshot, Uncached};

@@ -65,8 +65,10 @@ impl Local {
         if tags.contains(&Tag::All) {
             self.stats.full_invalidation();
         }
-        if origin == Origin::Peer {
-            self.stats.receive();
+        match origin {
+            Origin::Peer => self.stats.receive(),
+            Origin::Outside => self.stats.feed_invalidation(),
+            Origin::Write | Origin::Early => {}
         }
         tracing::trace!(tags = tags.len(), ?origin, "invalidated");
     }

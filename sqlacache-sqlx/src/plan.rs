@@ -2,6 +2,7 @@
 //! configuration. Plans are memoized per SQL string and catalog generation.
 
 use crate::catalog::{Actions, Catalog, TableInfo};
+use crate::config::Stale;
 use crate::predicate::{read_deps, reported, whole_table, ReadDeps};
 use crate::statements::Counters;
 use sqlacache_core::analyze::{Analysis, Effect, Reach, ReadOp, RowSource, TableName, WriteKind};
@@ -15,6 +16,7 @@ use std::time::Duration;
 pub(crate) struct Policy {
     pub ops: Ops,
     pub ttl: Duration,
+    pub stale: Stale,
 }
 
 #[derive(Clone, Debug)]
@@ -59,6 +61,8 @@ pub(crate) struct ReadPlan {
     /// Operations every table read allows.
     pub allowed: Ops,
     pub ttl: Duration,
+    /// The smallest stale windows of the tables read.
+    pub stale: Stale,
     /// Every table read, by oid.
     pub tables: Box<[u32]>,
     /// What it depends on: per table, the whole table or, when its conditions pin a tracked
@@ -180,6 +184,7 @@ fn plan_read(
 ) -> Result<ReadPlan, Uncached> {
     let mut allowed = Ops::ALL;
     let mut ttl = Duration::MAX;
+    let mut stale: Option<Stale> = None;
     let mut deps = Vec::new();
     let mut tables: Vec<&TableInfo> = Vec::new();
     // The first reason found wins, but every name is still resolved so that unknown ones are
@@ -194,6 +199,7 @@ fn plan_read(
                 Some(policy) => {
                     allowed = Ops::from_bits(allowed.bits() & policy.ops.bits());
                     ttl = ttl.min(policy.ttl);
+                    stale = Some(stale.map_or(policy.stale, |s| s.min(policy.stale)));
                     if !deps.contains(&Tag::Table(info.oid)) {
                         deps.push(Tag::Table(info.oid));
                         tables.push(info);
@@ -232,6 +238,7 @@ fn plan_read(
         op: read.op,
         allowed,
         ttl,
+        stale: stale.unwrap_or_default(),
         tables: oids.clone().into(),
         deps,
         sql: SqlDigest::with_relations(sql, &oids, &cx.catalog.session),

@@ -3,7 +3,7 @@
 use crate::admission::{decide, not_cached};
 use crate::handle::CachedPool;
 use crate::predicate::{capture, ArgValue};
-use crate::read::{cached_read, kind, FILLING};
+use crate::read::{cached_read, kind, Again, Read, FILLING};
 use crate::registry::ModelOf;
 use crate::row::CachedRow;
 use crate::row::Storable;
@@ -51,7 +51,7 @@ where
 /// ```
 pub fn query_scalar<O>(sql: impl SqlSafeStr) -> CachedQueryScalar<O>
 where
-    O: Storable + Send + Unpin + for<'r> sqlx::Decode<'r, Postgres> + Type<Postgres>,
+    O: Storable + Send + Unpin + 'static + for<'r> sqlx::Decode<'r, Postgres> + Type<Postgres>,
 {
     // Scalars have no derive: their type's name tells them apart.
     let fingerprint = sqlacache_core::key::type_digest::<O>();
@@ -61,19 +61,22 @@ where
 /// Plans `sql` and either answers from the cache or runs `fill` (through the `CachedPool`
 /// executor, with the plan made here, so a statement that turns out to write still
 /// invalidates). `key` is `Err` when an argument rules caching out; `model` is the row type's
-/// model, if it has one.
-async fn read<R, F, Fut>(
+/// model, if it has one. `again` makes the same read as a future that owns what it needs, when
+/// the call can (see [`cached_read`]).
+async fn read<R, F, Fut, A>(
     cache: &CachedPool,
     sql: &str,
     key: Result<ReadKey, Uncached>,
     model: Option<ModelOf>,
     kind: u8,
     fill: F,
+    again: A,
 ) -> Result<R, sqlx::Error>
 where
-    R: Stored,
+    R: Stored + Send + 'static,
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<R, sqlx::Error>>,
+    A: Fn() -> Option<Again<R>>,
 {
     let engine = &cache.engine;
     // Before planning: a model used for the first time changes its table's settings.
@@ -85,7 +88,10 @@ where
             let ReadKey { key, args } = key.expect("decided");
             // The tags are worked out from the arguments only when the read is filled.
             let fill = || (read.deps.tags(&args), FILLING.scope(plan.clone(), fill()));
-            cached_read(engine, &plan.counters, key.finish(&read.sql, kind), read.ttl, fill).await
+            let again = || again().map(|future| Box::pin(FILLING.scope(plan.clone(), future)) as Again<R>);
+            let key = key.finish(&read.sql, kind);
+            let read = Read { counters: &plan.counters, sql, key, ttl: read.ttl, stale: read.stale };
+            cached_read(engine, read, fill, again).await
         }
         Err(reason) => {
             not_cached(engine.stats(), &plan.counters, reason, sql, std::any::type_name::<R>());
@@ -181,6 +187,22 @@ impl<T> fmt::Debug for CachedQueryAs<T> {
     }
 }
 
+/// The body of a builder's `fetch_all` or `fetch_optional`: the read through the cache, filled
+/// by sqlx's `$fetch`, and the same read owning its SQL and arguments, for a refresh or a shadow
+/// check.
+macro_rules! fetch {
+    ($self:ident, $cache:ident, $query:path, $fetch:ident, $result:ty, $kind:expr) => {{
+        let Bound { sql, args, key, model, persistent, .. } = $self.bound.checked()?;
+        let fill = || $query(sql.clone(), args.clone()).persistent(persistent).$fetch($cache);
+        let again = || {
+            let (sql, args, cache) = (sql.clone(), args.clone(), $cache.clone());
+            let again = async move { $query(sql, args).persistent(persistent).$fetch(&cache).await };
+            Some(Box::pin(again) as Again<$result>)
+        };
+        read($cache, sql.as_str(), key, model, $kind, fill, again).await
+    }};
+}
+
 /// `bind`, `persistent` and the `fetch_*` methods, shared by the two builders; `$query` is
 /// the sqlx constructor that maps rows to `$out`.
 macro_rules! builder_methods {
@@ -199,16 +221,12 @@ macro_rules! builder_methods {
 
         #[doc = $all]
         pub async fn fetch_all(self, cache: &CachedPool) -> Result<Vec<$out>, sqlx::Error> {
-            let Bound { sql, args, key, model, persistent, .. } = self.bound.checked()?;
-            let fill = || $query(sql.clone(), args).persistent(persistent).fetch_all(cache);
-            read(cache, sql.as_str(), key, model, kind::ALL, fill).await
+            fetch!(self, cache, $query, fetch_all, Vec<$out>, kind::ALL)
         }
 
         #[doc = $optional]
         pub async fn fetch_optional(self, cache: &CachedPool) -> Result<Option<$out>, sqlx::Error> {
-            let Bound { sql, args, key, model, persistent, .. } = self.bound.checked()?;
-            let fill = || $query(sql.clone(), args).persistent(persistent).fetch_optional(cache);
-            read(cache, sql.as_str(), key, model, kind::OPTIONAL, fill).await
+            fetch!(self, cache, $query, fetch_optional, Option<$out>, kind::OPTIONAL)
         }
 
         #[doc = $one]
@@ -246,7 +264,7 @@ impl<O> fmt::Debug for CachedQueryScalar<O> {
 
 impl<O> CachedQueryScalar<O>
 where
-    O: Storable + Send + Unpin + for<'r> sqlx::Decode<'r, Postgres> + Type<Postgres>,
+    O: Storable + Send + Unpin + 'static + for<'r> sqlx::Decode<'r, Postgres> + Type<Postgres>,
 {
     builder_methods!(
         O,
@@ -288,12 +306,14 @@ where
 
     /// All rows.
     pub async fn fetch_all(self, cache: &CachedPool) -> Result<Vec<T>, sqlx::Error> {
-        read(cache, self.sql, self.key, ModelOf::of::<T>(), kind::ALL, || self.map.fetch_all(cache)).await
+        let fill = || self.map.fetch_all(cache);
+        read(cache, self.sql, self.key, ModelOf::of::<T>(), kind::ALL, fill, || None).await
     }
 
     /// The first row, if any.
     pub async fn fetch_optional(self, cache: &CachedPool) -> Result<Option<T>, sqlx::Error> {
-        read(cache, self.sql, self.key, ModelOf::of::<T>(), kind::OPTIONAL, || self.map.fetch_optional(cache)).await
+        let fill = || self.map.fetch_optional(cache);
+        read(cache, self.sql, self.key, ModelOf::of::<T>(), kind::OPTIONAL, fill, || None).await
     }
 
     /// The first row; [`sqlx::Error::RowNotFound`] when there is none.

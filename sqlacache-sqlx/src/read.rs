@@ -2,18 +2,22 @@
 
 use crate::admission::{decide, not_cached, warn_once_per_type};
 use crate::cacheable::Cacheable;
+use crate::config::Stale;
 use crate::engine::Engine;
-use crate::flight::Role;
+use crate::flight::{Lead, Role};
+use crate::outcome::{report, Outcome};
 use crate::plan::Plan;
 use crate::registry::ModelOf;
 use crate::row::CachedRow;
 use crate::row::Stored;
 use crate::rowkey::row_of;
+use crate::shadow::{Check, Tier};
 use crate::statements::Counters;
 use sqlacache_core::key::{Key, KeyBuilder};
 use sqlacache_core::{Ops, Tag, Uncached};
 use sqlx::postgres::PgArguments;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,7 +36,7 @@ tokio::task_local! {
 }
 
 /// Reads the row of `T` with primary key `key`, from the cache when it holds a fresh copy.
-pub(crate) async fn get<T: Cacheable>(engine: &Engine, key: T::Key) -> Result<Option<T>, sqlx::Error> {
+pub(crate) async fn get<T: Cacheable>(engine: &Arc<Engine>, key: T::Key) -> Result<Option<T>, sqlx::Error> {
     let model = &T::MODEL;
     // Before planning: a model used for the first time changes its table's settings.
     // (Both looked up in place: on a hit, neither needs a future of its own.)
@@ -56,23 +60,42 @@ pub(crate) async fn get<T: Cacheable>(engine: &Engine, key: T::Key) -> Result<Op
         // only fills the array.)
         None => [Tag::Table(single.0), Tag::All],
     };
-    let fetch = |key: T::Key| async move {
-        let mut args = PgArguments::default();
-        T::bind_key(key, &mut args).map_err(sqlx::Error::Encode)?;
-        // `get_sql` only reads, so it can run on the pool itself.
-        sqlx::query_as_with::<_, T, _>(model.get_sql, args).fetch_optional(&engine.pool).await
-    };
     match cached {
         Ok((read, single)) => {
             let id = key_hash.finish(&read.sql, kind::GET);
-            let fill = || (deps(single, &key), fetch(key));
-            cached_read(engine, &plan.counters, id, read.ttl, fill).await
+            let fill = || (deps(single, &key), fetch::<T>(engine.clone(), key.clone()));
+            let again = || Some(Box::pin(fetch::<T>(engine.clone(), key.clone())) as Again<Option<T>>);
+            let read = Read { counters: &plan.counters, sql: model.get_sql, key: id, ttl: read.ttl, stale: read.stale };
+            cached_read(engine, read, fill, again).await
         }
         Err(reason) => {
             not_cached(engine.stats(), &plan.counters, reason, model.get_sql, std::any::type_name::<T>());
-            Box::pin(fetch(key)).await
+            Box::pin(fetch::<T>(engine.clone(), key)).await
         }
     }
+}
+
+/// Reads the row of `T` with primary key `key` from PostgreSQL. (`get_sql` only reads, so it
+/// runs on the pool itself.)
+async fn fetch<T: Cacheable>(engine: Arc<Engine>, key: T::Key) -> Result<Option<T>, sqlx::Error> {
+    let mut args = PgArguments::default();
+    T::bind_key(key, &mut args).map_err(sqlx::Error::Encode)?;
+    sqlx::query_as_with::<_, T, _>(T::MODEL.get_sql, args).fetch_optional(&engine.pool).await
+}
+
+/// A read run again off the caller's path, owning what it needs: the shadow check's reads and
+/// the refresh of an entry served stale.
+pub(crate) type Again<R> = Pin<Box<dyn Future<Output = Result<R, sqlx::Error>> + Send>>;
+
+/// What [`cached_read`] needs to know of a read besides how to fill it.
+pub(crate) struct Read<'a> {
+    /// The statement's counters.
+    pub counters: &'a Counters,
+    /// The statement, for the shadow check's log.
+    pub sql: &'a str,
+    pub key: Key,
+    pub ttl: Duration,
+    pub stale: Stale,
 }
 
 /// Answers a read from the cache or fills it: the freshness protocol in one place.
@@ -84,7 +107,9 @@ pub(crate) async fn get<T: Cacheable>(engine: &Engine, key: T::Key) -> Result<Op
 /// (computed there, so a hit never pays for them). It is called only on a miss of the
 /// in-process tier, after the stamp is read, so a write that commits while it reads the
 /// database makes the store refuse the result. Its future is boxed: database futures are
-/// large, and a hit should not carry one.
+/// large, and a hit should not carry one. `again` makes the same read as a future of its own
+/// (`None` when the read cannot own its arguments): called only to refresh an entry served
+/// stale and for the shadow check.
 ///
 /// With Redis, a miss here looks there next (one round trip that also reads the epochs a
 /// fill needs); a value found there is kept here too, stamped before the lookup. A filled
@@ -92,24 +117,31 @@ pub(crate) async fn get<T: Cacheable>(engine: &Engine, key: T::Key) -> Result<Op
 ///
 /// Concurrent misses of one key run one fill (see [`crate::flight`]): the others wait for it
 /// and then look in the stores, where they find its value only if it was accepted.
-pub(crate) async fn cached_read<R, D, F, Fut>(
-    engine: &Engine,
-    counters: &Counters,
-    key: Key,
-    ttl: Duration,
+///
+/// An entry past its TTL is served only in the in-process tier, only while the store still
+/// finds every tag it depends on uninvalidated (the same check as a fresh hit's), and only
+/// within the windows of its tables: stale-while-revalidate (one refresh per key, on a task of
+/// its own, led like a fill) and stale-if-error (when the fill fails to reach PostgreSQL).
+pub(crate) async fn cached_read<R, D, F, Fut, A>(
+    engine: &Arc<Engine>,
+    read: Read<'_>,
     fill: F,
+    again: A,
 ) -> Result<R, sqlx::Error>
 where
-    R: Stored,
+    R: Stored + Send + 'static,
     D: AsRef<[Tag]>,
     F: FnOnce() -> (D, Fut),
     Fut: Future<Output = Result<R, sqlx::Error>>,
+    A: Fn() -> Option<Again<R>>,
 {
+    let Read { counters, key, ttl, stale, .. } = read;
     let (store, stats) = (engine.store(), engine.stats());
     if !engine.feed_trusted() {
         // Writes made elsewhere may not have been heard: neither tier can be trusted.
         stats.degrade();
         counters.degrade();
+        report(Outcome::Degraded);
         return Box::pin(fill().1).await;
     }
     let local = engine.tiers.local_trusted();
@@ -122,6 +154,12 @@ where
                     counters.hit();
                     if waited {
                         stats.coalesce();
+                    }
+                    report(Outcome::Hit);
+                    if let Some(sampler) = &engine.shadow {
+                        if sampler.sampled() {
+                            shadow(engine, &read, Tier::Local, entry.bytes(), fill, &again);
+                        }
                     }
                     return Ok(value);
                 }
@@ -137,6 +175,14 @@ where
             // without waiting again, so no read waits for more than one other.
             break None;
         }
+        if local && stale.revalidate > Duration::ZERO {
+            if let Some((value, refresh)) = serve_stale(engine, &read, &again) {
+                if let Some((lead, reread)) = refresh {
+                    refresh_in_background(engine, &read, fill().0.as_ref().to_vec(), lead, reread);
+                }
+                return Ok(value);
+            }
+        }
         match engine.flights.join(key) {
             Role::Leader(lead) => break Some(lead),
             Role::Waiter(wait) => {
@@ -151,6 +197,7 @@ where
         hook(crate::engine::FillPoint::Stamped).await;
     }
     let (deps, fill) = fill();
+    let keep = stale.keep();
     #[cfg(feature = "redis")]
     let mut epochs = None;
     #[cfg(feature = "redis")]
@@ -170,8 +217,15 @@ where
                         if waited {
                             stats.coalesce();
                         }
+                        report(Outcome::RedisHit);
+                        if let Some(sampler) = &engine.shadow {
+                            if sampler.sampled() {
+                                let deps = deps.as_ref().to_vec();
+                                shadow(engine, &read, Tier::Redis, &bytes, || (deps, ()), &again);
+                            }
+                        }
                         if local {
-                            store.put(key, deps.as_ref(), stamp, ttl, bytes);
+                            store.put_keeping(key, deps.as_ref(), stamp, ttl, keep, bytes);
                         }
                         return Ok(value);
                     }
@@ -188,7 +242,27 @@ where
         }
     }
     let started = Instant::now();
-    let value = Box::pin(fill).await?;
+    let span = tracing::debug_span!(
+        target: "sqlacache",
+        "sqlacache.fill",
+        db.system.name = "postgresql",
+        db.operation.name = "SELECT",
+        db.query.text = tracing::field::Empty,
+    );
+    if engine.trace_text {
+        span.record("db.query.text", read.sql);
+    }
+    let value = match Box::pin(tracing::Instrument::instrument(fill, span)).await {
+        Ok(value) => value,
+        Err(error) => {
+            if local && stale.if_error > Duration::ZERO && unavailable(&error) {
+                if let Some(value) = stale_if_error::<R>(engine, &read) {
+                    return Ok(value);
+                }
+            }
+            return Err(error);
+        }
+    };
     let took = started.elapsed();
     #[cfg(feature = "test-hooks")]
     if let Some(hook) = &engine.fill_hook {
@@ -198,16 +272,17 @@ where
         Some(bytes) => {
             stats.miss();
             counters.miss(took);
+            report(Outcome::Miss);
             #[cfg(feature = "redis")]
             if let (Some(remote), Some(epochs)) = (&engine.tiers.remote, epochs) {
                 // Waiters look once it is stored there.
                 remote.put(Arc::downgrade(&engine.tiers.local), key, epochs, ttl, bytes.clone(), lead);
-                if local && !store.put(key, deps.as_ref(), stamp, ttl, bytes) {
+                if local && !store.put_keeping(key, deps.as_ref(), stamp, ttl, keep, bytes) {
                     stats.fill_rejected();
                 }
                 return Ok(value);
             }
-            if local && !store.put(key, deps.as_ref(), stamp, ttl, bytes) {
+            if local && !store.put_keeping(key, deps.as_ref(), stamp, ttl, keep, bytes) {
                 stats.fill_rejected();
             }
         }
@@ -223,4 +298,143 @@ where
     // Only now may the waiters look in the store.
     drop(lead);
     Ok(value)
+}
+
+/// Starts the shadow check of a hit that served `bytes` (see [`crate::shadow`]), when the read
+/// can be made again.
+fn shadow<R, D, X>(
+    engine: &Arc<Engine>,
+    read: &Read<'_>,
+    tier: Tier,
+    bytes: &[u8],
+    deps: impl FnOnce() -> (D, X),
+    again: &dyn Fn() -> Option<Again<R>>,
+) where
+    R: Stored + Send + 'static,
+    D: AsRef<[Tag]>,
+{
+    let (Some(first), Some(second)) = (again(), again()) else { return };
+    Check {
+        served: bytes.to_vec(),
+        tier,
+        key: read.key,
+        deps: deps().0.as_ref().to_vec(),
+        ttl: read.ttl,
+        sql: read.sql.to_owned(),
+        reads: (first, second),
+    }
+    .spawn(engine);
+}
+
+/// A stale value served, with the lead of its refresh and the read that refreshes it when no
+/// refresh runs yet.
+type ServedStale<R> = (R, Option<(Lead, Again<R>)>);
+
+/// An entry of the in-process tier past its TTL, within the stale-while-revalidate window and
+/// never once invalidated, counted as served; with the lead of its refresh and the read that
+/// refreshes it when no refresh runs yet.
+fn serve_stale<R: Stored>(
+    engine: &Engine,
+    read: &Read<'_>,
+    again: &dyn Fn() -> Option<Again<R>>,
+) -> Option<ServedStale<R>> {
+    let entry = engine.store().get_expired(read.key)?;
+    if entry.expired_for(Instant::now()) > read.stale.revalidate {
+        return None;
+    }
+    let value = R::decode(entry.bytes())?;
+    // The refresh leads the key's flight: a miss of the same key meanwhile waits for it, and
+    // the other stale readers find it running and start none.
+    let refresh = match engine.flights.join(read.key) {
+        Role::Leader(lead) => Some((lead, again()?)),
+        Role::Waiter(_) => None,
+    };
+    count_stale(engine, read, Outcome::StaleHit);
+    Some((value, refresh))
+}
+
+/// Counts an answer from an entry past its TTL, and reports it.
+fn count_stale(engine: &Engine, read: &Read<'_>, outcome: Outcome) {
+    let stats = engine.stats();
+    stats.hit();
+    if outcome == Outcome::StaleIfError {
+        stats.stale_on_error();
+    } else {
+        stats.stale_hit();
+    }
+    read.counters.hit();
+    read.counters.stale_hit();
+    report(outcome);
+}
+
+/// Fills the entry again on a task of its own, under the fill protocol (stamp first, refused if
+/// a write invalidated what it read since), holding the key's flight until it is stored.
+fn refresh_in_background<R: Stored + Send + 'static>(
+    engine: &Arc<Engine>,
+    read: &Read<'_>,
+    deps: Vec<Tag>,
+    lead: Lead,
+    reread: Again<R>,
+) {
+    let (engine, key, ttl, keep) = (engine.clone(), read.key, read.ttl, read.stale.keep());
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+    runtime.spawn(async move {
+        let store = engine.store();
+        let stamp = store.stamp();
+        #[cfg(feature = "test-hooks")]
+        if let Some(hook) = &engine.fill_hook {
+            hook(crate::engine::FillPoint::Refreshing).await;
+        }
+        if let Ok(value) = reread.await {
+            // Refused, as any fill, if a write invalidated what it read since the stamp.
+            if let Some(bytes) = value.encode() {
+                if !store.put_keeping(key, &deps, stamp, ttl, keep, bytes) {
+                    engine.stats().fill_rejected();
+                }
+            }
+        }
+        drop(lead);
+    });
+}
+
+/// After a fill failed to reach PostgreSQL: the in-process entry past its TTL, within the
+/// stale-if-error window and not invalidated (checked now, after the failure).
+fn stale_if_error<R: Stored>(engine: &Engine, read: &Read<'_>) -> Option<R> {
+    let entry = engine.store().get_expired(read.key)?;
+    if entry.expired_for(Instant::now()) > read.stale.if_error {
+        return None;
+    }
+    let value = R::decode(entry.bytes())?;
+    count_stale(engine, read, Outcome::StaleIfError);
+    tracing::debug!(target: "sqlacache", statement = read.sql, "PostgreSQL failed; an expired entry was served");
+    Some(value)
+}
+
+/// Whether an error says PostgreSQL could not be reached or could not serve at all (not that
+/// it refused this read): only then may an expired entry stand in for it.
+fn unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // Connection exceptions, shutdowns, "cannot connect now", too many connections.
+            code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300")
+        }),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unavailable;
+
+    #[test]
+    fn only_errors_of_reaching_postgres_let_an_expired_entry_stand_in() {
+        let io = sqlx::Error::Io(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset"));
+        assert!(unavailable(&io) && unavailable(&sqlx::Error::PoolTimedOut) && unavailable(&sqlx::Error::PoolClosed));
+        for refused in
+            [sqlx::Error::RowNotFound, sqlx::Error::ColumnNotFound("x".into()), sqlx::Error::Protocol("?".into())]
+        {
+            assert!(!unavailable(&refused), "{refused:?}");
+        }
+    }
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 pub(crate) struct Counters {
     hits: AtomicU64,
     redis_hits: AtomicU64,
+    stale_hits: AtomicU64,
     misses: AtomicU64,
     degraded: AtomicU64,
     fill_nanos: AtomicU64,
@@ -30,6 +31,10 @@ impl Counters {
     #[cfg(feature = "redis")]
     pub fn redis_hit(&self) {
         self.redis_hits.fetch_add(1, Relaxed);
+    }
+
+    pub fn stale_hit(&self) {
+        self.stale_hits.fetch_add(1, Relaxed);
     }
 
     /// A fill that read the database for `took`.
@@ -53,6 +58,7 @@ impl Counters {
             sql: sql.to_owned(),
             hits: self.hits.load(Relaxed),
             redis_hits: self.redis_hits.load(Relaxed),
+            stale_hits: self.stale_hits.load(Relaxed),
             misses: self.misses.load(Relaxed),
             bypassed: bypassed_by_reason.iter().sum(),
             bypassed_by_reason,
@@ -82,6 +88,9 @@ pub struct StatementStats {
     pub hits: u64,
     /// Of `hits`, those answered by Redis.
     pub redis_hits: u64,
+    /// Of `hits`, those answered with an entry past its TTL (stale-while-revalidate or
+    /// stale-if-error).
+    pub stale_hits: u64,
     /// Cacheable reads that went to the database.
     pub misses: u64,
     /// Reads that were not cacheable and went to the database.

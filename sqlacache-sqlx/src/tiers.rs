@@ -122,15 +122,19 @@ fn publish(remote: &Arc<Remote>, local: &Arc<Local>, neighbours: &Arc<Neighbours
     // Taken now: dropped unfinished (no runtime left to finish it), it counts as not delivered.
     let pending = remote.pending(tags.clone());
     let (local, neighbours) = (local.clone(), neighbours.clone());
-    Box::pin(async move {
-        pending.publish(&local.stats).await;
-        // Between the invalidation here and the one in Redis, a read of this process may have
-        // taken the old value from Redis and kept it here, stamped after the first; its own bus
-        // message does not come back to it. Invalidating here again, once Redis is done, makes
-        // any such copy stale: its stamp was taken before its Redis read, which Redis answered
-        // before it applied the invalidation.
-        local.store.invalidate(&tags);
-        // The same holds for the other pools of this process.
-        neighbours.invalidate_again(&tags);
-    })
+    let span = tracing::debug_span!(target: "sqlacache", "sqlacache.invalidate", sqlacache.tags = tags.len());
+    Box::pin(tracing::Instrument::instrument(
+        async move {
+            pending.publish(&local.stats).await;
+            // Between the invalidation here and the one in Redis, a read of this process may have
+            // taken the old value from Redis and kept it here, stamped after the first; its own bus
+            // message does not come back to it. Invalidating here again, once Redis is done, makes
+            // any such copy stale: its stamp was taken before its Redis read, which Redis answered
+            // before it applied the invalidation.
+            local.store.invalidate(&tags);
+            // The same holds for the other pools of this process.
+            neighbours.invalidate_again(&tags);
+        },
+        span,
+    ))
 }

@@ -55,6 +55,20 @@ impl Visit for Fields {
     }
 }
 
+impl ByThread {
+    /// Adds a line to the [`Lines`] of this thread, if it is capturing.
+    fn capture(&self, line: String) {
+        if self.0.is_some() {
+            return;
+        }
+        CAPTURING.with(|c| {
+            if let Some(lines) = &*c.borrow() {
+                lines.0.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+            }
+        });
+    }
+}
+
 impl Subscriber for ByThread {
     fn register_callsite(&self, metadata: &'static Metadata<'static>) -> tracing::subscriber::Interest {
         // Asked per event: which thread emits it decides.
@@ -73,11 +87,19 @@ impl Subscriber for ByThread {
             }
     }
 
-    fn new_span(&self, _: &Attributes<'_>) -> Id {
+    fn new_span(&self, span: &Attributes<'_>) -> Id {
+        // A span is a line too, `SPAN <name> <fields>`, and a field recorded later `RECORD ..`.
+        let mut fields = Fields(format!("SPAN {}", span.metadata().name()));
+        span.record(&mut fields);
+        self.capture(fields.0);
         Id::from_u64(1)
     }
 
-    fn record(&self, _: &Id, _: &Record<'_>) {}
+    fn record(&self, _: &Id, values: &Record<'_>) {
+        let mut fields = Fields("RECORD".to_owned());
+        values.record(&mut fields);
+        self.capture(fields.0);
+    }
 
     fn record_follows_from(&self, _: &Id, _: &Id) {}
 
@@ -87,11 +109,7 @@ impl Subscriber for ByThread {
         if let Some(prefix) = &self.0 {
             return eprintln!("{prefix}{}", fields.0);
         }
-        CAPTURING.with(|c| {
-            if let Some(lines) = &*c.borrow() {
-                lines.0.lock().unwrap_or_else(|e| e.into_inner()).push(fields.0);
-            }
-        });
+        self.capture(fields.0);
     }
 
     fn enter(&self, _: &Id) {}

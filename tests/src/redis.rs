@@ -283,6 +283,11 @@ impl Proxy {
         proxy
     }
 
+    /// The port it listens on (for a PostgreSQL pool through it, say).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// `redis://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)

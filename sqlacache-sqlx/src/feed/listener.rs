@@ -150,6 +150,16 @@ impl Feed {
         tokio::time::timeout(within, wait).await.is_ok()
     }
 
+    /// How long ago the newest heartbeat that came back was sent: how far behind the feed
+    /// may be. `None` before the first.
+    #[cfg(feature = "metrics")]
+    pub fn lag(&self) -> Option<std::time::Duration> {
+        match self.heard_sent.load(Ordering::Acquire) {
+            0 => None,
+            sent => Some(std::time::Duration::from_nanos(self.channel.now().saturating_sub(sent))),
+        }
+    }
+
     /// Whether cached reads may be served now: a heartbeat came back within the lease.
     pub fn trusted(&self) -> bool {
         self.channel.trusted()

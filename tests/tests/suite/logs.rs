@@ -152,3 +152,48 @@ fn a_read_that_is_not_cached_names_its_statement_and_row_type() {
     assert!(line[0].contains("extract(epoch FROM now())"), "the statement: {all}");
     assert!(line[0].contains(r#"type="sqlacache_tests::Counter""#), "the row type: {all}");
 }
+
+/// Misses, writes and the delivery of their invalidations have spans with OpenTelemetry's
+/// attribute names; the SQL text only when the pool is told to.
+#[test]
+fn misses_writes_and_deliveries_have_spans_with_opentelemetry_attributes() {
+    sqlacache_tests::redis::require_shared_redis();
+    for text in [false, true] {
+        let lines = capture(|_| async move {
+            let db = TestDb::with_schema(COUNTERS).await;
+            let cache = sqlacache_tests::builder(db.pool.clone())
+                .model::<Counter>()
+                .redis(&sqlacache_tests::redis::redis_url())
+                .key_prefix(&unique_prefix("spans"))
+                .redis_timeout(Duration::from_secs(5))
+                .trace_query_text(text)
+                .build()
+                .await
+                .unwrap();
+            until("the pool uses Redis", || cache.tiers_ready_for_tests()).await;
+            assert_eq!(value(&cache, 1).await, 0);
+            assert_eq!(bump(&cache, 1).await, 1);
+        });
+        let all = lines.all().join("\n");
+        let span = |name: &str| lines.containing(&format!("SPAN {name} ")).into_iter().next();
+        let fill = span("sqlacache.fill").unwrap_or_else(|| panic!("no fill span:\n{all}"));
+        assert!(
+            fill.contains(r#"db.system.name="postgresql""#) && fill.contains(r#"db.operation.name="SELECT""#),
+            "{fill}"
+        );
+        let write = span("sqlacache.write").unwrap_or_else(|| panic!("no write span:\n{all}"));
+        assert!(
+            write.contains(r#"db.system.name="postgresql""#) && write.contains(r#"db.operation.name="UPDATE""#),
+            "{write}"
+        );
+        let delivery = span("sqlacache.invalidate").unwrap_or_else(|| panic!("no delivery span:\n{all}"));
+        assert!(delivery.contains("sqlacache.tags="), "{delivery}");
+        let texts = lines.containing("RECORD db.query.text=");
+        if text {
+            assert!(texts.iter().any(|l| l.contains("FROM counters")), "{all}");
+            assert!(texts.iter().any(|l| l.contains("UPDATE counters SET v = v + 1")), "{all}");
+        } else {
+            assert!(texts.is_empty(), "the SQL text is opt-in:\n{all}");
+        }
+    }
+}
