@@ -152,6 +152,11 @@ impl Samples {
         self.0.push(duration);
     }
 
+    /// The mean.
+    pub fn mean(&self) -> Duration {
+        self.0.iter().sum::<Duration>() / u32::try_from(self.0.len().max(1)).unwrap_or(u32::MAX)
+    }
+
     /// The `q` quantile (0.5 for the median).
     pub fn quantile(&mut self, q: f64) -> Duration {
         self.0.sort_unstable();

@@ -135,6 +135,10 @@ pub struct Config {
     /// With the change feed: the pools listen to it, and a third of the writes go straight to
     /// PostgreSQL, around the pools; such a write counts as done once the feed has delivered it.
     pub feed: bool,
+    /// With stale windows: every table's entries expire after 5 ms and may then be served for a
+    /// minute while they are refreshed or while PostgreSQL fails, so most hits are of expired
+    /// entries; none may be of an invalidated one.
+    pub stale: bool,
 }
 
 /// What a run found.
@@ -146,6 +150,8 @@ pub struct Report {
     pub reads_checked: u64,
     /// Reads answered from the cache.
     pub cache_hits: u64,
+    /// Of `cache_hits`, those answered with an entry past its TTL (with stale windows).
+    pub stale_hits: u64,
     /// Stale reads, each with the seed, operation and recent history.
     pub stale: Vec<String>,
     /// Wall time.
@@ -280,6 +286,18 @@ pub async fn run(config: Config) -> Report {
             // feed, at build: a table the feed does not cover is not cached).
             .memory_capacity(4 * 1024 * 1024);
         let builder = if config.feed { builder.model::<Member>().change_feed() } else { builder };
+        let builder = if config.stale {
+            ["accounts", "ledger", "members", "\"Ünits\"", "\"ünits\""].into_iter().fold(
+                builder.default_ttl(Duration::from_millis(5)),
+                |builder, table| {
+                    builder
+                        .stale_while_revalidate(table, Duration::from_secs(60))
+                        .stale_if_error(table, Duration::from_secs(60))
+                },
+            )
+        } else {
+            builder
+        };
         let builder = match config.redis {
             // In the shared Redis, its keys expire within a minute.
             Some((url, memory)) => {
@@ -329,6 +347,7 @@ pub async fn run(config: Config) -> Report {
         ops: per_client * config.clients,
         reads_checked: shared.checked.load(SeqCst),
         cache_hits: shared.caches.iter().map(|c| c.stats().hits).sum(),
+        stale_hits: shared.caches.iter().map(|c| c.stats().stale_hits).sum(),
         redis_stats: config.redis.map(|_| {
             let sum =
                 |f: fn(&sqlacache_sqlx::StatsSnapshot) -> u64| shared.caches.iter().map(|c| f(&c.stats())).sum::<u64>();
