@@ -5,7 +5,7 @@ use sqlacache_sqlx::testing::{Hooks as _, Probe as _};
 use sqlacache_sqlx::{CachedPool, CachedPoolBuilder};
 use sqlacache_tests::redis::{tiers_ready, unique_prefix, Proxy, RedisServer};
 use sqlacache_tests::{bump, value, Counter, TestDb, COUNTERS};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -127,6 +127,21 @@ async fn a_stalled_feed_listener_empties_neither_its_tier_nor_redis() {
             assert!(start.elapsed() < Duration::from_secs(30), "C never hit Redis");
         }
         let (sa, sc) = (a.stats(), c.stats());
+        // Watched from a thread of its own: the lapse lasts two leases, and on a loaded machine
+        // a task of the test's runtime (one of whose workers the stall blocks) may not be polled
+        // within them, though the lapse happened.
+        let (lapsed, watching) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(true)));
+        let watcher = {
+            let (a, lapsed, watching) = (a.clone(), lapsed.clone(), watching.clone());
+            std::thread::spawn(move || {
+                while watching.load(Ordering::SeqCst) {
+                    if !a.feed_trusted_for_tests() {
+                        lapsed.store(true, Ordering::SeqCst);
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            })
+        };
         stall.store(u64::try_from((LEASE * 3).as_millis()).unwrap(), Ordering::SeqCst);
         // An outside write to another row: A's listener stalls applying it.
         let written: i64 = sqlx::query_scalar("UPDATE counters SET v = v + 1 WHERE id = 2 RETURNING v")
@@ -134,7 +149,7 @@ async fn a_stalled_feed_listener_empties_neither_its_tier_nor_redis() {
             .await
             .unwrap();
         let start = Instant::now();
-        while a.feed_trusted_for_tests() || stall.load(Ordering::SeqCst) != 0 {
+        while !lapsed.load(Ordering::SeqCst) || stall.load(Ordering::SeqCst) != 0 {
             assert!(
                 start.elapsed() < Duration::from_secs(30),
                 "round {round}: A's listener never stalled (stall left {} ms, feed trusted {}): {:?}",
@@ -144,6 +159,8 @@ async fn a_stalled_feed_listener_empties_neither_its_tier_nor_redis() {
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        watching.store(false, Ordering::SeqCst);
+        watcher.join().unwrap();
         while !a.feed_trusted_for_tests() {
             assert!(start.elapsed() < Duration::from_secs(30), "A's feed was never trusted again");
             tokio::time::sleep(Duration::from_millis(5)).await;
