@@ -508,7 +508,7 @@ impl CachedPoolBuilder {
         let schema = Schema::new(self.pool.clone(), config, catalog);
         #[cfg_attr(not(feature = "test-hooks"), allow(unused_mut))]
         let mut engine = Engine::new(self.pool, schema, Registry::new(&self.models), tiers, feed, self.predicates);
-        engine.shadow = crate::shadow::Sampler::new(self.verify);
+        engine.shadow = crate::sampler::Sampler::new(self.verify);
         engine.name = self.prefix.clone();
         engine.trace_text = self.trace_text;
         #[cfg(feature = "test-hooks")]

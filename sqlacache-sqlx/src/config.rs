@@ -6,7 +6,6 @@ use crate::catalog::{Catalog, TableInfo};
 use crate::error::Cause;
 use crate::error::Error;
 use crate::model::Model;
-use crate::plan::Policy;
 use sqlacache_core::analyze::TableName;
 use sqlacache_core::Ops;
 use sqlx::PgPool;
@@ -67,6 +66,14 @@ impl TableConfig {
 /// `app::models::User` as `User`: the name a user wrote.
 fn short_name(path: &str) -> &str {
     path.rsplit("::").next().unwrap_or(path)
+}
+
+/// How a table is cached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Policy {
+    pub ops: Ops,
+    pub ttl: Duration,
+    pub stale: Stale,
 }
 
 /// How long past its TTL an entry that was not invalidated may still be served: while one

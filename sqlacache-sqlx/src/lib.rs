@@ -67,6 +67,7 @@ mod registry;
 mod remote;
 mod row;
 mod rowkey;
+mod sampler;
 mod schema;
 mod shadow;
 mod statements;

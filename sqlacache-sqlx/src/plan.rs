@@ -2,7 +2,7 @@
 //! configuration. Plans are memoized per SQL string and catalog generation.
 
 use crate::catalog::{Actions, Catalog, TableInfo};
-use crate::config::Stale;
+use crate::config::{Policy, Stale};
 use crate::predicate::{read_deps, reported, whole_table, ReadDeps};
 use crate::statements::Counters;
 use sqlacache_core::analyze::{Analysis, Effect, Reach, ReadOp, RowSource, TableName, WriteKind};
@@ -10,14 +10,6 @@ use sqlacache_core::key::{column_id, SqlDigest};
 use sqlacache_core::{Ops, Tag, Uncached};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// How a table is cached.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Policy {
-    pub ops: Ops,
-    pub ttl: Duration,
-    pub stale: Stale,
-}
 
 #[derive(Clone, Debug)]
 pub(crate) struct Plan {

@@ -11,58 +11,15 @@
 
 use crate::engine::Engine;
 use crate::local::Origin;
-use crate::read::Again;
 use crate::row::Stored;
 use sqlacache_core::key::Key;
 use sqlacache_core::Tag;
-use std::cell::Cell;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// How long a difference must last to be counted: far longer than a write through the pool
 /// takes from its commit to its invalidation.
 const SETTLE: Duration = Duration::from_secs(1);
-
-/// Which hits are checked.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Sampler {
-    /// A hit is checked when a uniform 64-bit draw is below this.
-    below: u64,
-}
-
-impl Sampler {
-    /// Checks `fraction` of hits (0 to 1); `None` for none.
-    pub fn new(fraction: f64) -> Option<Sampler> {
-        let fraction = if fraction.is_nan() { 0.0 } else { fraction.clamp(0.0, 1.0) };
-        (fraction > 0.0)
-            .then(|| Sampler { below: if fraction >= 1.0 { u64::MAX } else { (fraction * 2f64.powi(64)) as u64 } })
-    }
-
-    /// Whether this hit is checked: a per-thread xorshift draw, no shared state.
-    #[inline]
-    pub fn sampled(&self) -> bool {
-        thread_local! {
-            static STATE: Cell<u64> = Cell::new(seed());
-        }
-        let draw = STATE.with(|state| {
-            let mut x = state.get();
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            state.set(x);
-            x
-        });
-        draw < self.below || self.below == u64::MAX
-    }
-}
-
-/// A nonzero seed that differs between threads.
-fn seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(0x9e37_79b9_7f4a_7c15);
-    hasher.finish() | 1
-}
 
 /// Where the checked hit came from, to ask whether it is still served.
 #[derive(Debug, Clone, Copy)]
@@ -73,7 +30,7 @@ pub(crate) enum Tier {
 }
 
 /// One sampled hit to check.
-pub(crate) struct Check<R> {
+pub(crate) struct Check<F> {
     pub served: Vec<u8>,
     pub tier: Tier,
     pub key: Key,
@@ -81,10 +38,14 @@ pub(crate) struct Check<R> {
     pub ttl: Duration,
     pub sql: String,
     /// Two reads of the same statement with the same arguments.
-    pub reads: (Again<R>, Again<R>),
+    pub reads: (F, F),
 }
 
-impl<R: Stored + Send + 'static> Check<R> {
+impl<R, F> Check<F>
+where
+    R: Stored + Send + 'static,
+    F: std::future::Future<Output = Result<R, sqlx::Error>> + Send + 'static,
+{
     /// Runs the check on a task of its own.
     pub fn spawn(self, engine: &Arc<Engine>) {
         let engine = engine.clone();
@@ -137,20 +98,5 @@ async fn still_served(engine: &Engine, tier: Tier, key: Key, deps: &[Tag], ttl: 
                 Some(sqlacache_core::redis::Lookup::Hit(bytes)) if bytes == served
             )
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Sampler;
-
-    #[test]
-    fn samples_the_fraction_asked_for() {
-        assert!(Sampler::new(0.0).is_none() && Sampler::new(-1.0).is_none() && Sampler::new(f64::NAN).is_none());
-        let all = Sampler::new(1.0).unwrap();
-        assert!((0..1000).all(|_| all.sampled()));
-        let one_percent = Sampler::new(0.01).unwrap();
-        let drawn = (0..1_000_000).filter(|_| one_percent.sampled()).count();
-        assert!((9_500..=10_500).contains(&drawn), "{drawn} of 1,000,000");
     }
 }
