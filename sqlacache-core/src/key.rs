@@ -108,15 +108,32 @@ impl Material {
         }
     }
 
+    /// [`Material::update`] of eight bytes, copied without a call while they fit inline.
+    #[inline]
+    fn word(&mut self, word: u64) {
+        match self.buf.get_mut(self.len..self.len + 8) {
+            Some(room) if self.spilled.is_none() => {
+                room.copy_from_slice(&word.to_le_bytes());
+                self.len += 8;
+            }
+            _ => self.update(&word.to_le_bytes()),
+        }
+    }
+
     /// Appends a length-prefixed part.
     fn part(&mut self, bytes: &[u8]) {
-        self.update(&(bytes.len() as u64).to_le_bytes());
+        self.word(bytes.len() as u64);
         self.update(bytes);
     }
 
     /// The first 128 bits of the BLAKE3 digest of everything added, then `suffix`.
     fn digest(mut self, suffix: &[u8]) -> u128 {
         self.update(suffix);
+        self.finalize()
+    }
+
+    /// The first 128 bits of the BLAKE3 digest of everything added.
+    fn finalize(&self) -> u128 {
         let hash = match &self.spilled {
             Some(hasher) => hasher.finalize(),
             None => blake3::hash(&self.buf[..self.len]),
@@ -157,7 +174,7 @@ impl KeyBuilder {
     /// Starts a key for a read returning a type with fingerprint `fingerprint`.
     pub fn new(fingerprint: u64) -> KeyBuilder {
         let mut material = Material::new();
-        material.update(&fingerprint.to_le_bytes());
+        material.word(fingerprint);
         KeyBuilder { material }
     }
 
@@ -180,7 +197,7 @@ impl KeyBuilder {
     /// ```
     pub fn arg<V: Serialize + ?Sized>(&mut self, value: &V) -> Result<(), Uncached> {
         let m = &mut self.material;
-        m.update(&type_digest::<V>().to_le_bytes());
+        m.word(type_digest::<V>());
         // Serialize straight into the buffer behind room for the length; only arguments that
         // do not fit there are serialized on the heap.
         let start = m.len + 8;
@@ -210,11 +227,54 @@ impl KeyBuilder {
     /// The finished key for a read of the SQL with digest `sql`, by a call of kind `kind`
     /// (calls that store different shapes of result for the same SQL use different kinds).
     pub fn finish(self, sql: &SqlDigest, kind: u8) -> Key {
+        self.complete(sql, kind).key()
+    }
+
+    /// [`KeyBuilder::finish`] without the digest: everything the key is made of, to compare
+    /// whole in this process, and to hash only where the key must leave it.
+    ///
+    /// ```
+    /// use sqlacache_core::key::{KeyBuilder, SqlDigest};
+    /// let sql = SqlDigest::of("SELECT * FROM t WHERE id = $1");
+    /// let mut a = KeyBuilder::new(7);
+    /// a.arg(&1_i64).unwrap();
+    /// let done = a.clone().complete(&sql, 1);
+    /// assert_eq!(done.key(), a.finish(&sql, 1));
+    /// assert!(done.exact().is_some_and(|bytes| bytes.len() < 100));
+    /// ```
+    pub fn complete(mut self, sql: &SqlDigest, kind: u8) -> KeyMaterial {
         // Fixed-size trailer after length-prefixed arguments: the framing stays unambiguous.
         let mut suffix = [0u8; 33];
         suffix[..32].copy_from_slice(&sql.0);
         suffix[32] = kind;
-        Key(self.material.digest(&suffix))
+        self.material.update(&suffix);
+        KeyMaterial { material: self.material }
+    }
+}
+
+/// Everything a [`Key`] is made of (see [`KeyBuilder::complete`]).
+#[derive(Clone)]
+pub struct KeyMaterial {
+    material: Material,
+}
+
+impl fmt::Debug for KeyMaterial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyMaterial").field("len", &self.material.len).finish_non_exhaustive()
+    }
+}
+
+impl KeyMaterial {
+    /// The bytes the key is a digest of, unless they outgrew the inline buffer (a key with
+    /// long arguments), when only the digest is left.
+    #[inline]
+    pub fn exact(&self) -> Option<&[u8]> {
+        self.material.spilled.is_none().then(|| &self.material.buf[..self.material.len])
+    }
+
+    /// The key: the digest.
+    pub fn key(&self) -> Key {
+        Key(self.material.finalize())
     }
 }
 

@@ -7,6 +7,7 @@
 pub mod analyze;
 pub mod bus;
 pub mod key;
+pub mod near;
 mod ops;
 #[cfg(feature = "redis")]
 pub mod redis;
@@ -15,5 +16,5 @@ mod store;
 pub mod tier;
 
 pub use ops::Ops;
-pub use stats::{Stats, StatsSnapshot, Uncached};
+pub use stats::{Stats, StatsSnapshot, Tally, Uncached};
 pub use store::{Entry, MemoryStore, Tag};

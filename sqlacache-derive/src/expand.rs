@@ -9,10 +9,24 @@ use syn::DeriveInput;
 pub fn expand_row(input: &DeriveInput, row: &Row<'_>) -> TokenStream {
     let ident = &input.ident;
     let fingerprint = fingerprint_fn(fingerprint(input, row), row, quote!(fingerprint));
+    let cloner = cloner();
     quote! {
         #[automatically_derived]
         impl ::sqlacache_sqlx::CachedRow for #ident {
             #fingerprint
+            #cloner
+        }
+    }
+}
+
+/// `fn __cloner()`: `Clone::clone` when the type implements it (known where the derive
+/// expands: a method found by value wins over one found through a reference), else `None`.
+fn cloner() -> TokenStream {
+    quote! {
+        fn __cloner() -> ::core::option::Option<fn(&Self) -> Self> {
+            #[allow(unused_imports)]
+            use ::sqlacache_sqlx::__private::{NotClone as _, ViaClone as _};
+            (&::sqlacache_sqlx::__private::Probe::<Self>(::core::marker::PhantomData)).cloner()
         }
     }
 }
@@ -59,6 +73,7 @@ pub fn expand_model(input: &DeriveInput, model: &Model<'_>) -> TokenStream {
     };
 
     let fingerprint_fn = fingerprint_fn(fingerprint, &model.row, quote!(__fingerprint));
+    let cloner = cloner();
     quote! {
         #[automatically_derived]
         impl ::sqlacache_sqlx::Cacheable for #ident {
@@ -85,6 +100,7 @@ pub fn expand_model(input: &DeriveInput, model: &Model<'_>) -> TokenStream {
             }
 
             #fingerprint_fn
+            #cloner
         }
     }
 }

@@ -46,6 +46,7 @@ pub(crate) fn op_of(op: ReadOp) -> Ops {
 pub(crate) fn not_cached(stats: &Stats, counters: &Counters, reason: Uncached, sql: &str, type_name: &str) {
     stats.bypass(reason);
     counters.bypass(reason);
+    crate::outcome::report(crate::outcome::Outcome::Bypassed(reason));
     let row = ["alloc::vec::Vec<", "core::option::Option<"]
         .into_iter()
         .find_map(|wrapper| type_name.strip_prefix(wrapper)?.strip_suffix('>'))

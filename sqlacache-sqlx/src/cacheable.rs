@@ -67,6 +67,12 @@ pub trait Cacheable:
     /// [`CachedRow::fingerprint`] of this type, made by the derive.
     #[doc(hidden)]
     fn __fingerprint() -> u64;
+
+    /// [`CachedRow`]'s `__cloner`, made by the derive.
+    #[doc(hidden)]
+    fn __cloner() -> Option<fn(&Self) -> Self> {
+        None
+    }
 }
 
 // Not a supertrait: a model that misses serde's derives then gets one error (from `Storable`),
@@ -77,4 +83,8 @@ impl<T: Cacheable> CachedRow for T {
     }
 
     const __MODEL: Option<Model> = Some(T::MODEL);
+
+    fn __cloner() -> Option<fn(&Self) -> Self> {
+        <T as Cacheable>::__cloner()
+    }
 }

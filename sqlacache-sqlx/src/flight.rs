@@ -23,7 +23,10 @@ struct Flight {
     notify: Notify,
 }
 
-type Shards = [Mutex<HashMap<u128, Arc<Flight>>>; SHARDS];
+/// Keys are digests already: a fast hasher does (std's SipHash cost more than the rest of a join).
+type Map = HashMap<u128, Arc<Flight>, quick_cache::DefaultHashBuilder>;
+
+type Shards = [Mutex<Map>; SHARDS];
 
 /// The fills in progress, by key.
 pub(crate) struct Flights {
@@ -53,7 +56,7 @@ pub(crate) struct Lead {
 /// A fill in progress that a miss waits for.
 pub(crate) struct Wait(Arc<Flight>);
 
-fn shard(shards: &Shards, key: u128) -> &Mutex<HashMap<u128, Arc<Flight>>> {
+fn shard(shards: &Shards, key: u128) -> &Mutex<Map> {
     &shards[(key as usize) % SHARDS]
 }
 

@@ -123,6 +123,31 @@ pub mod __private {
         u64::from_le_bytes(first)
     }
     pub use sqlx::error::BoxDynError;
+
+    /// Asks whether `T` implements `Clone` where `T` is known (see the derive's `__cloner`).
+    pub struct Probe<T>(pub core::marker::PhantomData<T>);
+
+    /// Found first, by value, when `T: Clone`.
+    pub trait ViaClone<T> {
+        fn cloner(&self) -> Option<fn(&T) -> T>;
+    }
+
+    impl<T: Clone> ViaClone<T> for Probe<T> {
+        fn cloner(&self) -> Option<fn(&T) -> T> {
+            Some(T::clone)
+        }
+    }
+
+    /// Found through a reference otherwise.
+    pub trait NotClone<T> {
+        fn cloner(&self) -> Option<fn(&T) -> T>;
+    }
+
+    impl<T> NotClone<T> for &Probe<T> {
+        fn cloner(&self) -> Option<fn(&T) -> T> {
+            None
+        }
+    }
     pub use sqlx::postgres::PgArguments;
     pub use sqlx::Arguments;
 }

@@ -35,6 +35,41 @@ mod local_plans {
         PLANS.with(|plans| plans.borrow().get(&pool)?.get(sql).cloned())
     }
 
+    /// Slots of [`get_static`], per thread.
+    const STATIC_SLOTS: usize = 64;
+
+    type StaticSlot = Option<(u64, usize, usize, Arc<Plan>)>;
+
+    thread_local! {
+        static STATIC: RefCell<[StaticSlot; STATIC_SLOTS]> = const { RefCell::new([const { None }; STATIC_SLOTS]) };
+    }
+
+    /// [`get`] for a statement that lives as long as the program (a model's `get_sql`): found
+    /// by its address, without hashing its text. Text at a `'static` address never changes,
+    /// so the address names it.
+    pub fn get_static(pool: u64, sql: &'static str, generation: u64) -> Option<Arc<Plan>> {
+        let (addr, len) = (sql.as_ptr() as usize, sql.len());
+        STATIC.with(|slots| {
+            let slots = slots.try_borrow().ok()?;
+            match &slots[(addr >> 3) % STATIC_SLOTS] {
+                Some((p, a, l, plan)) if (*p, *a, *l) == (pool, addr, len) && plan.generation == generation => {
+                    Some(plan.clone())
+                }
+                _ => None,
+            }
+        })
+    }
+
+    /// Remembers the plan of a `'static` statement for [`get_static`].
+    pub fn put_static(pool: u64, sql: &'static str, plan: Arc<Plan>) {
+        let (addr, len) = (sql.as_ptr() as usize, sql.len());
+        STATIC.with(|slots| {
+            if let Ok(mut slots) = slots.try_borrow_mut() {
+                slots[(addr >> 3) % STATIC_SLOTS] = Some((pool, addr, len, plan));
+            }
+        });
+    }
+
     pub fn put(pool: u64, sql: &str, plan: Arc<Plan>) {
         PLANS.with(|plans| {
             let mut plans = plans.borrow_mut();
@@ -97,6 +132,23 @@ impl Planner {
         }
         let plan = self.plans.get(sql).filter(|p| p.generation == generation)?;
         local_plans::put(self.id, sql, Arc::new(Plan::clone(&plan)));
+        Some(plan)
+    }
+
+    /// [`Planner::memoized`] for a statement that lives as long as the program, found without
+    /// hashing its text.
+    #[inline]
+    pub fn memoized_static(&self, schema: &Schema, sql: &'static str) -> Option<Arc<Plan>> {
+        if !schema.current() {
+            return None;
+        }
+        if let Some(plan) = local_plans::get_static(self.id, sql, schema.generation()) {
+            return Some(plan);
+        }
+        let shared = self.memoized(schema, sql)?;
+        // This thread's copy, now made: its reference count is this thread's alone.
+        let plan = local_plans::get(self.id, sql).filter(|p| p.generation == shared.generation).unwrap_or(shared);
+        local_plans::put_static(self.id, sql, plan.clone());
         Some(plan)
     }
 

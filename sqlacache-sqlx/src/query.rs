@@ -7,7 +7,7 @@ use crate::read::{cached_read, kind, Again, Read, FILLING};
 use crate::registry::ModelOf;
 use crate::row::CachedRow;
 use crate::row::Storable;
-use crate::row::Stored;
+use crate::row::{share_all, share_one, Share, Stored};
 use serde::Serialize;
 use sqlacache_core::key::KeyBuilder;
 use sqlacache_core::Uncached;
@@ -63,12 +63,14 @@ where
 /// invalidates). `key` is `Err` when an argument rules caching out; `model` is the row type's
 /// model, if it has one. `again` makes the same read as a future that owns what it needs, when
 /// the call can (see [`cached_read`]).
+#[allow(clippy::too_many_arguments)]
 async fn read<R, F, Fut, A>(
     cache: &CachedPool,
     sql: &str,
     key: Result<ReadKey, Uncached>,
     model: Option<ModelOf>,
     kind: u8,
+    share: Share<R>,
     fill: F,
     again: A,
 ) -> Result<R, sqlx::Error>
@@ -89,9 +91,9 @@ where
             // The tags are worked out from the arguments only when the read is filled.
             let fill = || (read.deps.tags(&args), FILLING.scope(plan.clone(), fill()));
             let again = || again().map(|future| Box::pin(FILLING.scope(plan.clone(), future)) as Again<R>);
-            let key = key.finish(&read.sql, kind);
-            let read = Read { counters: &plan.counters, sql, key, ttl: read.ttl, stale: read.stale };
-            cached_read(engine, read, fill, again).await
+            let key = key.complete(&read.sql, kind);
+            let read = Read { counters: &plan.counters, sql, key: &key, ttl: read.ttl, stale: read.stale };
+            cached_read(engine, read, share, fill, again).await
         }
         Err(reason) => {
             not_cached(engine.stats(), &plan.counters, reason, sql, std::any::type_name::<R>());
@@ -191,7 +193,7 @@ impl<T> fmt::Debug for CachedQueryAs<T> {
 /// by sqlx's `$fetch`, and the same read owning its SQL and arguments, for a refresh or a shadow
 /// check.
 macro_rules! fetch {
-    ($self:ident, $cache:ident, $query:path, $fetch:ident, $result:ty, $kind:expr) => {{
+    ($self:ident, $cache:ident, $query:path, $fetch:ident, $result:ty, $kind:expr, $share:expr) => {{
         let Bound { sql, args, key, model, persistent, .. } = $self.bound.checked()?;
         let fill = || $query(sql.clone(), args.clone()).persistent(persistent).$fetch($cache);
         let again = || {
@@ -199,14 +201,14 @@ macro_rules! fetch {
             let again = async move { $query(sql, args).persistent(persistent).$fetch(&cache).await };
             Some(Box::pin(again) as Again<$result>)
         };
-        read($cache, sql.as_str(), key, model, $kind, fill, again).await
+        read($cache, sql.as_str(), key, model, $kind, $share, fill, again).await
     }};
 }
 
 /// `bind`, `persistent` and the `fetch_*` methods, shared by the two builders; `$query` is
 /// the sqlx constructor that maps rows to `$out`.
 macro_rules! builder_methods {
-    ($out:ty, $query:path, $all:literal, $optional:literal, $one:literal) => {
+    ($out:ty, $query:path, $share_all:expr, $share_one:expr, $all:literal, $optional:literal, $one:literal) => {
         /// Binds the next `$n` argument (also serialized into the cache key).
         pub fn bind<'t, V: Encode<'t, Postgres> + Type<Postgres> + Serialize>(mut self, value: V) -> Self {
             self.bound.bind(value);
@@ -221,17 +223,19 @@ macro_rules! builder_methods {
 
         #[doc = $all]
         pub async fn fetch_all(self, cache: &CachedPool) -> Result<Vec<$out>, sqlx::Error> {
-            fetch!(self, cache, $query, fetch_all, Vec<$out>, kind::ALL)
+            fetch!(self, cache, $query, fetch_all, Vec<$out>, kind::ALL, $share_all)
         }
 
         #[doc = $optional]
         pub async fn fetch_optional(self, cache: &CachedPool) -> Result<Option<$out>, sqlx::Error> {
-            fetch!(self, cache, $query, fetch_optional, Option<$out>, kind::OPTIONAL)
+            fetch!(self, cache, $query, fetch_optional, Option<$out>, kind::OPTIONAL, $share_one)
         }
 
         #[doc = $one]
         pub async fn fetch_one(self, cache: &CachedPool) -> Result<$out, sqlx::Error> {
-            self.fetch_optional(cache).await?.ok_or(sqlx::Error::RowNotFound)
+            // Not through `fetch_optional`: one future less to move on each call.
+            let row = fetch!(self, cache, $query, fetch_optional, Option<$out>, kind::OPTIONAL, $share_one)?;
+            row.ok_or(sqlx::Error::RowNotFound)
         }
     };
 }
@@ -243,6 +247,8 @@ where
     builder_methods!(
         T,
         sqlx::query_as_with::<_, T, _>,
+        share_all::<T>(),
+        share_one::<T>(),
         "All rows.",
         "The first row, if any.",
         "The first row; [`sqlx::Error::RowNotFound`] when there is none."
@@ -269,6 +275,9 @@ where
     builder_methods!(
         O,
         sqlx::query_scalar_with::<_, O, _>,
+        // A column's type has no derive to say whether it clones: its hits decode.
+        None,
+        None,
         "The value of every row.",
         "The value of the first row, if any.",
         "The value of the first row; [`sqlx::Error::RowNotFound`] when there is none."
@@ -307,13 +316,14 @@ where
     /// All rows.
     pub async fn fetch_all(self, cache: &CachedPool) -> Result<Vec<T>, sqlx::Error> {
         let fill = || self.map.fetch_all(cache);
-        read(cache, self.sql, self.key, ModelOf::of::<T>(), kind::ALL, fill, || None).await
+        read(cache, self.sql, self.key, ModelOf::of::<T>(), kind::ALL, share_all::<T>(), fill, || None).await
     }
 
     /// The first row, if any.
     pub async fn fetch_optional(self, cache: &CachedPool) -> Result<Option<T>, sqlx::Error> {
         let fill = || self.map.fetch_optional(cache);
-        read(cache, self.sql, self.key, ModelOf::of::<T>(), kind::OPTIONAL, fill, || None).await
+        let share = share_one::<T>();
+        read(cache, self.sql, self.key, ModelOf::of::<T>(), kind::OPTIONAL, share, fill, || None).await
     }
 
     /// The first row; [`sqlx::Error::RowNotFound`] when there is none.

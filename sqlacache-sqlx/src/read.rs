@@ -9,12 +9,13 @@ use crate::outcome::{report, Outcome};
 use crate::plan::Plan;
 use crate::registry::ModelOf;
 use crate::row::CachedRow;
-use crate::row::Stored;
+use crate::row::{share_one, Share, Stored};
 use crate::rowkey::row_of;
 use crate::shadow::{Check, Tier};
 use crate::statements::Counters;
-use sqlacache_core::key::{Key, KeyBuilder};
-use sqlacache_core::{Ops, Tag, Uncached};
+use sqlacache_core::key::{Key, KeyBuilder, KeyMaterial};
+use sqlacache_core::near::Near;
+use sqlacache_core::{Entry, Ops, Tag, Uncached};
 use sqlx::postgres::PgArguments;
 use std::future::Future;
 use std::pin::Pin;
@@ -44,7 +45,7 @@ pub(crate) async fn get<T: Cacheable>(engine: &Arc<Engine>, key: T::Key) -> Resu
         Ok(verdict) => verdict,
         Err(unknown) => engine.register(unknown).await,
     };
-    let plan = match engine.planner.memoized(&engine.schema, model.get_sql) {
+    let plan = match engine.planner.memoized_static(&engine.schema, model.get_sql) {
         Some(plan) => plan,
         None => engine.plan_slow(model.get_sql, true).await?,
     };
@@ -62,11 +63,12 @@ pub(crate) async fn get<T: Cacheable>(engine: &Arc<Engine>, key: T::Key) -> Resu
     };
     match cached {
         Ok((read, single)) => {
-            let id = key_hash.finish(&read.sql, kind::GET);
+            let id = key_hash.complete(&read.sql, kind::GET);
             let fill = || (deps(single, &key), fetch::<T>(engine.clone(), key.clone()));
             let again = || Some(Box::pin(fetch::<T>(engine.clone(), key.clone())) as Again<Option<T>>);
-            let read = Read { counters: &plan.counters, sql: model.get_sql, key: id, ttl: read.ttl, stale: read.stale };
-            cached_read(engine, read, fill, again).await
+            let read =
+                Read { counters: &plan.counters, sql: model.get_sql, key: &id, ttl: read.ttl, stale: read.stale };
+            cached_read(engine, read, share_one::<T>(), fill, again).await
         }
         Err(reason) => {
             not_cached(engine.stats(), &plan.counters, reason, model.get_sql, std::any::type_name::<T>());
@@ -93,12 +95,17 @@ pub(crate) struct Read<'a> {
     pub counters: &'a Counters,
     /// The statement, for the shadow check's log.
     pub sql: &'a str,
-    pub key: Key,
+    /// What the key is made of: compared whole with a thread's copies, hashed past them.
+    pub key: &'a KeyMaterial,
     pub ttl: Duration,
     pub stale: Stale,
 }
 
 /// Answers a read from the cache or fills it: the freshness protocol in one place.
+///
+/// A thread that hit an entry keeps a copy of it (see [`sqlacache_core::near`]), decoded when
+/// `share` can copy the result out of it: its later hits of the same key take that copy, with
+/// the store's own test of freshness, and neither hash the key nor decode.
 ///
 /// A value is stored only if its stored form reads back as itself (see [`Stored`]);
 /// otherwise the read counts as [`Uncached::Unstorable`].
@@ -125,6 +132,7 @@ pub(crate) struct Read<'a> {
 pub(crate) async fn cached_read<R, D, F, Fut, A>(
     engine: &Arc<Engine>,
     read: Read<'_>,
+    share: Share<R>,
     fill: F,
     again: A,
 ) -> Result<R, sqlx::Error>
@@ -135,7 +143,112 @@ where
     Fut: Future<Output = Result<R, sqlx::Error>>,
     A: Fn() -> Option<Again<R>>,
 {
-    let Read { counters, key, ttl, stale, .. } = read;
+    let trusted = engine.feed_trusted() && engine.tiers.local_trusted();
+    if trusted {
+        if let Some(value) = near_hit(engine, &read, share) {
+            count_local_hit(engine, &read, false, &value, Served::Copy, fill, &again);
+            return Ok(value);
+        }
+    }
+    let key = read.key.key();
+    if trusted {
+        if let Some((value, served)) = store_hit(engine, &read, key, share) {
+            count_local_hit(engine, &read, false, &value, served, fill, &again);
+            return Ok(value);
+        }
+    }
+    // The rest (a wait, the shared tier, a fill) is a future of its own, boxed: a hit's
+    // future, which callers move around, stays small.
+    Box::pin(miss(engine, read, key, share, fill, again)).await
+}
+
+/// Where an in-process hit came from.
+enum Served {
+    /// This thread's copy.
+    Copy,
+    /// The store's entry.
+    Entry(Entry),
+}
+
+/// This thread's copy of the entry, if it has a fresh one.
+fn near_hit<R: Stored + 'static>(engine: &Engine, read: &Read<'_>, share: Share<R>) -> Option<R> {
+    engine.store().near(read.key.exact()?, |copy: Near<'_, R>| match copy {
+        Near::Value(value) => share.and_then(|share| share(value)),
+        Near::Bytes(bytes) => R::decode(bytes),
+    })
+}
+
+/// The store's entry under `key`, decoded (and then copied for this thread), if it has a
+/// fresh one. A corrupt entry is counted and removed.
+fn store_hit<R: Stored + 'static>(engine: &Engine, read: &Read<'_>, key: Key, share: Share<R>) -> Option<(R, Served)> {
+    let store = engine.store();
+    let entry = store.get(key)?;
+    match R::decode(entry.bytes()) {
+        Some(value) => {
+            if let Some(exact) = read.key.exact() {
+                store.keep_near(exact, &entry, share.and_then(|share| share(&value)));
+            }
+            Some((value, Served::Entry(entry)))
+        }
+        None => {
+            tracing::warn!("a cached value did not decode; treating it as a miss");
+            engine.stats().corrupt_entry();
+            store.remove(key);
+            None
+        }
+    }
+}
+
+/// Counts and reports an in-process hit, and starts its shadow check when it is sampled.
+fn count_local_hit<R, D, X>(
+    engine: &Arc<Engine>,
+    read: &Read<'_>,
+    waited: bool,
+    value: &R,
+    served: Served,
+    fill: impl FnOnce() -> (D, X),
+    again: &dyn Fn() -> Option<Again<R>>,
+) where
+    R: Stored + Send + 'static,
+    D: AsRef<[Tag]>,
+{
+    let stats = engine.stats();
+    stats.hit();
+    read.counters.hit();
+    if waited {
+        stats.coalesce();
+    }
+    report(Outcome::Hit);
+    if let Some(sampler) = &engine.shadow {
+        if sampler.sampled() {
+            let served = match served {
+                Served::Entry(entry) => Some(entry.bytes().to_vec()),
+                Served::Copy => value.encode(),
+            };
+            if let Some(bytes) = served {
+                shadow(engine, read, read.key.key(), Tier::Local, &bytes, fill, again);
+            }
+        }
+    }
+}
+
+/// [`cached_read`] past a miss of this thread's copies and of the store at its first look.
+async fn miss<R, D, F, Fut, A>(
+    engine: &Arc<Engine>,
+    read: Read<'_>,
+    key: Key,
+    share: Share<R>,
+    fill: F,
+    again: A,
+) -> Result<R, sqlx::Error>
+where
+    R: Stored + Send + 'static,
+    D: AsRef<[Tag]>,
+    F: FnOnce() -> (D, Fut),
+    Fut: Future<Output = Result<R, sqlx::Error>>,
+    A: Fn() -> Option<Again<R>>,
+{
+    let Read { counters, ttl, stale, .. } = read;
     let (store, stats) = (engine.store(), engine.stats());
     if !engine.feed_trusted() {
         // Writes made elsewhere may not have been heard: neither tier can be trusted.
@@ -147,27 +260,12 @@ where
     let local = engine.tiers.local_trusted();
     let mut waited = false;
     let lead = loop {
-        if let Some(entry) = store.get(key).filter(|_| local) {
-            match R::decode(entry.bytes()) {
-                Some(value) => {
-                    stats.hit();
-                    counters.hit();
-                    if waited {
-                        stats.coalesce();
-                    }
-                    report(Outcome::Hit);
-                    if let Some(sampler) = &engine.shadow {
-                        if sampler.sampled() {
-                            shadow(engine, &read, Tier::Local, entry.bytes(), fill, &again);
-                        }
-                    }
-                    return Ok(value);
-                }
-                None => {
-                    tracing::warn!("a cached value did not decode; treating it as a miss");
-                    stats.corrupt_entry();
-                    store.remove(key);
-                }
+        // The first time round, the same look as the one that just missed, unless the
+        // tier was not trusted then; afterwards, after a wait for another read's fill.
+        if local {
+            if let Some((value, served)) = store_hit(engine, &read, key, share) {
+                count_local_hit(engine, &read, waited, &value, served, fill, &again);
+                return Ok(value);
             }
         }
         if waited {
@@ -176,9 +274,9 @@ where
             break None;
         }
         if local && stale.revalidate > Duration::ZERO {
-            if let Some((value, refresh)) = serve_stale(engine, &read, &again) {
+            if let Some((value, refresh)) = serve_stale(engine, &read, key, &again) {
                 if let Some((lead, reread)) = refresh {
-                    refresh_in_background(engine, &read, fill().0.as_ref().to_vec(), lead, reread);
+                    refresh_in_background(engine, &read, key, fill().0.as_ref().to_vec(), lead, reread);
                 }
                 return Ok(value);
             }
@@ -221,7 +319,7 @@ where
                         if let Some(sampler) = &engine.shadow {
                             if sampler.sampled() {
                                 let deps = deps.as_ref().to_vec();
-                                shadow(engine, &read, Tier::Redis, &bytes, || (deps, ()), &again);
+                                shadow(engine, &read, key, Tier::Redis, &bytes, || (deps, ()), &again);
                             }
                         }
                         if local {
@@ -256,7 +354,7 @@ where
         Ok(value) => value,
         Err(error) => {
             if local && stale.if_error > Duration::ZERO && unavailable(&error) {
-                if let Some(value) = stale_if_error::<R>(engine, &read) {
+                if let Some(value) = stale_if_error::<R>(engine, &read, key) {
                     return Ok(value);
                 }
             }
@@ -305,6 +403,7 @@ where
 fn shadow<R, D, X>(
     engine: &Arc<Engine>,
     read: &Read<'_>,
+    key: Key,
     tier: Tier,
     bytes: &[u8],
     deps: impl FnOnce() -> (D, X),
@@ -317,7 +416,7 @@ fn shadow<R, D, X>(
     Check {
         served: bytes.to_vec(),
         tier,
-        key: read.key,
+        key,
         deps: deps().0.as_ref().to_vec(),
         ttl: read.ttl,
         sql: read.sql.to_owned(),
@@ -336,16 +435,17 @@ type ServedStale<R> = (R, Option<(Lead, Again<R>)>);
 fn serve_stale<R: Stored>(
     engine: &Engine,
     read: &Read<'_>,
+    key: Key,
     again: &dyn Fn() -> Option<Again<R>>,
 ) -> Option<ServedStale<R>> {
-    let entry = engine.store().get_expired(read.key)?;
+    let entry = engine.store().get_expired(key)?;
     if entry.expired_for(Instant::now()) > read.stale.revalidate {
         return None;
     }
     let value = R::decode(entry.bytes())?;
     // The refresh leads the key's flight: a miss of the same key meanwhile waits for it, and
     // the other stale readers find it running and start none.
-    let refresh = match engine.flights.join(read.key) {
+    let refresh = match engine.flights.join(key) {
         Role::Leader(lead) => Some((lead, again()?)),
         Role::Waiter(_) => None,
     };
@@ -372,11 +472,12 @@ fn count_stale(engine: &Engine, read: &Read<'_>, outcome: Outcome) {
 fn refresh_in_background<R: Stored + Send + 'static>(
     engine: &Arc<Engine>,
     read: &Read<'_>,
+    key: Key,
     deps: Vec<Tag>,
     lead: Lead,
     reread: Again<R>,
 ) {
-    let (engine, key, ttl, keep) = (engine.clone(), read.key, read.ttl, read.stale.keep());
+    let (engine, ttl, keep) = (engine.clone(), read.ttl, read.stale.keep());
     let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
     runtime.spawn(async move {
         let store = engine.store();
@@ -399,8 +500,8 @@ fn refresh_in_background<R: Stored + Send + 'static>(
 
 /// After a fill failed to reach PostgreSQL: the in-process entry past its TTL, within the
 /// stale-if-error window and not invalidated (checked now, after the failure).
-fn stale_if_error<R: Stored>(engine: &Engine, read: &Read<'_>) -> Option<R> {
-    let entry = engine.store().get_expired(read.key)?;
+fn stale_if_error<R: Stored>(engine: &Engine, read: &Read<'_>, key: Key) -> Option<R> {
+    let entry = engine.store().get_expired(key)?;
     if entry.expired_for(Instant::now()) > read.stale.if_error {
         return None;
     }

@@ -94,6 +94,13 @@ pub trait CachedRow: Storable + Send + Sync + Unpin + 'static {
     /// `.model::<T>()` did not.
     #[doc(hidden)]
     const __MODEL: Option<Model> = None;
+
+    /// How a hit copies a value a thread keeps decoded: `Clone::clone` for a derived type that
+    /// implements it; `None` (the value is decoded on each hit) otherwise.
+    #[doc(hidden)]
+    fn __cloner() -> Option<fn(&Self) -> Self> {
+        None
+    }
 }
 
 macro_rules! tuple_rows {
@@ -147,6 +154,31 @@ pub(crate) trait Stored: Sized {
     fn encode(&self) -> Option<Vec<u8>>;
     /// The value, when `bytes` are exactly one stored value.
     fn decode(bytes: &[u8]) -> Option<Self>;
+}
+
+/// How a hit copies a result out of a thread's decoded copy (see `sqlacache_core::near`);
+/// `None` from it (or no function: the result's type cannot be cloned) makes the hit decode
+/// the stored form instead.
+pub(crate) type Share<R> = Option<fn(&R) -> Option<R>>;
+
+/// [`Share`] for the result of a one-row read of `T`.
+pub(crate) fn share_one<T: CachedRow>() -> Share<Option<T>> {
+    fn one<T: CachedRow>(value: &Option<T>) -> Option<Option<T>> {
+        let clone = T::__cloner()?;
+        Some(value.as_ref().map(clone))
+    }
+    T::__cloner().map(|_| one::<T> as fn(&Option<T>) -> Option<Option<T>>)
+}
+
+/// [`Share`] for the result of a many-row read of `T`.
+pub(crate) fn share_all<T: CachedRow>() -> Share<Vec<T>> {
+    // (`&Vec`: the type of a `Share<Vec<T>>`.)
+    #[allow(clippy::ptr_arg)]
+    fn all<T: CachedRow>(rows: &Vec<T>) -> Option<Vec<T>> {
+        let clone = T::__cloner()?;
+        Some(rows.iter().map(clone).collect())
+    }
+    T::__cloner().map(|_| all::<T> as fn(&Vec<T>) -> Option<Vec<T>>)
 }
 
 /// The first byte of a stored value: how the rest is encoded.

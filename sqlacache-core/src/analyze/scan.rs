@@ -219,20 +219,22 @@ pub fn mentions_clock(text: &str) -> bool {
 /// ```
 pub fn mentions_clock_bytes(bytes: &[u8]) -> bool {
     const WORDS: [&[u8]; 4] = [b"now", b"today", b"tomorrow", b"yesterday"];
-    (0..bytes.len()).any(|i| {
-        // Most bytes start no clock word: one comparison rules them out.
-        let starts_word = matches!(bytes[i] | 0x20, b'n' | b't' | b'y')
-            && WORDS.iter().any(|w| bytes[i..].get(..w.len()).is_some_and(|b| b.eq_ignore_ascii_case(w)));
-        starts_word
-            && match i.checked_sub(1).map(|j| bytes[j]) {
-                None => true,
-                // PostgreSQL's date/time input starts a new field where letters follow digits.
-                Some(before) if !before.is_ascii_alphabetic() => true,
-                // It may be the length of a string that starts here (or the last byte of a longer
-                // length).
-                Some(before) => i + usize::from(before) <= bytes.len() || bytes.len() >= 128,
-            }
-    })
+    // The shortest word has three letters (most keys are a small integer: one or two bytes).
+    bytes.len() >= 3
+        && (0..bytes.len()).any(|i| {
+            // Most bytes start no clock word: one comparison rules them out.
+            let starts_word = matches!(bytes[i] | 0x20, b'n' | b't' | b'y')
+                && WORDS.iter().any(|w| bytes[i..].get(..w.len()).is_some_and(|b| b.eq_ignore_ascii_case(w)));
+            starts_word
+                && match i.checked_sub(1).map(|j| bytes[j]) {
+                    None => true,
+                    // PostgreSQL's date/time input starts a new field where letters follow digits.
+                    Some(before) if !before.is_ascii_alphabetic() => true,
+                    // It may be the length of a string that starts here (or the last byte of a longer
+                    // length).
+                    Some(before) => i + usize::from(before) <= bytes.len() || bytes.len() >= 128,
+                }
+        })
 }
 
 pub(super) fn is_date_time(data_type: &ast::DataType) -> bool {

@@ -4,6 +4,7 @@ mod bad_input;
 mod bounded;
 mod change_feed;
 mod config;
+mod copies;
 mod dependencies;
 mod explain;
 mod fleet;

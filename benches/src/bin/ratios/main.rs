@@ -108,7 +108,8 @@ fn print_pair(
 fn print_targets(title: &str, rows: &[Row]) {
     println!("\n| {title:<24} | {:<44} | {:<4} |", "", "met");
     println!("|{:-<26}|{:-<46}|{:-<6}|", "", "", "");
-    for row in rows {
+    // (A row without a target is there for comparison only.)
+    for row in rows.iter().filter(|row| !row.target.is_empty()) {
         println!("| {:<24} | {:<44} | {:<4} |", row.name, row.target, if row.met { "yes" } else { "NO" });
     }
 }
@@ -263,6 +264,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             time_batch(&small, &mut inv_small);
         }
     }
+    // 1 again, with nothing else between the pairs (as the two-tier hit below is measured):
+    // the same hit, run with the caches of the CPU still warm from the previous one.
+    let (mut raw_alone, mut hit_alone) = (Samples::default(), Samples::default());
+    for round in 0..rounds() {
+        let hot = 1 + round % 100;
+        let hit_once = async {
+            black_box(cache.get::<BenchUser>(hot).await.unwrap());
+        };
+        let raw_once = async {
+            black_box(raw_point(hot).await.unwrap());
+        };
+        pair(round, (&mut raw_alone, raw_once), (&mut hit_alone, hit_once)).await;
+    }
     // 4: after the reads, since each write invalidates the table's lists and counts. The two
     // sides update different rows.
     for round in 0..rounds() {
@@ -284,6 +298,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     }
 
     // 5 and 7, after the interleaved part.
+    let throughput_1 = hit_throughput(&cache, 1, Duration::from_secs(2)).await;
     let throughput_2 = hit_throughput(&cache, 2, Duration::from_secs(2)).await;
     let throughput_8 = hit_throughput(&cache, 8, Duration::from_secs(2)).await;
     let sizing = CachedPool::builder(pool.clone()).model::<BenchUser>().build().await?;
@@ -295,9 +310,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     println!("{} rounds, each side once per round, alternating which goes first; microseconds\n", rounds());
     print_header("cache");
     let mut rows = vec![
-        print_pair("point read, hit", &mut raw_hit, &mut hit, "hit >= 50x faster than raw, median < 2 us", &|c, r| {
-            r <= 1.0 / 50.0 && c < 2.0
+        print_pair("point read, hit", &mut raw_hit, &mut hit, "hit >= 150x faster than raw, median < 2 us", &|c, r| {
+            r <= 1.0 / 150.0 && c < 2.0
         }),
+        print_pair("  the same, pairs alone", &mut raw_alone, &mut hit_alone, "", &|_, _| true),
         print_pair("point read, miss", &mut raw_miss, &mut miss, "miss <= 1.10x raw", &|_, r| r <= 1.10),
         print_pair("list of 50, hit", &mut raw_list, &mut list, "list hit median < 20 us", &|c, _| c < 20.0),
         print_pair("list of 50 jsonb, hit", &mut raw_json, &mut json, "jsonb list hit faster than raw", &|_, r| {
@@ -341,11 +357,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     );
     rows.push(Row { name: "invalidation".into(), target: "1M entries <= 1.2x the cost at 10k", met: inv_ratio <= 1.2 });
     println!(
-        "\nhit throughput: {:.2} M gets/s with 2 tasks, {:.2} M gets/s with 8 tasks (2 worker threads)",
+        "\nhit throughput: {:.2} M gets/s with 1 task, {:.2} M with 2 tasks ({:.2}x), {:.2} M with 8 tasks (2 worker threads)",
+        throughput_1 / 1e6,
         throughput_2 / 1e6,
+        throughput_2 / throughput_1,
         throughput_8 / 1e6
     );
-    rows.push(Row { name: "hit throughput".into(), target: ">= 1M gets/s with 2 tasks", met: throughput_2 >= 1e6 });
+    rows.push(Row { name: "hit throughput".into(), target: ">= 7.4M gets/s with 2 tasks", met: throughput_2 >= 7.4e6 });
+    rows.push(Row {
+        name: "hit scaling".into(),
+        target: "2 tasks >= 1.8x one task",
+        met: throughput_2 >= 1.8 * throughput_1,
+    });
     println!(
         "memory: {} bytes per cached single-row entry (store weight {weight} / {entries} entries); {} bytes resident per entry in the 1M-entry store",
         weight / entries.max(1) as u64,
@@ -496,8 +519,8 @@ mod redis {
                 "Redis-only hit (vs GET)",
                 &mut raw_get,
                 &mut redis_hit,
-                "Redis hit <= 1.3x a raw fred GET",
-                &|_, r| r <= 1.3,
+                "Redis hit <= 1.15x a raw fred GET",
+                &|_, r| r <= 1.15,
             ),
             print_pair("miss with Redis", &mut raw_miss, &mut redis_miss, "miss <= 1.45x raw", &|_, r| r <= 1.45),
             print_pair(
