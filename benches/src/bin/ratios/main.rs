@@ -5,6 +5,7 @@
 //! cargo run --release -p sqlacache-benches --bin ratios
 //! cargo run --release -p sqlacache-benches --bin ratios -- feed   # the change feed's rows alone
 //! cargo run --release -p sqlacache-benches --bin ratios -- strict # the strict rows alone
+//! cargo run --release -p sqlacache-benches --bin ratios -- redis  # the Redis rows alone
 //! ```
 //!
 //! `--rounds N` runs N rounds instead of 5,000 (fewer rounds only check that it runs: the p99s
@@ -165,6 +166,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         return Ok(());
     }
     create_fixture(&pool).await?;
+    if args.iter().any(|a| a == "redis") {
+        // Only the Redis rows.
+        print_targets("target (Redis)", &redis::rows(&pool).await?);
+        drop_fixture(&pool).await?;
+        return Ok(());
+    }
     if args.iter().any(|a| a == "strict") {
         // Only the strict rows.
         print_targets("target (strict)", &strict::rows(&pool).await?);
