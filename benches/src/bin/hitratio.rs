@@ -200,7 +200,7 @@ async fn fixture(pg: &PgPool) -> Result<(), sqlx::Error> {
 }
 
 /// What one run of the workload gave: per kind of read, reads, the pool's hits and the
-/// oracle's hits; writes; the pool's entries and bytes; its row tags and their bytes.
+/// oracle's hits; writes; the pool's entries and bytes; its row clocks set and their table's bytes.
 struct Outcome {
     counts: HashMap<Read, [u64; 3]>,
     writes: u64,
@@ -373,7 +373,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     row("all reads", total);
     for (name, outcome) in [("table tags", &table), ("predicates", &precise)] {
         println!(
-            "\n{name}: {} entries in {} bytes; {} row tags in {} bytes",
+            "\n{name}: {} entries in {} bytes; {} row clocks set (a table of {} bytes)",
             outcome.entries.1, outcome.entries.0, outcome.tags.0, outcome.tags.1
         );
     }
