@@ -119,7 +119,8 @@ pub(crate) struct Read<'a> {
 /// stale and for the shadow check.
 ///
 /// With Redis, a miss here looks there next (one round trip that also reads the epochs a
-/// fill needs); a value found there is kept here too, stamped before the lookup. A filled
+/// fill needs, two when one of them must be made); a value found there is kept here too,
+/// stamped before the lookup. A filled
 /// value is stored in Redis off the caller's path.
 ///
 /// Concurrent misses of one key run one fill (see [`crate::flight`]): the others wait for it

@@ -21,7 +21,9 @@
 //! databases. Nothing scans or flushes: [`RedisStore::invalidate_all`] deletes one key, the
 //! global tag that every value depends on.
 //!
-//! On one server, each call is one round trip (Lua scripts). On a Redis Cluster, where a
+//! On one server, each call is one round trip (Lua scripts, or for [`RedisStore::lookup`] one
+//! `MGET`, with the script as a second only when a miss must create an epoch). On a Redis
+//! Cluster, where a
 //! value and its tags live in different slots, the same rule runs from the client: epochs are
 //! read and created with one pipeline of single-key commands, and a read fetches the value and
 //! then its tags. Freshness needs only equality of each tag with its stored epoch, not
